@@ -1,0 +1,1 @@
+"""Pieces both sides share: the wire format and the base error type."""

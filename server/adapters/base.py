@@ -1,0 +1,50 @@
+"""The adapter contract: how one server-side method turns a vector z into soft prompts."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+
+class Adapter(ABC):
+    """A server-side method; its weights (A, z0, generators) never leave the server.
+
+    ``soft_prompts`` receives one z row per sequence and the mean-pooled input
+    embeddings of that sequence's text, and returns ``prompt_length`` vectors of
+    the model's hidden size that the engine places before the input text.
+    """
+
+    method: ClassVar[str]
+
+    def __init__(
+        self, name: str, dimension: int, prompt_length: int, domain: str = "", description: str = ""
+    ) -> None:
+        self.name = name
+        self.dimension = dimension
+        self.prompt_length = prompt_length
+        self.domain = domain
+        self.description = description
+
+    @abstractmethod
+    def soft_prompts(self, z: torch.Tensor, pooled_inputs: torch.Tensor) -> torch.Tensor:
+        """Map z [batch, dimension] and pooled inputs [batch, d] to prompts [batch, prompt_length, d]."""
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Adapter:
+        """Move the adapter's tensors next to the model; adapters without tensors need nothing."""
+        return self
+
+
+def random_projection(
+    dimension: int, width: int, embedding_std: float, seed: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A fixed random projection [dimension, width] drawn as in BBT: N(0, embedding_std / sqrt(dimension)).
+
+    With that scale a unit-variance z gives prompt entries whose spread matches
+    the model's word embeddings, so CMA-ES can start at sigma0 = 1.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    scale = embedding_std / math.sqrt(dimension)
+    return torch.randn(dimension, width, generator=generator, dtype=torch.float32).mul_(scale).to(dtype)

