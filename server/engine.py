@@ -18,7 +18,6 @@ from enum import Enum
 
 import numpy as np
 import torch
-
 from cbpt.server.adapters import Adapter
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 from cbpt.server.limits import Limits
@@ -136,7 +135,9 @@ class ScoringEngine:
             AdapterDescription(a.name, a.method, a.dimension, a.prompt_length, a.domain, a.description)
             for a in self.adapters.values()
         )
-        return EngineInfo(self.bundle.model_id, self.bundle.fingerprint, self.bundle.hidden_size, adapters, self.limits)
+        return EngineInfo(
+            self.bundle.model_id, self.bundle.fingerprint, self.bundle.hidden_size, adapters, self.limits
+        )
 
     def score(self, request: ScoreRequest) -> ScoreResult:
         started = time.perf_counter()
@@ -147,8 +148,10 @@ class ScoringEngine:
         check_texts(request.texts, self.limits)
         choices, choice_field = expand_choices(request.choices, len(request.texts), self.limits)
         mode = ScoringMode(request.mode)
-        sequences_per_candidate = sum(len(options) for options in choices) if mode is ScoringMode.FULL_CHOICE else len(
-            request.texts
+        sequences_per_candidate = (
+            sum(len(options) for options in choices)
+            if mode is ScoringMode.FULL_CHOICE
+            else len(request.texts)
         )
         check_sequences(len(candidates) * sequences_per_candidate, self.limits)
         with self._lock, torch.inference_mode():
@@ -168,7 +171,11 @@ class ScoringEngine:
         """The tokens the tokenizer puts before any text (BOS for Llama-2 style models, none for SmolLM2)."""
         with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
         without = tokenizer("a", add_special_tokens=False)["input_ids"]
-        return list(with_special[: len(with_special) - len(without)]) if with_special[-len(without):] == without else []
+        return (
+            list(with_special[: len(with_special) - len(without)])
+            if with_special[-len(without) :] == without
+            else []
+        )
 
     def _tokens(self, text: str, field_name: str, limit: int) -> tuple[int, ...]:
         tokens = self._token_cache.get(text)
@@ -200,7 +207,8 @@ class ScoringEngine:
                 first = [option[0] for option in tokens]
                 if len(set(first)) != len(first):
                     raise InvalidRequest(
-                        prefix, "two choices share their first token; use full-choice scoring or distinct choices"
+                        prefix,
+                        "two choices share their first token; use full-choice scoring or distinct choices",
                     )
             seen[key] = tokens
             encoded.append(tokens)
@@ -269,7 +277,9 @@ class ScoringEngine:
             chunks.append(current)
         return chunks
 
-    def _forward(self, adapter: Adapter, chunk: list[_Sequence], z: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def _forward(
+        self, adapter: Adapter, chunk: list[_Sequence], z: torch.Tensor, pooled: torch.Tensor
+    ) -> torch.Tensor:
         """Left-padded forward pass: [pad][bos][soft prompt][text (+ choice)]; returns the last hidden states."""
         device = self.bundle.device
         width = max(seq.length for seq in chunk)
@@ -292,7 +302,9 @@ class ScoringEngine:
             prompts = adapter.soft_prompts(z[rows], pooled[examples])
             embeds[soft] = prompts.reshape(-1, prompts.shape[-1]).to(embeds.dtype)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        output = self._backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+        output = self._backbone(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        )
         return output.last_hidden_state
 
     def _head_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -304,7 +316,11 @@ class ScoringEngine:
         return logits
 
     def _read_first_tokens(
-        self, hidden: torch.Tensor, chunk: list[_Sequence], choices: list[list[tuple[int, ...]]], scores: np.ndarray
+        self,
+        hidden: torch.Tensor,
+        chunk: list[_Sequence],
+        choices: list[list[tuple[int, ...]]],
+        scores: np.ndarray,
     ) -> None:
         max_choices = scores.shape[-1]
         ids = torch.zeros((len(chunk), max_choices), dtype=torch.long)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from cbpt.server.errors import ServerError
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,9 @@ def build_adapters(
             seed=projection_seed,
         ),
     ]
-    adapters += [CustomizedBlackBoxPrompt.from_folder(Path(folder), bundle.fingerprint) for folder in generators]
+    adapters += [
+        CustomizedBlackBoxPrompt.from_folder(Path(folder), bundle.fingerprint) for folder in generators
+    ]
     return adapters
 
 

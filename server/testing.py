@@ -72,7 +72,9 @@ def tiny_bundle(seed: int = 0, *, hidden_size: int = 32, layers: int = 2, bos: b
     return prepare_bundle(model, tokenizer, model_id=f"tiny-llama-{seed}")
 
 
-def tiny_generator(bundle: ModelBundle, *, dimension: int, prompt_length: int, seed: int = 0) -> PromptGenerator:
+def tiny_generator(
+    bundle: ModelBundle, *, dimension: int, prompt_length: int, seed: int = 0
+) -> PromptGenerator:
     """A randomly initialised CBP generator bound to ``bundle`` (stands in until one is trained)."""
     import torch
 
@@ -104,7 +106,11 @@ def tiny_engine(
     adapters = [
         NoPrompt(),
         BlackBoxTuning(
-            bundle.hidden_size, embedding_std(bundle), dimension=bbt_dimension, prompt_length=prompt_length, seed=seed
+            bundle.hidden_size,
+            embedding_std(bundle),
+            dimension=bbt_dimension,
+            prompt_length=prompt_length,
+            seed=seed,
         ),
     ]
     if with_cbp:

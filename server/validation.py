@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from cbpt.server.adapters import Adapter
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.limits import Limits
@@ -18,7 +17,9 @@ from cbpt.server.limits import Limits
 def check_candidates(candidates: np.ndarray, adapter: Adapter, limits: Limits) -> np.ndarray:
     array = np.asarray(candidates, dtype=np.float32)
     if array.ndim != 2:
-        raise InvalidRequest("candidates", f"expected a 2-D array [num_candidates, dimension], got {array.ndim}-D")
+        raise InvalidRequest(
+            "candidates", f"expected a 2-D array [num_candidates, dimension], got {array.ndim}-D"
+        )
     count, dimension = array.shape
     if count == 0:
         raise InvalidRequest("num_candidates", "must be at least 1")
@@ -59,7 +60,8 @@ def expand_choices(
         return lists, field
     if len(choices) != num_texts:
         raise InvalidRequest(
-            "example_choices", f"{len(choices)} choice lists for {num_texts} texts; give one shared list or one per text"
+            "example_choices",
+            f"{len(choices)} choice lists for {num_texts} texts; give one shared list or one per text",
         )
     lists = [list(options) for options in choices]
     for index, options in enumerate(lists):

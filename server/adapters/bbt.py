@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from cbpt.server.adapters.base import Adapter, random_projection
 from cbpt.server.adapters.registry import register
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-
 from cbpt.server.adapters.base import random_projection
 from cbpt.server.errors import ModelMismatch, ServerError
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,9 @@ class PromptGenerator(nn.Module):
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.detach().cpu().float().contiguous() for name, tensor in self.state_dict().items()}
+        tensors = {
+            name: tensor.detach().cpu().float().contiguous() for name, tensor in self.state_dict().items()
+        }
         save_file(tensors, str(folder / WEIGHTS_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
 

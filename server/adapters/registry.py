@@ -13,7 +13,9 @@ ADAPTER_METHODS: dict[str, type[Adapter]] = {}
 def register(cls: type[Adapter]) -> type[Adapter]:
     """Add an adapter class under its ``method`` name; a duplicate name is a programming error."""
     if cls.method in ADAPTER_METHODS:
-        raise ValueError(f"adapter method {cls.method!r} is already registered by {ADAPTER_METHODS[cls.method]}")
+        raise ValueError(
+            f"adapter method {cls.method!r} is already registered by {ADAPTER_METHODS[cls.method]}"
+        )
     ADAPTER_METHODS[cls.method] = cls
     return cls
 

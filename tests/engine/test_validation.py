@@ -1,0 +1,81 @@
+"""The engine refuses malformed requests with an InvalidRequest naming the field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cbpt.server.engine import ScoreRequest, ScoringMode
+from cbpt.server.errors import InvalidRequest, UnknownAdapter
+from cbpt.server.limits import Limits
+from cbpt.server.testing import tiny_engine
+
+OK_TEXTS = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"]
+OK_CHOICES = [[" positive", " negative"]]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine(
+        Limits(
+            max_candidates=4,
+            max_examples=3,
+            max_choices=3,
+            max_text_chars=200,
+            max_text_tokens=40,
+            max_choice_tokens=4,
+            max_sequences=8,
+        )
+    )
+
+
+def z(n=1, dim=16):
+    return np.zeros((n, dim), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "field", "fragment"),
+    [
+        ({"candidates": z(1, 15)}, "dimension", "expected 16"),
+        ({"candidates": z(0)}, "num_candidates", "at least 1"),
+        ({"candidates": z(5)}, "num_candidates", "limit of 4"),
+        ({"candidates": np.array([[0.0] * 16, [np.nan] + [0.0] * 15], np.float32)}, "candidates[1]", "NaN"),
+        ({"candidates": np.array([[np.inf] * 16], np.float32)}, "candidates[0]", "inf"),
+        ({"texts": []}, "texts", "at least one"),
+        ({"texts": ["a", "b", "c", "d"]}, "texts", "limit of 3"),
+        ({"texts": ["ok", "  "]}, "texts[1]", "empty"),
+        ({"texts": ["x" * 201]}, "texts[0]", "201 characters"),
+        ({"texts": ["word " * 39]}, "texts[0]", "tokens exceed"),
+        ({"choices": [[]]}, "shared_choices", "at least one"),
+        ({"choices": [[" a", " b", " c", " d"]]}, "shared_choices", "limit of 3"),
+        ({"choices": [[" a", ""]]}, "shared_choices[1]", "empty choice"),
+        ({"choices": [[" a"], [" b"], [" c"]]}, "example_choices", "3 choice lists for 2 texts"),
+        ({"choices": [[" a"], [" b", ""]]}, "example_choices[1][1]", "empty choice"),
+        ({"choices": [[" positive", " positively"]]}, "shared_choices", "share their first token"),
+        ({"choices": [[" a very long choice string here"]]}, "shared_choices[0]", "tokens exceed"),
+        ({"candidates": z(4), "texts": ["a", "b", "c"]}, "num_candidates", "exceeds the limit of 8"),
+    ],
+)
+def test_invalid_requests_name_the_field(engine, request_kwargs, field, fragment):
+    fields = {"adapter": "bbt", "candidates": z(), "texts": OK_TEXTS, "choices": OK_CHOICES} | request_kwargs
+    with pytest.raises(InvalidRequest) as caught:
+        engine.score(ScoreRequest(**fields))
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
+    assert fragment in str(caught.value)
+    # ... and the engine keeps serving.
+    assert engine.score(ScoreRequest("bbt", z(), OK_TEXTS, OK_CHOICES)).log_probs.shape == (1, 2, 2)
+
+
+def test_full_choice_mode_counts_choices_in_sequences(engine):
+    with pytest.raises(InvalidRequest, match="exceeds the limit of 8"):
+        engine.score(ScoreRequest("bbt", z(2), OK_TEXTS, [[" a", " b", " c"]], ScoringMode.FULL_CHOICE))
+
+
+def test_unknown_adapter_lists_known_ones(engine):
+    with pytest.raises(UnknownAdapter, match="unknown adapter 'cbpx'; known: none, bbt, cbp"):
+        engine.score(ScoreRequest("cbpx", z(), OK_TEXTS, OK_CHOICES))
+
+
+def test_errors_are_also_builtins(engine):
+    with pytest.raises(ValueError):
+        engine.score(ScoreRequest("bbt", z(1, 3), OK_TEXTS, OK_CHOICES))
