@@ -2,9 +2,10 @@
 
 It knows nothing of gRPC, so the same ``score`` serves the gRPC service, tests,
 generator training and benchmarks (and a Ray Serve deployment when one machine
-is not enough). Everything is batched: every (candidate, example[, choice])
-sequence is sorted by length and run in chunks that bound padding waste, and
-the LM head is applied only where a choice token is needed.
+is not enough). Every (candidate, example[, choice]) sequence runs batched in
+length-sorted chunks, and the LM head is applied only where a choice token is
+read. Adapters whose prompt sits before the answer cue reuse each text's
+keys and values across candidates (and across requests of the same key).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 import torch
-from cbpt.server.adapters import Adapter
+from transformers.cache_utils import DynamicCache
+
+from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.batching import Row, length_sorted_chunks, plan_rows
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
+from cbpt.server.kv_cache import TextState, TextStateCache
 from cbpt.server.limits import Limits
 from cbpt.server.model import ModelBundle
 from cbpt.server.validation import check_candidates, check_sequences, check_texts, expand_choices
@@ -37,6 +42,10 @@ class ScoreRequest:
     texts: Sequence[str]
     choices: Sequence[Sequence[str]]
     mode: ScoringMode = ScoringMode.FIRST_TOKEN
+    # Shared answer cue after each text (e.g. "\nSentiment:"); before-cue adapters put the prompt before it.
+    cue: str = ""
+    # Whose cache entries may be reused: the API key id. Keys never share cached text states.
+    scope: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,39 +75,30 @@ class EngineInfo:
     limits: Limits
 
 
-@dataclass
-class _Sequence:
-    """One row of a forward batch: which candidate, which example, and the tokens after the prompt."""
-
-    candidate: int
-    example: int
-    choice: int  # -1 in first-token mode: all choices are read from the last position
-    tokens: list[int]
-    scored: int = 0  # trailing tokens whose log-probs are summed (full-choice mode)
-    length: int = field(init=False, default=0)
-
-
-class _LRU:
-    """A bounded in-memory cache; nothing a client sent ever reaches disk."""
+class _TokenCache:
+    """Bounded in-memory tokenisation cache; nothing a client sent ever reaches disk."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
-    def get(self, key: str) -> tuple[int, ...] | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+    def get(self, text: str) -> tuple[int, ...] | None:
+        tokens = self._items.get(text)
+        if tokens is not None:
+            self._items.move_to_end(text)
+        return tokens
 
-    def put(self, key: str, value: tuple[int, ...]) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
+    def put(self, text: str, tokens: tuple[int, ...]) -> None:
+        self._items[text] = tokens
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._items)
+
+@dataclass
+class _Encoded:
+    texts: list[tuple[int, ...]]
+    cue: tuple[int, ...]
+    choices: list[list[tuple[int, ...]]]
 
 
 class ScoringEngine:
@@ -111,6 +111,8 @@ class ScoringEngine:
         batch_sequences: int = 64,
         batch_tokens: int = 8192,
         token_cache_size: int = 4096,
+        text_states: TextStateCache | None = None,
+        reuse_text_states: bool = True,
     ) -> None:
         names = [adapter.name for adapter in adapters]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -121,6 +123,8 @@ class ScoringEngine:
         self.batch_sequences = batch_sequences
         self.batch_tokens = batch_tokens
         self.adapters = {adapter.name: adapter.to(bundle.device, bundle.dtype) for adapter in adapters}
+        self.text_states = text_states if text_states is not None else TextStateCache()
+        self.reuse_text_states = reuse_text_states
         model = bundle.model
         self._embed = model.get_input_embeddings()
         self._head = model.get_output_embeddings()
@@ -128,16 +132,15 @@ class ScoringEngine:
         self._bos = self._leading_special_tokens(bundle.tokenizer)
         self._pad_id = bundle.tokenizer.pad_token_id or 0
         self._lock = threading.Lock()
-        self._token_cache = _LRU(token_cache_size)
+        self._token_cache = _TokenCache(token_cache_size)
 
     def info(self) -> EngineInfo:
         adapters = tuple(
             AdapterDescription(a.name, a.method, a.dimension, a.prompt_length, a.domain, a.description)
             for a in self.adapters.values()
         )
-        return EngineInfo(
-            self.bundle.model_id, self.bundle.fingerprint, self.bundle.hidden_size, adapters, self.limits
-        )
+        bundle = self.bundle
+        return EngineInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, adapters, self.limits)
 
     def score(self, request: ScoreRequest) -> ScoreResult:
         started = time.perf_counter()
@@ -146,169 +149,239 @@ class ScoringEngine:
             raise UnknownAdapter(request.adapter, list(self.adapters))
         candidates = check_candidates(request.candidates, adapter, self.limits)
         check_texts(request.texts, self.limits)
+        if len(request.cue) > self.limits.max_text_chars:
+            raise InvalidRequest(
+                "cue", f"{len(request.cue)} characters exceed the limit of {self.limits.max_text_chars}"
+            )
         choices, choice_field = expand_choices(request.choices, len(request.texts), self.limits)
         mode = ScoringMode(request.mode)
-        sequences_per_candidate = (
-            sum(len(options) for options in choices)
-            if mode is ScoringMode.FULL_CHOICE
-            else len(request.texts)
-        )
-        check_sequences(len(candidates) * sequences_per_candidate, self.limits)
+        per_candidate = sum(map(len, choices)) if mode is ScoringMode.FULL_CHOICE else len(choices)
+        check_sequences(len(candidates) * per_candidate, self.limits)
         with self._lock, torch.inference_mode():
-            texts = [
-                self._tokens(text, f"texts[{index}]", self.limits.max_text_tokens)
-                for index, text in enumerate(request.texts)
-            ]
-            choice_tokens = self._choice_tokens(choices, choice_field, mode)
-            log_probs, tokens = self._score(adapter, candidates, texts, choice_tokens, mode)
+            encoded = self._encode(request, choices, choice_field, mode)
+            log_probs, tokens = self._score(adapter, candidates, encoded, mode, request.scope)
         counts = tuple(len(options) for options in choices)
         return ScoreResult(log_probs, counts, tokens, time.perf_counter() - started)
 
     # -- tokenisation ---------------------------------------------------------------------------
 
     @staticmethod
-    def _leading_special_tokens(tokenizer) -> list[int]:
-        """The tokens the tokenizer puts before any text (BOS for Llama-2 style models, none for SmolLM2)."""
+    def _leading_special_tokens(tokenizer) -> tuple[int, ...]:
+        """What the tokenizer puts before any text: BOS for Llama-2 style models, nothing for SmolLM2."""
         with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-        without = tokenizer("a", add_special_tokens=False)["input_ids"]
-        return (
-            list(with_special[: len(with_special) - len(without)])
-            if with_special[-len(without) :] == without
-            else []
-        )
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        if with_special[len(with_special) - len(plain) :] != plain:
+            return ()
+        return tuple(with_special[: len(with_special) - len(plain)])
 
-    def _tokens(self, text: str, field_name: str, limit: int) -> tuple[int, ...]:
+    def _tokens(self, text: str, field_name: str, limit: int, allow_empty: bool = False) -> tuple[int, ...]:
         tokens = self._token_cache.get(text)
         if tokens is None:
             tokens = tuple(self.bundle.tokenizer(text, add_special_tokens=False)["input_ids"])
             self._token_cache.put(text, tokens)
-        if not tokens:
+        if not tokens and not allow_empty:
             raise InvalidRequest(field_name, "encodes to no tokens")
         if len(tokens) > limit:
             raise InvalidRequest(field_name, f"{len(tokens)} tokens exceed the limit of {limit}")
         return tokens
 
-    def _choice_tokens(
-        self, choices: list[list[str]], field_name: str, mode: ScoringMode
-    ) -> list[list[tuple[int, ...]]]:
+    def _encode(
+        self, request: ScoreRequest, choices: list[list[str]], choice_field: str, mode: ScoringMode
+    ) -> _Encoded:
+        limits = self.limits
+        texts = [self._tokens(t, f"texts[{i}]", limits.max_text_tokens) for i, t in enumerate(request.texts)]
+        cue = (
+            self._tokens(request.cue, "cue", limits.max_text_tokens, allow_empty=True) if request.cue else ()
+        )
         encoded: list[list[tuple[int, ...]]] = []
-        seen: dict[int, list[tuple[int, ...]]] = {}
+        shared: list[tuple[int, ...]] | None = None
         for index, options in enumerate(choices):
-            key = id(options)
-            if key in seen:  # a shared list is encoded once
-                encoded.append(seen[key])
+            if shared is not None and choice_field == "shared_choices":
+                encoded.append(shared)
                 continue
-            prefix = field_name if field_name == "shared_choices" else f"{field_name}[{index}]"
+            prefix = choice_field if choice_field == "shared_choices" else f"{choice_field}[{index}]"
             tokens = [
-                self._tokens(option, f"{prefix}[{k}]", self.limits.max_choice_tokens)
+                self._tokens(option, f"{prefix}[{k}]", limits.max_choice_tokens)
                 for k, option in enumerate(options)
             ]
-            if mode is ScoringMode.FIRST_TOKEN:
-                first = [option[0] for option in tokens]
-                if len(set(first)) != len(first):
-                    raise InvalidRequest(
-                        prefix,
-                        "two choices share their first token; use full-choice scoring or distinct choices",
-                    )
-            seen[key] = tokens
+            firsts = [option[0] for option in tokens]
+            if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
+                raise InvalidRequest(prefix, "two choices share their first token; use full-choice scoring")
+            shared = tokens
             encoded.append(tokens)
-        return encoded
+        return _Encoded(texts, cue, encoded)
 
-    # -- batched scoring ------------------------------------------------------------------------
+    # -- scoring --------------------------------------------------------------------------------
 
     def _score(
-        self,
-        adapter: Adapter,
-        candidates: np.ndarray,
-        texts: list[tuple[int, ...]],
-        choices: list[list[tuple[int, ...]]],
-        mode: ScoringMode,
+        self, adapter: Adapter, candidates: np.ndarray, encoded: _Encoded, mode: ScoringMode, scope: str
     ) -> tuple[np.ndarray, int]:
         device, dtype = self.bundle.device, self.bundle.dtype
         z = torch.from_numpy(candidates).to(device=device, dtype=dtype)
-        pooled = torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
-        sequences = self._plan(len(candidates), texts, choices, mode, adapter.prompt_length)
-        max_choices = max(len(options) for options in choices)
-        scores = np.full((len(candidates), len(texts), max_choices), -np.inf, dtype=np.float32)
-        tokens = 0
-        for chunk in self._chunks(sequences):
-            hidden = self._forward(adapter, chunk, z, pooled)
-            tokens += sum(seq.length for seq in chunk)
-            if mode is ScoringMode.FIRST_TOKEN:
-                self._read_first_tokens(hidden, chunk, choices, scores)
+        pooled = torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in encoded.texts])
+        full = mode is ScoringMode.FULL_CHOICE
+        max_choices = max(len(options) for options in encoded.choices)
+        scores = torch.full((len(candidates), len(encoded.texts), max_choices), -torch.inf)
+        before = adapter.placement is Placement.BEFORE_CUE
+        reuse = before and adapter.prompt_length > 0 and self.reuse_text_states
+        if reuse:
+            states, tokens = self._text_states(encoded.texts, scope)
+            rows = plan_rows(
+                len(candidates), [encoded.cue] * len(encoded.texts), encoded.choices if full else None
+            )
+            for row in rows:
+                row.length = adapter.prompt_length + len(row.tokens)
+            chunks = length_sorted_chunks(
+                rows, self.batch_sequences, self.batch_tokens, lambda r: r.length + states[r.example].length
+            )
+        else:
+            tails = [(() if before else text) + encoded.cue for text in encoded.texts]
+            rows = plan_rows(len(candidates), tails, encoded.choices if full else None)
+            for row in rows:
+                row.length = len(self._bos) + adapter.prompt_length + len(row.tokens)
+                row.length += len(encoded.texts[row.example]) if before else 0
+            chunks = length_sorted_chunks(rows, self.batch_sequences, self.batch_tokens)
+            tokens = 0
+        for chunk in chunks:
+            prompts = self._prompts(adapter, chunk, z, pooled)
+            if reuse:
+                hidden, ends = self._forward_after_states(chunk, prompts, states)
             else:
-                self._read_full_choices(hidden, chunk, scores)
-        log_probs = torch.from_numpy(scores).log_softmax(dim=-1).numpy()
-        return log_probs.astype(np.float32, copy=False), tokens
+                heads = [encoded.texts[row.example] if before else () for row in chunk]
+                hidden, ends = self._forward_flat(chunk, heads, prompts)
+            tokens += sum(row.length for row in chunk)
+            if full:
+                self._read_full_choices(hidden, ends, chunk, scores)
+            else:
+                self._read_first_tokens(hidden, ends, chunk, encoded.choices, scores)
+        return scores.log_softmax(dim=-1).numpy().astype(np.float32, copy=False), tokens
 
-    def _plan(
-        self,
-        num_candidates: int,
-        texts: list[tuple[int, ...]],
-        choices: list[list[tuple[int, ...]]],
-        mode: ScoringMode,
-        prompt_length: int,
-    ) -> list[_Sequence]:
-        sequences = []
-        for candidate in range(num_candidates):
-            for example, text in enumerate(texts):
-                if mode is ScoringMode.FIRST_TOKEN:
-                    sequences.append(_Sequence(candidate, example, -1, list(text)))
-                    continue
-                for k, option in enumerate(choices[example]):
-                    sequences.append(_Sequence(candidate, example, k, list(text) + list(option), len(option)))
-        for seq in sequences:
-            seq.length = len(self._bos) + prompt_length + len(seq.tokens)
-        return sequences
-
-    def _chunks(self, sequences: list[_Sequence]) -> list[list[_Sequence]]:
-        """Length-sorted chunks bounded in sequences and padded tokens (measured fastest on CPU)."""
-        ordered = sorted(sequences, key=lambda seq: seq.length)
-        chunks: list[list[_Sequence]] = []
-        current: list[_Sequence] = []
-        for seq in ordered:
-            too_many = len(current) >= self.batch_sequences
-            too_long = (len(current) + 1) * seq.length > self.batch_tokens
-            if current and (too_many or too_long):
-                chunks.append(current)
-                current = []
-            current.append(seq)
-        if current:
-            chunks.append(current)
-        return chunks
-
-    def _forward(
-        self, adapter: Adapter, chunk: list[_Sequence], z: torch.Tensor, pooled: torch.Tensor
+    def _prompts(
+        self, adapter: Adapter, chunk: list[Row], z: torch.Tensor, pooled: torch.Tensor
     ) -> torch.Tensor:
-        """Left-padded forward pass: [pad][bos][soft prompt][text (+ choice)]; returns the last hidden states."""
+        device = z.device
+        if not adapter.prompt_length:
+            return pooled.new_zeros(len(chunk), 0, pooled.shape[-1])
+        candidates = torch.tensor([row.candidate for row in chunk], device=device)
+        examples = torch.tensor([row.example for row in chunk], device=device)
+        return adapter.soft_prompts(z[candidates], pooled[examples])
+
+    def _forward_flat(
+        self, chunk: list[Row], heads: list[tuple[int, ...]], prompts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded: [pad][bos][head][soft prompt][tail]; every row ends at the last column."""
         device = self.bundle.device
-        width = max(seq.length for seq in chunk)
-        prompt_length = adapter.prompt_length
+        width = max(row.length for row in chunk)
         ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         soft = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for row, seq in enumerate(chunk):
-            start = width - seq.length
-            mask[row, start:] = 1
-            body = start + len(self._bos)
-            ids[row, start:body] = torch.tensor(self._bos, dtype=torch.long)
-            soft[row, body : body + prompt_length] = True
-            ids[row, body + prompt_length :] = torch.tensor(seq.tokens, dtype=torch.long)
+        for index, (row, head) in enumerate(zip(chunk, heads, strict=True)):
+            start = width - row.length
+            before = self._bos + head
+            mask[index, start:] = 1
+            ids[index, start : start + len(before)] = torch.tensor(before, dtype=torch.long)
+            prompt_at = start + len(before)
+            soft[index, prompt_at : prompt_at + prompts.shape[1]] = True
+            ids[index, prompt_at + prompts.shape[1] :] = torch.tensor(row.tokens, dtype=torch.long)
         ids, mask, soft = ids.to(device), mask.to(device), soft.to(device)
         embeds = self._embed(ids)
-        if prompt_length:
-            rows = torch.tensor([seq.candidate for seq in chunk], device=device)
-            examples = torch.tensor([seq.example for seq in chunk], device=device)
-            prompts = adapter.soft_prompts(z[rows], pooled[examples])
-            embeds[soft] = prompts.reshape(-1, prompts.shape[-1]).to(embeds.dtype)
+        embeds[soft] = prompts.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         output = self._backbone(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
         )
-        return output.last_hidden_state
+        return output.last_hidden_state, torch.full((len(chunk),), width - 1, dtype=torch.long)
+
+    def _text_states(self, texts: list[tuple[int, ...]], scope: str) -> tuple[list[TextState], int]:
+        """Keys and values of [bos][text] for each text, from the scope's cache or one batched pass."""
+        states: list[TextState | None] = [self.text_states.get(scope, self._bos + text) for text in texts]
+        missing = sorted({text for text, state in zip(texts, states, strict=True) if state is None}, key=len)
+        computed: dict[tuple[int, ...], TextState] = {}
+        tokens = 0
+        for start in range(0, len(missing), self.batch_sequences):
+            batch = missing[start : start + self.batch_sequences]
+            sequences = [self._bos + text for text in batch]
+            tokens += sum(map(len, sequences))
+            for text, state in zip(batch, self._encode_states(sequences), strict=True):
+                computed[text] = state
+                self.text_states.put(scope, self._bos + text, state)
+        result = [
+            state if state is not None else computed[text] for text, state in zip(texts, states, strict=True)
+        ]
+        return result, tokens
+
+    def _encode_states(self, sequences: list[tuple[int, ...]]) -> list[TextState]:
+        device = self.bundle.device
+        width = max(map(len, sequences))
+        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for index, sequence in enumerate(sequences):
+            ids[index, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+            mask[index, width - len(sequence) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = self._backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        return [
+            TextState(
+                tuple(
+                    (k[i, :, width - len(s) :].clone(), v[i, :, width - len(s) :].clone()) for k, v in layers
+                )
+            )
+            for i, s in enumerate(sequences)
+        ]
+
+    def _forward_after_states(
+        self, chunk: list[Row], prompts: torch.Tensor, states: list[TextState]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached text states left-padded, then [soft prompt][cue (+ choice)] right-padded."""
+        device = self.bundle.device
+        past = max(states[row.example].length for row in chunk)
+        width = max(row.length for row in chunk)
+        count, prompt_length = len(chunk), prompts.shape[1]
+        past_mask = torch.zeros((count, past), dtype=torch.long)
+        new_mask = torch.zeros((count, width), dtype=torch.long)
+        ids = torch.full((count, width), self._pad_id, dtype=torch.long)
+        lengths = torch.zeros(count, dtype=torch.long)
+        for index, row in enumerate(chunk):
+            past_mask[index, past - states[row.example].length :] = 1
+            new_mask[index, : row.length] = 1
+            ids[index, prompt_length : row.length] = torch.tensor(row.tokens, dtype=torch.long)
+            lengths[index] = states[row.example].length
+        layers = []
+        for layer in range(len(states[chunk[0].example].layers)):
+            keys, values = (
+                self._stack_left_padded([states[r.example].layers[layer][i] for r in chunk], past)
+                for i in (0, 1)
+            )
+            layers.append((keys, values))
+        cache = DynamicCache(ddp_cache_data=layers, config=self.bundle.model.config)
+        embeds = self._embed(ids.to(device))
+        embeds[:, :prompt_length] = prompts.to(embeds.dtype)
+        mask = torch.cat([past_mask, new_mask], dim=1).to(device)
+        positions = (lengths[:, None] + torch.arange(width)[None, :]).to(device)
+        output = self._backbone(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        ends = torch.tensor([row.length - 1 for row in chunk], dtype=torch.long)
+        return output.last_hidden_state, ends
+
+    @staticmethod
+    def _stack_left_padded(tensors: list[torch.Tensor], width: int) -> torch.Tensor:
+        heads, _, dim = tensors[0].shape
+        out = tensors[0].new_zeros(len(tensors), heads, width, dim)
+        for index, tensor in enumerate(tensors):
+            out[index, :, width - tensor.shape[1] :] = tensor
+        return out
+
+    # -- reading choice scores ------------------------------------------------------------------
 
     def _head_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Logits of only ``token_ids`` rows of the LM head, in fp32: hidden [..., d], ids [..., c]."""
+        """Logits of only the ``token_ids`` rows of the LM head, in fp32: hidden [n, d], ids [n, c]."""
         rows = self._head.weight[token_ids].float()
         logits = (rows @ hidden.float().unsqueeze(-1)).squeeze(-1)
         if getattr(self._head, "bias", None) is not None:
@@ -318,31 +391,48 @@ class ScoringEngine:
     def _read_first_tokens(
         self,
         hidden: torch.Tensor,
-        chunk: list[_Sequence],
+        ends: torch.Tensor,
+        chunk: list[Row],
         choices: list[list[tuple[int, ...]]],
-        scores: np.ndarray,
+        scores: torch.Tensor,
     ) -> None:
         max_choices = scores.shape[-1]
         ids = torch.zeros((len(chunk), max_choices), dtype=torch.long)
         valid = torch.zeros((len(chunk), max_choices), dtype=torch.bool)
-        for row, seq in enumerate(chunk):
-            firsts = [option[0] for option in choices[seq.example]]
-            ids[row, : len(firsts)] = torch.tensor(firsts)
-            valid[row, : len(firsts)] = True
-        logits = self._head_logits(hidden[:, -1, :], ids.to(hidden.device)).cpu()
-        logits = logits.masked_fill(~valid, -np.inf).numpy()
-        for row, seq in enumerate(chunk):
-            scores[seq.candidate, seq.example] = logits[row]
+        for index, row in enumerate(chunk):
+            firsts = [option[0] for option in choices[row.example]]
+            ids[index, : len(firsts)] = torch.tensor(firsts)
+            valid[index, : len(firsts)] = True
+        last = hidden[torch.arange(len(chunk), device=hidden.device), ends.to(hidden.device)]
+        logits = self._head_logits(last, ids.to(hidden.device)).cpu().masked_fill(~valid, -torch.inf)
+        candidates = torch.tensor([row.candidate for row in chunk])
+        examples = torch.tensor([row.example for row in chunk])
+        scores[candidates, examples] = logits
 
-    def _read_full_choices(self, hidden: torch.Tensor, chunk: list[_Sequence], scores: np.ndarray) -> None:
-        """Sum of log p(choice token | everything before it), from a full-vocabulary softmax at those positions only."""
-        width = hidden.shape[1]
-        weight = self._head.weight
-        for row, seq in enumerate(chunk):
-            targets = torch.tensor(seq.tokens[-seq.scored :], device=hidden.device)
-            positions = torch.arange(width - seq.scored - 1, width - 1, device=hidden.device)
-            logits = hidden[row, positions].float() @ weight.float().T
-            if getattr(self._head, "bias", None) is not None:
-                logits = logits + self._head.bias.float()
-            total = logits.log_softmax(-1).gather(-1, targets[:, None]).sum()
-            scores[seq.candidate, seq.example, seq.choice] = float(total)
+    def _read_full_choices(
+        self, hidden: torch.Tensor, ends: torch.Tensor, chunk: list[Row], scores: torch.Tensor
+    ) -> None:
+        """Sum of log p(choice token | all before it), from a full-vocabulary softmax at those positions only."""
+        row_index, positions, targets = [], [], []
+        for index, row in enumerate(chunk):
+            end = int(ends[index])
+            row_index += [index] * row.scored
+            positions += range(end - row.scored, end)
+            targets += row.tokens[len(row.tokens) - row.scored :]
+        device = hidden.device
+        picked = hidden[
+            torch.tensor(row_index, device=device), torch.tensor(positions, device=device)
+        ].float()
+        logits = picked @ self._head.weight.float().T
+        if getattr(self._head, "bias", None) is not None:
+            logits = logits + self._head.bias.float()
+        token_log_probs = (
+            logits.log_softmax(-1).gather(-1, torch.tensor(targets, device=device)[:, None]).squeeze(-1)
+        )
+        totals = torch.zeros(len(chunk), device=device).index_add_(
+            0, torch.tensor(row_index, device=device), token_log_probs
+        )
+        candidates = torch.tensor([row.candidate for row in chunk])
+        examples = torch.tensor([row.example for row in chunk])
+        choices = torch.tensor([row.choice for row in chunk])
+        scores[candidates, examples, choices] = totals.cpu()

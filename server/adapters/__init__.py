@@ -4,7 +4,7 @@ Importing this package registers every built-in method (none, bbt, cbp).
 """
 
 from cbpt.server.adapters import bbt, cbp, none  # noqa: F401  (registration side effect)
-from cbpt.server.adapters.base import Adapter, random_projection
+from cbpt.server.adapters.base import Adapter, Placement, random_projection
 from cbpt.server.adapters.registry import ADAPTER_METHODS, adapter_class, register
 
-__all__ = ["ADAPTER_METHODS", "Adapter", "adapter_class", "random_projection", "register"]
+__all__ = ["ADAPTER_METHODS", "Adapter", "Placement", "adapter_class", "random_projection", "register"]

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from enum import Enum
 from typing import ClassVar
 
 import torch
+
+
+class Placement(str, Enum):
+    """Where the soft prompt goes among the input embeddings."""
+
+    # Before the input text, as in BBT and the CBP-Tuning paper.
+    PREFIX = "prefix"
+    # After the input text, just before the answer cue: the text's keys and values do not
+    # depend on the candidate, so the engine encodes each text once and reuses it.
+    BEFORE_CUE = "before_cue"
 
 
 class Adapter(ABC):
@@ -14,15 +25,22 @@ class Adapter(ABC):
 
     ``soft_prompts`` receives one z row per sequence and the mean-pooled input
     embeddings of that sequence's text, and returns ``prompt_length`` vectors of
-    the model's hidden size that the engine places before the input text.
+    the model's hidden size that the engine places where ``placement`` says.
     """
 
     method: ClassVar[str]
 
     def __init__(
-        self, name: str, dimension: int, prompt_length: int, domain: str = "", description: str = ""
+        self,
+        name: str,
+        dimension: int,
+        prompt_length: int,
+        domain: str = "",
+        description: str = "",
+        placement: Placement = Placement.PREFIX,
     ) -> None:
         self.name = name
+        self.placement = Placement(placement)
         self.dimension = dimension
         self.prompt_length = prompt_length
         self.domain = domain

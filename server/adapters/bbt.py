@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from cbpt.server.adapters.base import Adapter, random_projection
+
+from cbpt.server.adapters.base import Adapter, Placement, random_projection
 from cbpt.server.adapters.registry import register
 
 
@@ -22,9 +23,12 @@ class BlackBoxTuning(Adapter):
         dimension: int = 500,
         prompt_length: int = 10,
         seed: int = 0,
-        description: str = "BBT: soft prompt = A z, prepended to the input",
+        placement: Placement = Placement.PREFIX,
+        description: str = "",
     ) -> None:
-        super().__init__(name, dimension, prompt_length, description=description)
+        where = "prepended to the input" if placement == Placement.PREFIX else "placed before the answer cue"
+        description = description or f"BBT: soft prompt = A z, {where}"
+        super().__init__(name, dimension, prompt_length, description=description, placement=placement)
         self.hidden_size = hidden_size
         self.projection = random_projection(dimension, prompt_length * hidden_size, embedding_std, seed)
 

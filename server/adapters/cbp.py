@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from cbpt.server.adapters.base import Adapter
 from cbpt.server.adapters.generator import PromptGenerator
 from cbpt.server.adapters.registry import register

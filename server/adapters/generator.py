@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from cbpt.server.adapters.base import random_projection
-from cbpt.server.errors import ModelMismatch, ServerError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from cbpt.server.adapters.base import random_projection
+from cbpt.server.errors import ModelMismatch, ServerError
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from cbpt.server.adapters.base import Adapter
 from cbpt.server.adapters.registry import register
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from cbpt.server.adapters import ADAPTER_METHODS, Adapter, adapter_class, random_projection, register
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorFormatError, PromptGenerator

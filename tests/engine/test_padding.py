@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.adapters.none import NoPrompt
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
@@ -67,7 +68,7 @@ def test_bos_tokenizer_keeps_bos_first_and_padding_invariant():
     engine = ScoringEngine(
         bundle, [BlackBoxTuning(bundle.hidden_size, embedding_std(bundle), dimension=8, prompt_length=2)]
     )
-    assert engine._bos == [bundle.tokenizer.bos_token_id]
+    assert engine._bos == (bundle.tokenizer.bos_token_id,)
     candidates = np.random.default_rng(4).standard_normal((2, 8)).astype(np.float32)
     batched = engine.score(ScoreRequest("bbt", candidates, TEXTS, [CHOICES])).log_probs
     np.testing.assert_allclose(batched, _alone(engine, "bbt", candidates), atol=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cbpt.server.engine import ScoreRequest, ScoringMode
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 from cbpt.server.limits import Limits
