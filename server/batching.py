@@ -41,17 +41,28 @@ def plan_rows(
 
 
 def length_sorted_chunks(
-    rows: list[Row], max_rows: int, max_tokens: int, width: Callable[[Row], int] = lambda row: row.length
+    rows: list[Row],
+    max_rows: int,
+    max_tokens: int,
+    width: Callable[[Row], int] = lambda row: row.length,
+    *,
+    sort: bool = True,
 ) -> list[list[Row]]:
-    """Group rows by length into chunks of at most ``max_rows`` rows and ``max_tokens`` padded tokens."""
-    ordered = sorted(rows, key=width)
+    """Group rows by length into chunks of at most ``max_rows`` rows and ``max_tokens`` padded tokens.
+
+    ``sort=False`` keeps request order; it exists so the benchmark can show what sorting buys.
+    """
+    ordered = sorted(rows, key=width) if sort else rows
     chunks: list[list[Row]] = []
     current: list[Row] = []
+    widest = 0
     for row in ordered:
-        if current and (len(current) >= max_rows or (len(current) + 1) * width(row) > max_tokens):
+        grown = max(widest, width(row))
+        if current and (len(current) >= max_rows or (len(current) + 1) * grown > max_tokens):
             chunks.append(current)
-            current = []
+            current, grown = [], width(row)
         current.append(row)
+        widest = grown
     if current:
         chunks.append(current)
     return chunks

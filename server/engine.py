@@ -64,6 +64,7 @@ class AdapterDescription:
     prompt_length: int
     domain: str
     description: str
+    placement: str = "prefix"
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class ScoringEngine:
         token_cache_size: int = 4096,
         text_states: TextStateCache | None = None,
         reuse_text_states: bool = True,
+        sort_by_length: bool = True,
     ) -> None:
         names = [adapter.name for adapter in adapters]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -125,6 +127,7 @@ class ScoringEngine:
         self.adapters = {adapter.name: adapter.to(bundle.device, bundle.dtype) for adapter in adapters}
         self.text_states = text_states if text_states is not None else TextStateCache()
         self.reuse_text_states = reuse_text_states
+        self.sort_by_length = sort_by_length
         model = bundle.model
         self._embed = model.get_input_embeddings()
         self._head = model.get_output_embeddings()
@@ -136,7 +139,9 @@ class ScoringEngine:
 
     def info(self) -> EngineInfo:
         adapters = tuple(
-            AdapterDescription(a.name, a.method, a.dimension, a.prompt_length, a.domain, a.description)
+            AdapterDescription(
+                a.name, a.method, a.dimension, a.prompt_length, a.domain, a.description, a.placement.value
+            )
             for a in self.adapters.values()
         )
         bundle = self.bundle
@@ -232,7 +237,11 @@ class ScoringEngine:
             for row in rows:
                 row.length = adapter.prompt_length + len(row.tokens)
             chunks = length_sorted_chunks(
-                rows, self.batch_sequences, self.batch_tokens, lambda r: r.length + states[r.example].length
+                rows,
+                self.batch_sequences,
+                self.batch_tokens,
+                lambda r: r.length + states[r.example].length,
+                sort=self.sort_by_length,
             )
         else:
             tails = [(() if before else text) + encoded.cue for text in encoded.texts]
@@ -240,7 +249,9 @@ class ScoringEngine:
             for row in rows:
                 row.length = len(self._bos) + adapter.prompt_length + len(row.tokens)
                 row.length += len(encoded.texts[row.example]) if before else 0
-            chunks = length_sorted_chunks(rows, self.batch_sequences, self.batch_tokens)
+            chunks = length_sorted_chunks(
+                rows, self.batch_sequences, self.batch_tokens, sort=self.sort_by_length
+            )
             tokens = 0
         for chunk in chunks:
             prompts = self._prompts(adapter, chunk, z, pooled)

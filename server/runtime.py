@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cbpt.server.adapters import Placement
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.none import NoPrompt
@@ -25,17 +26,21 @@ def build_adapters(
     projection_seed: int = 0,
     generators: Sequence[Path] = (),
 ) -> list:
-    """The adapters a server offers: zero-shot, BBT, and one CBP adapter per generator folder."""
-    adapters = [
-        NoPrompt(),
-        BlackBoxTuning(
-            bundle.hidden_size,
-            embedding_std(bundle),
-            dimension=bbt_dimension,
-            prompt_length=prompt_length,
-            seed=projection_seed,
-        ),
-    ]
+    """The adapters a server offers: zero-shot, BBT in both placements, one CBP adapter per generator."""
+    std = embedding_std(bundle)
+    adapters = [NoPrompt()]
+    for name, placement in (("bbt", Placement.PREFIX), ("bbt-suffix", Placement.BEFORE_CUE)):
+        adapters.append(
+            BlackBoxTuning(
+                bundle.hidden_size,
+                std,
+                name=name,
+                dimension=bbt_dimension,
+                prompt_length=prompt_length,
+                seed=projection_seed,
+                placement=placement,
+            )
+        )
     adapters += [
         CustomizedBlackBoxPrompt.from_folder(Path(folder), bundle.fingerprint) for folder in generators
     ]

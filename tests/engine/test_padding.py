@@ -88,3 +88,15 @@ def test_tokens_processed_counts_prompts_and_texts(tiny):
     result = tiny.score(ScoreRequest("bbt", np.zeros((2, 16), np.float32), TEXTS[:2], [CHOICES]))
     text_tokens = sum(len(tiny.bundle.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in TEXTS[:2])
     assert result.tokens_processed == 2 * (text_tokens + 2 * 4)
+
+
+def test_unsorted_chunks_give_the_same_scores():
+    bundle = tiny_bundle(0)
+    adapters = [BlackBoxTuning(bundle.hidden_size, embedding_std(bundle), dimension=8, prompt_length=2)]
+    candidates = np.random.default_rng(6).standard_normal((3, 8)).astype(np.float32)
+    request = ScoreRequest("bbt", candidates, TEXTS, [CHOICES])
+    sorted_scores = ScoringEngine(bundle, adapters, batch_sequences=5).score(request).log_probs
+    unsorted = (
+        ScoringEngine(bundle, adapters, batch_sequences=5, sort_by_length=False).score(request).log_probs
+    )
+    np.testing.assert_allclose(sorted_scores, unsorted, atol=1e-5)

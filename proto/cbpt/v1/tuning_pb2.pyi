@@ -21,20 +21,22 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AdapterInfo(_message.Message):
-    __slots__ = ("name", "method", "dimension", "prompt_length", "domain", "description")
+    __slots__ = ("name", "method", "dimension", "prompt_length", "domain", "description", "placement")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: str
     dimension: int
     prompt_length: int
     domain: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., dimension: _Optional[int] = ..., prompt_length: _Optional[int] = ..., domain: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    placement: str
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., dimension: _Optional[int] = ..., prompt_length: _Optional[int] = ..., domain: _Optional[str] = ..., description: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_candidates", "max_examples", "max_choices", "max_text_tokens", "max_text_chars", "max_choice_tokens", "max_sequences", "max_message_bytes")
@@ -79,7 +81,7 @@ class ChoiceList(_message.Message):
     def __init__(self, choices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("adapter", "dimension", "num_candidates", "candidates", "texts", "shared_choices", "example_choices", "mode")
+    __slots__ = ("adapter", "dimension", "num_candidates", "candidates", "texts", "shared_choices", "example_choices", "mode", "cue")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,7 @@ class EvaluateRequest(_message.Message):
     SHARED_CHOICES_FIELD_NUMBER: _ClassVar[int]
     EXAMPLE_CHOICES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    CUE_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     dimension: int
     num_candidates: int
@@ -96,7 +99,8 @@ class EvaluateRequest(_message.Message):
     shared_choices: ChoiceList
     example_choices: _containers.RepeatedCompositeFieldContainer[ChoiceList]
     mode: ScoringMode
-    def __init__(self, adapter: _Optional[str] = ..., dimension: _Optional[int] = ..., num_candidates: _Optional[int] = ..., candidates: _Optional[bytes] = ..., texts: _Optional[_Iterable[str]] = ..., shared_choices: _Optional[_Union[ChoiceList, _Mapping]] = ..., example_choices: _Optional[_Iterable[_Union[ChoiceList, _Mapping]]] = ..., mode: _Optional[_Union[ScoringMode, str]] = ...) -> None: ...
+    cue: str
+    def __init__(self, adapter: _Optional[str] = ..., dimension: _Optional[int] = ..., num_candidates: _Optional[int] = ..., candidates: _Optional[bytes] = ..., texts: _Optional[_Iterable[str]] = ..., shared_choices: _Optional[_Union[ChoiceList, _Mapping]] = ..., example_choices: _Optional[_Iterable[_Union[ChoiceList, _Mapping]]] = ..., mode: _Optional[_Union[ScoringMode, str]] = ..., cue: _Optional[str] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("num_candidates", "num_examples", "log_probs", "tokens_processed", "server_seconds")
