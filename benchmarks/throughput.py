@@ -1,0 +1,211 @@
+"""Evaluate throughput of the scoring engine, as a ratio to a plain matmul timed in the same run.
+
+    .venv/bin/python benchmarks/throughput.py            # full grid on the bundled model (~15 min on 2 cores)
+    .venv/bin/python benchmarks/throughput.py --quick    # a smaller grid (~4 min)
+
+Writes benchmarks/results/throughput.json and throughput.md. FLOPs per sequence are
+2 x non-embedding parameters x tokens processed, plus the LM-head rows actually computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
+from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
+from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.model import ModelBundle, load_model
+from cbpt.server.runtime import build_adapters, embedding_std
+from cbpt.server.testing import tiny_bundle
+from common import machine, matmul_flops, sst2_texts, write_json, write_text
+
+CHOICES = [[" negative", " positive"]]
+CUE = "\nSentiment:"
+
+
+@dataclass
+class Timing:
+    adapter: str
+    popsize: int
+    examples: int
+    length: str
+    seconds: float
+    tokens: int
+    sequences: int
+    flops: float
+
+
+def non_embedding_parameters(bundle: ModelBundle) -> int:
+    model = bundle.model
+    embedding = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    return total - embedding.numel()
+
+
+def build(bundle: ModelBundle, **options) -> ScoringEngine:
+    adapters = build_adapters(bundle)
+    config = GeneratorConfig(bundle.fingerprint, bundle.hidden_size, embedding_std(bundle), domain="bench")
+    adapters.append(CustomizedBlackBoxPrompt(PromptGenerator(config), name="cbp"))
+    return ScoringEngine(bundle, adapters, **options)
+
+
+def time_call(engine: ScoringEngine, adapter: str, popsize: int, texts: list[str], params: int) -> Timing:
+    dimension = engine.adapters[adapter].dimension
+    candidates = np.random.default_rng(0).standard_normal((popsize, dimension)).astype(np.float32)
+    request = ScoreRequest(adapter, candidates, texts, CHOICES, cue=CUE, scope="bench")
+    engine.score(request)  # warm-up; for before-cue adapters this also fills the text-state cache
+    started = time.perf_counter()
+    result = engine.score(request)
+    seconds = time.perf_counter() - started
+    head = 2 * engine.bundle.hidden_size * len(CHOICES[0]) * popsize * len(texts)
+    return Timing(
+        adapter,
+        popsize,
+        len(texts),
+        "",
+        seconds,
+        result.tokens_processed,
+        popsize * len(texts),
+        2.0 * params * result.tokens_processed + head,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller grid")
+    parser.add_argument(
+        "--model", default="smollm2", help="'smollm2', 'tiny' (plumbing only) or a HF id/folder"
+    )
+    parser.add_argument("--output", default="throughput")
+    args = parser.parse_args()
+
+    bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
+    params = non_embedding_parameters(bundle)
+    d = bundle.hidden_size
+    square = matmul_flops(2048, 2048, 2048)
+    shaped = matmul_flops(64 * 40, d, int(bundle.model.config.intermediate_size))
+    print(f"matmul 2048^3: {square / 1e9:.1f} GFLOP/s; model-shaped: {shaped / 1e9:.1f} GFLOP/s", flush=True)
+
+    popsizes = (1, 10, 20) if args.quick else (1, 10, 20, 40)
+    example_counts = (8, 32) if args.quick else (8, 16, 32)
+    short = sst2_texts(64, seed=0)
+    long = [" ".join(sst2_texts(3, seed=i)) for i in range(64)]
+    lengths = {"short": [f"Review: {t}" for t in short]} | (
+        {} if args.quick else {"long": [f"Review: {t}" for t in long]}
+    )
+
+    engine = build(bundle)
+    timings: list[Timing] = []
+    for adapter in ("bbt", "bbt-suffix", "cbp"):
+        for length, texts in lengths.items():
+            for popsize in popsizes:
+                for examples in example_counts:
+                    timing = time_call(engine, adapter, popsize, texts[:examples], params)
+                    timing.length = length
+                    timings.append(timing)
+                    print(
+                        f"{adapter:10s} {length:5s} pop {popsize:2d} x {examples:2d}: {timing.sequences / timing.seconds:6.1f} seq/s,"
+                        f" {timing.flops / timing.seconds / square:5.1%} of matmul",
+                        flush=True,
+                    )
+
+    ablations = []
+    texts = lengths["short"][:32]
+    for label, options in (
+        ("sorted, chunks of 64 (default)", {}),
+        ("unsorted, chunks of 64", {"sort_by_length": False}),
+        ("sorted, chunks of 16", {"batch_sequences": 16}),
+        ("sorted, chunks of 192", {"batch_sequences": 192, "batch_tokens": 192 * 64}),
+        ("sorted, chunks of 640", {"batch_sequences": 640, "batch_tokens": 640 * 64}),
+    ):
+        variant = build(bundle, **options)
+        timing = time_call(variant, "bbt", 20, texts, params)
+        ablations.append(
+            {
+                "variant": label,
+                "seq_per_s": timing.sequences / timing.seconds,
+                "matmul_ratio": timing.flops / timing.seconds / square,
+            }
+        )
+        print(f"ablation {label}: {ablations[-1]['seq_per_s']:.1f} seq/s", flush=True)
+    uncached = build(bundle, reuse_text_states=False)
+    for label, eng in (("bbt-suffix, text states reused", engine), ("bbt-suffix, no reuse", uncached)):
+        timing = time_call(eng, "bbt-suffix", 20, texts, params)
+        ablations.append(
+            {
+                "variant": label,
+                "seq_per_s": timing.sequences / timing.seconds,
+                "matmul_ratio": timing.flops / timing.seconds / square,
+            }
+        )
+        print(f"ablation {label}: {ablations[-1]['seq_per_s']:.1f} seq/s", flush=True)
+
+    rows = [
+        {
+            "adapter": t.adapter,
+            "length": t.length,
+            "popsize": t.popsize,
+            "examples": t.examples,
+            "seconds": t.seconds,
+            "candidate_evals_per_s": t.popsize / t.seconds,
+            "sequences_per_s": t.sequences / t.seconds,
+            "tokens_per_s": t.tokens / t.seconds,
+            "matmul_ratio": t.flops / t.seconds / square,
+            "model_shaped_matmul_ratio": t.flops / t.seconds / shaped,
+        }
+        for t in timings
+    ]
+    payload = {
+        "machine": machine(),
+        "model": bundle.model_id,
+        "non_embedding_parameters": params,
+        "matmul_gflops": {"square_2048": square / 1e9, "model_shaped": shaped / 1e9},
+        "grid": rows,
+        "ablations": ablations,
+    }
+    write_json(f"{args.output}.json", payload)
+    write_text(f"{args.output}.md", render(payload))
+    print(render(payload))
+
+
+def render(payload: dict) -> str:
+    lines = [
+        f"# Evaluate throughput ({payload['model']}, {payload['machine']['device']}, {payload['machine']['cores']} cores)",
+        "",
+        f"Same-run matmul reference: 2048x2048x2048 fp32 at {payload['matmul_gflops']['square_2048']:.1f} GFLOP/s "
+        f"(model-shaped: {payload['matmul_gflops']['model_shaped']:.1f}). Ratios below are to the 2048 matmul; "
+        "before-cue adapters count only the tokens they actually run (texts are reused).",
+        "",
+        "| adapter | input | popsize | examples | candidate evals/s | sequences/s | tokens/s | FLOP/s vs matmul |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in payload["grid"]:
+        lines.append(
+            f"| {r['adapter']} | {r['length']} | {r['popsize']} | {r['examples']} | {r['candidate_evals_per_s']:.2f} "
+            f"| {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['matmul_ratio']:.0%} |"
+        )
+    lines += [
+        "",
+        "## Ablations (bbt unless named, popsize 20 x 32 short examples)",
+        "",
+        "| variant | sequences/s | FLOP/s vs matmul |",
+        "|---|---|---|",
+    ]
+    for a in payload["ablations"]:
+        lines.append(f"| {a['variant']} | {a['seq_per_s']:.1f} | {a['matmul_ratio']:.0%} |")
+    big = [r for r in payload["grid"] if r["popsize"] * r["examples"] >= 160 and r["adapter"] == "bbt"]
+    if big:
+        lines += [
+            "",
+            f"bbt at popsize x examples >= 160: median {statistics.median(r['matmul_ratio'] for r in big):.0%} of matmul.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
