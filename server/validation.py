@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from cbpt.server.adapters import Adapter
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.limits import Limits

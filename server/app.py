@@ -1,0 +1,219 @@
+"""Assembles the grpc.aio server: interceptors, health, reflection, TLS, limits and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from cbpt.server.auth import ApiKeyInterceptor, KeyStore
+from cbpt.server.engine import ScoringEngine
+from cbpt.server.service import SERVICE_NAME, TuningServicer
+from cbpt.server.settings import ConfigError, ServerSettings, read_file
+from cbpt.v1 import tuning_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Room above max_message_bytes so the service, not the transport, answers a too-large request
+# with INVALID_ARGUMENT naming its size.
+MESSAGE_HEADROOM = 1024 * 1024
+
+
+@dataclass
+class _Parts:
+    server: grpc.aio.Server
+    health: health_aio.HealthServicer
+    servicer: TuningServicer
+    port: int
+
+
+async def build_server(engine: ScoringEngine, settings: ServerSettings) -> grpc.aio.Server:
+    """A bound, not yet started server; call it on the event loop that will run the server."""
+    return (await _build(engine, settings)).server
+
+
+async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
+    settings.check_serving()
+    interceptors = []
+    if settings.api_keys_file is not None:
+        store = KeyStore.from_file(settings.api_keys_file)
+        interceptors.append(
+            ApiKeyInterceptor(store, settings.requests_per_minute, settings.max_concurrent_per_key)
+        )
+    servicer = TuningServicer(engine)
+    message_limit = servicer.limits.max_message_bytes + MESSAGE_HEADROOM
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+            ("grpc.so_reuseport", 0),  # a second server on the same port is an error, not a silent share
+        ],
+    )
+    tuning_pb2_grpc.add_TuningServicer_to_server(servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in ("", SERVICE_NAME):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if settings.reflection:
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        names = (SERVICE_NAME, health_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    address = _listen_address(settings.host, settings.port)
+    try:
+        if settings.tls:
+            port = server.add_secure_port(address, _credentials(settings))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's bind failure: the port is taken or the host is not ours
+        port = 0
+    if port == 0:
+        servicer.close()
+        raise ConfigError(f"cannot listen on {address}: address in use or not available")
+    parts = _Parts(server, health, servicer, port)
+    log.info(
+        "server built",
+        extra={
+            "address": _listen_address(settings.host, port),
+            "tls": settings.tls,
+            "mtls": settings.client_ca is not None,
+            "auth": settings.api_keys_file is not None,
+            "reflection": settings.reflection,
+        },
+    )
+    return parts
+
+
+def _listen_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    pair = (read_file(settings.tls_key, "--tls-key"), read_file(settings.tls_cert, "--tls-cert"))
+    client_ca = read_file(settings.client_ca, "--client-ca") if settings.client_ca else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+async def graceful_stop(parts: _Parts, grace: float) -> None:
+    """Health -> NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
+    log.info("shutting down", extra={"grace_seconds": grace})
+    await parts.health.enter_graceful_shutdown()
+    await parts.server.stop(grace)
+    parts.servicer.close()
+
+
+async def serve(engine: ScoringEngine, settings: ServerSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    parts = await _build(engine, settings)
+    await parts.server.start()
+    info = engine.info()
+    log.info(
+        "serving",
+        extra={
+            "address": _listen_address(settings.host, parts.port),
+            "model_id": info.model_id,
+            "fingerprint": info.fingerprint[:16],
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await graceful_stop(parts, settings.grace_seconds)
+
+
+class BackgroundServer:
+    """The aio server on a daemon thread with its own event loop, for tests, benchmarks and notebooks."""
+
+    def __init__(self, engine: ScoringEngine, settings: ServerSettings | None = None) -> None:
+        self._engine = engine
+        self.settings = settings or ServerSettings(host="127.0.0.1", port=0, insecure=True)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="cbpt-server", daemon=True)
+        self._ready = threading.Event()
+        self._stop_requested: asyncio.Event | None = None
+        self._grace = self.settings.grace_seconds
+        self._error: BaseException | None = None
+        self.port = 0
+
+    @property
+    def target(self) -> str:
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return _listen_address(host, self.port)
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start serving and return the target; raises what building the server raised."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the background server did not start in time")
+        if self._error is not None:
+            self._thread.join(timeout)
+            raise self._error
+        return self.target
+
+    def stop(self, grace: float | None = None, timeout: float = 60.0) -> None:
+        """Graceful stop, blocking until done; ``grace`` defaults to the settings' grace_seconds."""
+        if self._stop_requested is None or not self._thread.is_alive():
+            return
+        if grace is not None:
+            self._grace = grace
+        self._loop.call_soon_threadsafe(self._stop_requested.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the background server did not stop in time")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        try:
+            self._stop_requested = asyncio.Event()
+            parts = await _build(self._engine, self.settings)
+            await parts.server.start()
+            self.port = parts.port
+        except BaseException as exc:
+            self._error = exc
+            self._stop_requested = None
+            return
+        finally:
+            self._ready.set()
+        await self._stop_requested.wait()
+        await graceful_stop(parts, self._grace)
+
+
+@contextlib.contextmanager
+def serve_in_background(engine: ScoringEngine, settings: ServerSettings | None = None) -> Iterator[str]:
+    """Run a server for the ``with`` block and yield its target, e.g. ``"127.0.0.1:41234"``.
+
+    ``settings`` defaults to plaintext on 127.0.0.1 with a free port (``port=0`` picks one).
+    On exit the server stops gracefully, giving calls still in flight at most one second.
+    """
+    server = BackgroundServer(engine, settings)
+    target = server.start()
+    try:
+        yield target
+    finally:
+        server.stop(grace=1.0)

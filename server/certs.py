@@ -1,0 +1,150 @@
+"""Development certificates: a private CA, a server certificate and an optional client certificate (mTLS).
+
+For a laptop, CI or a compose demo. A production deployment should use
+certificates from its own CA; these keys are written 0600 and never leave
+``--out``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cbpt.server.errors import ServerError
+
+VALID_DAYS = 365
+
+
+class CertificateError(ServerError, OSError):
+    """Certificates that cannot be written as asked."""
+
+
+@dataclass(frozen=True)
+class CertificatePaths:
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+def generate_dev_certificates(
+    out: Path, hosts: list[str], client: bool = False, force: bool = False
+) -> CertificatePaths:
+    """Write ca.pem, server.pem (SAN = hosts) and optionally client.pem, each with a 0600 key."""
+    if not hosts:
+        raise CertificateError("--hosts needs at least one name or address")
+    paths = CertificatePaths(
+        ca_cert=out / "ca.pem",
+        ca_key=out / "ca-key.pem",
+        server_cert=out / "server.pem",
+        server_key=out / "server-key.pem",
+        client_cert=out / "client.pem" if client else None,
+        client_key=out / "client-key.pem" if client else None,
+    )
+    existing = [p for p in vars(paths).values() if p is not None and p.exists()]
+    if existing and not force:
+        raise CertificateError(f"{existing[0]} already exists; pass --force to replace the certificates")
+    out.mkdir(parents=True, exist_ok=True)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("cbp-tuning development CA")
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    _write(paths.ca_key, _key_pem(ca_key), private=True)
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        _builder(_name(hosts[0]), ca_name, server_key.public_key())
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    _write(paths.server_key, _key_pem(server_key), private=True)
+
+    if client:
+        assert paths.client_cert is not None and paths.client_key is not None
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        client_cert = (
+            _builder(_name("cbpt-client"), ca_name, client_key.public_key())
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write(paths.client_cert, client_cert.public_bytes(serialization.Encoding.PEM), private=False)
+        _write(paths.client_key, _key_pem(client_key), private=True)
+    return paths
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+    )
+
+
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not cert_sign,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write(path: Path, data: bytes, private: bool) -> None:
+    """Create the file with its final mode from the start, so a key is never briefly world-readable."""
+    mode = 0o600 if private else 0o644
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, mode)  # the umask may have narrowed a public certificate's mode

@@ -1,0 +1,228 @@
+"""``cbpt-server``: serve, manage keys and certificates, inspect and warm the model.
+
+Every command prints a bad configuration as one line (no traceback) and exits 2.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cbpt.common.errors import CbptError
+from cbpt.server.settings import ServerSettings
+
+app = typer.Typer(
+    name="cbpt-server",
+    help="Serve a frozen LLM for privacy-preserving black-box prompt tuning.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+# Options shared by every command that loads the model; None means "not given on the command line".
+Config = Annotated[Path | None, typer.Option("--config", help="YAML or TOML settings file (or CBPT_CONFIG).")]
+Model = Annotated[str | None, typer.Option(help="Bundled name, Hugging Face id or local folder.")]
+CacheDir = Annotated[
+    Path | None, typer.Option("--model-cache-dir", help="Where the converted model is cached.")
+]
+Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+Threads = Annotated[int | None, typer.Option(help="Torch CPU threads.")]
+BbtDimension = Annotated[int | None, typer.Option(help="Dimension of BBT candidate vectors.")]
+PromptLength = Annotated[int | None, typer.Option(help="Soft-prompt vectors the BBT adapter inserts.")]
+ProjectionSeed = Annotated[int | None, typer.Option(help="Seed of the BBT random projection.")]
+Generators = Annotated[
+    list[Path] | None, typer.Option("--generator", help="A trained CBP generator folder (repeatable).")
+]
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Configuration and I/O problems become one red line and exit code 2."""
+    try:
+        yield
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(problems)
+    except (CbptError, OSError) as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    errors.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def _settings(**flags: Any) -> ServerSettings:
+    given = {name: value for name, value in flags.items() if value is not None and value != []}
+    return ServerSettings(**given)
+
+
+def _build_engine(settings: ServerSettings):
+    """Load the model and adapters the settings name (the slow step: seconds with a warm cache)."""
+    from cbpt.server.runtime import build_engine
+
+    return build_engine(
+        settings.model,
+        cache_dir=settings.model_cache_dir,
+        device=settings.device,
+        threads=settings.threads,
+        bbt_dimension=settings.bbt_dimension,
+        prompt_length=settings.prompt_length,
+        projection_seed=settings.projection_seed,
+        generators=settings.generators,
+        limits=settings.limits(),
+    )
+
+
+@app.command()
+def serve(
+    config: Config = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
+    model: Model = None,
+    model_cache_dir: CacheDir = None,
+    device: Device = None,
+    threads: Threads = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
+    client_ca: Annotated[Path | None, typer.Option(help="CA of client certificates; turns on mTLS.")] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure/--no-insecure", help="Plaintext, allowed on loopback only.")
+    ] = None,
+    api_keys_file: Annotated[Path | None, typer.Option(help="JSON file of hashed API keys.")] = None,
+    reflection: Annotated[bool | None, typer.Option("--reflection/--no-reflection")] = None,
+    bbt_dimension: BbtDimension = None,
+    prompt_length: PromptLength = None,
+    projection_seed: ProjectionSeed = None,
+    generators: Generators = None,
+    max_candidates: Annotated[int | None, typer.Option()] = None,
+    max_examples: Annotated[int | None, typer.Option()] = None,
+    max_choices: Annotated[int | None, typer.Option()] = None,
+    max_text_tokens: Annotated[int | None, typer.Option()] = None,
+    max_text_chars: Annotated[int | None, typer.Option()] = None,
+    max_choice_tokens: Annotated[int | None, typer.Option()] = None,
+    max_sequences: Annotated[int | None, typer.Option()] = None,
+    max_message_bytes: Annotated[int | None, typer.Option()] = None,
+    requests_per_minute: Annotated[int | None, typer.Option(help="Default per-key rate limit.")] = None,
+    max_concurrent_per_key: Annotated[int | None, typer.Option(help="Default per-key concurrency.")] = None,
+    grace_seconds: Annotated[float | None, typer.Option(help="Time in-flight calls get on shutdown.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    log_json: Annotated[bool | None, typer.Option("--log-json/--no-log-json")] = None,
+) -> None:
+    """Serve the Tuning service until SIGTERM/SIGINT, then drain gracefully."""
+    flags = dict(locals())
+    from cbpt.server.app import serve as run_server
+    from cbpt.server.auth import KeyStore
+    from cbpt.server.logs import configure_logging
+
+    with _one_line_errors():
+        settings = _settings(**flags)
+        configure_logging(settings.log_level, settings.log_json)
+        settings.check_serving()  # before the slow model load
+        if settings.api_keys_file is not None:
+            KeyStore.from_file(settings.api_keys_file)
+        engine = _build_engine(settings)
+        asyncio.run(run_server(engine, settings))
+
+
+@app.command("gen-certs")
+def gen_certs(
+    out: Annotated[Path, typer.Option(help="Folder for the PEM files.")],
+    hosts: Annotated[
+        str, typer.Option(help="Comma-separated DNS names and IPs for the server certificate.")
+    ] = ("localhost,127.0.0.1"),
+    client: Annotated[bool, typer.Option("--client", help="Also issue a client certificate (mTLS).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Write a development CA, a server certificate and optionally a client certificate."""
+    from cbpt.server.certs import generate_dev_certificates
+
+    with _one_line_errors():
+        names = [h.strip() for h in hosts.split(",") if h.strip()]
+        paths = generate_dev_certificates(out, names, client=client, force=force)
+    for label, path in vars(paths).items():
+        if path is not None:
+            console.print(f"{label:12} {path}", highlight=False)
+
+
+@app.command("add-key")
+def add_key(
+    name: Annotated[str, typer.Argument(help="Key id shown in logs, e.g. alice.")],
+    keys_file: Annotated[Path, typer.Option(help="JSON keys file (created if absent).")],
+    requests_per_minute: Annotated[int | None, typer.Option(help="This key's rate limit.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="This key's concurrency limit.")] = None,
+) -> None:
+    """Create an API key, store only its hash, and print the key once."""
+    from cbpt.server.auth import add_key as store_key
+
+    with _one_line_errors():
+        key = store_key(keys_file, name, requests_per_minute, max_concurrent)
+    errors.print(f"added key {name!r} to {keys_file}; it is shown only this once:", highlight=False)
+    print(key)
+
+
+@app.command()
+def info(
+    config: Config = None,
+    model: Model = None,
+    model_cache_dir: CacheDir = None,
+    device: Device = None,
+    threads: Threads = None,
+    bbt_dimension: BbtDimension = None,
+    prompt_length: PromptLength = None,
+    projection_seed: ProjectionSeed = None,
+    generators: Generators = None,
+) -> None:
+    """Load the engine and show the model identity, adapters and limits."""
+    flags = dict(locals())
+    with _one_line_errors():
+        settings = _settings(**flags)
+        engine_info = _build_engine(settings).info()
+    console.print(f"[bold]model[/bold]        {engine_info.model_id}", highlight=False)
+    console.print(f"[bold]fingerprint[/bold]  {engine_info.fingerprint}", highlight=False)
+    console.print(f"[bold]hidden size[/bold]  {engine_info.hidden_size}", highlight=False)
+    table = Table(title="adapters")
+    for column in ("name", "method", "dimension", "prompt length", "domain", "description"):
+        table.add_column(column)
+    for a in engine_info.adapters:
+        table.add_row(a.name, a.method, str(a.dimension), str(a.prompt_length), a.domain, a.description)
+    console.print(table)
+    limits = ", ".join(f"{k}={v}" for k, v in vars(engine_info.limits).items())
+    console.print(f"[bold]limits[/bold]  {limits}", highlight=False)
+
+
+@app.command("convert-model")
+def convert_model(
+    config: Config = None,
+    model: Model = None,
+    model_cache_dir: CacheDir = None,
+    device: Device = None,
+    threads: Threads = None,
+) -> None:
+    """Warm the converted-model cache, so that the first ``serve`` starts in seconds."""
+    flags = dict(locals())
+    from cbpt.server.model import load_model
+
+    with _one_line_errors():
+        settings = _settings(**flags)
+        bundle = load_model(
+            settings.model,
+            cache_dir=settings.model_cache_dir,
+            device=settings.device,
+            threads=settings.threads,
+        )
+    console.print(f"cached {bundle.model_id} (fingerprint {bundle.fingerprint[:16]}...)", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

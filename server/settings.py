@@ -1,0 +1,176 @@
+"""Server settings from flags, ``CBPT_*`` environment variables and an optional YAML/TOML file.
+
+Precedence is flags > environment > file > defaults. The file is named by
+``--config`` or ``CBPT_CONFIG`` and holds the same keys as the fields below.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cbpt.server.errors import ServerError
+from cbpt.server.limits import Limits
+
+_LIMITS = Limits()
+LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
+
+
+class ConfigError(ServerError, ValueError):
+    """Settings that cannot be served as given (missing files, unsafe transport)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for hosts only this machine can reach: localhost, 127.0.0.0/8, ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML (.yaml/.yml) or TOML (.toml) settings file into a flat mapping."""
+    kind = path.suffix.lower()
+    if kind not in {".toml", ".yaml", ".yml"}:
+        raise ConfigError(f"config file {path}: expected a .yaml, .yml or .toml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = _load_toml(path, text) if kind == ".toml" else (yaml.safe_load(text) or {})
+    except ConfigError:
+        raise
+    except (ValueError, yaml.YAMLError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"config file {path}: not valid {kind[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of setting names to values")
+    return data
+
+
+def _load_toml(path: Path, text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        raise ConfigError(f"config file {path}: TOML needs Python 3.11 or newer; use YAML") from None
+    return tomllib.loads(text)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the file named by the ``config`` flag or ``CBPT_CONFIG``; lowest precedence after defaults."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._path = init_kwargs.get("config") or os.environ.get("CBPT_CONFIG") or None
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ returns the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        return read_config_file(Path(self._path)) if self._path else {}
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``cbpt-server serve`` can be told; see the README for the deployment story."""
+
+    model_config = SettingsConfigDict(env_prefix="CBPT_", extra="forbid", validate_default=True)
+
+    config: Path | None = Field(None, description="YAML or TOML settings file")
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    model: str = "smollm2"
+    model_cache_dir: Path | None = None
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = Field(None, description="CA that signs client certificates; enables mTLS")
+    insecure: bool = Field(False, description="allow plaintext, and only on a loopback host")
+    api_keys_file: Path | None = None
+    reflection: bool = False
+
+    bbt_dimension: int = Field(500, ge=1)
+    prompt_length: int = Field(10, ge=1)
+    projection_seed: int = 0
+    generators: list[Path] = Field(default_factory=list)
+
+    max_candidates: int = Field(_LIMITS.max_candidates, ge=1)
+    max_examples: int = Field(_LIMITS.max_examples, ge=1)
+    max_choices: int = Field(_LIMITS.max_choices, ge=1)
+    max_text_tokens: int = Field(_LIMITS.max_text_tokens, ge=1)
+    max_text_chars: int = Field(_LIMITS.max_text_chars, ge=1)
+    max_choice_tokens: int = Field(_LIMITS.max_choice_tokens, ge=1)
+    max_sequences: int = Field(_LIMITS.max_sequences, ge=1)
+    max_message_bytes: int = Field(_LIMITS.max_message_bytes, ge=1024)
+
+    requests_per_minute: int = Field(
+        600, ge=1, description="default per-key rate; a key's entry may override"
+    )
+    max_concurrent_per_key: int = Field(4, ge=1, description="default per-key concurrency")
+    grace_seconds: float = Field(10.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs = getattr(init_settings, "init_kwargs", {})
+        return init_settings, env_settings, _ConfigFileSource(settings_cls, init_kwargs)
+
+    def limits(self) -> Limits:
+        return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def check_serving(self) -> None:
+        """Refuse unsafe or unreadable transport settings before the (slow) model load."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if self.client_ca is not None and not self.tls:
+            raise ConfigError("--client-ca (mTLS) needs --tls-cert and --tls-key")
+        if not self.tls:
+            if not self.insecure:
+                reason = "API keys would travel in plaintext; " if self.api_keys_file else ""
+                raise ConfigError(
+                    f"TLS is off: {reason}set --tls-cert and --tls-key, "
+                    "or pass --insecure to serve plaintext on a loopback host"
+                )
+            if not is_loopback(self.host):
+                raise ConfigError(
+                    f"--insecure serves plaintext and is allowed only on a loopback host, not {self.host!r}; "
+                    "use --tls-cert/--tls-key to listen on other interfaces"
+                )
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--client-ca", self.client_ca),
+            ("--api-keys-file", self.api_keys_file),
+        ):
+            if path is not None:
+                read_file(path, flag)
+
+
+def read_file(path: Path, what: str) -> bytes:
+    """Read a small local file, turning OS errors into one clear line."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,52 @@
+"""Fixtures for the server tests: one tiny real engine and a loopback server per module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from server_helpers import DIMENSION, TEST_LIMITS, plain_settings
+
+from cbpt.server.app import serve_in_background
+from cbpt.server.certs import CertificatePaths, generate_dev_certificates
+from cbpt.server.engine import ScoringEngine
+from cbpt.server.testing import tiny_engine
+from cbpt.v1 import tuning_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def engine() -> ScoringEngine:
+    return tiny_engine(limits=TEST_LIMITS, bbt_dimension=DIMENSION)
+
+
+@pytest.fixture(scope="module")
+def target(engine: ScoringEngine) -> Iterator[str]:
+    with serve_in_background(engine, plain_settings()) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def channel(target: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(target) as chan:
+        yield chan
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> tuning_pb2_grpc.TuningStub:
+    return tuning_pb2_grpc.TuningStub(channel)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertificatePaths:
+    return generate_dev_certificates(
+        tmp_path_factory.mktemp("certs"), ["localhost", "127.0.0.1"], client=True
+    )
+
+
+@pytest.fixture(scope="session")
+def other_certs(tmp_path_factory: pytest.TempPathFactory) -> CertificatePaths:
+    """A second, unrelated CA: a client trusting only it must refuse the server."""
+    return generate_dev_certificates(
+        tmp_path_factory.mktemp("other"), ["localhost", "127.0.0.1"], client=True
+    )

@@ -1,0 +1,132 @@
+"""Helpers for the server tests: request builders, rich-error readers, channels and small limits."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from cbpt.common.wire import pack_floats
+from cbpt.server.engine import EngineInfo, ScoreRequest, ScoreResult, ScoringEngine
+from cbpt.server.limits import Limits
+from cbpt.server.settings import ServerSettings
+from cbpt.v1 import tuning_pb2
+
+DIMENSION = 16
+# Small limits so that every "too many / too long" case is a small request.
+TEST_LIMITS = Limits(
+    max_candidates=4,
+    max_examples=6,
+    max_choices=4,
+    max_text_tokens=48,
+    max_text_chars=300,
+    max_choice_tokens=4,
+    max_sequences=24,
+    max_message_bytes=64 * 1024,
+)
+TEXTS = ["Review: a gripping and moving film\nSentiment:", "Review: dull and far too long\nSentiment:"]
+CHOICES = [" positive", " negative"]
+
+
+def plain_settings(**overrides: object) -> ServerSettings:
+    """Plaintext on loopback with a free port: the only plaintext the server accepts."""
+    values: dict[str, object] = {"host": "127.0.0.1", "port": 0, "insecure": True, "grace_seconds": 2.0}
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+def candidates(num: int = 2, dimension: int = DIMENSION, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(num, dimension)).astype(np.float32)
+
+
+def evaluate_request(
+    z: np.ndarray | None = None,
+    texts: list[str] | None = None,
+    choices: list[str] | None = None,
+    example_choices: list[list[str]] | None = None,
+    adapter: str = "bbt",
+    **fields: object,
+) -> tuning_pb2.EvaluateRequest:
+    z = candidates() if z is None else z
+    request = tuning_pb2.EvaluateRequest(
+        adapter=adapter,
+        dimension=z.shape[1],
+        num_candidates=z.shape[0],
+        candidates=pack_floats(z),
+        texts=TEXTS if texts is None else texts,
+        **fields,
+    )
+    if example_choices is not None:
+        request.example_choices.extend(tuning_pb2.ChoiceList(choices=c) for c in example_choices)
+    else:
+        request.shared_choices.SetInParent()  # presence even for an empty list
+        request.shared_choices.choices.extend(CHOICES if choices is None else choices)
+    return request
+
+
+@dataclass
+class RpcFailure:
+    code: grpc.StatusCode
+    message: str
+    field_violations: list[tuple[str, str]]
+    retry_seconds: float | None
+
+
+def failure(error: grpc.RpcError) -> RpcFailure:
+    """Code, message and the grpcio-status rich details of a failed call."""
+    status = rpc_status.from_call(error)
+    violations: list[tuple[str, str]] = []
+    retry: float | None = None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            retry = info.retry_delay.ToTimedelta().total_seconds()
+    return RpcFailure(error.code(), error.details() or "", violations, retry)
+
+
+def call_fails(method, request, **kwargs) -> RpcFailure:
+    """Call ``method`` expecting an RpcError; return what it carried."""
+    with pytest.raises(grpc.RpcError) as caught:
+        method(request, timeout=20, **kwargs)
+    return failure(caught.value)
+
+
+def tls_channel(target: str, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    return grpc.secure_channel(target, credentials)
+
+
+class GatedEngine:
+    """The real engine, held at a gate inside ``score`` so a test can keep a call in flight.
+
+    Only the timing is controlled: every call is still scored by the real engine.
+    """
+
+    def __init__(self, engine: ScoringEngine) -> None:
+        self._engine = engine
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def info(self) -> EngineInfo:
+        return self._engine.info()
+
+    def score(self, request: ScoreRequest) -> ScoreResult:
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        return self._engine.score(request)

