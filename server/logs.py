@@ -25,6 +25,7 @@ current_key_id: ContextVar[str | None] = ContextVar("cbpt_key_id", default=None)
 ALLOWED_FIELDS = frozenset(
     {
         "method",
+        "model_id",
         "adapter",
         "mode",
         "num_candidates",
