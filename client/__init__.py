@@ -1,0 +1,34 @@
+"""The light cbp-tuning client: SDK, tasks, tuner, optimizers, checkpoints and the ``cbpt`` CLI.
+
+Nothing in this package imports torch or transformers; labels and losses stay on the client.
+The main names are importable from here (loaded on first use)::
+
+    from cbpt.client import Task, Tuner, TuningClient, load_tuned
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "TuningClient": "cbpt.client.sdk",
+    "TLSConfig": "cbpt.client.sdk",
+    "ServerInfo": "cbpt.client.info",
+    "Task": "cbpt.client.task",
+    "TaskFormat": "cbpt.client.task",
+    "Tuner": "cbpt.client.tuner",
+    "TuningResult": "cbpt.client.results",
+    "HistoryRow": "cbpt.client.results",
+    "load_tuned": "cbpt.client.artifacts",
+    "save_tuned": "cbpt.client.artifacts",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cbpt.client' has no attribute {name!r}")

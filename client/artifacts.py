@@ -1,0 +1,257 @@
+"""The tuned-task folder: everything needed to predict later, and nothing a server could use.
+
+    vector.safetensors    tensors "vector" (float32) and optional "bias" (float64, applied client-side)
+                          (or vector.safetensors.enc: the same bytes sealed with AES-GCM)
+    task.json             format_version, adapter, model id and fingerprint, template, choices, dev
+                          metrics, calls used, optimizer, seed (peft-style: unknown keys load with a warning)
+    history.jsonl         one row per generation
+    curve.png             train loss and dev accuracy against calls (needs matplotlib)
+
+A tuned vector only means something on the model it was tuned on, so scoring
+against a server with another model fingerprint raises FingerprintMismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
+from cbpt.client import __version__
+from cbpt.client.crypto import KeySpec, resolve_key, seal, unseal
+from cbpt.client.errors import ClientError, FingerprintMismatch
+from cbpt.client.info import ServerInfo
+from cbpt.client.losses import apply_bias
+from cbpt.client.results import HistoryRow, TuningResult
+from cbpt.client.sdk import TuningClient
+from cbpt.client.storage import write_atomic
+from cbpt.client.task import Examples, TaskFormat
+
+FORMAT_VERSION = 1
+KIND = "cbpt.tuned-task"
+VECTOR_FILE = "vector.safetensors"
+SEALED_VECTOR_FILE = "vector.safetensors.enc"
+VECTOR_MAGIC = b"CBPTVEC\x00"
+_REQUIRED = ("format_version", "adapter", "model_id", "model_fingerprint", "task_format", "dimension")
+_KNOWN = frozenset(
+    (
+        *_REQUIRED,
+        *(
+            "kind",
+            "task_name",
+            "template",
+            "choices",
+            "class_names",
+            "dev_metrics",
+            "train_loss",
+            "calls_used",
+        ),
+        *("optimizer", "seed", "settings", "stop_reason", "vector_file", "vector_encrypted", "has_bias"),
+        *("task", "created_at", "client_version"),
+    )
+)
+
+
+class ArtifactError(ClientError, ValueError):
+    """A tuned-task folder that is missing files or holds malformed ones."""
+
+
+def save_tuned(
+    folder: Path, result: TuningResult, task_format: TaskFormat, *, encrypt: bool = False, key: KeySpec = None
+) -> list[str]:
+    """Write the tuned-task folder; return notes for the user (e.g. a skipped plot)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"vector": np.asarray(result.vector, dtype=np.float32)}
+    if result.bias is not None:
+        tensors["bias"] = np.asarray(result.bias, dtype=np.float64)
+    metadata = {"format": "cbpt", "adapter": result.adapter, "model_fingerprint": result.model_fingerprint}
+    payload = save_tensors(tensors, metadata=metadata)
+    if encrypt:
+        write_atomic(
+            folder / SEALED_VECTOR_FILE, seal(payload, resolve_key(key), VECTOR_MAGIC, FORMAT_VERSION)
+        )
+        (folder / VECTOR_FILE).unlink(missing_ok=True)
+    else:
+        write_atomic(folder / VECTOR_FILE, payload, mode=0o644)
+        (folder / SEALED_VECTOR_FILE).unlink(missing_ok=True)
+    card = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "adapter": result.adapter,
+        "dimension": int(tensors["vector"].shape[0]),
+        "model_id": result.model_id,
+        "model_fingerprint": result.model_fingerprint,
+        "task_name": result.task.get("name"),
+        "template": task_format.template,
+        "choices": task_format.choices,
+        "class_names": list(task_format.class_names) if task_format.class_names else None,
+        "task_format": task_format.format_spec(),
+        "task": result.task,
+        "dev_metrics": result.dev_metrics,
+        "train_loss": result.train_loss,
+        "calls_used": result.calls_used,
+        "optimizer": result.optimizer,
+        "seed": result.settings.get("seed"),
+        "settings": result.settings,
+        "stop_reason": result.stop_reason,
+        "vector_file": SEALED_VECTOR_FILE if encrypt else VECTOR_FILE,
+        "vector_encrypted": encrypt,
+        "has_bias": result.bias is not None,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "client_version": __version__,
+    }
+    write_atomic(folder / "task.json", (json.dumps(card, indent=2) + "\n").encode("utf-8"), mode=0o644)
+    lines = "".join(json.dumps(row.to_json()) + "\n" for row in result.history)
+    write_atomic(folder / "history.jsonl", lines.encode("utf-8"), mode=0o644)
+    return _plot_curve(folder / "curve.png", result.history)
+
+
+def _plot_curve(path: Path, history: tuple[HistoryRow, ...]) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [f"{path.name} skipped: matplotlib is not installed (pip install 'cbp-tuning[plot]')"]
+    calls = [row.calls_used for row in history]
+    figure, (loss_axis, dev_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_axis.plot(calls, [row.best_loss for row in history], label="best")
+    loss_axis.plot(calls, [row.mean_loss for row in history], label="mean", alpha=0.6)
+    loss_axis.set(xlabel="calls used (candidate evaluations)", ylabel="train loss", title="train loss")
+    loss_axis.legend()
+    dev = [(row.calls_used, row.dev_accuracy) for row in history if row.dev_accuracy is not None]
+    if dev:
+        dev_axis.plot(*zip(*dev, strict=True), marker="o")
+    dev_axis.set(xlabel="calls used (candidate evaluations)", ylabel="accuracy", title="dev accuracy")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return []
+
+
+@dataclass(frozen=True)
+class TunedTask:
+    """A loaded tuned-task folder: the vector, the client-side bias, and how to template new inputs."""
+
+    folder: Path
+    vector: np.ndarray
+    bias: np.ndarray | None
+    adapter: str
+    model_id: str
+    model_fingerprint: str
+    format: TaskFormat
+    card: dict[str, Any]
+    history: tuple[HistoryRow, ...]
+
+    def check_server(self, client: TuningClient) -> ServerInfo:
+        """The server's info, if it runs the model and adapter this vector was tuned for."""
+        info = client.info()
+        if info.model_fingerprint != self.model_fingerprint:
+            raise FingerprintMismatch(
+                f"{self.folder} was tuned on model {self.model_id} ({self.model_fingerprint[:12]}), but server "
+                f"{client.target} runs {info.model_id} ({info.model_fingerprint[:12]})"
+            )
+        try:
+            dimension = info.adapter(self.adapter).dimension
+        except KeyError as error:
+            raise FingerprintMismatch(f"server {client.target}: {error.args[0]}") from None
+        if dimension != self.vector.shape[0]:
+            raise FingerprintMismatch(
+                f"adapter {self.adapter!r} on {client.target} takes {dimension} values; the vector has "
+                f"{self.vector.shape[0]}"
+            )
+        return info
+
+    def log_probs(self, client: TuningClient, examples: Examples) -> np.ndarray:
+        """Log-probs [e, c] of every choice, the bias applied and renormalised on the client."""
+        self.check_server(client)
+        raw = client.predict(
+            self.adapter, self.vector, examples.texts, examples.wire_choices, self.format.mode
+        )
+        return apply_bias(raw, self.bias)
+
+
+def read_task_format(folder: Path) -> TaskFormat:
+    """Just the task format of a tuned folder: enough to template a data file before any key is needed."""
+    card = _read_card(Path(folder) / "task.json")
+    try:
+        return TaskFormat.model_validate(card["task_format"])
+    except ValueError as error:
+        raise ArtifactError(f"{folder}/task.json: task_format is invalid ({error})") from None
+
+
+def load_tuned(folder: Path, *, key: KeySpec = None) -> TunedTask:
+    """Read a tuned-task folder; ``key`` opens an encrypted vector (default: the default key file)."""
+    folder = Path(folder)
+    card = _read_card(folder / "task.json")
+    name = card.get("vector_file") or (SEALED_VECTOR_FILE if card.get("vector_encrypted") else VECTOR_FILE)
+    path = folder / Path(str(name)).name
+    try:
+        payload = path.read_bytes()
+    except OSError as error:
+        raise ArtifactError(f"{folder}: cannot read {path.name} ({error.strerror})") from None
+    if path.name.endswith(".enc"):
+        _, payload = unseal(
+            payload, resolve_key(key), VECTOR_MAGIC, FORMAT_VERSION, f"encrypted vector {path}"
+        )
+    try:
+        tensors = load_tensors(payload)
+    except Exception as error:  # safetensors raises its own error type for malformed bytes
+        raise ArtifactError(f"{path} is not a valid safetensors file ({error})") from None
+    if "vector" not in tensors or tensors["vector"].ndim != 1:
+        raise ArtifactError(f"{path}: expected a 1-D tensor named 'vector'")
+    vector = tensors["vector"].astype(np.float32)
+    if vector.shape[0] != int(card["dimension"]):
+        raise ArtifactError(
+            f"{path}: vector has {vector.shape[0]} values, task.json says {card['dimension']}"
+        )
+    return TunedTask(
+        folder=folder,
+        vector=vector,
+        bias=tensors["bias"].astype(np.float64) if "bias" in tensors else None,
+        adapter=str(card["adapter"]),
+        model_id=str(card["model_id"]),
+        model_fingerprint=str(card["model_fingerprint"]),
+        format=read_task_format(folder),
+        card=card,
+        history=_read_history(folder / "history.jsonl"),
+    )
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path.parent} is not a tuned-task folder (no task.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"cannot read {path}: {error}") from None
+    if not isinstance(card, dict) or (missing := [key for key in _REQUIRED if key not in card]):
+        raise ArtifactError(f"{path} lacks {', '.join(missing) if isinstance(card, dict) else 'an object'}")
+    if int(card["format_version"]) > FORMAT_VERSION:
+        warnings.warn(
+            f"{path} has format_version {card['format_version']}, newer than this client's {FORMAT_VERSION}; "
+            "reading the fields it knows",
+            stacklevel=3,
+        )
+    if unknown := sorted(set(card) - _KNOWN):
+        warnings.warn(f"{path}: ignoring unknown keys {', '.join(unknown)}", stacklevel=3)
+    return card
+
+
+def _read_history(path: Path) -> tuple[HistoryRow, ...]:
+    if not path.exists():
+        return ()
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(HistoryRow.from_json(json.loads(line)))
+    return tuple(rows)

@@ -1,0 +1,52 @@
+"""What a tuning run reports: one row per generation, and the final result."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One generation, as the progress bar, history.jsonl and curve.png show it."""
+
+    generation: int
+    calls_used: int  # candidate evaluations on the train set so far
+    best_loss: float  # lowest train loss in this generation
+    mean_loss: float
+    train_accuracy: float  # of this generation's best candidate
+    dev_accuracy: float | None  # of this generation's best candidate, when evaluated
+    wall_seconds: float  # this generation
+    elapsed_seconds: float  # since the run (or its resume) started, summed over generations
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> HistoryRow:
+        return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """The chosen vector (best dev accuracy, ties to lower train loss) and how it was found."""
+
+    vector: np.ndarray  # float32 [dimension], exactly what the server scored
+    bias: np.ndarray | None  # float64 [choices], applied on the client at prediction
+    history: tuple[HistoryRow, ...]
+    dev_metrics: dict[str, Any] | None  # accuracy, macro_f1, confusion_matrix of the chosen vector
+    train_loss: float
+    calls_used: int
+    stop_reason: str  # "budget", "patience" or "no-vector"
+    adapter: str
+    optimizer: str
+    model_id: str
+    model_fingerprint: str
+    task: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)  # loss, seed, popsize, sigma0, budget, ...
+
+    @property
+    def dev_accuracy(self) -> float | None:
+        return None if self.dev_metrics is None else float(self.dev_metrics["accuracy"])

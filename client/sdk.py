@@ -1,0 +1,385 @@
+"""TuningClient: the one place the client talks gRPC.
+
+It packs candidate vectors, unlabelled texts and choice strings into
+``EvaluateRequest`` messages and unpacks log-probabilities. Labels and losses
+have no parameter here, so they cannot reach the wire. Around each call it adds
+the API key, a deadline, retries with jittered exponential backoff (honouring the
+server's RetryInfo), and splitting to the server's stated limits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+
+from cbpt.client.errors import ClientError, FieldViolation, RequestRejected
+from cbpt.client.info import ServerInfo
+from cbpt.client.rpc_errors import RETRYABLE, code_of, retry_delay, to_client_error
+from cbpt.client.splitting import Chunk, Workload, plan_chunks
+from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
+from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+
+ScoringModeName = Literal["first_token", "full_choice"]
+Choices = Sequence[str] | Sequence[Sequence[str]]
+
+_MODES = {
+    "first_token": tuning_pb2.SCORING_MODE_FIRST_TOKEN,
+    "full_choice": tuning_pb2.SCORING_MODE_FULL_CHOICE,
+}
+# The client's own ceiling on message size; requests are split to the server's smaller limit.
+_CHANNEL_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Certificates for a TLS channel; each is a PEM path or PEM bytes. Client cert + key give mTLS."""
+
+    root_certificates: Path | bytes | None = None
+    client_cert: Path | bytes | None = None
+    client_key: Path | bytes | None = None
+    server_name: str | None = None  # when the certificate names another host than the target
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ClientError("mTLS needs both a client certificate and a client key")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.root_certificates, "root certificates"),
+            private_key=_pem(self.client_key, "client key"),
+            certificate_chain=_pem(self.client_cert, "client certificate"),
+        )
+
+
+def _pem(source: Path | bytes | str | None, what: str) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).expanduser().read_bytes()
+    except OSError as error:
+        raise ClientError(f"cannot read {what} {source}: {error.strerror}") from error
+
+
+def is_loopback(target: str) -> bool:
+    """Whether a gRPC target names this machine (plaintext and an API key are tolerable only there)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = re.sub(r"^(dns:(///)?|ipv4:|ipv6:)", "", target)
+    host = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if ":" in host else host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ClientStats:
+    """Running totals of what this client sent and got back (benchmarks read them)."""
+
+    calls: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    server_seconds: float = 0.0
+    tokens_processed: int = 0
+    candidate_evaluations: int = 0  # candidates x evaluate() calls, before any splitting
+
+    def reset(self) -> None:
+        for field in fields(self):
+            setattr(self, field.name, field.default)
+
+
+def _shift_field(field: str, chunk: Chunk) -> str:
+    """Rename a chunk-local field such as ``texts[2]`` to its index in the caller's arrays."""
+    match = re.match(r"^(candidates|texts|example_choices)\[(\d+)\](.*)$", field)
+    if not match:
+        return field
+    name, index, rest = match.groups()
+    offset = chunk.candidates.start if name == "candidates" else chunk.examples.start
+    return f"{name}[{int(index) + offset}]{rest}"
+
+
+def _candidates(candidates: np.ndarray, dimension: int, adapter: str) -> np.ndarray:
+    matrix = np.asarray(candidates, dtype=np.float32)
+    if matrix.ndim == 1 and dimension == 0 and matrix.size == 0:
+        matrix = matrix.reshape(1, 0)
+    if matrix.ndim != 2 or matrix.shape[1] != dimension:
+        message = f"candidates: shape {matrix.shape}, expected [n, {dimension}] for adapter {adapter!r}"
+        raise RequestRejected(message, (FieldViolation("candidates", message),))
+    if matrix.shape[0] == 0:
+        raise RequestRejected("candidates: at least one candidate is required")
+    return matrix
+
+
+def _choice_lists(choices: Choices, num_texts: int) -> tuple[bool, list[list[str]]]:
+    """(shared, one list per text) from one shared list or a list per text."""
+    choices = list(choices)
+    if not choices:
+        raise RequestRejected("choices: at least one choice is required")
+    if all(isinstance(choice, str) for choice in choices):
+        return True, [list(choices)] * num_texts
+    if len(choices) != num_texts:
+        raise RequestRejected(f"choices: {len(choices)} choice lists for {num_texts} texts")
+    return False, [list(options) for options in choices]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One validated ``evaluate`` call, cut into wire requests chunk by chunk."""
+
+    adapter: str
+    candidates: np.ndarray  # float32 [n, dimension]
+    texts: list[str]
+    choices: list[list[str]]  # one list per text
+    shared: bool
+    mode: ScoringModeName
+
+    def _message(self, **fields: object) -> tuning_pb2.EvaluateRequest:
+        return tuning_pb2.EvaluateRequest(
+            adapter=self.adapter, dimension=self.candidates.shape[1], mode=_MODES[self.mode], **fields
+        )
+
+    def workload(self) -> Workload:
+        """Exact byte sizes (protobuf sizes of repeated fields add up) for the splitting plan."""
+        base = self._message(num_candidates=2**32 - 1)
+        if self.shared:
+            base.shared_choices.choices.extend(self.choices[0])
+        per_example = []
+        for text, options in zip(self.texts, self.choices, strict=True):
+            single = tuning_pb2.EvaluateRequest(texts=[text])
+            if not self.shared:
+                single.example_choices.add().choices.extend(options)
+            per_example.append(single.ByteSize())
+        return Workload(
+            num_candidates=self.candidates.shape[0],
+            dimension=self.candidates.shape[1],
+            base_bytes=base.ByteSize(),
+            example_bytes=per_example,
+            choice_counts=[len(options) for options in self.choices],
+            full_choice=self.mode == "full_choice",
+        )
+
+    def request(self, chunk: Chunk) -> tuning_pb2.EvaluateRequest:
+        block = self.candidates[chunk.candidates.start : chunk.candidates.stop]
+        examples = slice(chunk.examples.start, chunk.examples.stop)
+        request = self._message(
+            num_candidates=block.shape[0], candidates=pack_floats(block), texts=self.texts[examples]
+        )
+        if self.shared:
+            request.shared_choices.choices.extend(self.choices[0])
+        else:
+            for options in self.choices[examples]:
+                request.example_choices.add().choices.extend(options)
+        return request
+
+
+class TuningClient:
+    """A synchronous client of one cbp-tuning server.
+
+    ``tls``: None picks TLS for any non-loopback target or when certificates are
+    given; False forces plaintext; True or a ``TLSConfig`` forces TLS. An API key is
+    never sent in plaintext to a non-loopback host.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        tls: bool | TLSConfig | None = None,
+        root_certificates: Path | bytes | None = None,
+        client_cert: Path | bytes | None = None,
+        client_key: Path | bytes | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff_base: float = 0.25,
+        backoff_max: float = 10.0,
+        max_retry_wait: float = 60.0,
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_wait = max_retry_wait
+        self.stats = ClientStats()
+        self._sleep = sleep
+        self._jitter = random.Random()
+        self._info: ServerInfo | None = None
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        tls_config = self._tls_config(tls, target, root_certificates, client_cert, client_key)
+        if tls_config is None and api_key and not is_loopback(target):
+            raise ClientError(
+                f"refusing to send an API key in plaintext to {target}; use TLS (a CA certificate)"
+            )
+        options = [
+            ("grpc.max_send_message_length", _CHANNEL_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _CHANNEL_MESSAGE_BYTES),
+            # Reconnect no slower than our own retries back off, so a retry finds a restarted server.
+            ("grpc.initial_reconnect_backoff_ms", int(backoff_base * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(backoff_base * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(backoff_max * 1000)),
+        ]
+        if tls_config is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            if tls_config.server_name:
+                options.append(("grpc.ssl_target_name_override", tls_config.server_name))
+            self._channel = grpc.secure_channel(target, tls_config.credentials(), options=options)
+        channel = grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
+        self._stub = tuning_pb2_grpc.TuningStub(channel)
+
+    @staticmethod
+    def _tls_config(
+        tls: bool | TLSConfig | None,
+        target: str,
+        root_certificates: Path | bytes | None,
+        client_cert: Path | bytes | None,
+        client_key: Path | bytes | None,
+    ) -> TLSConfig | None:
+        if isinstance(tls, TLSConfig):
+            return tls
+        certificates = (root_certificates, client_cert, client_key)
+        given = any(value is not None for value in certificates)
+        if tls is False:
+            if given:
+                raise ClientError("certificates were given but TLS is off (--insecure)")
+            return None
+        if tls is None and not given and is_loopback(target):
+            return None
+        return TLSConfig(*certificates)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> TuningClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- calls -----------------------------------------------------------------------------------
+    def _backoff(self, attempt: int, server_delay: float | None) -> float:
+        if server_delay is not None:
+            return server_delay * self._jitter.uniform(1.0, 1.1)
+        ceiling = min(self.backoff_max, self.backoff_base * 2**attempt)
+        return ceiling * self._jitter.uniform(0.5, 1.0)
+
+    def _call(self, method: str, request: Message) -> Message:
+        rpc = getattr(self._stub, method)
+        attempt = 0
+        while True:
+            try:
+                response = rpc(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                delay = retry_delay(error)
+                retryable = code_of(error) in RETRYABLE and attempt < self.max_retries
+                if retryable and (delay is None or delay <= self.max_retry_wait):
+                    self._sleep(self._backoff(attempt, delay))
+                    attempt += 1
+                    self.stats.retries += 1
+                    continue
+                raise to_client_error(
+                    error, target=self.target, method=method, timeout=self.timeout
+                ) from error
+            self.stats.calls += 1
+            self.stats.bytes_sent += request.ByteSize()
+            self.stats.bytes_received += response.ByteSize()
+            return response
+
+    def info(self, *, refresh: bool = False) -> ServerInfo:
+        """The server's model, fingerprint, adapters and limits (cached after the first call)."""
+        if self._info is None or refresh:
+            self._info = ServerInfo.from_proto(self._call("GetServerInfo", tuning_pb2.GetServerInfoRequest()))
+        return self._info
+
+    def evaluate(
+        self,
+        adapter: str,
+        candidates: np.ndarray,
+        texts: Sequence[str],
+        choices: Choices,
+        mode: ScoringModeName = "first_token",
+    ) -> np.ndarray:
+        """Log-probs float32 [num_candidates, num_examples, max_choices] of every choice.
+
+        ``choices`` is one list shared by all texts or one list per text; an example
+        with fewer choices than the widest is padded with -inf. Requests larger than
+        the server's limits are split and the results stitched back together.
+        """
+        info = self.info()
+        try:
+            dimension = info.adapter(adapter).dimension
+        except KeyError as error:
+            raise RequestRejected(
+                str(error.args[0]), (FieldViolation("adapter", str(error.args[0])),)
+            ) from None
+        shared, lists = _choice_lists(choices, len(texts))
+        if mode not in _MODES:
+            raise RequestRejected(f"mode: unknown scoring mode {mode!r}; known: {', '.join(_MODES)}")
+        batch = _Batch(adapter, _candidates(candidates, dimension, adapter), list(texts), lists, shared, mode)
+        count = batch.candidates.shape[0]
+        self.stats.candidate_evaluations += count
+        if not batch.texts:
+            return np.zeros((count, 0, 0), dtype=np.float32)
+        result = np.full((count, len(batch.texts), max(map(len, lists))), -np.inf, dtype=np.float32)
+        for chunk in plan_chunks(batch.workload(), info.limits):
+            scores = self._evaluate_chunk(batch, chunk)
+            rows, columns = chunk.candidates, chunk.examples
+            result[rows.start : rows.stop, columns.start : columns.stop, : scores.shape[2]] = scores
+        return result
+
+    def predict(
+        self,
+        adapter: str,
+        vector: np.ndarray,
+        texts: Sequence[str],
+        choices: Choices,
+        mode: ScoringModeName = "first_token",
+    ) -> np.ndarray:
+        """Log-probs [num_examples, max_choices] for one vector: ``evaluate`` with one candidate."""
+        return self.evaluate(adapter, np.asarray(vector).reshape(1, -1), texts, choices, mode)[0]
+
+    def _evaluate_chunk(self, batch: _Batch, chunk: Chunk) -> np.ndarray:
+        rows, columns = chunk.candidates, chunk.examples
+        request = batch.request(chunk)
+        try:
+            response = self._call("Evaluate", request)
+        except RequestRejected as error:
+            if len(rows) == len(batch.candidates) and len(columns) == len(batch.texts):
+                raise
+            violations = tuple(
+                FieldViolation(_shift_field(v.field, chunk), v.description) for v in error.violations
+            )
+            reason = "; ".join(str(v) for v in violations) or str(error)
+            raise RequestRejected(f"server rejected Evaluate: {reason}", violations) from error
+        counts = np.array([len(batch.choices[i]) for i in columns])
+        if response.num_candidates != len(rows) or response.num_examples != len(columns):
+            raise ClientError(
+                f"log_probs: server answered {response.num_candidates} x {response.num_examples}, "
+                f"expected {len(rows)} x {len(columns)}"
+            )
+        try:  # ragged on the wire: each example carries only its own choices
+            flat = unpack_floats(response.log_probs, (len(rows), int(counts.sum())), "log_probs")
+        except WireFormatError as error:
+            raise ClientError(str(error)) from error
+        scores = np.full((len(rows), len(columns), int(counts.max())), -np.inf, dtype=np.float32)
+        scores[:, np.arange(scores.shape[2])[None, :] < counts[:, None]] = flat
+        self.stats.server_seconds += response.server_seconds
+        self.stats.tokens_processed += response.tokens_processed
+        return scores

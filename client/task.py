@@ -1,0 +1,393 @@
+"""Task: which data, how a row becomes an unlabelled text, and which choices the model scores.
+
+Labels stay here. A ``Task`` hands the tuner ``texts`` (templated, no label) and
+``labels`` (int indices into the choices) separately, and the template may not
+reference the label field, so a label can never ride along inside a text.
+
+A task is a YAML/TOML/JSON file or built in Python::
+
+    name: sst2
+    data: {train: train.jsonl, test: dev.jsonl}   # relative to this file's folder
+    template: "Review: {text}\\nSentiment:"
+    label_field: label
+    choices: {negative: " negative", positive: " positive"}
+    shots_per_class: 16
+    dev_per_class: 8
+    seed: 0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from cbpt.client.errors import TaskError
+from cbpt.client.loaders import Row, read_rows
+
+ScoringModeName = Literal["first_token", "full_choice"]
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Templated texts, their choice lists (one shared list, or one per text) and, if known, labels."""
+
+    texts: tuple[str, ...]
+    labels: np.ndarray | None  # int64 [num_examples], an index into each example's choices
+    choices: tuple[str, ...] | tuple[tuple[str, ...], ...]
+    shared: bool
+    rows: tuple[int, ...]  # row numbers in the source file (0-based)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def wire_choices(self) -> list[str] | list[list[str]]:
+        """The choices in the form ``TuningClient.evaluate`` takes."""
+        return list(self.choices) if self.shared else [list(options) for options in self.choices]
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.choices) if self.shared else max(len(options) for options in self.choices)
+
+    def take(self, indices: Sequence[int]) -> Examples:
+        indices = [int(i) for i in indices]
+        return Examples(
+            texts=tuple(self.texts[i] for i in indices),
+            labels=None if self.labels is None else self.labels[indices],
+            choices=self.choices if self.shared else tuple(self.choices[i] for i in indices),
+            shared=self.shared,
+            rows=tuple(self.rows[i] for i in indices),
+        )
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The field names a template uses, refusing positional, attribute and index fields."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(f"template {template!r} is malformed: {error}") from None
+    names: list[str] = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"template field {{{name}}} must be a plain field name such as {{text}}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+class TaskFormat(BaseModel):
+    """How rows become texts, choices and labels: everything needed to score new files (kept in task.json)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    template: str
+    text_fields: tuple[str, ...] = ()
+    label_field: str = "label"
+    choices: dict[str, str] | None = None  # label -> choice string, in class order
+    options_field: str | None = None  # per-example options; the label is an index or the option text
+    option_template: str = " {option}"
+    mode: ScoringModeName = "first_token"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        if "text_field" in raw:
+            raw["text_fields"] = [raw.pop("text_field")]
+        if isinstance(raw.get("text_fields"), str):
+            raw["text_fields"] = [raw["text_fields"]]
+        if raw.get("template") is None and raw.get("text_fields"):
+            raw["template"] = "\n".join(f"{{{name}}}" for name in raw["text_fields"])
+        if isinstance(raw.get("choices"), dict):
+            if any(isinstance(label, bool) for label in raw["choices"]):
+                raise ValueError(
+                    'choices: a label read as true/false; quote YAML labels such as "yes" and "no"'
+                )
+            raw["choices"] = {str(label): choice for label, choice in raw["choices"].items()}
+        return raw
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskFormat:
+        used = template_fields(self.template)
+        if not used:
+            raise ValueError(
+                f"template {self.template!r} uses no field; e.g. 'Review: {{text}}\\nSentiment:'"
+            )
+        if self.text_fields and (extra := [name for name in used if name not in self.text_fields]):
+            raise ValueError(
+                f"template field {{{extra[0]}}} is not among text_fields {list(self.text_fields)}"
+            )
+        if self.label_field in used:
+            raise ValueError(
+                f"template uses the label field {{{self.label_field}}}; labels never leave the client"
+            )
+        object.__setattr__(self, "text_fields", used)
+        if (self.choices is None) == (self.options_field is None):
+            raise ValueError("give exactly one of choices (label -> choice string) or options_field")
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices: at least one label -> choice string is required")
+            if empty := [label for label, choice in self.choices.items() if not choice]:
+                raise ValueError(f"choices: label {empty[0]!r} has an empty choice string")
+            if len(set(self.choices.values())) != len(self.choices):
+                raise ValueError("choices: two labels map to the same choice string")
+        if template_fields(self.option_template) != ("option",):
+            raise ValueError("option_template must use exactly the field {option}, e.g. ' {option}'")
+        return self
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Label names in index order; None for per-example options."""
+        return tuple(self.choices) if self.choices is not None else None
+
+    def format_spec(self) -> dict[str, Any]:
+        """This format alone, as JSON-ready data (what task.json keeps)."""
+        return self.model_dump(mode="json", include=set(TaskFormat.model_fields))
+
+    # -- rows -> examples ------------------------------------------------------------------------
+    def _text(self, row: Row, where: str) -> str:
+        values = {}
+        for name in self.text_fields:
+            if name not in row or row[name] is None:
+                raise TaskError(
+                    f"{where}: missing field {name!r} used by the template (fields: {', '.join(row)})"
+                )
+            values[name] = row[name]
+        return self.template.format_map(values)
+
+    def _options(self, row: Row, where: str) -> tuple[str, ...]:
+        """The row's raw options (a list, or a JSON list inside a CSV cell)."""
+        value = row.get(self.options_field) if self.options_field else None
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+        if not isinstance(value, list) or not value:
+            raise TaskError(f"{where}: field {self.options_field!r} must be a non-empty list of options")
+        return tuple(str(option) for option in value)
+
+    def _label(self, row: Row, where: str, options: tuple[str, ...] | None) -> int:
+        if self.label_field not in row or row[self.label_field] in (None, ""):
+            raise TaskError(f"{where}: missing label field {self.label_field!r} (fields: {', '.join(row)})")
+        value = row[self.label_field]
+        if self.choices is not None:
+            names = list(self.choices)
+            if str(value) not in self.choices:
+                raise TaskError(f"{where}: unknown label {value!r}; known: {', '.join(names)}")
+            return names.index(str(value))
+        assert options is not None
+        if str(value) in options:
+            return options.index(str(value))
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            index = int(value)
+            if not 0 <= index < len(options):
+                raise TaskError(f"{where}: label index {index} is out of range for {len(options)} options")
+            return index
+        raise TaskError(f"{where}: label {value!r} is neither an option index nor one of the options")
+
+    def examples(self, rows: Sequence[Row], source: str, *, require_labels: bool = True) -> Examples:
+        """Template every row; labels are read (and required) only when ``require_labels``."""
+        texts, options_lists, labels = [], [], []
+        has_labels = require_labels
+        for number, row in enumerate(rows):
+            where = f"{source} row {number + 1}"
+            texts.append(self._text(row, where))
+            options = self._options(row, where) if self.options_field else None
+            if options is not None:
+                options_lists.append(tuple(self.option_template.format(option=o) for o in options))
+            if has_labels:
+                labels.append(self._label(row, where, options))
+        shared = self.choices is not None
+        return Examples(
+            texts=tuple(texts),
+            labels=np.asarray(labels, dtype=np.int64) if has_labels else None,
+            choices=tuple(self.choices.values()) if shared else tuple(options_lists),
+            shared=shared,
+            rows=tuple(range(len(rows))),
+        )
+
+    def load_examples(self, path: Path, *, require_labels: bool = True, field: str = "data") -> Examples:
+        return self.examples(read_rows(Path(path), field), str(path), require_labels=require_labels)
+
+
+class DataFiles(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: Path
+    test: Path | None = None
+
+
+class Task(TaskFormat):
+    """A labelled task: data files plus k-shot sampling (per class, seeded) and a disjoint dev split."""
+
+    name: str
+    data: DataFiles
+    shots_per_class: int = Field(16, ge=1)
+    dev_per_class: int = Field(8, ge=0)
+    seed: int = 0
+
+    _splits: tuple[Examples, Examples] | None = PrivateAttr(None)
+    _train_sha256: str | None = PrivateAttr(None)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Task:
+        """Load a .yaml/.yml, .toml or .json task; relative data paths resolve against its folder."""
+        path = Path(path)
+        raw = _read_task_file(path)
+        data = raw.get("data")
+        if isinstance(data, dict):
+            raw["data"] = {
+                key: str((path.parent / value).resolve()) if isinstance(value, str) else value
+                for key, value in data.items()
+            }
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "task") -> Task:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as error:
+            raise TaskError(f"{source}: {_first_problem(error)}") from None
+
+    # -- splits ----------------------------------------------------------------------------------
+    def load(self) -> tuple[Examples, Examples]:
+        """Read and sample the train file now (it is otherwise read on first use): (train, dev)."""
+        return self._load()
+
+    def _load(self) -> tuple[Examples, Examples]:
+        if self._splits is None:
+            path = Path(self.data.train)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            everything = self.load_examples(path, field="data.train")
+            self._train_sha256 = digest
+            self._splits = self._sample(everything, path.name)
+        return self._splits
+
+    def _sample(self, everything: Examples, source: str) -> tuple[Examples, Examples]:
+        assert everything.labels is not None
+        rng = np.random.default_rng(self.seed)
+        classes = range(len(self.choices)) if self.choices is not None else sorted(set(everything.labels))
+        need = self.shots_per_class + self.dev_per_class
+        train: list[int] = []
+        dev: list[int] = []
+        for label in classes:
+            members = np.flatnonzero(everything.labels == label)
+            if len(members) < need:
+                name = self.class_names[label] if self.class_names else f"option {label}"
+                raise TaskError(
+                    f"data.train: class {name!r} has {len(members)} examples in {source}; needs {need} "
+                    f"(shots_per_class {self.shots_per_class} + dev_per_class {self.dev_per_class})"
+                )
+            picked = rng.permutation(members)[:need]
+            train.extend(picked[: self.shots_per_class])
+            dev.extend(picked[self.shots_per_class :])
+        return everything.take(rng.permutation(train)), everything.take(rng.permutation(dev))
+
+    @property
+    def train(self) -> Examples:
+        return self._load()[0]
+
+    @property
+    def dev(self) -> Examples:
+        return self._load()[1]
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The k-shot training texts, templated and unlabelled: what may go to the server."""
+        return self.train.texts
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label indices of ``texts``; they stay on the client."""
+        assert self.train.labels is not None
+        return self.train.labels
+
+    def test(self) -> Examples:
+        """Every row of the test file (labels required)."""
+        if self.data.test is None:
+            raise TaskError(f"task {self.name!r} has no data.test file")
+        return self.load_examples(Path(self.data.test), field="data.test")
+
+    def format_only(self) -> TaskFormat:
+        return TaskFormat.model_validate(self.format_spec())
+
+    def metadata(self) -> dict[str, Any]:
+        """What a result and task.json record about the task (no paths, no data)."""
+        train, dev = self._load()
+        return {
+            "name": self.name,
+            "format": self.format_spec(),
+            "shots_per_class": self.shots_per_class,
+            "dev_per_class": self.dev_per_class,
+            "seed": self.seed,
+            "train_file": Path(self.data.train).name,
+            "train_sha256": self._train_sha256,
+            "num_train": len(train),
+            "num_dev": len(dev),
+            "class_names": list(self.class_names) if self.class_names else None,
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 over the task's settings and its training data: resume refuses any change."""
+        canonical = json.dumps(self.metadata(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _read_task_file(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaskError(f"task file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TaskError(f"cannot read task file {path}: {error}") from None
+    try:
+        if suffix in (".yaml", ".yml"):
+            raw = yaml.safe_load(text)
+        elif suffix == ".toml":
+            raw = _toml(text)
+        elif suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raise TaskError(f"task file {path}: expected .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, ValueError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        if isinstance(error, TaskError):
+            raise
+        first = " ".join(str(error).split())
+        raise TaskError(f"task file {path} is not valid {suffix[1:].upper()}: {first}") from None
+    if not isinstance(raw, dict):
+        raise TaskError(f"task file {path}: expected a mapping of settings")
+    return raw
+
+
+def _toml(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise TaskError("TOML task files need Python 3.11+ (or tomli); use YAML") from None
+    return tomllib.loads(text)
+
+
+def _first_problem(error: ValidationError) -> str:
+    problems = error.errors()
+    first = problems[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{location}: {message}{more}" if location else f"{message}{more}"

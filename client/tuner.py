@@ -1,0 +1,314 @@
+"""Tuner: the ask -> evaluate -> loss -> tell loop, with dev selection, early stopping and checkpoints.
+
+Each generation's whole population goes to the server in one ``evaluate`` call
+(the SDK splits it to the server's limits). Losses are computed here, from the
+labels the task keeps, and only the optimizer sees them. Like BBT, the final
+vector is the one with the best dev accuracy (ties: lower train loss), because
+the loss on a few dozen training examples is a poor guide to held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
+from cbpt.client.crypto import KeySpec, SecretKey, resolve_key
+from cbpt.client.errors import CheckpointError, ConfigError
+from cbpt.client.info import ServerInfo
+from cbpt.client.losses import LOSSES, apply_bias, compute_losses, cross_entropy, metrics, predictions
+from cbpt.client.optimizers import (
+    GenerationRecord,
+    Optimizer,
+    OptimizerConfig,
+    candidates_digest,
+    make_optimizer,
+    replay,
+)
+from cbpt.client.results import HistoryRow, TuningResult
+from cbpt.client.sdk import TuningClient
+from cbpt.client.task import Examples, Task
+
+# A loss the optimizer can digest when the model rules a label out entirely.
+_LOSS_CEILING = 1e6
+
+
+@dataclass
+class _Progress:
+    """Mutable run state; everything here is saved in, and restored from, the checkpoint."""
+
+    generations: list[GenerationRecord] = field(default_factory=list)
+    history: list[HistoryRow] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    calls_used: int = 0
+    stale: int = 0  # dev evaluations since dev accuracy last improved
+    stop_reason: str | None = None
+
+
+class Tuner:
+    """Tunes one adapter vector for a task against one server.
+
+    ``budget`` counts candidate evaluations on the train set (dev evaluations are
+    extra); it is spent in whole generations of ``popsize``. ``patience`` stops
+    after that many dev evaluations without a better dev accuracy.
+    """
+
+    def __init__(
+        self,
+        client: TuningClient,
+        task: Task,
+        *,
+        adapter: str = "bbt",
+        optimizer: str = "cma",
+        budget: int = 200,
+        popsize: int = 20,
+        sigma0: float = 1.0,
+        loss: str = "ce",
+        fit_bias: bool = False,
+        dev_every: int = 1,
+        patience: int | None = None,
+        seed: int = 0,
+        checkpoint: Path | str | None = None,
+        checkpoint_key: KeySpec = None,
+        on_generation: Callable[[HistoryRow], None] | None = None,
+    ) -> None:
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        if popsize < 1 or dev_every < 1 or (patience is not None and patience < 1) or sigma0 <= 0:
+            raise ConfigError("popsize, dev_every and patience must be at least 1, and sigma0 positive")
+        if budget < popsize:
+            raise ConfigError(f"budget {budget} is below one generation (popsize {popsize})")
+        self.client = client
+        self.task = task
+        self.adapter = adapter
+        self.optimizer_name = optimizer
+        self.budget = budget
+        self.popsize = popsize
+        self.sigma0 = sigma0
+        self.loss = loss
+        self.fit_bias = fit_bias
+        self.dev_every = dev_every
+        self.patience = patience
+        self.seed = seed
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self._checkpoint_key = checkpoint_key
+        self._key: SecretKey | None = None
+        self.on_generation = on_generation
+
+    @property
+    def generations(self) -> int:
+        return self.budget // self.popsize
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "adapter": self.adapter,
+            "optimizer": self.optimizer_name,
+            "budget": self.budget,
+            "popsize": self.popsize,
+            "sigma0": self.sigma0,
+            "loss": self.loss,
+            "fit_bias": self.fit_bias,
+            "dev_every": self.dev_every,
+            "patience": self.patience,
+            "seed": self.seed,
+        }
+
+    def config(self, info: ServerInfo) -> dict[str, Any]:
+        """What a resume must match exactly: settings, task (with its data) and model."""
+        return {
+            **self.settings(),
+            "task": self.task.fingerprint(),
+            "model_fingerprint": info.model_fingerprint,
+        }
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> TuningResult:
+        info = self.client.info()
+        try:
+            dimension = info.adapter(self.adapter).dimension
+        except KeyError as error:
+            raise ConfigError(str(error.args[0])) from None
+        train, dev = self.task.train, self.task.dev
+        if dimension == 0:
+            return self._run_without_vector(info, train, dev)
+        optimizer = make_optimizer(
+            self.optimizer_name,
+            OptimizerConfig(dimension, self.popsize, self.sigma0, self.seed, self.generations * self.popsize),
+        )
+        config = self.config(info)
+        progress = self._resume(optimizer, config) if resume else self._fresh()
+        elapsed = progress.history[-1].elapsed_seconds if progress.history else 0.0
+        while len(progress.generations) < self.generations and progress.stop_reason is None:
+            self._generation(optimizer, train, dev, progress)
+            row = progress.history[-1]
+            elapsed += row.wall_seconds
+            progress.history[-1] = row = HistoryRow(**{**row.to_json(), "elapsed_seconds": elapsed})
+            if self.checkpoint is not None:
+                save_checkpoint(self.checkpoint, self._to_checkpoint(config, optimizer, progress), self._key)
+            if self.on_generation is not None:
+                self.on_generation(row)
+        return self._result(info, progress, progress.stop_reason or "budget")
+
+    def _fresh(self) -> _Progress:
+        if self.checkpoint is not None:
+            if self.checkpoint.exists():
+                raise CheckpointError(
+                    f"a checkpoint already exists at {self.checkpoint}; resume it or choose another folder"
+                )
+            self._key = resolve_key(self._checkpoint_key)
+        return _Progress()
+
+    def _resume(self, optimizer: Optimizer, config: dict[str, Any]) -> _Progress:
+        if self.checkpoint is None:
+            raise CheckpointError("resume needs a checkpoint path")
+        self._key = resolve_key(self._checkpoint_key)
+        saved = load_checkpoint(self.checkpoint, self._key)
+        check_config(saved.config, config, self.checkpoint)
+        replay(optimizer, saved.generations)
+        if _canonical(optimizer.state()) != _canonical(saved.optimizer_state):
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint}: the replayed optimizer state differs from the saved one"
+            )
+        return _Progress(
+            generations=list(saved.generations),
+            history=[HistoryRow.from_json(row) for row in saved.history],
+            best=saved.best,
+            calls_used=saved.calls_used,
+            stale=int(saved.progress.get("stale", 0)),
+            stop_reason=saved.progress.get("stop_reason"),
+        )
+
+    def _generation(self, optimizer: Optimizer, train: Examples, dev: Examples, progress: _Progress) -> None:
+        started = time.perf_counter()
+        index = len(progress.generations)
+        candidates = optimizer.ask()
+        log_probs = self.client.evaluate(
+            self.adapter, candidates, train.texts, train.wire_choices, self.task.mode
+        )
+        scored = compute_losses(self.loss, log_probs, train.labels, with_bias=self.fit_bias)
+        losses = np.nan_to_num(scored.losses, nan=_LOSS_CEILING, posinf=_LOSS_CEILING)
+        optimizer.tell(candidates, losses)
+        progress.generations.append(GenerationRecord(candidates_digest(candidates), tuple(losses.tolist())))
+        progress.calls_used += len(candidates)
+        best = int(np.argmin(losses))
+        bias = None if scored.bias is None else scored.bias[best]
+        entry = {
+            "generation": index,
+            "vector": candidates[best].astype(np.float32).tolist(),
+            "bias": None if bias is None else bias.tolist(),
+            "train_loss": float(losses[best]),
+            "dev_accuracy": None,
+            "dev_metrics": None,
+        }
+        last = index + 1 == self.generations
+        if len(dev) and ((index + 1) % self.dev_every == 0 or last):
+            entry["dev_metrics"] = self._dev_metrics(np.asarray(entry["vector"], np.float32), bias, dev)
+            entry["dev_accuracy"] = entry["dev_metrics"]["accuracy"]
+        self._select(entry, progress)
+        progress.history.append(
+            HistoryRow(
+                generation=index,
+                calls_used=progress.calls_used,
+                best_loss=float(losses[best]),
+                mean_loss=float(losses.mean()),
+                train_accuracy=float(np.mean(predictions(scored.log_probs[best]) == train.labels)),
+                dev_accuracy=entry["dev_accuracy"],
+                wall_seconds=time.perf_counter() - started,
+                elapsed_seconds=0.0,
+            )
+        )
+
+    def _dev_metrics(self, vector: np.ndarray, bias: np.ndarray | None, dev: Examples) -> dict[str, Any]:
+        log_probs = self.client.predict(self.adapter, vector, dev.texts, dev.wire_choices, self.task.mode)
+        adjusted = apply_bias(log_probs, bias)
+        result = metrics(adjusted, dev.labels, dev.num_choices)
+        result["loss"] = float(cross_entropy(adjusted[None], dev.labels)[0])
+        return result
+
+    def _select(self, entry: dict[str, Any], progress: _Progress) -> None:
+        """Keep the best candidate: by dev accuracy when a dev split exists, then by train loss."""
+        best = progress.best
+        if entry["dev_accuracy"] is None:
+            if best is None or (best["dev_accuracy"] is None and entry["train_loss"] < best["train_loss"]):
+                progress.best = entry
+            return
+        improved = (
+            best is None or best["dev_accuracy"] is None or entry["dev_accuracy"] > best["dev_accuracy"]
+        )
+        tie = best is not None and entry["dev_accuracy"] == best["dev_accuracy"]
+        if improved or (tie and entry["train_loss"] < best["train_loss"]):
+            progress.best = entry
+        progress.stale = 0 if improved else progress.stale + 1
+        if self.patience is not None and progress.stale >= self.patience:
+            progress.stop_reason = "patience"
+
+    def _to_checkpoint(self, config: dict[str, Any], optimizer: Optimizer, progress: _Progress) -> Checkpoint:
+        return Checkpoint(
+            config=config,
+            generations=progress.generations,
+            history=[row.to_json() for row in progress.history],
+            best=progress.best,
+            optimizer_state=optimizer.state(),
+            calls_used=progress.calls_used,
+            progress={"stale": progress.stale, "stop_reason": progress.stop_reason},
+        )
+
+    def _run_without_vector(self, info: ServerInfo, train: Examples, dev: Examples) -> TuningResult:
+        """A dimension-0 adapter ("none") has nothing to tune: score once, fit the bias if asked."""
+        started = time.perf_counter()
+        empty = np.zeros((1, 0), dtype=np.float32)
+        log_probs = self.client.evaluate(self.adapter, empty, train.texts, train.wire_choices, self.task.mode)
+        scored = compute_losses(self.loss, log_probs, train.labels, with_bias=self.fit_bias)
+        bias = None if scored.bias is None else scored.bias[0]
+        dev_metrics = self._dev_metrics(empty[0], bias, dev) if len(dev) else None
+        seconds = time.perf_counter() - started
+        row = HistoryRow(
+            generation=0,
+            calls_used=1,
+            best_loss=float(scored.losses[0]),
+            mean_loss=float(scored.losses[0]),
+            train_accuracy=float(np.mean(predictions(scored.log_probs[0]) == train.labels)),
+            dev_accuracy=None if dev_metrics is None else dev_metrics["accuracy"],
+            wall_seconds=seconds,
+            elapsed_seconds=seconds,
+        )
+        if self.on_generation is not None:
+            self.on_generation(row)
+        progress = _Progress(history=[row], calls_used=1, stop_reason="no-vector")
+        progress.best = {
+            "vector": [],
+            "bias": None if bias is None else bias.tolist(),
+            "train_loss": float(scored.losses[0]),
+            "dev_metrics": dev_metrics,
+        }
+        return self._result(info, progress, "no-vector")
+
+    def _result(self, info: ServerInfo, progress: _Progress, stop_reason: str) -> TuningResult:
+        best = progress.best
+        assert best is not None, "a run evaluates at least one generation"
+        return TuningResult(
+            vector=np.asarray(best["vector"], dtype=np.float32),
+            bias=None if best["bias"] is None else np.asarray(best["bias"], dtype=np.float64),
+            history=tuple(progress.history),
+            dev_metrics=best["dev_metrics"],
+            train_loss=float(best["train_loss"]),
+            calls_used=progress.calls_used,
+            stop_reason=stop_reason,
+            adapter=self.adapter,
+            optimizer=self.optimizer_name,
+            model_id=info.model_id,
+            model_fingerprint=info.model_fingerprint,
+            task=self.task.metadata(),
+            settings=self.settings(),
+        )
+
+
+def _canonical(value: Any) -> Any:
+    """JSON round trip, so a live state compares equal to the same state read back from a checkpoint."""
+    return json.loads(json.dumps(value, sort_keys=True))

@@ -1,0 +1,35 @@
+"""Data and task builders shared by the client tests (imported as a plain module, like server_helpers).
+
+Label names are deliberately distinctive ("LABEL_SECRET_A") and differ from the
+choice strings sent to the server (" positive"), so a test can search the wire
+bytes for them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LABELS = {"LABEL_SECRET_A": " positive", "LABEL_SECRET_B": " negative"}
+_PHRASES = {
+    "LABEL_SECRET_A": ["a gripping, funny and moving film", "warm and clever", "a joy from start to end"],
+    "LABEL_SECRET_B": ["dull, slow and far too long", "a tired mess", "boring and loud"],
+}
+
+TaskFactory = Callable[..., Path]
+
+
+def labelled_rows(per_class: int, offset: int = 0) -> list[dict[str, Any]]:
+    rows = []
+    for index in range(per_class):
+        for label, phrases in _PHRASES.items():
+            rows.append({"text": f"{phrases[index % len(phrases)]} #{index + offset}", "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,112 @@
+"""Encrypted, authenticated, atomic checkpoints: round trips, keys, tampering and foreign files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+from pathlib import Path
+
+import pytest
+
+from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
+from cbpt.client.crypto import SecretKey
+from cbpt.client.errors import CheckpointError
+from cbpt.client.optimizers import GenerationRecord
+
+
+def _checkpoint() -> Checkpoint:
+    return Checkpoint(
+        config={"seed": 0, "optimizer": "cma", "task": "abc"},
+        generations=[GenerationRecord("d" * 64, (0.6931471805599453, 0.1 + 0.2))],
+        history=[{"generation": 0, "best_loss": 0.3}],
+        best={"vector": [0.25, -1.5], "bias": None, "train_loss": 0.3, "dev_accuracy": 0.5},
+        optimizer_state={"rng": {"state": 2**100 + 7}},
+        calls_used=2,
+        progress={"stale": 0, "stop_reason": None},
+    )
+
+
+def test_round_trip_with_a_passphrase_keeps_floats_exact(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "checkpoint.cbpt"
+    save_checkpoint(path, _checkpoint(), "correct horse")
+    loaded = load_checkpoint(path, "correct horse")
+    assert loaded.to_json() == _checkpoint().to_json()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert b"optimizer" not in path.read_bytes()  # encrypted, not merely signed
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.cbpt"]  # no temporary left behind
+
+
+def test_default_key_file_is_created_private(tmp_path: Path) -> None:
+    key_file = Path(os.environ["CBPT_KEY_FILE"])
+    assert not key_file.exists()
+    save_checkpoint(tmp_path / "c.cbpt", _checkpoint())
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_bytes()) == 32
+    assert load_checkpoint(tmp_path / "c.cbpt").calls_used == 2
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
+    with pytest.raises(CheckpointError, match="failed authentication"):
+        load_checkpoint(tmp_path / "c.cbpt", other)
+
+
+@pytest.mark.parametrize("offset", [8, 11, 30, 40, -1])
+def test_any_modified_byte_is_refused(tmp_path: Path, offset: int) -> None:
+    path = tmp_path / "c.cbpt"
+    save_checkpoint(path, _checkpoint(), "pw")
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path, "pw")
+
+
+def test_wrong_passphrase_and_wrong_kind_of_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.cbpt"
+    save_checkpoint(path, _checkpoint(), "pw")
+    with pytest.raises(CheckpointError, match="wrong key, or the file was modified"):
+        load_checkpoint(path, "not pw")
+    with pytest.raises(CheckpointError, match="sealed with a passphrase"):
+        load_checkpoint(path, bytes(32))
+
+
+def test_foreign_files_are_refused_without_unpickling(tmp_path: Path) -> None:
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    pickled = tmp_path / "evil.cbpt"
+    pickled.write_bytes(pickle.dumps(Boom()))
+    plain_json = tmp_path / "plain.cbpt"
+    plain_json.write_text(json.dumps(_checkpoint().to_json()))
+    for path in (pickled, plain_json):
+        with pytest.raises(CheckpointError, match="bad magic"):
+            load_checkpoint(path, "pw")
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.cbpt", "pw")
+
+
+def test_newer_format_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.cbpt"
+    save_checkpoint(path, _checkpoint(), "pw")
+    blob = bytearray(path.read_bytes())
+    blob[8:10] = (99).to_bytes(2, "big")
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        load_checkpoint(path, "pw")
+
+
+def test_check_config_names_the_differing_setting(tmp_path: Path) -> None:
+    saved = {"seed": 0, "popsize": 6, "optimizer": "cma"}
+    check_config(saved, dict(saved), tmp_path)
+    with pytest.raises(CheckpointError, match="another popsize"):
+        check_config(saved, {**saved, "popsize": 8}, tmp_path)
+
+
+def test_scrypt_runs_once_per_key_object(tmp_path: Path) -> None:
+    key = SecretKey.from_passphrase("pw")
+    for _ in range(3):
+        save_checkpoint(tmp_path / "c.cbpt", _checkpoint(), key)
+    assert len(key._derived) == 1

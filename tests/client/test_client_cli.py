@@ -1,0 +1,159 @@
+"""The ``cbpt`` CLI against real loopback servers: the happy path, Ctrl-C + resume, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+from pathlib import Path
+
+import pytest
+from client_helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+from cbpt.client import progress as progress_module
+from cbpt.client.cli import app
+
+runner = CliRunner()
+
+
+def cbpt(*args: object):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def assert_one_line_error(result, code: int, fragment: str) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output and lines[0].startswith("error: ")
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_info(server: str) -> None:
+    result = cbpt("info", "--server", server)
+    assert result.exit_code == 0, result.output
+    assert "tiny-llama-0" in result.output and "bbt" in result.output and "max_candidates" in result.output
+
+
+def test_tune_evaluate_predict(server: str, make_task: TaskFactory, tmp_path: Path) -> None:
+    task_path = make_task()
+    out = tmp_path / "tuned"
+    tuned = cbpt(
+        "tune", task_path, "--server", server, "--out", out, "--budget", 8, "--popsize", 4, "--fit-bias"
+    )
+    assert tuned.exit_code == 0, tuned.output
+    assert "dev accuracy" in tuned.output and "8 of 8" in tuned.output
+    for name in ("vector.safetensors", "task.json", "history.jsonl", "curve.png", "checkpoint.cbpt"):
+        assert (out / name).is_file(), name
+    test_file = task_path.parent / "data" / "test.jsonl"
+
+    evaluated = cbpt("evaluate", out, test_file, "--server", server)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert (
+        "accuracy" in evaluated.output
+        and "macro-F1" in evaluated.output
+        and "LABEL_SECRET_A" in evaluated.output
+    )
+    as_json = json.loads(cbpt("evaluate", out, test_file, "--server", server, "--json").output)
+    assert as_json["num_examples"] == 8 and len(as_json["confusion_matrix"]) == 2
+
+    zero_shot = cbpt(
+        "evaluate", "--zero-shot", "--task", task_path, "--server", server, "--calibrate", "--json"
+    )
+    assert zero_shot.exit_code == 0, zero_shot.output
+    assert json.loads(zero_shot.output)["num_examples"] == 8  # defaults to the task's test file
+
+    unlabelled = write_jsonl(tmp_path / "new.jsonl", [{"text": "what a film"}, {"text": "so dull"}])
+    preds = tmp_path / "preds.jsonl"
+    predicted = cbpt("predict", out, unlabelled, "--server", server, "--out", preds)
+    assert predicted.exit_code == 0, predicted.output
+    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(records) == 2 and all(record["prediction"] in LABELS for record in records)
+    assert all(abs(sum(record["probabilities"].values()) - 1) < 1e-4 for record in records)
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(
+    server: str, make_task: TaskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_path = make_task()
+    common = ["--server", server, "--budget", 16, "--popsize", 4, "--seed", 5]
+    whole = cbpt("tune", task_path, "--out", tmp_path / "whole", *common)
+    assert whole.exit_code == 0, whole.output
+
+    update = progress_module.TuningProgress.update
+
+    def press_ctrl_c_after_generation_1(self, row) -> None:
+        update(self, row)
+        if row.generation == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress_module.TuningProgress, "update", press_ctrl_c_after_generation_1)
+    interrupted = cbpt("tune", task_path, "--out", tmp_path / "cut", *common)
+    assert interrupted.exit_code == 130 and "Traceback" not in interrupted.output
+    command = next(line for line in interrupted.output.splitlines() if line.startswith("resume with: "))
+    words = shlex.split(command.removeprefix("resume with: "))
+    assert words[:2] == ["cbpt", "tune"] and words[-1] == "--resume"
+    monkeypatch.setattr(progress_module.TuningProgress, "update", update)
+    resumed = runner.invoke(app, words[1:])
+    assert resumed.exit_code == 0, resumed.output
+    whole_vector = load_file(tmp_path / "whole" / "vector.safetensors")["vector"]
+    resumed_vector = load_file(tmp_path / "cut" / "vector.safetensors")["vector"]
+    assert (whole_vector == resumed_vector).all()
+
+
+def test_unreachable_server() -> None:
+    result = cbpt("info", "--server", f"127.0.0.1:{_free_port()}", "--retries", 0)
+    assert_one_line_error(result, 1, "unavailable")
+
+
+def test_bad_api_key(auth_server: tuple[str, str, str]) -> None:
+    target, _, _ = auth_server
+    assert_one_line_error(
+        cbpt("info", "--server", target, "--api-key", "cbpt_wrong"), 1, "refused the API key"
+    )
+    assert cbpt("info", "--server", target, "--api-key", auth_server[1]).exit_code == 0
+
+
+def test_task_file_errors(server: str, make_task: TaskFactory, tmp_path: Path) -> None:
+    def tune(task_path: Path):
+        return cbpt(
+            "tune", task_path, "--server", server, "--out", tmp_path / "never", "--budget", 4, "--popsize", 4
+        )
+
+    broken = make_task()
+    broken.write_text("name: [unclosed\n")
+    assert_one_line_error(tune(broken), 2, "not valid YAML")
+    assert_one_line_error(tune(tmp_path / "absent.yaml"), 2, "task file not found")
+    assert_one_line_error(tune(make_task(template="Review: {review}")), 2, "missing field 'review'")
+    rows = [*labelled_rows(12), {"text": "meh", "label": "LABEL_SECRET_C"}]
+    assert_one_line_error(tune(make_task(rows=rows)), 2, "unknown label 'LABEL_SECRET_C'")
+    assert_one_line_error(tune(make_task(choices={"LABEL_SECRET_A": " positive"})), 2, "unknown label")
+    assert_one_line_error(tune(make_task(shots=30)), 2, "needs 32")
+
+
+def test_server_rejection_and_fingerprint_mismatch(
+    server: str, limited_server: str, other_model_server: str, make_task: TaskFactory, tmp_path: Path
+) -> None:
+    task_path = make_task()
+    long_text = write_jsonl(tmp_path / "long.jsonl", [{"text": "very " * 40, "label": "LABEL_SECRET_A"}])
+    result = cbpt("evaluate", "--zero-shot", "--task", task_path, long_text, "--server", limited_server)
+    assert_one_line_error(result, 1, "texts[0]")
+
+    out = tmp_path / "tuned"
+    assert (
+        cbpt("tune", task_path, "--server", server, "--out", out, "--budget", 4, "--popsize", 4).exit_code
+        == 0
+    )
+    test_file = task_path.parent / "data" / "test.jsonl"
+    mismatch = cbpt("evaluate", out, test_file, "--server", other_model_server)
+    assert_one_line_error(mismatch, 1, "tuned on model")
+    again = cbpt("tune", task_path, "--server", server, "--out", out, "--budget", 4, "--popsize", 4)
+    assert_one_line_error(again, 1, "add --resume")

@@ -1,0 +1,73 @@
+"""Request planning: every chunk fits the limits, and the chunks cover the work exactly once."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from cbpt.client.errors import RequestRejected
+from cbpt.client.info import ServerLimits
+from cbpt.client.splitting import Workload, plan_chunks
+
+
+def _work(
+    candidates: int, examples: int, *, counts=None, full: bool = False, dimension: int = 16
+) -> Workload:
+    return Workload(
+        num_candidates=candidates,
+        dimension=dimension,
+        base_bytes=40,
+        example_bytes=[30 + (i % 7) for i in range(examples)],
+        choice_counts=counts or [2] * examples,
+        full_choice=full,
+    )
+
+
+def _check(work: Workload, limits: ServerLimits) -> list:
+    chunks = plan_chunks(work, limits)
+    covered = [(c, e) for chunk in chunks for c in chunk.candidates for e in chunk.examples]
+    assert sorted(covered) == list(
+        itertools.product(range(work.num_candidates), range(len(work.example_bytes)))
+    )
+    for chunk in chunks:
+        sequences = sum((work.choice_counts[e] if work.full_choice else 1) for e in chunk.examples) * len(
+            chunk.candidates
+        )
+        assert len(chunk.candidates) <= (limits.max_candidates or 10**9)
+        assert len(chunk.examples) <= (limits.max_examples or 10**9)
+        assert sequences <= (limits.max_sequences or 10**9)
+    return chunks
+
+
+def test_unlimited_is_one_request() -> None:
+    assert len(_check(_work(20, 32), ServerLimits())) == 1
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        ServerLimits(max_candidates=3),
+        ServerLimits(max_examples=5),
+        ServerLimits(max_sequences=12),
+        ServerLimits(max_candidates=3, max_examples=5, max_sequences=12),
+        ServerLimits(max_message_bytes=600),
+    ],
+)
+def test_limits_are_respected(limits: ServerLimits) -> None:
+    assert len(_check(_work(7, 11), limits)) > 1
+
+
+def test_full_choice_counts_choices() -> None:
+    work = _work(4, 6, counts=[3, 1, 4, 2, 2, 5], full=True)
+    _check(work, ServerLimits(max_sequences=10))
+
+
+def test_balanced_candidate_chunks() -> None:
+    chunks = plan_chunks(_work(10, 2), ServerLimits(max_candidates=4))
+    assert sorted(len(chunk.candidates) for chunk in chunks) == [3, 3, 4]
+
+
+def test_an_example_too_large_alone_is_named() -> None:
+    with pytest.raises(RequestRejected, match=r"texts\[0\]"):
+        plan_chunks(_work(2, 3, counts=[9, 1, 1], full=True), ServerLimits(max_sequences=8))
