@@ -175,7 +175,7 @@ class TunedTask:
         """Log-probs [e, c] of every choice, the bias applied and renormalised on the client."""
         self.check_server(client)
         raw = client.predict(
-            self.adapter, self.vector, examples.texts, examples.wire_choices, self.format.mode
+            self.adapter, self.vector, examples.texts, examples.wire_choices, self.format.mode, examples.cue
         )
         return apply_bias(raw, self.bias)
 

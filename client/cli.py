@@ -319,7 +319,9 @@ def _score(
         return tuned.log_probs(client, examples), tuned.format.class_names
     assert task is not None
     empty = np.zeros(0, dtype=np.float32)
-    return client.predict("none", empty, examples.texts, examples.wire_choices, task.mode), task.class_names
+    return client.predict(
+        "none", empty, examples.texts, examples.wire_choices, task.mode, examples.cue
+    ), task.class_names
 
 
 def _inputs(

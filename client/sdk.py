@@ -143,10 +143,15 @@ class _Batch:
     choices: list[list[str]]  # one list per text
     shared: bool
     mode: ScoringModeName
+    cue: str = ""
 
     def _message(self, **fields: object) -> tuning_pb2.EvaluateRequest:
         return tuning_pb2.EvaluateRequest(
-            adapter=self.adapter, dimension=self.candidates.shape[1], mode=_MODES[self.mode], **fields
+            adapter=self.adapter,
+            dimension=self.candidates.shape[1],
+            mode=_MODES[self.mode],
+            cue=self.cue,
+            **fields,
         )
 
     def workload(self) -> Workload:
@@ -315,12 +320,15 @@ class TuningClient:
         texts: Sequence[str],
         choices: Choices,
         mode: ScoringModeName = "first_token",
+        cue: str = "",
     ) -> np.ndarray:
         """Log-probs float32 [num_candidates, num_examples, max_choices] of every choice.
 
         ``choices`` is one list shared by all texts or one list per text; an example
-        with fewer choices than the widest is padded with -inf. Requests larger than
-        the server's limits are split and the results stitched back together.
+        with fewer choices than the widest is padded with -inf. ``cue`` is the answer
+        cue the server appends to every text (adapters that place their prompt before
+        it let the server encode each text once). Requests larger than the server's
+        limits are split and the results stitched back together.
         """
         info = self.info()
         try:
@@ -332,7 +340,9 @@ class TuningClient:
         shared, lists = _choice_lists(choices, len(texts))
         if mode not in _MODES:
             raise RequestRejected(f"mode: unknown scoring mode {mode!r}; known: {', '.join(_MODES)}")
-        batch = _Batch(adapter, _candidates(candidates, dimension, adapter), list(texts), lists, shared, mode)
+        batch = _Batch(
+            adapter, _candidates(candidates, dimension, adapter), list(texts), lists, shared, mode, cue
+        )
         count = batch.candidates.shape[0]
         self.stats.candidate_evaluations += count
         if not batch.texts:
@@ -351,9 +361,10 @@ class TuningClient:
         texts: Sequence[str],
         choices: Choices,
         mode: ScoringModeName = "first_token",
+        cue: str = "",
     ) -> np.ndarray:
         """Log-probs [num_examples, max_choices] for one vector: ``evaluate`` with one candidate."""
-        return self.evaluate(adapter, np.asarray(vector).reshape(1, -1), texts, choices, mode)[0]
+        return self.evaluate(adapter, np.asarray(vector).reshape(1, -1), texts, choices, mode, cue)[0]
 
     def _evaluate_chunk(self, batch: _Batch, chunk: Chunk) -> np.ndarray:
         rows, columns = chunk.candidates, chunk.examples

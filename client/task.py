@@ -46,6 +46,7 @@ class Examples:
     choices: tuple[str, ...] | tuple[tuple[str, ...], ...]
     shared: bool
     rows: tuple[int, ...]  # row numbers in the source file (0-based)
+    cue: str = ""  # the template's text after its last field, sent once per request
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -67,6 +68,7 @@ class Examples:
             choices=self.choices if self.shared else tuple(self.choices[i] for i in indices),
             shared=self.shared,
             rows=tuple(self.rows[i] for i in indices),
+            cue=self.cue,
         )
 
 
@@ -85,6 +87,20 @@ def template_fields(template: str) -> tuple[str, ...]:
         if name not in names:
             names.append(name)
     return tuple(names)
+
+
+def split_cue(template: str) -> tuple[str, str]:
+    """Split a template into the per-example part and the answer cue after its last field.
+
+    ``"Tweet: {text}\nSentiment:"`` gives ``("Tweet: {text}", "\nSentiment:")``. The
+    server appends the cue to every text; adapters that place their soft prompt
+    before the cue then let it encode each text once and reuse it for every candidate.
+    """
+    pieces = list(string.Formatter().parse(template))
+    last_field = max((i for i, piece in enumerate(pieces) if piece[1] is not None), default=-1)
+    cue = "".join(piece[0] for piece in pieces[last_field + 1 :])
+    escaped = cue.replace("{", "{{").replace("}", "}}")
+    return template[: len(template) - len(escaped)], cue
 
 
 class TaskFormat(BaseModel):
@@ -150,6 +166,14 @@ class TaskFormat(BaseModel):
         return self
 
     @property
+    def _body(self) -> str:
+        return split_cue(self.template)[0]
+
+    @property
+    def cue(self) -> str:
+        return split_cue(self.template)[1]
+
+    @property
     def class_names(self) -> tuple[str, ...] | None:
         """Label names in index order; None for per-example options."""
         return tuple(self.choices) if self.choices is not None else None
@@ -167,7 +191,7 @@ class TaskFormat(BaseModel):
                     f"{where}: missing field {name!r} used by the template (fields: {', '.join(row)})"
                 )
             values[name] = row[name]
-        return self.template.format_map(values)
+        return self._body.format_map(values)
 
     def _options(self, row: Row, where: str) -> tuple[str, ...]:
         """The row's raw options (a list, or a JSON list inside a CSV cell)."""
@@ -217,6 +241,7 @@ class TaskFormat(BaseModel):
             choices=tuple(self.choices.values()) if shared else tuple(options_lists),
             shared=shared,
             rows=tuple(range(len(rows))),
+            cue=self.cue,
         )
 
     def load_examples(self, path: Path, *, require_labels: bool = True, field: str = "data") -> Examples:

@@ -189,7 +189,7 @@ class Tuner:
         index = len(progress.generations)
         candidates = optimizer.ask()
         log_probs = self.client.evaluate(
-            self.adapter, candidates, train.texts, train.wire_choices, self.task.mode
+            self.adapter, candidates, train.texts, train.wire_choices, self.task.mode, train.cue
         )
         scored = compute_losses(self.loss, log_probs, train.labels, with_bias=self.fit_bias)
         losses = np.nan_to_num(scored.losses, nan=_LOSS_CEILING, posinf=_LOSS_CEILING)
@@ -225,7 +225,9 @@ class Tuner:
         )
 
     def _dev_metrics(self, vector: np.ndarray, bias: np.ndarray | None, dev: Examples) -> dict[str, Any]:
-        log_probs = self.client.predict(self.adapter, vector, dev.texts, dev.wire_choices, self.task.mode)
+        log_probs = self.client.predict(
+            self.adapter, vector, dev.texts, dev.wire_choices, self.task.mode, dev.cue
+        )
         adjusted = apply_bias(log_probs, bias)
         result = metrics(adjusted, dev.labels, dev.num_choices)
         result["loss"] = float(cross_entropy(adjusted[None], dev.labels)[0])
@@ -263,7 +265,9 @@ class Tuner:
         """A dimension-0 adapter ("none") has nothing to tune: score once, fit the bias if asked."""
         started = time.perf_counter()
         empty = np.zeros((1, 0), dtype=np.float32)
-        log_probs = self.client.evaluate(self.adapter, empty, train.texts, train.wire_choices, self.task.mode)
+        log_probs = self.client.evaluate(
+            self.adapter, empty, train.texts, train.wire_choices, self.task.mode, train.cue
+        )
         scored = compute_losses(self.loss, log_probs, train.labels, with_bias=self.fit_bias)
         bias = None if scored.bias is None else scored.bias[0]
         dev_metrics = self._dev_metrics(empty[0], bias, dev) if len(dev) else None

@@ -19,7 +19,8 @@ def test_yaml_task_with_relative_paths(make_task: TaskFactory, tmp_path: Path, m
     monkeypatch.chdir(tmp_path)  # the data paths resolve against the task file, not the working folder
     task = Task.from_file(path)
     assert len(task.texts) == 8 and len(task.dev) == 4
-    assert all(text.startswith("Review: ") and text.endswith("\nSentiment:") for text in task.texts)
+    assert all(text.startswith("Review: ") and "Sentiment" not in text for text in task.texts)
+    assert task.train.cue == task.dev.cue == "\nSentiment:"
     assert not any("LABEL_SECRET" in text for text in task.texts + task.dev.texts)
     assert task.labels.dtype == np.int64 and sorted(np.bincount(task.labels).tolist()) == [4, 4]
     assert task.train.wire_choices == list(LABELS.values())
@@ -138,3 +139,13 @@ def test_bundled_example_tasks_load(name: str) -> None:
     if not Path(task.data.train).is_file():
         pytest.skip(f"shared dataset {task.data.train} is not beside the repository")
     assert len(task.texts) == 16 * len(task.class_names) and len(task.dev) == 8 * len(task.class_names)
+
+
+def test_template_cue_is_split_after_the_last_field():
+    from cbpt.client.task import split_cue
+
+    assert split_cue("Tweet: {text}\nSentiment:") == ("Tweet: {text}", "\nSentiment:")
+    assert split_cue("{question}\n{context}") == ("{question}\n{context}", "")
+    assert split_cue("Q: {q} {{braces}} A:") == ("Q: {q}", " {braces} A:")
+    body, cue = split_cue("Q: {q} {{braces}} A:")
+    assert body.format(q="x") + cue == "Q: {q} {{braces}} A:".format(q="x")

@@ -46,7 +46,7 @@ def test_tuning_end_to_end(client: TuningClient, task: Task, optimizer: str) -> 
     assert client.stats.calls == 1 + 4 + 4 and client.stats.candidate_evaluations == 16 + 4
     best_dev = max(row.dev_accuracy for row in result.history)
     assert result.dev_accuracy == best_dev
-    rescored = client.predict("bbt", result.vector, task.dev.texts, task.dev.wire_choices)
+    rescored = client.predict("bbt", result.vector, task.dev.texts, task.dev.wire_choices, cue=task.dev.cue)
     assert accuracy(predictions(rescored), task.dev.labels) == result.dev_accuracy
 
 
