@@ -16,8 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cbpt.client.losses import compute_losses
+from cbpt.client.optimizers import make_optimizer
+from cbpt.client.optimizers.base import OptimizerConfig
+from cbpt.client.sdk import TuningClient
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
+from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import build_adapters, embedding_std
@@ -73,6 +78,46 @@ def time_call(engine: ScoringEngine, adapter: str, popsize: int, texts: list[str
         popsize * len(texts),
         2.0 * params * result.tokens_processed + head,
     )
+
+
+def over_grpc(engine: ScoringEngine, texts: list[str], adapter: str, generations: int) -> dict:
+    """A tuning loop through a loopback gRPC server: client overhead, bytes per candidate, call latency."""
+    dimension = engine.adapters[adapter].dimension
+    labels = np.arange(len(texts)) % 2
+    optimizer = make_optimizer("cma", OptimizerConfig(dimension, 20, 1.0, seed=0, budget=20 * generations))
+    client_seconds, call_seconds, server_seconds, walls = 0.0, [], 0.0, 0.0
+    with serve_in_background(engine) as target, TuningClient(target) as client:
+        client.info()
+        client.evaluate(adapter, np.zeros((20, dimension), np.float32), texts, CHOICES[0], cue=CUE)  # warm-up
+        client.stats.reset()
+        for _ in range(generations):
+            started = time.perf_counter()
+            population = optimizer.ask()
+            asked = time.perf_counter()
+            log_probs = client.evaluate(adapter, population, texts, CHOICES[0], cue=CUE)
+            answered = time.perf_counter()
+            optimizer.tell(population, compute_losses("ce", log_probs, labels, with_bias=True).losses)
+            finished = time.perf_counter()
+            client_seconds += (asked - started) + (finished - answered)
+            call_seconds.append(answered - asked)
+            walls += finished - started
+        server_seconds = client.stats.server_seconds
+        sent, received = client.stats.bytes_sent, client.stats.bytes_received
+    transport = sum(call_seconds) - server_seconds  # serialisation, loopback and waiting
+    return {
+        "adapter": adapter,
+        "popsize": 20,
+        "examples": len(texts),
+        "dimension": dimension,
+        "generations": generations,
+        "ask_tell_loss_share": client_seconds / walls,
+        "serialisation_and_transport_share": transport / walls,
+        "client_overhead_share": (client_seconds + transport) / walls,
+        "bytes_sent_per_candidate_evaluation": sent / (20 * generations),
+        "bytes_received_per_candidate_evaluation": received / (20 * generations),
+        "call_seconds_p50": float(np.percentile(call_seconds, 50)),
+        "call_seconds_p99": float(np.percentile(call_seconds, 99)),
+    }
 
 
 def main() -> None:
@@ -198,6 +243,19 @@ def render(payload: dict) -> str:
     ]
     for a in payload["ablations"]:
         lines.append(f"| {a['variant']} | {a['seq_per_s']:.1f} | {a['matmul_ratio']:.0%} |")
+    lines += [
+        "",
+        "## Through gRPC on loopback (CMA-ES, r=500, popsize 20, 16 examples, bias fitted on the client)",
+        "",
+        "| adapter | client overhead (ask/tell/loss + serialisation/transport) | of which ask/tell/loss | bytes sent / received per candidate evaluation | call p50 / p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for w in payload.get("grpc", []):
+        lines.append(
+            f"| {w['adapter']} | {w['client_overhead_share']:.1%} | {w['ask_tell_loss_share']:.1%} "
+            f"| {w['bytes_sent_per_candidate_evaluation']:.0f} / {w['bytes_received_per_candidate_evaluation']:.0f} "
+            f"| {w['call_seconds_p50']:.2f} s / {w['call_seconds_p99']:.2f} s |"
+        )
     big = [r for r in payload["grid"] if r["popsize"] * r["examples"] >= 160 and r["adapter"] == "bbt"]
     if big:
         lines += [

@@ -25,7 +25,6 @@ current_key_id: ContextVar[str | None] = ContextVar("cbpt_key_id", default=None)
 ALLOWED_FIELDS = frozenset(
     {
         "method",
-        "model_id",
         "adapter",
         "mode",
         "num_candidates",
