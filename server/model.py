@@ -174,7 +174,10 @@ def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str
         meta = json.loads(meta_path.read_text())
         if meta.get("format") == CONVERSION_FORMAT and meta.get("source_sha256") == source_hash:
             return folder, entry.model_id, meta["fingerprint"]
-    log.info("converting the bundled model to safetensors (one-off, about 30 s)", extra={"model_id": entry.model_id})
+    log.info(
+        "converting the bundled model to safetensors (one-off, about 30 s)",
+        extra={"model_id": entry.model_id},
+    )
     model, tokenizer = _from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The dequantised weights are plain fp32 now; drop the GGUF quantiser so save_pretrained works.
     model.hf_quantizer = None
