@@ -95,6 +95,28 @@ class _TokenCache:
             self._items.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class _Placed:
+    """Where a chunk's soft prompts go, relative to the position right after the text."""
+
+    inserted: int  # vectors inserted as tokens there (prefix and before-cue placements)
+    cue_length: int
+    on_cue: int  # trailing cue tokens the prompt is added onto (on-cue placement)
+
+    def span(self, start: int) -> slice:
+        if self.inserted:
+            return slice(start, start + self.inserted)
+        return slice(start + self.cue_length - self.on_cue, start + self.cue_length)
+
+    def apply(self, embeds: torch.Tensor, where: torch.Tensor, prompts: torch.Tensor) -> None:
+        """Write inserted prompts into ``where``, or add the prompt's last rows onto the cue there."""
+        width = embeds.shape[-1]
+        if self.inserted:
+            embeds[where] = prompts.reshape(-1, width).to(embeds.dtype)
+        elif self.on_cue:
+            embeds[where] += prompts[:, prompts.shape[1] - self.on_cue :].reshape(-1, width).to(embeds.dtype)
+
+
 @dataclass
 class _Encoded:
     texts: list[tuple[int, ...]]
@@ -162,6 +184,10 @@ class ScoringEngine:
         mode = ScoringMode(request.mode)
         per_candidate = sum(map(len, choices)) if mode is ScoringMode.FULL_CHOICE else len(choices)
         check_sequences(len(candidates) * per_candidate, self.limits)
+        if adapter.placement is Placement.ON_CUE and not request.cue:
+            raise InvalidRequest(
+                "cue", f"adapter {adapter.name!r} adds its prompt onto the answer cue; give one"
+            )
         with self._lock, torch.inference_mode():
             encoded = self._encode(request, choices, choice_field, mode)
             log_probs, tokens = self._score(adapter, candidates, encoded, mode, request.scope)
@@ -227,15 +253,18 @@ class ScoringEngine:
         full = mode is ScoringMode.FULL_CHOICE
         max_choices = max(len(options) for options in encoded.choices)
         scores = torch.full((len(candidates), len(encoded.texts), max_choices), -torch.inf)
-        before = adapter.placement is Placement.BEFORE_CUE
-        reuse = before and adapter.prompt_length > 0 and self.reuse_text_states
+        after_text = adapter.placement in (Placement.BEFORE_CUE, Placement.ON_CUE)
+        # Soft-prompt vectors inserted as tokens; ON_CUE adds them onto the cue's last tokens instead.
+        inserted = 0 if adapter.placement is Placement.ON_CUE else adapter.prompt_length
+        on_cue = min(adapter.prompt_length, len(encoded.cue)) if adapter.placement is Placement.ON_CUE else 0
+        reuse = after_text and adapter.prompt_length > 0 and self.reuse_text_states
         if reuse:
             states, tokens = self._text_states(encoded.texts, scope)
             rows = plan_rows(
                 len(candidates), [encoded.cue] * len(encoded.texts), encoded.choices if full else None
             )
             for row in rows:
-                row.length = adapter.prompt_length + len(row.tokens)
+                row.length = inserted + len(row.tokens)
             chunks = length_sorted_chunks(
                 rows,
                 self.batch_sequences,
@@ -244,22 +273,23 @@ class ScoringEngine:
                 sort=self.sort_by_length,
             )
         else:
-            tails = [(() if before else text) + encoded.cue for text in encoded.texts]
+            tails = [(() if after_text else text) + encoded.cue for text in encoded.texts]
             rows = plan_rows(len(candidates), tails, encoded.choices if full else None)
             for row in rows:
-                row.length = len(self._bos) + adapter.prompt_length + len(row.tokens)
-                row.length += len(encoded.texts[row.example]) if before else 0
+                row.length = len(self._bos) + inserted + len(row.tokens)
+                row.length += len(encoded.texts[row.example]) if after_text else 0
             chunks = length_sorted_chunks(
                 rows, self.batch_sequences, self.batch_tokens, sort=self.sort_by_length
             )
             tokens = 0
+        placed = _Placed(inserted, len(encoded.cue), on_cue)
         for chunk in chunks:
             prompts = self._prompts(adapter, chunk, z, pooled)
             if reuse:
-                hidden, ends = self._forward_after_states(chunk, prompts, states)
+                hidden, ends = self._forward_after_states(chunk, prompts, states, placed)
             else:
-                heads = [encoded.texts[row.example] if before else () for row in chunk]
-                hidden, ends = self._forward_flat(chunk, heads, prompts)
+                heads = [encoded.texts[row.example] if after_text else () for row in chunk]
+                hidden, ends = self._forward_flat(chunk, heads, prompts, placed)
             tokens += sum(row.length for row in chunk)
             if full:
                 self._read_full_choices(hidden, ends, chunk, scores)
@@ -278,7 +308,7 @@ class ScoringEngine:
         return adapter.soft_prompts(z[candidates], pooled[examples])
 
     def _forward_flat(
-        self, chunk: list[Row], heads: list[tuple[int, ...]], prompts: torch.Tensor
+        self, chunk: list[Row], heads: list[tuple[int, ...]], prompts: torch.Tensor, placed: _Placed
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded: [pad][bos][head][soft prompt][tail]; every row ends at the last column."""
         device = self.bundle.device
@@ -292,11 +322,11 @@ class ScoringEngine:
             mask[index, start:] = 1
             ids[index, start : start + len(before)] = torch.tensor(before, dtype=torch.long)
             prompt_at = start + len(before)
-            soft[index, prompt_at : prompt_at + prompts.shape[1]] = True
-            ids[index, prompt_at + prompts.shape[1] :] = torch.tensor(row.tokens, dtype=torch.long)
+            soft[index, placed.span(prompt_at)] = True
+            ids[index, prompt_at + placed.inserted :] = torch.tensor(row.tokens, dtype=torch.long)
         ids, mask, soft = ids.to(device), mask.to(device), soft.to(device)
         embeds = self._embed(ids)
-        embeds[soft] = prompts.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        placed.apply(embeds, soft, prompts)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         output = self._backbone(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
@@ -343,13 +373,13 @@ class ScoringEngine:
         ]
 
     def _forward_after_states(
-        self, chunk: list[Row], prompts: torch.Tensor, states: list[TextState]
+        self, chunk: list[Row], prompts: torch.Tensor, states: list[TextState], placed: _Placed
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached text states left-padded, then [soft prompt][cue (+ choice)] right-padded."""
         device = self.bundle.device
         past = max(states[row.example].length for row in chunk)
         width = max(row.length for row in chunk)
-        count, prompt_length = len(chunk), prompts.shape[1]
+        count = len(chunk)
         past_mask = torch.zeros((count, past), dtype=torch.long)
         new_mask = torch.zeros((count, width), dtype=torch.long)
         ids = torch.full((count, width), self._pad_id, dtype=torch.long)
@@ -357,7 +387,7 @@ class ScoringEngine:
         for index, row in enumerate(chunk):
             past_mask[index, past - states[row.example].length :] = 1
             new_mask[index, : row.length] = 1
-            ids[index, prompt_length : row.length] = torch.tensor(row.tokens, dtype=torch.long)
+            ids[index, placed.inserted : row.length] = torch.tensor(row.tokens, dtype=torch.long)
             lengths[index] = states[row.example].length
         layers = []
         for layer in range(len(states[chunk[0].example].layers)):
@@ -368,7 +398,9 @@ class ScoringEngine:
             layers.append((keys, values))
         cache = DynamicCache(ddp_cache_data=layers, config=self.bundle.model.config)
         embeds = self._embed(ids.to(device))
-        embeds[:, :prompt_length] = prompts.to(embeds.dtype)
+        soft = torch.zeros((count, width), dtype=torch.bool)
+        soft[:, placed.span(0)] = True
+        placed.apply(embeds, soft.to(device), prompts)
         mask = torch.cat([past_mask, new_mask], dim=1).to(device)
         positions = (lengths[:, None] + torch.arange(width)[None, :]).to(device)
         output = self._backbone(

@@ -29,7 +29,12 @@ def build_adapters(
     """The adapters a server offers: zero-shot, BBT in both placements, one CBP adapter per generator."""
     std = embedding_std(bundle)
     adapters = [NoPrompt()]
-    for name, placement in (("bbt", Placement.PREFIX), ("bbt-suffix", Placement.BEFORE_CUE)):
+    placements = (
+        ("bbt", Placement.PREFIX),
+        ("bbt-suffix", Placement.BEFORE_CUE),
+        ("bbt-cue", Placement.ON_CUE),
+    )
+    for name, placement in placements:
         adapters.append(
             BlackBoxTuning(
                 bundle.hidden_size,

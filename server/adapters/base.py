@@ -18,6 +18,9 @@ class Placement(str, Enum):
     # After the input text, just before the answer cue: the text's keys and values do not
     # depend on the candidate, so the engine encodes each text once and reuses it.
     BEFORE_CUE = "before_cue"
+    # Added to the answer cue's own token embeddings (the last prompt_length of them): nothing is
+    # inserted, so z = 0 is exactly zero-shot, and texts are reused as for BEFORE_CUE.
+    ON_CUE = "on_cue"
 
 
 class Adapter(ABC):

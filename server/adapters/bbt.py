@@ -26,7 +26,11 @@ class BlackBoxTuning(Adapter):
         placement: Placement = Placement.PREFIX,
         description: str = "",
     ) -> None:
-        where = "prepended to the input" if placement == Placement.PREFIX else "placed before the answer cue"
+        where = {
+            Placement.PREFIX: "prepended to the input",
+            Placement.BEFORE_CUE: "placed before the answer cue",
+            Placement.ON_CUE: "added onto the answer cue (z = 0 is zero-shot)",
+        }[Placement(placement)]
         description = description or f"BBT: soft prompt = A z, {where}"
         super().__init__(name, dimension, prompt_length, description=description, placement=placement)
         self.hidden_size = hidden_size

@@ -14,7 +14,7 @@ def test_bundled_model_identity(real_engine):
     info = real_engine.info()
     assert info.hidden_size == 576
     assert len(info.fingerprint) == 64
-    assert [a.name for a in info.adapters][:3] == ["none", "bbt", "bbt-suffix"]
+    assert [a.name for a in info.adapters][:4] == ["none", "bbt", "bbt-suffix", "bbt-cue"]
     assert info.adapters[1].dimension == 500 and info.adapters[1].prompt_length == 10
 
 

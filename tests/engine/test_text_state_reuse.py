@@ -103,3 +103,57 @@ def test_engine_cache_respects_a_tiny_budget():
     reference = _engine(reuse_text_states=False).score(request).log_probs
     np.testing.assert_allclose(engine.score(request).log_probs, reference, atol=1e-4)
     assert engine.text_states.scope_bytes("alice") == 0
+
+
+def _on_cue_engine(**options) -> ScoringEngine:
+    from cbpt.server.adapters.none import NoPrompt
+
+    bundle = tiny_bundle(0)
+    adapter = BlackBoxTuning(
+        bundle.hidden_size,
+        embedding_std(bundle),
+        name="on-cue",
+        dimension=8,
+        prompt_length=2,
+        placement=Placement.ON_CUE,
+    )
+    return ScoringEngine(bundle, [NoPrompt(), adapter], **options)
+
+
+def test_on_cue_at_z_zero_is_exactly_zero_shot():
+    engine = _on_cue_engine()
+    zero = engine.score(
+        ScoreRequest("on-cue", np.zeros((2, 8), np.float32), TEXTS, CHOICES, cue="\nSentiment:")
+    )
+    none = engine.score(
+        ScoreRequest("none", np.zeros((1, 0), np.float32), TEXTS, CHOICES, cue="\nSentiment:")
+    )
+    np.testing.assert_allclose(zero.log_probs[0], none.log_probs[0], atol=1e-5)
+    moved = engine.score(
+        ScoreRequest("on-cue", np.ones((1, 8), np.float32) * 3, TEXTS, CHOICES, cue="\nSentiment:")
+    )
+    assert np.abs(moved.log_probs[0] - none.log_probs[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("mode", [ScoringMode.FIRST_TOKEN, ScoringMode.FULL_CHOICE])
+@pytest.mark.parametrize("cue", ["\nSentiment:", ":"])  # a cue shorter than the prompt perturbs all of it
+def test_on_cue_reuse_equals_uncached_and_single_sequences(mode, cue):
+    candidates = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+    choices = CHOICES if mode is ScoringMode.FIRST_TOKEN else [[" yes", " no way"]]
+    request = ScoreRequest("on-cue", candidates, TEXTS, choices, mode, cue=cue)
+    cached = _on_cue_engine(batch_sequences=4).score(request).log_probs
+    uncached_engine = _on_cue_engine(reuse_text_states=False)
+    np.testing.assert_allclose(cached, uncached_engine.score(request).log_probs, atol=1e-4)
+    for i in range(3):
+        for j, text in enumerate(TEXTS):
+            alone = uncached_engine.score(
+                ScoreRequest("on-cue", candidates[i : i + 1], [text], choices, mode, cue=cue)
+            )
+            np.testing.assert_allclose(cached[i, j], alone.log_probs[0, 0], atol=1e-4)
+
+
+def test_on_cue_needs_a_cue():
+    from cbpt.server.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=r"^cue: "):
+        _on_cue_engine().score(ScoreRequest("on-cue", np.zeros((1, 8), np.float32), TEXTS, CHOICES))
