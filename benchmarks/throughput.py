@@ -10,6 +10,7 @@ Writes benchmarks/results/throughput.json and throughput.md. FLOPs per sequence 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import build_adapters, embedding_std
 from cbpt.server.testing import tiny_bundle
-from common import machine, matmul_flops, sst2_texts, write_json, write_text
+from common import RESULTS, machine, matmul_flops, sst2_texts, write_json, write_text
 
 CHOICES = [[" negative", " positive"]]
 CUE = "\nSentiment:"
@@ -63,7 +64,9 @@ def time_call(engine: ScoringEngine, adapter: str, popsize: int, texts: list[str
     dimension = engine.adapters[adapter].dimension
     candidates = np.random.default_rng(0).standard_normal((popsize, dimension)).astype(np.float32)
     request = ScoreRequest(adapter, candidates, texts, CHOICES, cue=CUE, scope="bench")
-    engine.score(request)  # warm-up; for before-cue adapters this also fills the text-state cache
+    # Warm-up with one candidate: the first call's one-off costs, and for adapters placed after the text
+    # it fills the text-state cache as the first generation of a tuning run would.
+    engine.score(ScoreRequest(adapter, candidates[:1], texts, CHOICES, cue=CUE, scope="bench"))
     started = time.perf_counter()
     result = engine.score(request)
     seconds = time.perf_counter() - started
@@ -120,6 +123,69 @@ def over_grpc(engine: ScoringEngine, texts: list[str], adapter: str, generations
     }
 
 
+def grid(
+    engine: ScoringEngine, lengths: dict[str, list[str]], quick: bool, params: int, square: float
+) -> list[dict]:
+    popsizes = (1, 10, 20) if quick else (1, 10, 20, 40)
+    example_counts = (8, 32) if quick else (8, 16, 32)
+    rows = []
+    for adapter in ("bbt", "bbt-suffix", "bbt-cue", "cbp"):
+        for length, texts in lengths.items():
+            # Long inputs and the generator: the corners of the grid only, to keep the run near 20 minutes.
+            corners = length == "long" or adapter == "cbp"
+            for popsize in (popsizes[0], popsizes[-2]) if corners else popsizes:
+                for examples in (example_counts[0], example_counts[-1]) if corners else example_counts:
+                    t = time_call(engine, adapter, popsize, texts[:examples], params)
+                    rows.append(
+                        {
+                            "adapter": adapter,
+                            "length": length,
+                            "popsize": popsize,
+                            "examples": examples,
+                            "seconds": t.seconds,
+                            "candidate_evals_per_s": popsize / t.seconds,
+                            "sequences_per_s": t.sequences / t.seconds,
+                            "tokens_per_s": t.tokens / t.seconds,
+                            "matmul_ratio": t.flops / t.seconds / square,
+                        }
+                    )
+                    print(
+                        f"{adapter:10s} {length:5s} pop {popsize:2d} x {examples:2d}: "
+                        f"{rows[-1]['sequences_per_s']:6.1f} seq/s, {rows[-1]['matmul_ratio']:5.1%} of matmul",
+                        flush=True,
+                    )
+    return rows
+
+
+def ablations(bundle: ModelBundle, texts: list[str], params: int, square: float) -> list[dict]:
+    variants = [
+        ("sorted, chunks of 64 (default)", "bbt", {}),
+        ("unsorted, chunks of 64", "bbt", {"sort_by_length": False}),
+        ("sorted, chunks of 16", "bbt", {"batch_sequences": 16}),
+        ("sorted, chunks of 192", "bbt", {"batch_sequences": 192, "batch_tokens": 192 * 64}),
+        ("sorted, chunks of 640", "bbt", {"batch_sequences": 640, "batch_tokens": 640 * 64}),
+        ("bbt-suffix, text states reused", "bbt-suffix", {}),
+        ("bbt-suffix, no reuse", "bbt-suffix", {"reuse_text_states": False}),
+        ("bbt-cue, text states reused", "bbt-cue", {}),
+        ("bbt-cue, no reuse", "bbt-cue", {"reuse_text_states": False}),
+    ]
+    results = []
+    for label, adapter, options in variants:
+        timing = time_call(build(bundle, **options), adapter, 20, texts, params)
+        results.append(
+            {
+                "variant": label,
+                "seq_per_s": timing.sequences / timing.seconds,
+                "matmul_ratio": timing.flops / timing.seconds / square,
+            }
+        )
+        print(f"ablation {label}: {results[-1]['seq_per_s']:.1f} seq/s", flush=True)
+    return results
+
+
+SECTIONS = ("grid", "ablations", "grpc")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
@@ -127,92 +193,37 @@ def main() -> None:
         "--model", default="smollm2", help="'smollm2', 'tiny' (plumbing only) or a HF id/folder"
     )
     parser.add_argument("--output", default="throughput")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of grid, ablations, grpc"
+    )
     args = parser.parse_args()
+    sections = [name for name in args.sections.split(",") if name]
+    if unknown := sorted(set(sections) - set(SECTIONS)):
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
 
     bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
     params = non_embedding_parameters(bundle)
-    d = bundle.hidden_size
     square = matmul_flops(2048, 2048, 2048)
-    shaped = matmul_flops(64 * 40, d, int(bundle.model.config.intermediate_size))
-    print(f"matmul 2048^3: {square / 1e9:.1f} GFLOP/s; model-shaped: {shaped / 1e9:.1f} GFLOP/s", flush=True)
+    print(f"matmul 2048^3: {square / 1e9:.1f} GFLOP/s", flush=True)
+    short = [f"Review: {t}" for t in sst2_texts(64, seed=0)]
+    lengths = {"short": short}
+    if not args.quick:
+        lengths["long"] = [f"Review: {' '.join(sst2_texts(3, seed=i))}" for i in range(64)]
 
-    popsizes = (1, 10, 20) if args.quick else (1, 10, 20, 40)
-    example_counts = (8, 32) if args.quick else (8, 16, 32)
-    short = sst2_texts(64, seed=0)
-    long = [" ".join(sst2_texts(3, seed=i)) for i in range(64)]
-    lengths = {"short": [f"Review: {t}" for t in short]} | (
-        {} if args.quick else {"long": [f"Review: {t}" for t in long]}
-    )
-
-    engine = build(bundle)
-    timings: list[Timing] = []
-    for adapter in ("bbt", "bbt-suffix", "cbp"):
-        for length, texts in lengths.items():
-            for popsize in popsizes:
-                for examples in example_counts:
-                    timing = time_call(engine, adapter, popsize, texts[:examples], params)
-                    timing.length = length
-                    timings.append(timing)
-                    print(
-                        f"{adapter:10s} {length:5s} pop {popsize:2d} x {examples:2d}: {timing.sequences / timing.seconds:6.1f} seq/s,"
-                        f" {timing.flops / timing.seconds / square:5.1%} of matmul",
-                        flush=True,
-                    )
-
-    ablations = []
-    texts = lengths["short"][:32]
-    for label, options in (
-        ("sorted, chunks of 64 (default)", {}),
-        ("unsorted, chunks of 64", {"sort_by_length": False}),
-        ("sorted, chunks of 16", {"batch_sequences": 16}),
-        ("sorted, chunks of 192", {"batch_sequences": 192, "batch_tokens": 192 * 64}),
-        ("sorted, chunks of 640", {"batch_sequences": 640, "batch_tokens": 640 * 64}),
-    ):
-        variant = build(bundle, **options)
-        timing = time_call(variant, "bbt", 20, texts, params)
-        ablations.append(
-            {
-                "variant": label,
-                "seq_per_s": timing.sequences / timing.seconds,
-                "matmul_ratio": timing.flops / timing.seconds / square,
-            }
-        )
-        print(f"ablation {label}: {ablations[-1]['seq_per_s']:.1f} seq/s", flush=True)
-    uncached = build(bundle, reuse_text_states=False)
-    for label, eng in (("bbt-suffix, text states reused", engine), ("bbt-suffix, no reuse", uncached)):
-        timing = time_call(eng, "bbt-suffix", 20, texts, params)
-        ablations.append(
-            {
-                "variant": label,
-                "seq_per_s": timing.sequences / timing.seconds,
-                "matmul_ratio": timing.flops / timing.seconds / square,
-            }
-        )
-        print(f"ablation {label}: {ablations[-1]['seq_per_s']:.1f} seq/s", flush=True)
-
-    rows = [
-        {
-            "adapter": t.adapter,
-            "length": t.length,
-            "popsize": t.popsize,
-            "examples": t.examples,
-            "seconds": t.seconds,
-            "candidate_evals_per_s": t.popsize / t.seconds,
-            "sequences_per_s": t.sequences / t.seconds,
-            "tokens_per_s": t.tokens / t.seconds,
-            "matmul_ratio": t.flops / t.seconds / square,
-            "model_shaped_matmul_ratio": t.flops / t.seconds / shaped,
-        }
-        for t in timings
-    ]
-    payload = {
-        "machine": machine(),
-        "model": bundle.model_id,
-        "non_embedding_parameters": params,
-        "matmul_gflops": {"square_2048": square / 1e9, "model_shaped": shaped / 1e9},
-        "grid": rows,
-        "ablations": ablations,
-    }
+    # Sections re-run on their own replace only their part of an earlier result (same machine, same day).
+    path = RESULTS / f"{args.output}.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    payload |= {"machine": machine(), "model": bundle.model_id, "non_embedding_parameters": params}
+    payload.setdefault("matmul_gflops", {})[",".join(sections)] = square / 1e9
+    if "grid" in sections:
+        payload["grid"] = grid(build(bundle), lengths, args.quick, params, square)
+    if "ablations" in sections:
+        payload["ablations"] = ablations(bundle, short[:32], params, square)
+    if "grpc" in sections:
+        payload["grpc"] = [
+            over_grpc(build(bundle), short[:16], a, 6 if args.quick else 15)
+            for a in ("bbt-suffix", "bbt-cue")
+        ]
     write_json(f"{args.output}.json", payload)
     write_text(f"{args.output}.md", render(payload))
     print(render(payload))
@@ -222,14 +233,15 @@ def render(payload: dict) -> str:
     lines = [
         f"# Evaluate throughput ({payload['model']}, {payload['machine']['device']}, {payload['machine']['cores']} cores)",
         "",
-        f"Same-run matmul reference: 2048x2048x2048 fp32 at {payload['matmul_gflops']['square_2048']:.1f} GFLOP/s "
-        f"(model-shaped: {payload['matmul_gflops']['model_shaped']:.1f}). Ratios below are to the 2048 matmul; "
-        "before-cue adapters count only the tokens they actually run (texts are reused).",
+        "Ratios are to a 2048x2048x2048 fp32 matmul timed in the same run as each section "
+        f"({', '.join(f'{k}: {v:.0f} GFLOP/s' for k, v in payload['matmul_gflops'].items())}). "
+        "FLOPs = 2 x non-embedding parameters x tokens run + the LM-head rows computed; adapters placed after "
+        "the text count only the tokens they actually run (each text is encoded once and reused).",
         "",
         "| adapter | input | popsize | examples | candidate evals/s | sequences/s | tokens/s | FLOP/s vs matmul |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in payload["grid"]:
+    for r in payload.get("grid", []):
         lines.append(
             f"| {r['adapter']} | {r['length']} | {r['popsize']} | {r['examples']} | {r['candidate_evals_per_s']:.2f} "
             f"| {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['matmul_ratio']:.0%} |"
@@ -241,7 +253,7 @@ def render(payload: dict) -> str:
         "| variant | sequences/s | FLOP/s vs matmul |",
         "|---|---|---|",
     ]
-    for a in payload["ablations"]:
+    for a in payload.get("ablations", []):
         lines.append(f"| {a['variant']} | {a['seq_per_s']:.1f} | {a['matmul_ratio']:.0%} |")
     lines += [
         "",
@@ -256,7 +268,9 @@ def render(payload: dict) -> str:
             f"| {w['bytes_sent_per_candidate_evaluation']:.0f} / {w['bytes_received_per_candidate_evaluation']:.0f} "
             f"| {w['call_seconds_p50']:.2f} s / {w['call_seconds_p99']:.2f} s |"
         )
-    big = [r for r in payload["grid"] if r["popsize"] * r["examples"] >= 160 and r["adapter"] == "bbt"]
+    big = [
+        r for r in payload.get("grid", []) if r["popsize"] * r["examples"] >= 160 and r["adapter"] == "bbt"
+    ]
     if big:
         lines += [
             "",

@@ -1,0 +1,41 @@
+"""load_model: a local Hugging Face folder loads with the same weights, fingerprint and scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.model import ModelLoadError, load_model, weights_fingerprint
+from cbpt.server.runtime import build_adapters
+from cbpt.server.testing import tiny_bundle
+
+
+def test_local_folder_loads_with_same_fingerprint_and_scores(tmp_path):
+    original = tiny_bundle(3)
+    original.model.save_pretrained(tmp_path / "model")
+    original.tokenizer.save_pretrained(tmp_path / "model")
+    loaded = load_model(str(tmp_path / "model"), device="cpu", threads=1)
+    assert loaded.model_id == str(tmp_path / "model")
+    assert loaded.fingerprint == original.fingerprint == weights_fingerprint(loaded.model)
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    request = ScoreRequest(
+        "none", np.zeros((1, 0), np.float32), ["Review: fine"], [[" positive", " negative"]]
+    )
+    expected = ScoringEngine(original, build_adapters(original, bbt_dimension=4)).score(request).log_probs
+    actual = ScoringEngine(loaded, build_adapters(loaded, bbt_dimension=4)).score(request).log_probs
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        load_model(str(tmp_path / "nowhere"), device="cpu")
+
+
+def test_fingerprint_changes_with_any_weight():
+    bundle = tiny_bundle(0)
+    before = weights_fingerprint(bundle.model)
+    with torch.no_grad():
+        next(bundle.model.parameters())[0, 0] += 1e-3
+    assert weights_fingerprint(bundle.model) != before
