@@ -20,7 +20,7 @@ import numpy as np
 
 from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
 from cbpt.client.crypto import KeySpec, SecretKey, resolve_key
-from cbpt.client.errors import CheckpointError, ConfigError
+from cbpt.client.errors import CheckpointError, ClientError, ConfigError
 from cbpt.client.info import ServerInfo
 from cbpt.client.losses import LOSSES, apply_bias, compute_losses, cross_entropy, metrics, predictions
 from cbpt.client.optimizers import (
@@ -100,6 +100,9 @@ class Tuner:
         self._checkpoint_key = checkpoint_key
         self._key: SecretKey | None = None
         self.on_generation = on_generation
+        # The run in progress (or last run), so ``result_so_far`` can answer from ``on_generation``.
+        self._info: ServerInfo | None = None
+        self._progress: _Progress | None = None
 
     @property
     def generations(self) -> int:
@@ -130,6 +133,7 @@ class Tuner:
     # -- the run ---------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> TuningResult:
         info = self.client.info()
+        self._info, self._progress = info, None
         try:
             dimension = info.adapter(self.adapter).dimension
         except KeyError as error:
@@ -143,6 +147,7 @@ class Tuner:
         )
         config = self.config(info)
         progress = self._resume(optimizer, config) if resume else self._fresh()
+        self._progress = progress
         elapsed = progress.history[-1].elapsed_seconds if progress.history else 0.0
         while len(progress.generations) < self.generations and progress.stop_reason is None:
             self._generation(optimizer, train, dev, progress)
@@ -154,6 +159,20 @@ class Tuner:
             if self.on_generation is not None:
                 self.on_generation(row)
         return self._result(info, progress, progress.stop_reason or "budget")
+
+    def result_so_far(self) -> TuningResult:
+        """The best-on-dev selection so far: what ``run()`` would return if it stopped now.
+
+        Meant for ``on_generation`` callbacks (e.g. to score the current choice on a test set
+        at several budgets of one run). ``stop_reason`` is the run's own once it has one, and
+        ``"running"`` while generations of the budget remain.
+        """
+        progress, info = self._progress, self._info
+        if progress is None or info is None or progress.best is None:
+            raise ClientError("no generation has finished yet; call result_so_far from on_generation")
+        done = len(progress.generations) >= self.generations
+        reason = progress.stop_reason or ("budget" if done else "running")
+        return self._result(info, progress, reason)
 
     def _fresh(self) -> _Progress:
         if self.checkpoint is not None:
@@ -282,8 +301,6 @@ class Tuner:
             wall_seconds=seconds,
             elapsed_seconds=seconds,
         )
-        if self.on_generation is not None:
-            self.on_generation(row)
         progress = _Progress(history=[row], calls_used=1, stop_reason="no-vector")
         progress.best = {
             "vector": [],
@@ -291,6 +308,9 @@ class Tuner:
             "train_loss": float(scored.losses[0]),
             "dev_metrics": dev_metrics,
         }
+        self._progress = progress
+        if self.on_generation is not None:
+            self.on_generation(row)
         return self._result(info, progress, "no-vector")
 
     def _result(self, info: ServerInfo, progress: _Progress, stop_reason: str) -> TuningResult:
