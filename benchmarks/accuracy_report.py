@@ -1,0 +1,128 @@
+"""The accuracy benchmark's report: a markdown table (mean ± std over seeds) and one plot per task."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Run = dict[str, Any]
+BASELINES = ("zero-shot", "zero-shot-calibrated", "icl")
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def group(runs: Sequence[Run]) -> dict[tuple[str, str, int], list[Run]]:
+    """Runs by (task, method, calls), in first-seen order."""
+    groups: dict[tuple[str, str, int], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run["task"], run["method"], int(run["calls"]))].append(run)
+    return groups
+
+
+def _ordered(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
+    unique = list(dict.fromkeys(values))
+    return sorted(unique, key=lambda v: (preferred.index(v) if v in preferred else len(preferred), v))
+
+
+def calls_per_minute(runs: Sequence[Run]) -> float | None:
+    rates = [60.0 * run["calls"] / run["seconds"] for run in runs if run["calls"] and run["seconds"] > 0]
+    return statistics.fmean(rates) if rates else None
+
+
+def render(runs: Sequence[Run], *, tasks: Sequence[str], methods: Sequence[str]) -> str:
+    seeds = sorted({int(run["seed"]) for run in runs})
+    models = sorted({str(run.get("model", "?")) for run in runs})
+    popsizes = sorted({int(run["popsize"]) for run in runs if "popsize" in run})
+    bbt = sorted({(run["dimension"], run["prompt_length"]) for run in runs if "dimension" in run})
+    white = sorted({run["prompt_length"] for run in runs if run["method"] == "white-box"})
+    lines = [
+        "# Accuracy per call",
+        "",
+        f"Model: {', '.join(models)}. Seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds). "
+        f"16 shots and 8 dev examples per class, sampled per seed by the client's `Task`; "
+        f"CMA-ES, CE loss{f', popsize {popsizes[0]}' if len(popsizes) == 1 else ''}"
+        + "".join(f"; BBT adapters: dimension {d}, {t} prompt vectors" for d, t in bbt)
+        + ".",
+        "",
+        "- `calls` of the black-box methods: candidate evaluations on the train set (each one forward pass of the "
+        "train set; the dev evaluation of each generation's best and all test scoring are not counted). The "
+        "accuracy at a budget is that of the best-on-dev vector after that many calls of one run.",
+        "- `calls` of `white-box`: optimizer steps, each one forward and backward pass over the whole train set "
+        f"(gradient prompt tuning of {'/'.join(map(str, white)) or 't'} free soft-prompt vectors before the answer "
+        "cue, the model frozen; Adam; the prompt with the best dev accuracy so far).",
+        "- `zero-shot`, `zero-shot-calibrated` (mean-centred on the unlabelled test inputs) and `icl` (one "
+        "demonstration per class from the seed's train shots) make no tuning calls.",
+        "- `calls/min`: calls over the tuning wall time (dev evaluations included), mean over seeds.",
+        "",
+    ]
+    groups = group(runs)
+    for task in _ordered([run["task"] for run in runs], tasks):
+        task_runs = [run for run in runs if run["task"] == task]
+        counts = task_runs[0].get("test_class_counts")
+        size = f"{sum(counts)} test examples, per class {counts}" if counts else ""
+        lines += [
+            f"## {task}" + (f" ({size})" if size else ""),
+            "",
+            "| method | calls | accuracy | macro-F1 | calls/min | seeds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method in _ordered([run["method"] for run in task_runs], methods):
+            keys = sorted(key for key in groups if key[0] == task and key[1] == method)
+            for key in keys:
+                members = groups[key]
+                accuracy = _mean_std([run["accuracy"] for run in members])
+                f1 = _mean_std([run["macro_f1"] for run in members])
+                rate = calls_per_minute(members)
+                lines.append(
+                    f"| {method} | {key[2]} | {100 * accuracy[0]:.1f} ± {100 * accuracy[1]:.1f} "
+                    f"| {100 * f1[0]:.1f} ± {100 * f1[1]:.1f} | {'–' if rate is None else f'{rate:.1f}'} "
+                    f"| {len(members)} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(runs: Sequence[Run], task: str, path: Path, methods: Sequence[str]) -> Path:
+    """Accuracy against calls for one task: a line per tuned method, baselines as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = group([run for run in runs if run["task"] == task])
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for method in _ordered([key[1] for key in groups], methods):
+        keys = sorted(key for key in groups if key[1] == method)
+        stats = [_mean_std([run["accuracy"] for run in groups[key]]) for key in keys]
+        index = methods.index(method) if method in methods else len(methods)
+        colour = palette[index % len(palette)]
+        if method in BASELINES or all(key[2] == 0 for key in keys):
+            mean, std = stats[0]
+            axes.axhline(100 * mean, color=colour, linestyle="--", label=f"{method} ({100 * mean:.1f})")
+            if std > 0:
+                axes.axhspan(100 * (mean - std), 100 * (mean + std), color=colour, alpha=0.1)
+            continue
+        calls = [key[2] for key in keys]
+        means = [100 * s[0] for s in stats]
+        stds = [100 * s[1] for s in stats]
+        axes.errorbar(calls, means, yerr=stds, color=colour, marker="o", capsize=3, label=method)
+    seeds = sorted({int(run["seed"]) for run in runs if run["task"] == task})
+    axes.set(
+        xlabel="calls (white-box: optimizer steps)",
+        ylabel="test accuracy (%)",
+        title=f"{task}: mean ± std over seeds {', '.join(map(str, seeds))}",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
