@@ -39,7 +39,7 @@ class TuningResult:
     dev_metrics: dict[str, Any] | None  # accuracy, macro_f1, confusion_matrix of the chosen vector
     train_loss: float
     calls_used: int
-    stop_reason: str  # "budget", "patience" or "no-vector"
+    stop_reason: str  # "budget", "patience", "no-vector", or "running" (from Tuner.result_so_far)
     adapter: str
     optimizer: str
     model_id: str
