@@ -27,6 +27,7 @@ from cbpt.server.errors import InvalidRequest, UnknownAdapter
 from cbpt.server.kv_cache import TextState, TextStateCache
 from cbpt.server.limits import Limits
 from cbpt.server.model import ModelBundle
+from cbpt.server.readout import read_first_tokens, read_full_choices
 from cbpt.server.validation import check_candidates, check_sequences, check_texts, expand_choices
 
 
@@ -292,9 +293,9 @@ class ScoringEngine:
                 hidden, ends = self._forward_flat(chunk, heads, prompts, placed)
             tokens += sum(row.length for row in chunk)
             if full:
-                self._read_full_choices(hidden, ends, chunk, scores)
+                read_full_choices(self._head, hidden, ends, chunk, scores)
             else:
-                self._read_first_tokens(hidden, ends, chunk, encoded.choices, scores)
+                read_first_tokens(self._head, hidden, ends, chunk, encoded.choices, scores)
         return scores.log_softmax(dim=-1).numpy().astype(np.float32, copy=False), tokens
 
     def _prompts(
@@ -420,62 +421,3 @@ class ScoringEngine:
         for index, tensor in enumerate(tensors):
             out[index, :, width - tensor.shape[1] :] = tensor
         return out
-
-    # -- reading choice scores ------------------------------------------------------------------
-
-    def _head_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Logits of only the ``token_ids`` rows of the LM head, in fp32: hidden [n, d], ids [n, c]."""
-        rows = self._head.weight[token_ids].float()
-        logits = (rows @ hidden.float().unsqueeze(-1)).squeeze(-1)
-        if getattr(self._head, "bias", None) is not None:
-            logits = logits + self._head.bias[token_ids].float()
-        return logits
-
-    def _read_first_tokens(
-        self,
-        hidden: torch.Tensor,
-        ends: torch.Tensor,
-        chunk: list[Row],
-        choices: list[list[tuple[int, ...]]],
-        scores: torch.Tensor,
-    ) -> None:
-        max_choices = scores.shape[-1]
-        ids = torch.zeros((len(chunk), max_choices), dtype=torch.long)
-        valid = torch.zeros((len(chunk), max_choices), dtype=torch.bool)
-        for index, row in enumerate(chunk):
-            firsts = [option[0] for option in choices[row.example]]
-            ids[index, : len(firsts)] = torch.tensor(firsts)
-            valid[index, : len(firsts)] = True
-        last = hidden[torch.arange(len(chunk), device=hidden.device), ends.to(hidden.device)]
-        logits = self._head_logits(last, ids.to(hidden.device)).cpu().masked_fill(~valid, -torch.inf)
-        candidates = torch.tensor([row.candidate for row in chunk])
-        examples = torch.tensor([row.example for row in chunk])
-        scores[candidates, examples] = logits
-
-    def _read_full_choices(
-        self, hidden: torch.Tensor, ends: torch.Tensor, chunk: list[Row], scores: torch.Tensor
-    ) -> None:
-        """Sum of log p(choice token | all before it), from a full-vocabulary softmax at those positions only."""
-        row_index, positions, targets = [], [], []
-        for index, row in enumerate(chunk):
-            end = int(ends[index])
-            row_index += [index] * row.scored
-            positions += range(end - row.scored, end)
-            targets += row.tokens[len(row.tokens) - row.scored :]
-        device = hidden.device
-        picked = hidden[
-            torch.tensor(row_index, device=device), torch.tensor(positions, device=device)
-        ].float()
-        logits = picked @ self._head.weight.float().T
-        if getattr(self._head, "bias", None) is not None:
-            logits = logits + self._head.bias.float()
-        token_log_probs = (
-            logits.log_softmax(-1).gather(-1, torch.tensor(targets, device=device)[:, None]).squeeze(-1)
-        )
-        totals = torch.zeros(len(chunk), device=device).index_add_(
-            0, torch.tensor(row_index, device=device), token_log_probs
-        )
-        candidates = torch.tensor([row.candidate for row in chunk])
-        examples = torch.tensor([row.example for row in chunk])
-        choices = torch.tensor([row.choice for row in chunk])
-        scores[candidates, examples, choices] = totals.cpu()
