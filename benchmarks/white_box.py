@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
 
+from cbpt.server.engine import leading_special_tokens
+from cbpt.server.kv_cache import encode_left_padded
 from cbpt.server.model import ModelBundle
 
 
@@ -60,7 +62,7 @@ class SoftPromptScorer:
         self.embed = bundle.model.get_input_embeddings()
         self.head = bundle.model.get_output_embeddings()
         tokenizer = bundle.tokenizer
-        self.bos = _leading_special_tokens(tokenizer)
+        self.bos = leading_special_tokens(tokenizer)
         self.pad_id = tokenizer.pad_token_id or 0
         self.cue_ids = torch.tensor(tokenizer(cue, add_special_tokens=False)["input_ids"], dtype=torch.long)
         firsts = [tokenizer(choice, add_special_tokens=False)["input_ids"][0] for choice in choices]
@@ -75,18 +77,8 @@ class SoftPromptScorer:
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> _TextBatch:
-        device = self.bundle.device
-        sequences = self._tokens(texts)
-        width = max(map(len, sequences))
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-            mask[row, width - len(sequence) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        output = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        sequences = [tuple(tokens) for tokens in self._tokens(texts)]
+        layers, mask = encode_left_padded(self.backbone, sequences, self.pad_id, self.bundle.device)
         return _TextBatch(layers, mask, mask.sum(-1))
 
     def batches(self, texts: Sequence[str]) -> Iterator[_TextBatch]:
@@ -122,15 +114,6 @@ class SoftPromptScorer:
     def log_probs(self, prompt: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
         parts = [self.logits(prompt, batch).log_softmax(-1).cpu() for batch in self.batches(texts)]
         return torch.cat(parts).numpy().astype(np.float64)
-
-
-def _leading_special_tokens(tokenizer) -> tuple[int, ...]:
-    """What the tokenizer puts before any text (BOS for Llama-2 style models), as the engine does."""
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    if with_special[len(with_special) - len(plain) :] != plain:
-        return ()
-    return tuple(with_special[: len(with_special) - len(plain)])
 
 
 def _initial_prompt(bundle: ModelBundle, length: int, seed: int) -> tuple[torch.Tensor, float]:

@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.batching import Row, length_sorted_chunks, plan_rows
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
-from cbpt.server.kv_cache import TextState, TextStateCache
+from cbpt.server.kv_cache import TextState, TextStateCache, encode_left_padded
 from cbpt.server.limits import Limits
 from cbpt.server.model import ModelBundle
 from cbpt.server.readout import read_first_tokens, read_full_choices
@@ -125,6 +125,15 @@ class _Encoded:
     choices: list[list[tuple[int, ...]]]
 
 
+def leading_special_tokens(tokenizer) -> tuple[int, ...]:
+    """What the tokenizer puts before any text: BOS for Llama-2 style models, nothing for SmolLM2."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if with_special[len(with_special) - len(plain) :] != plain:
+        return ()
+    return tuple(with_special[: len(with_special) - len(plain)])
+
+
 class ScoringEngine:
     def __init__(
         self,
@@ -155,7 +164,7 @@ class ScoringEngine:
         self._embed = model.get_input_embeddings()
         self._head = model.get_output_embeddings()
         self._backbone = model.base_model
-        self._bos = self._leading_special_tokens(bundle.tokenizer)
+        self._bos = leading_special_tokens(bundle.tokenizer)
         self._pad_id = bundle.tokenizer.pad_token_id or 0
         self._lock = threading.Lock()
         self._token_cache = _TokenCache(token_cache_size)
@@ -196,15 +205,6 @@ class ScoringEngine:
         return ScoreResult(log_probs, counts, tokens, time.perf_counter() - started)
 
     # -- tokenisation ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _leading_special_tokens(tokenizer) -> tuple[int, ...]:
-        """What the tokenizer puts before any text: BOS for Llama-2 style models, nothing for SmolLM2."""
-        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-        if with_special[len(with_special) - len(plain) :] != plain:
-            return ()
-        return tuple(with_special[: len(with_special) - len(plain)])
 
     def _tokens(self, text: str, field_name: str, limit: int, allow_empty: bool = False) -> tuple[int, ...]:
         tokens = self._token_cache.get(text)
@@ -353,17 +353,8 @@ class ScoringEngine:
         return result, tokens
 
     def _encode_states(self, sequences: list[tuple[int, ...]]) -> list[TextState]:
-        device = self.bundle.device
-        width = max(map(len, sequences))
-        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for index, sequence in enumerate(sequences):
-            ids[index, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-            mask[index, width - len(sequence) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        output = self._backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        layers, mask = encode_left_padded(self._backbone, sequences, self._pad_id, self.bundle.device)
+        width = mask.shape[1]
         return [
             TextState(
                 tuple(

@@ -31,6 +31,23 @@ class TextState:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
 
 
+def encode_left_padded(
+    backbone: torch.nn.Module, sequences: list[tuple[int, ...]], pad_id: int, device: torch.device
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """One left-padded pass over token sequences: per-layer (keys, values) [batch, kv_heads, width, head_dim]
+    and the attention mask [batch, width]. Used by the engine and by white-box training alike."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for index, sequence in enumerate(sequences):
+        ids[index, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+        mask[index, width - len(sequence) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    output = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    return [(layer.keys, layer.values) for layer in output.past_key_values.layers], mask
+
+
 class TextStateCache:
     def __init__(self, max_bytes_per_scope: int = 256 << 20, max_scopes: int = 8) -> None:
         self.max_bytes_per_scope = max_bytes_per_scope
