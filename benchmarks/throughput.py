@@ -36,10 +36,8 @@ CUE = "\nSentiment:"
 
 @dataclass
 class Timing:
-    adapter: str
-    popsize: int
-    examples: int
-    length: str
+    """What one timed Evaluate measured."""
+
     seconds: float
     tokens: int
     sequences: int
@@ -72,10 +70,6 @@ def time_call(engine: ScoringEngine, adapter: str, popsize: int, texts: list[str
     seconds = time.perf_counter() - started
     head = 2 * engine.bundle.hidden_size * len(CHOICES[0]) * popsize * len(texts)
     return Timing(
-        adapter,
-        popsize,
-        len(texts),
-        "",
         seconds,
         result.tokens_processed,
         popsize * len(texts),

@@ -225,23 +225,24 @@ class ScoringEngine:
         cue = (
             self._tokens(request.cue, "cue", limits.max_text_tokens, allow_empty=True) if request.cue else ()
         )
-        encoded: list[list[tuple[int, ...]]] = []
-        shared: list[tuple[int, ...]] | None = None
-        for index, options in enumerate(choices):
-            if shared is not None and choice_field == "shared_choices":
-                encoded.append(shared)
-                continue
-            prefix = choice_field if choice_field == "shared_choices" else f"{choice_field}[{index}]"
-            tokens = [
-                self._tokens(option, f"{prefix}[{k}]", limits.max_choice_tokens)
-                for k, option in enumerate(options)
+        if choice_field == "shared_choices":  # one list for every text: encode it once
+            encoded = [self._choice_tokens(choices[0], choice_field, mode)] * len(choices)
+        else:
+            encoded = [
+                self._choice_tokens(options, f"{choice_field}[{index}]", mode)
+                for index, options in enumerate(choices)
             ]
-            firsts = [option[0] for option in tokens]
-            if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
-                raise InvalidRequest(prefix, "two choices share their first token; use full-choice scoring")
-            shared = tokens
-            encoded.append(tokens)
         return _Encoded(texts, cue, encoded)
+
+    def _choice_tokens(self, options: list[str], field_name: str, mode: ScoringMode) -> list[tuple[int, ...]]:
+        tokens = [
+            self._tokens(option, f"{field_name}[{k}]", self.limits.max_choice_tokens)
+            for k, option in enumerate(options)
+        ]
+        firsts = [option[0] for option in tokens]
+        if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
+            raise InvalidRequest(field_name, "two choices share their first token; use full-choice scoring")
+        return tokens
 
     # -- scoring --------------------------------------------------------------------------------
 
