@@ -49,7 +49,7 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
         interceptors.append(
             ApiKeyInterceptor(store, settings.requests_per_minute, settings.max_concurrent_per_key)
         )
-    servicer = TuningServicer(engine)
+    servicer = TuningServicer(engine, settings.merge_settings())
     message_limit = servicer.limits.max_message_bytes + MESSAGE_HEADROOM
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -77,7 +77,7 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
     except RuntimeError:  # grpc's bind failure: the port is taken or the host is not ours
         port = 0
     if port == 0:
-        servicer.close()
+        await servicer.close()
         raise ConfigError(f"cannot listen on {address}: address in use or not available")
     parts = _Parts(server, health, servicer, port)
     log.info(
@@ -111,7 +111,7 @@ async def graceful_stop(parts: _Parts, grace: float) -> None:
     log.info("shutting down", extra={"grace_seconds": grace})
     await parts.health.enter_graceful_shutdown()
     await parts.server.stop(grace)
-    parts.servicer.close()
+    await parts.servicer.close()
 
 
 async def serve(engine: ScoringEngine, settings: ServerSettings) -> None:

@@ -21,6 +21,7 @@ class Row:
     tokens: tuple[int, ...]  # what follows the cached or prefixed part
     scored: int = 0  # trailing tokens whose log-probs are summed (full-choice mode)
     length: int = 0  # tokens this row runs through the model, soft prompt included
+    owner: int = 0  # which of the merged requests the row belongs to
 
 
 def plan_rows(

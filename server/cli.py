@@ -35,6 +35,10 @@ CacheDir = Annotated[
 ]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 Threads = Annotated[int | None, typer.Option(help="Torch CPU threads.")]
+Quantize = Annotated[
+    str | None,
+    typer.Option(help="none, or int8: dynamic int8 Linear layers on CPU (opt-in; see the README)."),
+]
 BbtDimension = Annotated[int | None, typer.Option(help="Dimension of BBT candidate vectors.")]
 PromptLength = Annotated[int | None, typer.Option(help="Soft-prompt vectors the BBT adapter inserts.")]
 ProjectionSeed = Annotated[int | None, typer.Option(help="Seed of the BBT random projection.")]
@@ -76,6 +80,7 @@ def _build_engine(settings: ServerSettings):
         cache_dir=settings.model_cache_dir,
         device=settings.device,
         threads=settings.threads,
+        quantize=settings.quantize,
         bbt_dimension=settings.bbt_dimension,
         prompt_length=settings.prompt_length,
         projection_seed=settings.projection_seed,
@@ -93,6 +98,7 @@ def serve(
     model_cache_dir: CacheDir = None,
     device: Device = None,
     threads: Threads = None,
+    quantize: Quantize = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
     client_ca: Annotated[Path | None, typer.Option(help="CA of client certificates; turns on mTLS.")] = None,
@@ -115,6 +121,16 @@ def serve(
     max_message_bytes: Annotated[int | None, typer.Option()] = None,
     requests_per_minute: Annotated[int | None, typer.Option(help="Default per-key rate limit.")] = None,
     max_concurrent_per_key: Annotated[int | None, typer.Option(help="Default per-key concurrency.")] = None,
+    merge_window_ms: Annotated[
+        float | None,
+        typer.Option(help="How long an idle engine waits to merge concurrent calls (0: no wait)."),
+    ] = None,
+    merge_max_sequences: Annotated[
+        int | None, typer.Option(help="Sequences merged into one engine call.")
+    ] = None,
+    max_queued_requests: Annotated[
+        int | None, typer.Option(help="Calls that may wait for the engine before new ones are refused.")
+    ] = None,
     grace_seconds: Annotated[float | None, typer.Option(help="Time in-flight calls get on shutdown.")] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--no-log-json")] = None,
@@ -178,6 +194,7 @@ def info(
     model_cache_dir: CacheDir = None,
     device: Device = None,
     threads: Threads = None,
+    quantize: Quantize = None,
     bbt_dimension: BbtDimension = None,
     prompt_length: PromptLength = None,
     projection_seed: ProjectionSeed = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.batching import Row, length_sorted_chunks, plan_rows
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
-from cbpt.server.kv_cache import TextState, TextStateCache, encode_left_padded
+from cbpt.server.kv_cache import KVState, TextStateCache, encode_left_padded
 from cbpt.server.limits import Limits
 from cbpt.server.model import ModelBundle
 from cbpt.server.readout import read_first_tokens, read_full_choices
@@ -125,6 +125,26 @@ class _Encoded:
     choices: list[list[tuple[int, ...]]]
 
 
+@dataclass
+class _Prepared:
+    """A validated, tokenised request, ready to share forward passes with others like it."""
+
+    adapter: Adapter
+    candidates: np.ndarray
+    encoded: _Encoded
+    mode: ScoringMode
+    scope: str
+    choice_counts: tuple[int, ...]
+
+
+class _Path(Enum):
+    """How a group's rows run: in full, or after keys and values cached per text or per candidate."""
+
+    FLAT = "flat"
+    TEXT_STATES = "text_states"  # prompt after the text: each text encoded once per scope
+    PREFIX_STATES = "prefix_states"  # input-independent prefix: each candidate's prompt encoded once
+
+
 def leading_special_tokens(tokenizer) -> tuple[int, ...]:
     """What the tokenizer puts before any text: BOS for Llama-2 style models, nothing for SmolLM2."""
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -146,6 +166,7 @@ class ScoringEngine:
         token_cache_size: int = 4096,
         text_states: TextStateCache | None = None,
         reuse_text_states: bool = True,
+        reuse_prefix_states: bool = True,
         sort_by_length: bool = True,
     ) -> None:
         names = [adapter.name for adapter in adapters]
@@ -159,6 +180,7 @@ class ScoringEngine:
         self.adapters = {adapter.name: adapter.to(bundle.device, bundle.dtype) for adapter in adapters}
         self.text_states = text_states if text_states is not None else TextStateCache()
         self.reuse_text_states = reuse_text_states
+        self.reuse_prefix_states = reuse_prefix_states
         self.sort_by_length = sort_by_length
         model = bundle.model
         self._embed = model.get_input_embeddings()
@@ -180,7 +202,38 @@ class ScoringEngine:
         return EngineInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, adapters, self.limits)
 
     def score(self, request: ScoreRequest) -> ScoreResult:
+        outcome = self.score_many([request])[0]
+        if isinstance(outcome, InvalidRequest):
+            raise outcome
+        return outcome
+
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult | InvalidRequest]:
+        """Score several requests, sharing forward passes among those with one adapter, mode and cue.
+
+        Each request is validated on its own: a bad one gets its error back in its slot and the
+        others are still scored. Merged scores equal those of scoring each request alone.
+        """
         started = time.perf_counter()
+        outcomes: list[ScoreResult | InvalidRequest | None] = [None] * len(requests)
+        with self._lock, torch.inference_mode():
+            groups: dict[tuple[str, ScoringMode, tuple[int, ...]], list[tuple[int, _Prepared]]] = {}
+            for index, request in enumerate(requests):
+                try:
+                    prepared = self._prepare(request)
+                except InvalidRequest as error:
+                    outcomes[index] = error
+                    continue
+                key = (prepared.adapter.name, prepared.mode, prepared.encoded.cue)
+                groups.setdefault(key, []).append((index, prepared))
+            for members in groups.values():
+                scored = self._score_group([prepared for _, prepared in members])
+                for (index, prepared), (log_probs, tokens) in zip(members, scored, strict=True):
+                    seconds = time.perf_counter() - started
+                    outcomes[index] = ScoreResult(log_probs, prepared.choice_counts, tokens, seconds)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _prepare(self, request: ScoreRequest) -> _Prepared:
+        """Validate and tokenise one request; raises InvalidRequest naming the field."""
         adapter = self.adapters.get(request.adapter)
         if adapter is None:
             raise UnknownAdapter(request.adapter, list(self.adapters))
@@ -198,11 +251,9 @@ class ScoringEngine:
             raise InvalidRequest(
                 "cue", f"adapter {adapter.name!r} adds its prompt onto the answer cue; give one"
             )
-        with self._lock, torch.inference_mode():
-            encoded = self._encode(request, choices, choice_field, mode)
-            log_probs, tokens = self._score(adapter, candidates, encoded, mode, request.scope)
+        encoded = self._encode(request, choices, choice_field, mode)
         counts = tuple(len(options) for options in choices)
-        return ScoreResult(log_probs, counts, tokens, time.perf_counter() - started)
+        return _Prepared(adapter, candidates, encoded, mode, request.scope, counts)
 
     # -- tokenisation ---------------------------------------------------------------------------
 
@@ -246,58 +297,111 @@ class ScoringEngine:
 
     # -- scoring --------------------------------------------------------------------------------
 
-    def _score(
-        self, adapter: Adapter, candidates: np.ndarray, encoded: _Encoded, mode: ScoringMode, scope: str
-    ) -> tuple[np.ndarray, int]:
+    def _path(self, adapter: Adapter) -> _Path:
+        if not adapter.prompt_length:
+            return _Path.FLAT
+        if adapter.placement is not Placement.PREFIX:
+            return _Path.TEXT_STATES if self.reuse_text_states else _Path.FLAT
+        if not adapter.reads_inputs and self.reuse_prefix_states:
+            return _Path.PREFIX_STATES
+        return _Path.FLAT
+
+    def _score_group(self, group: list[_Prepared]) -> list[tuple[np.ndarray, int]]:
+        """Score requests that share adapter, mode and cue in one set of length-sorted chunks.
+
+        Rows carry group-wide candidate and example indices (requests laid end to end) and an
+        ``owner``; scores are written back per owner.
+        """
+        adapter, mode, cue = group[0].adapter, group[0].mode, group[0].encoded.cue
         device, dtype = self.bundle.device, self.bundle.dtype
-        z = torch.from_numpy(candidates).to(device=device, dtype=dtype)
-        pooled = torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in encoded.texts])
         full = mode is ScoringMode.FULL_CHOICE
-        max_choices = max(len(options) for options in encoded.choices)
-        scores = torch.full((len(candidates), len(encoded.texts), max_choices), -torch.inf)
-        after_text = adapter.placement in (Placement.BEFORE_CUE, Placement.ON_CUE)
+        path = self._path(adapter)
+        after_text = adapter.placement is not Placement.PREFIX
+        texts = [text for prepared in group for text in prepared.encoded.texts]
+        choices = [options for prepared in group for options in prepared.encoded.choices]
+        z = torch.from_numpy(np.concatenate([prepared.candidates for prepared in group])).to(device, dtype)
+        pooled = torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
         # Soft-prompt vectors inserted as tokens; ON_CUE adds them onto the cue's last tokens instead.
         inserted = 0 if adapter.placement is Placement.ON_CUE else adapter.prompt_length
-        on_cue = min(adapter.prompt_length, len(encoded.cue)) if adapter.placement is Placement.ON_CUE else 0
-        reuse = after_text and adapter.prompt_length > 0 and self.reuse_text_states
-        if reuse:
-            states, tokens = self._text_states(encoded.texts, scope)
-            rows = plan_rows(
-                len(candidates), [encoded.cue] * len(encoded.texts), encoded.choices if full else None
-            )
+        on_cue = min(adapter.prompt_length, len(cue)) if adapter.placement is Placement.ON_CUE else 0
+        placed = _Placed(inserted, len(cue), on_cue)
+        tokens = [0] * len(group)
+        offsets, rows = self._plan(group, after_text, full)
+        if path is _Path.TEXT_STATES:
+            states: list[KVState] = []
+            for owner, prepared in enumerate(group):
+                owner_states, tokens[owner] = self._text_states(prepared.encoded.texts, prepared.scope)
+                states += owner_states
             for row in rows:
                 row.length = inserted + len(row.tokens)
-            chunks = length_sorted_chunks(
-                rows,
-                self.batch_sequences,
-                self.batch_tokens,
-                lambda r: r.length + states[r.example].length,
-                sort=self.sort_by_length,
-            )
+            chunks = self._chunks(rows, lambda r: r.length + states[r.example].length)
+        elif path is _Path.PREFIX_STATES:
+            prefixes = self._prefix_states(adapter, z)
+            for owner, prepared in enumerate(group):
+                tokens[owner] = len(prepared.candidates) * prefixes[0].length
+            for row in rows:
+                row.length = len(row.tokens)
+            chunks = self._chunks(rows, lambda r: r.length + prefixes[0].length)
         else:
-            tails = [(() if after_text else text) + encoded.cue for text in encoded.texts]
-            rows = plan_rows(len(candidates), tails, encoded.choices if full else None)
             for row in rows:
                 row.length = len(self._bos) + inserted + len(row.tokens)
-                row.length += len(encoded.texts[row.example]) if after_text else 0
-            chunks = length_sorted_chunks(
-                rows, self.batch_sequences, self.batch_tokens, sort=self.sort_by_length
-            )
-            tokens = 0
-        placed = _Placed(inserted, len(encoded.cue), on_cue)
+                row.length += len(texts[row.example]) if after_text else 0
+            chunks = self._chunks(rows, lambda r: r.length)
+        scores = [
+            torch.full((len(p.candidates), len(p.encoded.texts), max(p.choice_counts)), -torch.inf)
+            for p in group
+        ]
         for chunk in chunks:
-            prompts = self._prompts(adapter, chunk, z, pooled)
-            if reuse:
-                hidden, ends = self._forward_after_states(chunk, prompts, states, placed)
+            if path is _Path.TEXT_STATES:
+                prompts = self._prompts(adapter, chunk, z, pooled)
+                pasts = [states[row.example] for row in chunk]
+                hidden, ends = self._forward_with_past(chunk, pasts, prompts, placed)
+            elif path is _Path.PREFIX_STATES:
+                pasts = [prefixes[row.candidate] for row in chunk]
+                hidden, ends = self._forward_with_past(chunk, pasts, None, _Placed(0, 0, 0))
             else:
-                heads = [encoded.texts[row.example] if after_text else () for row in chunk]
+                prompts = self._prompts(adapter, chunk, z, pooled)
+                heads = [texts[row.example] if after_text else () for row in chunk]
                 hidden, ends = self._forward_flat(chunk, heads, prompts, placed)
-            tokens += sum(row.length for row in chunk)
+            for row in chunk:
+                tokens[row.owner] += row.length
             if full:
-                read_full_choices(self._head, hidden, ends, chunk, scores)
+                values = read_full_choices(self._head, hidden, ends, chunk)
             else:
-                read_first_tokens(self._head, hidden, ends, chunk, encoded.choices, scores)
-        return scores.log_softmax(dim=-1).numpy().astype(np.float32, copy=False), tokens
+                values = read_first_tokens(self._head, hidden, ends, chunk, choices)
+            _scatter(chunk, values, offsets, scores)
+        return [
+            (owner_scores.log_softmax(dim=-1).numpy().astype(np.float32, copy=False), owner_tokens)
+            for owner_scores, owner_tokens in zip(scores, tokens, strict=True)
+        ]
+
+    def _plan(
+        self, group: list[_Prepared], after_text: bool, full: bool
+    ) -> tuple[list[tuple[int, int]], list[Row]]:
+        """Every request's rows with group-wide indices, and each request's (candidate, example) offsets."""
+        offsets: list[tuple[int, int]] = []
+        rows: list[Row] = []
+        first_candidate = first_example = 0
+        for owner, prepared in enumerate(group):
+            encoded = prepared.encoded
+            # What each row runs after its cached or flat part: the text only when it is not cached
+            # and comes after the prompt (prefix placement), then the cue (and, in full mode, a choice).
+            text_in_tail = not after_text
+            tails = [(text if text_in_tail else ()) + encoded.cue for text in encoded.texts]
+            for row in plan_rows(len(prepared.candidates), tails, encoded.choices if full else None):
+                row.candidate += first_candidate
+                row.example += first_example
+                row.owner = owner
+                rows.append(row)
+            offsets.append((first_candidate, first_example))
+            first_candidate += len(prepared.candidates)
+            first_example += len(encoded.texts)
+        return offsets, rows
+
+    def _chunks(self, rows: list[Row], width: Callable[[Row], int]) -> list[list[Row]]:
+        return length_sorted_chunks(
+            rows, self.batch_sequences, self.batch_tokens, width, sort=self.sort_by_length
+        )
 
     def _prompts(
         self, adapter: Adapter, chunk: list[Row], z: torch.Tensor, pooled: torch.Tensor
@@ -335,11 +439,11 @@ class ScoringEngine:
         )
         return output.last_hidden_state, torch.full((len(chunk),), width - 1, dtype=torch.long)
 
-    def _text_states(self, texts: list[tuple[int, ...]], scope: str) -> tuple[list[TextState], int]:
+    def _text_states(self, texts: list[tuple[int, ...]], scope: str) -> tuple[list[KVState], int]:
         """Keys and values of [bos][text] for each text, from the scope's cache or one batched pass."""
-        states: list[TextState | None] = [self.text_states.get(scope, self._bos + text) for text in texts]
+        states: list[KVState | None] = [self.text_states.get(scope, self._bos + text) for text in texts]
         missing = sorted({text for text, state in zip(texts, states, strict=True) if state is None}, key=len)
-        computed: dict[tuple[int, ...], TextState] = {}
+        computed: dict[tuple[int, ...], KVState] = {}
         tokens = 0
         for start in range(0, len(missing), self.batch_sequences):
             batch = missing[start : start + self.batch_sequences]
@@ -353,11 +457,11 @@ class ScoringEngine:
         ]
         return result, tokens
 
-    def _encode_states(self, sequences: list[tuple[int, ...]]) -> list[TextState]:
+    def _encode_states(self, sequences: list[tuple[int, ...]]) -> list[KVState]:
         layers, mask = encode_left_padded(self._backbone, sequences, self._pad_id, self.bundle.device)
         width = mask.shape[1]
         return [
-            TextState(
+            KVState(
                 tuple(
                     (k[i, :, width - len(s) :].clone(), v[i, :, width - len(s) :].clone()) for k, v in layers
                 )
@@ -365,35 +469,50 @@ class ScoringEngine:
             for i, s in enumerate(sequences)
         ]
 
-    def _forward_after_states(
-        self, chunk: list[Row], prompts: torch.Tensor, states: list[TextState], placed: _Placed
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached text states left-padded, then [soft prompt][cue (+ choice)] right-padded."""
+    def _prefix_states(self, adapter: Adapter, z: torch.Tensor) -> list[KVState]:
+        """Keys and values of [bos][soft prompt] for each candidate: one pass, reused by all its examples."""
         device = self.bundle.device
-        past = max(states[row.example].length for row in chunk)
+        states: list[KVState] = []
+        bos = torch.tensor(self._bos, dtype=torch.long, device=device)
+        for start in range(0, len(z), self.batch_sequences):
+            batch = z[start : start + self.batch_sequences]
+            prompts = adapter.soft_prompts(batch, batch.new_zeros(len(batch), self.bundle.hidden_size))
+            embeds = torch.cat([self._embed(bos).expand(len(batch), -1, -1), prompts.to(batch.dtype)], dim=1)
+            positions = torch.arange(embeds.shape[1], device=device).expand(len(batch), -1)
+            output = self._backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True)
+            layers = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+            states += [KVState(tuple((k[i], v[i]) for k, v in layers)) for i in range(len(batch))]
+        return states
+
+    def _forward_with_past(
+        self, chunk: list[Row], pasts: list[KVState], prompts: torch.Tensor | None, placed: _Placed
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's cached past (left-padded), then [soft prompt][tokens] right-padded after it."""
+        device = self.bundle.device
+        past = max(state.length for state in pasts)
         width = max(row.length for row in chunk)
         count = len(chunk)
         past_mask = torch.zeros((count, past), dtype=torch.long)
         new_mask = torch.zeros((count, width), dtype=torch.long)
         ids = torch.full((count, width), self._pad_id, dtype=torch.long)
         lengths = torch.zeros(count, dtype=torch.long)
-        for index, row in enumerate(chunk):
-            past_mask[index, past - states[row.example].length :] = 1
+        for index, (row, state) in enumerate(zip(chunk, pasts, strict=True)):
+            past_mask[index, past - state.length :] = 1
             new_mask[index, : row.length] = 1
             ids[index, placed.inserted : row.length] = torch.tensor(row.tokens, dtype=torch.long)
-            lengths[index] = states[row.example].length
+            lengths[index] = state.length
         layers = []
-        for layer in range(len(states[chunk[0].example].layers)):
+        for layer in range(len(pasts[0].layers)):
             keys, values = (
-                self._stack_left_padded([states[r.example].layers[layer][i] for r in chunk], past)
-                for i in (0, 1)
+                self._stack_left_padded([state.layers[layer][i] for state in pasts], past) for i in (0, 1)
             )
             layers.append((keys, values))
         cache = DynamicCache(ddp_cache_data=layers, config=self.bundle.model.config)
         embeds = self._embed(ids.to(device))
-        soft = torch.zeros((count, width), dtype=torch.bool)
-        soft[:, placed.span(0)] = True
-        placed.apply(embeds, soft.to(device), prompts)
+        if prompts is not None:
+            soft = torch.zeros((count, width), dtype=torch.bool)
+            soft[:, placed.span(0)] = True
+            placed.apply(embeds, soft.to(device), prompts)
         mask = torch.cat([past_mask, new_mask], dim=1).to(device)
         positions = (lengths[:, None] + torch.arange(width)[None, :]).to(device)
         output = self._backbone(
@@ -413,3 +532,23 @@ class ScoringEngine:
         for index, tensor in enumerate(tensors):
             out[index, :, width - tensor.shape[1] :] = tensor
         return out
+
+
+def _scatter(
+    chunk: list[Row], values: torch.Tensor, offsets: list[tuple[int, int]], scores: list[torch.Tensor]
+) -> None:
+    """Write a chunk's per-row values (first-token logits [rows, choices], or full-choice totals [rows])
+    into each owner's [candidates, examples, choices] scores."""
+    owners = torch.tensor([row.owner for row in chunk])
+    candidates = torch.tensor([row.candidate for row in chunk])
+    examples = torch.tensor([row.example for row in chunk])
+    choices = torch.tensor([row.choice for row in chunk])
+    for owner in owners.unique().tolist():
+        picked = owners == owner
+        first_candidate, first_example = offsets[owner]
+        target = scores[owner]
+        where = (candidates[picked] - first_candidate, examples[picked] - first_example)
+        if values.dim() == 1:
+            target[(*where, choices[picked])] = values[picked]
+        else:
+            target[where] = values[picked][:, : target.shape[-1]]

@@ -17,8 +17,9 @@ import torch
 
 
 @dataclass(frozen=True)
-class TextState:
-    """Per-layer keys and values [kv_heads, length, head_dim] of one tokenised text, without padding."""
+class KVState:
+    """Per-layer keys and values [kv_heads, length, head_dim] of one token sequence (a text, or a
+    candidate's [bos][soft prompt] prefix), without padding."""
 
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
@@ -52,11 +53,11 @@ class TextStateCache:
     def __init__(self, max_bytes_per_scope: int = 256 << 20, max_scopes: int = 8) -> None:
         self.max_bytes_per_scope = max_bytes_per_scope
         self.max_scopes = max_scopes
-        self._scopes: OrderedDict[str, OrderedDict[tuple[int, ...], TextState]] = OrderedDict()
+        self._scopes: OrderedDict[str, OrderedDict[tuple[int, ...], KVState]] = OrderedDict()
         self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def get(self, scope: str, tokens: tuple[int, ...]) -> TextState | None:
+    def get(self, scope: str, tokens: tuple[int, ...]) -> KVState | None:
         with self._lock:
             entries = self._scopes.get(scope)
             if entries is None or tokens not in entries:
@@ -65,7 +66,7 @@ class TextStateCache:
             entries.move_to_end(tokens)
             return entries[tokens]
 
-    def put(self, scope: str, tokens: tuple[int, ...], state: TextState) -> None:
+    def put(self, scope: str, tokens: tuple[int, ...], state: KVState) -> None:
         if state.nbytes > self.max_bytes_per_scope:
             return
         with self._lock:

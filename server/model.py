@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from cbpt.server.errors import ServerError
 log = logging.getLogger(__name__)
 
 CONVERSION_FORMAT = 1
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,15 @@ def load_model(
     device: str = "auto",
     dtype: torch.dtype | None = None,
     threads: int | None = None,
+    quantize: str = "none",
 ) -> ModelBundle:
-    """Load ``spec``: a bundled name ("smollm2"), a local folder, or a Hugging Face id."""
+    """Load ``spec``: a bundled name ("smollm2"), a local folder, or a Hugging Face id.
+
+    ``quantize="int8"`` converts the transformer's Linear layers to dynamic int8 (CPU only); the
+    model id then says so, while the fingerprint still names the weights.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ModelLoadError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
     torch.set_num_threads(threads or os.cpu_count() or 1)
     target = resolve_device(device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -121,7 +130,20 @@ def load_model(
         model, tokenizer = _from_pretrained(spec)
         fingerprint = weights_fingerprint(model)
     model.to(device=target, dtype=dtype or default_dtype(target))
+    if quantize == "int8":
+        if target.type != "cpu":
+            raise ModelLoadError(f"int8 dynamic quantisation runs on CPU only, not on {target}")
+        quantize_int8(model)
+        model_id += "+int8"
     return prepare_bundle(model, tokenizer, model_id, fingerprint)
+
+
+def quantize_int8(model: Any) -> None:
+    """Dynamic int8 Linear layers in the transformer body; the LM head (tied to the embeddings, read
+    row by row by the engine) stays in float. Opt-in: see benchmarks/throughput.py for its cost."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
+        torch.ao.quantization.quantize_dynamic(model.base_model, {torch.nn.Linear}, torch.qint8, inplace=True)
 
 
 def prepare_bundle(model: Any, tokenizer: Any, model_id: str, fingerprint: str | None = None) -> ModelBundle:

@@ -27,10 +27,9 @@ def read_first_tokens(
     ends: torch.Tensor,
     chunk: list[Row],
     choices: list[list[tuple[int, ...]]],
-    scores: torch.Tensor,
-) -> None:
-    """One logit per choice (its first token) at each row's last position; pads stay -inf."""
-    max_choices = scores.shape[-1]
+) -> torch.Tensor:
+    """One logit per choice (its first token) at each row's last position: [rows, max choices], pads -inf."""
+    max_choices = max(len(choices[row.example]) for row in chunk)
     ids = torch.zeros((len(chunk), max_choices), dtype=torch.long)
     valid = torch.zeros((len(chunk), max_choices), dtype=torch.bool)
     for index, row in enumerate(chunk):
@@ -38,16 +37,14 @@ def read_first_tokens(
         ids[index, : len(firsts)] = torch.tensor(firsts)
         valid[index, : len(firsts)] = True
     last = hidden[torch.arange(len(chunk), device=hidden.device), ends.to(hidden.device)]
-    logits = head_logits(head, last, ids.to(hidden.device)).cpu().masked_fill(~valid, -torch.inf)
-    candidates = torch.tensor([row.candidate for row in chunk])
-    examples = torch.tensor([row.example for row in chunk])
-    scores[candidates, examples] = logits
+    return head_logits(head, last, ids.to(hidden.device)).cpu().masked_fill(~valid, -torch.inf)
 
 
 def read_full_choices(
-    head: torch.nn.Module, hidden: torch.Tensor, ends: torch.Tensor, chunk: list[Row], scores: torch.Tensor
-) -> None:
-    """Sum of log p(choice token | all before it), from a full-vocabulary softmax at those positions only."""
+    head: torch.nn.Module, hidden: torch.Tensor, ends: torch.Tensor, chunk: list[Row]
+) -> torch.Tensor:
+    """Per row, the sum of log p(choice token | all before it): [rows], from a full-vocabulary softmax
+    at those positions only."""
     row_index, positions, targets = [], [], []
     for index, row in enumerate(chunk):
         end = int(ends[index])
@@ -65,7 +62,4 @@ def read_full_choices(
     totals = torch.zeros(len(chunk), device=device).index_add_(
         0, torch.tensor(row_index, device=device), token_log_probs
     )
-    candidates = torch.tensor([row.candidate for row in chunk])
-    examples = torch.tensor([row.example for row in chunk])
-    choices = torch.tensor([row.choice for row in chunk])
-    scores[candidates, examples, choices] = totals.cpu()
+    return totals.cpu()

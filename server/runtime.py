@@ -58,6 +58,7 @@ def build_engine(
     cache_dir: Path | None = None,
     device: str = "auto",
     threads: int | None = None,
+    quantize: str = "none",
     bbt_dimension: int = 500,
     prompt_length: int = 10,
     projection_seed: int = 0,
@@ -65,7 +66,7 @@ def build_engine(
     limits: Limits | None = None,
     batch_sequences: int = 64,
 ) -> ScoringEngine:
-    bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads)
+    bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
     adapters = build_adapters(
         bundle,
         bbt_dimension=bbt_dimension,

@@ -1,13 +1,13 @@
 """The grpc.aio servicer for ``cbpt.v1.Tuning``: wire -> engine -> wire, and errors -> statuses in one place.
 
 The engine runs on one worker thread (the model is single-tenant) so the
-event loop stays free for health checks. Logs carry sizes, timings and the
+event loop stays free for health checks; calls that arrive together are
+merged into shared forward passes (merging.py). Logs carry sizes, timings and the
 key id, never texts or choices.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -25,6 +25,7 @@ from cbpt.server.engine import EngineInfo, ScoreRequest, ScoreResult, ScoringEng
 from cbpt.server.errors import AuthenticationFailed, InvalidRequest, QuotaExceeded
 from cbpt.server.limits import Limits
 from cbpt.server.logs import current_key_id
+from cbpt.server.merging import MergeSettings, RequestMerger
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -160,19 +161,20 @@ def to_response(result: ScoreResult) -> tuning_pb2.EvaluateResponse:
 class TuningServicer(tuning_pb2_grpc.TuningServicer):
     """Validates, scores on the engine thread and maps every failure through ``error_status``."""
 
-    def __init__(self, engine: ScoringEngine) -> None:
-        self._engine = engine
+    def __init__(self, engine: ScoringEngine, merge: MergeSettings | None = None) -> None:
         info = engine.info()
         self._limits = info.limits
         self._adapters = frozenset(a.name for a in info.adapters)
         self._server_info = server_info_message(info)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
+        self._merger = RequestMerger(engine, self._executor, merge)
 
     @property
     def limits(self) -> Limits:
         return self._limits
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self._merger.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def GetServerInfo(
@@ -187,8 +189,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         started = time.perf_counter()
         try:
             score_request = to_score_request(request, self._limits, scope=current_key_id.get() or "")
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._engine.score, score_request)
+            result = await self._merger.score(score_request)
             response = to_response(result)
         except Exception as exc:  # every failure leaves through error_status
             status = error_status(exc)

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from cbpt.server.errors import ServerError
 from cbpt.server.limits import Limits
+from cbpt.server.merging import MergeSettings
 
 _LIMITS = Limits()
 LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
@@ -91,6 +92,7 @@ class ServerSettings(BaseSettings):
     model_cache_dir: Path | None = None
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
+    quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic int8 Linear layers (CPU)")
 
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -117,6 +119,11 @@ class ServerSettings(BaseSettings):
         600, ge=1, description="default per-key rate; a key's entry may override"
     )
     max_concurrent_per_key: int = Field(4, ge=1, description="default per-key concurrency")
+    merge_window_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long an idle engine waits to merge concurrent calls"
+    )
+    merge_max_sequences: int = Field(4096, ge=1, description="sequences merged into one engine call")
+    max_queued_requests: int = Field(64, ge=1, description="calls waiting for the engine before refusing")
     grace_seconds: float = Field(10.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
@@ -132,6 +139,9 @@ class ServerSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         init_kwargs = getattr(init_settings, "init_kwargs", {})
         return init_settings, env_settings, _ConfigFileSource(settings_cls, init_kwargs)
+
+    def merge_settings(self) -> MergeSettings:
+        return MergeSettings(self.merge_window_ms / 1000, self.merge_max_sequences, self.max_queued_requests)
 
     def limits(self) -> Limits:
         return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})

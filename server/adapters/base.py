@@ -32,6 +32,9 @@ class Adapter(ABC):
     """
 
     method: ClassVar[str]
+    # Whether soft_prompts reads pooled_inputs. When it does not (BBT), a prefix prompt is the same
+    # for every example of a candidate, so the engine encodes it once per candidate and reuses it.
+    reads_inputs: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from cbpt.server.adapters.registry import register
 @register
 class CustomizedBlackBoxPrompt(Adapter):
     method = "cbp"
+    reads_inputs = True
 
     def __init__(self, generator: PromptGenerator, *, name: str = "cbp") -> None:
         config = generator.config

@@ -85,9 +85,12 @@ def test_candidates_change_scores_and_zero_shot_ignores_them(tiny):
 
 
 def test_tokens_processed_counts_prompts_and_texts(tiny):
-    result = tiny.score(ScoreRequest("bbt", np.zeros((2, 16), np.float32), TEXTS[:2], [CHOICES]))
+    """bbt's prefix runs once per candidate (its keys and values are reused); cbp's once per example."""
     text_tokens = sum(len(tiny.bundle.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in TEXTS[:2])
-    assert result.tokens_processed == 2 * (text_tokens + 2 * 4)
+    bbt = tiny.score(ScoreRequest("bbt", np.zeros((2, 16), np.float32), TEXTS[:2], [CHOICES]))
+    assert bbt.tokens_processed == 2 * (text_tokens + 4)
+    cbp = tiny.score(ScoreRequest("cbp", np.zeros((2, 16), np.float32), TEXTS[:2], [CHOICES]))
+    assert cbp.tokens_processed == 2 * (text_tokens + 2 * 4)
 
 
 def test_unsorted_chunks_give_the_same_scores():

@@ -8,7 +8,7 @@ import pytest
 from cbpt.server.adapters import Placement
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
-from cbpt.server.kv_cache import TextState, TextStateCache
+from cbpt.server.kv_cache import KVState, TextStateCache
 from cbpt.server.runtime import embedding_std
 from cbpt.server.testing import tiny_bundle
 
@@ -76,10 +76,10 @@ def test_scopes_never_share_entries():
     assert engine.text_states.scope_entries("alice") == 0 and engine.text_states.scope_bytes("alice") == 0
 
 
-def _state(length: int) -> TextState:
+def _state(length: int) -> KVState:
     import torch
 
-    return TextState(((torch.zeros(2, length, 4), torch.zeros(2, length, 4)),))
+    return KVState(((torch.zeros(2, length, 4), torch.zeros(2, length, 4)),))
 
 
 def test_cache_never_grows_past_its_bound():

@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 
 from cbpt.common.wire import pack_floats
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoreResult, ScoringEngine
+from cbpt.server.errors import InvalidRequest
 from cbpt.server.limits import Limits
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2
@@ -112,7 +113,7 @@ def tls_channel(target: str, ca: Path, cert: Path | None = None, key: Path | Non
 
 
 class GatedEngine:
-    """The real engine, held at a gate inside ``score`` so a test can keep a call in flight.
+    """The real engine, held at a gate inside ``score_many`` so a test can keep a call in flight.
 
     Only the timing is controlled: every call is still scored by the real engine.
     """
@@ -121,12 +122,14 @@ class GatedEngine:
         self._engine = engine
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.calls: list[int] = []  # requests carried by each engine call
 
     def info(self) -> EngineInfo:
         return self._engine.info()
 
-    def score(self, request: ScoreRequest) -> ScoreResult:
+    def score_many(self, requests: list[ScoreRequest]) -> list[ScoreResult | InvalidRequest]:
         self.entered.set()
         if not self.release.wait(timeout=30):
             raise TimeoutError("the test never opened the gate")
-        return self._engine.score(request)
+        self.calls.append(len(requests))
+        return self._engine.score_many(requests)

@@ -26,7 +26,7 @@ MARKERS = ("zq-private", "zqchoice", "7731", "zqadapter")
 
 
 class ExplodingEngine:
-    """The real engine's info, but ``score`` fails with the request's text in its message.
+    """The real engine's info, but scoring fails with the request's text in its message.
 
     It stands for an unexpected bug: the only way to show what the INTERNAL path logs.
     """
@@ -37,7 +37,8 @@ class ExplodingEngine:
     def info(self) -> EngineInfo:
         return self._engine.info()
 
-    def score(self, request: ScoreRequest) -> ScoreResult:
+    def score_many(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        request = requests[0]
         raise RuntimeError(f"tokenizer exploded on {request.texts[0]!r} / {request.choices[0][0]!r}")
 
 

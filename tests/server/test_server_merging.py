@@ -1,0 +1,121 @@
+"""Dynamic batching: concurrent Evaluate calls share engine calls and get exactly their own scores."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from server_helpers import TEXTS, GatedEngine, call_fails, candidates, evaluate_request, plain_settings
+
+from cbpt.common.wire import unpack_floats
+from cbpt.server.app import serve_in_background
+from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.errors import InvalidRequest
+from cbpt.server.merging import MergeSettings, RequestMerger
+from cbpt.v1 import tuning_pb2_grpc
+
+REQUESTS = [
+    evaluate_request(candidates(2, seed=1)),
+    evaluate_request(candidates(1, seed=2), texts=TEXTS[:1]),
+    evaluate_request(candidates(3, seed=3), texts=TEXTS[::-1], choices=[" good", " bad", " meh"]),
+    evaluate_request(candidates(1, seed=4), adapter="cbp"),
+]
+
+
+def _log_probs(response) -> np.ndarray:
+    return unpack_floats(response.log_probs, (len(response.log_probs) // 4,), "log_probs")
+
+
+def test_concurrent_calls_are_merged_and_equal_unmerged(engine: ScoringEngine) -> None:
+    gated = GatedEngine(engine)
+    settings = plain_settings(merge_window_ms=50)
+    with (
+        serve_in_background(gated, settings) as target,  # type: ignore[arg-type]
+        grpc.insecure_channel(target) as channel,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        unmerged = []
+        gated.release.set()
+        for request in REQUESTS:  # one at a time: each engine call carries one request
+            unmerged.append(_log_probs(stub.Evaluate(request, timeout=20)))
+        assert gated.calls == [1] * len(REQUESTS)
+        gated.calls.clear()
+        gated.release.clear()
+        gated.entered.clear()
+        with ThreadPoolExecutor(len(REQUESTS) + 1) as pool:
+            blocker = pool.submit(stub.Evaluate, REQUESTS[0], timeout=20)
+            assert gated.entered.wait(10)  # the engine is busy: the next calls queue up
+            futures = [pool.submit(stub.Evaluate, request, timeout=20) for request in REQUESTS]
+            threading.Event().wait(0.5)
+            gated.release.set()
+            merged = [_log_probs(future.result()) for future in futures]
+            blocker.result()
+    assert (
+        gated.calls[0] == 1 and sum(gated.calls[1:]) == len(REQUESTS) and len(gated.calls) < 1 + len(REQUESTS)
+    )
+    for alone, together in zip(unmerged, merged, strict=True):
+        np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_full_queue_is_refused_with_a_retry_delay(engine: ScoringEngine) -> None:
+    gated = GatedEngine(engine)
+    with (
+        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
+        grpc.insecure_channel(target) as channel,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        running = pool.submit(stub.Evaluate, REQUESTS[0], timeout=20)
+        assert gated.entered.wait(10)
+        queued = pool.submit(stub.Evaluate, REQUESTS[1], timeout=20)
+        threading.Event().wait(0.3)
+        refused = call_fails(stub.Evaluate, REQUESTS[2])
+        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "busy" in refused.message and refused.retry_seconds is not None
+        gated.release.set()
+        assert running.result().num_candidates == 2 and queued.result().num_candidates == 1
+        assert stub.Evaluate(REQUESTS[2], timeout=20).num_candidates == 3  # and it keeps serving
+
+
+def _score_requests(count: int) -> list[ScoreRequest]:
+    z = np.random.default_rng(0).standard_normal((count, 16)).astype(np.float32)
+    return [ScoreRequest("bbt", z[i : i + 1], TEXTS, [[" yes", " no"]]) for i in range(count)]
+
+
+@pytest.mark.parametrize(("max_sequences", "expected_calls"), [(4096, 1), (4, 2), (1, 4)])
+def test_merge_budget_bounds_each_engine_call(engine, max_sequences, expected_calls) -> None:
+    gated = GatedEngine(engine)
+    gated.release.set()
+
+    async def run() -> list:
+        with ThreadPoolExecutor(1) as executor:
+            merger = RequestMerger(gated, executor, MergeSettings(0.2, max_sequences, 16))  # type: ignore[arg-type]
+            results = await asyncio.gather(*(merger.score(r) for r in _score_requests(4)))
+            await merger.close()
+            return results
+
+    results = asyncio.run(run())
+    assert len(gated.calls) == expected_calls
+    for result, request in zip(results, _score_requests(4), strict=True):
+        np.testing.assert_allclose(result.log_probs, engine.score(request).log_probs, atol=1e-5)
+
+
+def test_a_bad_request_fails_alone(engine) -> None:
+    bad = ScoreRequest("bbt", np.zeros((1, 3), np.float32), TEXTS, [[" yes", " no"]])
+
+    async def run() -> list:
+        with ThreadPoolExecutor(1) as executor:
+            merger = RequestMerger(engine, executor, MergeSettings(0.2))
+            outcomes = await asyncio.gather(
+                *(merger.score(r) for r in [*_score_requests(1), bad]), return_exceptions=True
+            )
+            await merger.close()
+            return outcomes
+
+    good, failed = asyncio.run(run())
+    assert isinstance(failed, InvalidRequest) and failed.field == "dimension"
+    assert good.log_probs.shape == (1, 2, 2)
