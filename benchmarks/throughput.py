@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/throughput.py            # full grid on the bundled model (~15 min on 2 cores)
     .venv/bin/python benchmarks/throughput.py --quick    # a smaller grid (~4 min)
+    .venv/bin/python benchmarks/throughput.py --sections threads,int8,merging   # re-run some parts
 
 Writes benchmarks/results/throughput.json and throughput.md. FLOPs per sequence are
 2 x non-embedding parameters x tokens processed, plus the LM-head rows actually computed.
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from cbpt.client.losses import compute_losses
+from cbpt.client.losses import calibrate, compute_losses, predictions
 from cbpt.client.optimizers import make_optimizer
 from cbpt.client.optimizers.base import OptimizerConfig
 from cbpt.client.sdk import TuningClient
@@ -27,8 +32,9 @@ from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import build_adapters, embedding_std
+from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
-from common import RESULTS, machine, matmul_flops, sst2_texts, write_json, write_text
+from common import RESULTS, SHARED, machine, matmul_flops, sst2_texts, write_json, write_text
 
 CHOICES = [[" negative", " positive"]]
 CUE = "\nSentiment:"
@@ -153,7 +159,8 @@ def grid(
 
 def ablations(bundle: ModelBundle, texts: list[str], params: int, square: float) -> list[dict]:
     variants = [
-        ("sorted, chunks of 64 (default)", "bbt", {}),
+        ("sorted, chunks of 64, prompt reused per candidate (default)", "bbt", {}),
+        ("prompt run with every example", "bbt", {"reuse_prefix_states": False}),
         ("unsorted, chunks of 64", "bbt", {"sort_by_length": False}),
         ("sorted, chunks of 16", "bbt", {"batch_sequences": 16}),
         ("sorted, chunks of 192", "bbt", {"batch_sequences": 192, "batch_tokens": 192 * 64}),
@@ -177,7 +184,94 @@ def ablations(bundle: ModelBundle, texts: list[str], params: int, square: float)
     return results
 
 
-SECTIONS = ("grid", "ablations", "grpc")
+def thread_sweep(bundle: ModelBundle, texts: list[str], params: int, square: float) -> list[dict]:
+    """torch intra-op threads from 1 to the core count, for the prefix and the after-text placements."""
+    results = []
+    engine = build(bundle)
+    default = torch.get_num_threads()
+    counts = sorted({1, max(1, default // 2), default, (os.cpu_count() or 1)})
+    try:
+        for threads in counts:
+            torch.set_num_threads(threads)
+            for adapter in ("bbt", "bbt-suffix"):
+                timing = time_call(engine, adapter, 20, texts, params)
+                results.append(
+                    {
+                        "threads": threads,
+                        "adapter": adapter,
+                        "seq_per_s": timing.sequences / timing.seconds,
+                        "matmul_ratio": timing.flops / timing.seconds / square,
+                    }
+                )
+                print(f"threads {threads} {adapter}: {results[-1]['seq_per_s']:.1f} seq/s", flush=True)
+    finally:
+        torch.set_num_threads(default)
+    return results
+
+
+def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, square: float) -> dict:
+    """Opt-in dynamic int8: speed side by side with fp32, and zero-shot accuracy on the whole SST-2 dev set."""
+    quantized = load_model(model, quantize="int8")
+    dev = [json.loads(line) for line in (SHARED / "sst2" / "dev.jsonl").read_text().splitlines()]
+    labels = np.array([row["label"] == "positive" for row in dev], dtype=np.int64)
+    dev_texts = [f"Review: {row['text']}" for row in dev]
+    result: dict = {"dev_examples": len(dev)}
+    for name, model_bundle in (("fp32", bundle), ("int8", quantized)):
+        engine = build(model_bundle)
+        speeds = {}
+        for adapter in ("bbt", "bbt-suffix"):
+            timing = time_call(engine, adapter, 20, texts, params)
+            speeds[adapter] = timing.sequences / timing.seconds
+        zero = engine.score(ScoreRequest("none", np.zeros((1, 0), np.float32), dev_texts, CHOICES, cue=CUE))
+        log_probs = zero.log_probs[0]
+        result[name] = {
+            "seq_per_s": speeds,
+            "zero_shot_accuracy": float(np.mean(predictions(log_probs) == labels)),
+            "calibrated_accuracy": float(np.mean(predictions(calibrate(log_probs)) == labels)),
+        }
+        print(f"{name}: {speeds}, zero-shot {result[name]['zero_shot_accuracy']:.1%}", flush=True)
+    return result
+
+
+def _small_generations(
+    target: str, start: threading.Barrier, seed: int, texts: list[str], generations: int
+) -> int:
+    """One client: warm up, wait for the others, then send ``generations`` popsize-5 calls; returns sequences."""
+    rng = np.random.default_rng(seed)
+    with TuningClient(target) as client:
+        client.evaluate("bbt", np.zeros((1, 500), np.float32), texts, CHOICES[0], cue=CUE)
+        start.wait()
+        for _ in range(generations):
+            population = rng.standard_normal((5, 500)).astype(np.float32)
+            client.evaluate("bbt", population, texts, CHOICES[0], cue=CUE)
+    return 5 * generations * len(texts)
+
+
+def merged_clients(
+    bundle: ModelBundle, texts: list[str], clients: int = 4, generations: int = 4
+) -> list[dict]:
+    """Several clients each sending small generations at once, with and without the dynamic batcher."""
+    results = []
+    variants = (("merged (default: 5 ms window)", {}), ("one call at a time", {"merge_max_sequences": 1}))
+    for label, merge in variants:
+        settings = ServerSettings(host="127.0.0.1", port=0, insecure=True, **merge)
+        with serve_in_background(build(bundle), settings) as target, ThreadPoolExecutor(clients) as pool:
+            start = threading.Barrier(clients + 1)
+            futures = [
+                pool.submit(_small_generations, target, start, seed, texts, generations)
+                for seed in range(clients)
+            ]
+            start.wait()
+            started = time.perf_counter()
+            sequences = sum(future.result() for future in futures)
+            seconds = time.perf_counter() - started
+        results.append({"variant": label, "clients": clients, "popsize": 5, "examples": len(texts),
+                        "seq_per_s": sequences / seconds})  # fmt: skip
+        print(f"merging {label}: {results[-1]['seq_per_s']:.1f} seq/s", flush=True)
+    return results
+
+
+SECTIONS = ("grid", "ablations", "threads", "int8", "merging", "grpc")
 
 
 def main() -> None:
@@ -188,7 +282,7 @@ def main() -> None:
     )
     parser.add_argument("--output", default="throughput")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help="comma-separated subset of grid, ablations, grpc"
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"
     )
     args = parser.parse_args()
     sections = [name for name in args.sections.split(",") if name]
@@ -213,6 +307,12 @@ def main() -> None:
         payload["grid"] = grid(build(bundle), lengths, args.quick, params, square)
     if "ablations" in sections:
         payload["ablations"] = ablations(bundle, short[:32], params, square)
+    if "threads" in sections:
+        payload["threads"] = thread_sweep(bundle, short[:32], params, square)
+    if "int8" in sections and args.model != "tiny":
+        payload["int8"] = int8_cost(args.model, bundle, short[:32], params, square)
+    if "merging" in sections:
+        payload["merging"] = merged_clients(bundle, short[:8])
     if "grpc" in sections:
         payload["grpc"] = [
             over_grpc(build(bundle), short[:16], a, 6 if args.quick else 15)
@@ -249,6 +349,42 @@ def render(payload: dict) -> str:
     ]
     for a in payload.get("ablations", []):
         lines.append(f"| {a['variant']} | {a['seq_per_s']:.1f} | {a['matmul_ratio']:.0%} |")
+    if threads := payload.get("threads"):
+        lines += [
+            "",
+            "## torch threads (popsize 20 x 32 short examples)",
+            "",
+            "| threads | adapter | sequences/s | FLOP/s vs matmul |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['threads']} | {t['adapter']} | {t['seq_per_s']:.1f} | {t['matmul_ratio']:.0%} |"
+            for t in threads
+        ]
+    if int8 := payload.get("int8"):
+        lines += [
+            "",
+            f"## Opt-in int8 dynamic quantisation (`--quantize int8`): speed at popsize 20 x 32, zero-shot on all {int8['dev_examples']} SST-2 dev examples",
+            "",
+            "| weights | bbt sequences/s | bbt-suffix sequences/s | zero-shot | calibrated |",
+            "|---|---|---|---|---|",
+        ]
+        for name in ("fp32", "int8"):
+            r = int8[name]
+            lines.append(
+                f"| {name} | {r['seq_per_s']['bbt']:.1f} | {r['seq_per_s']['bbt-suffix']:.1f} "
+                f"| {r['zero_shot_accuracy']:.1%} | {r['calibrated_accuracy']:.1%} |"
+            )
+    if merging := payload.get("merging"):
+        m = merging[0]
+        lines += [
+            "",
+            f"## Dynamic batching: {m['clients']} clients at once, each sending popsize {m['popsize']} x {m['examples']} examples (bbt)",
+            "",
+            "| server | sequences/s, all clients |",
+            "|---|---|",
+        ]
+        lines += [f"| {r['variant']} | {r['seq_per_s']:.1f} |" for r in merging]
     lines += [
         "",
         "## Through gRPC on loopback (CMA-ES, r=500, popsize 20, 16 examples, bias fitted on the client)",
