@@ -45,12 +45,14 @@ from cbpt.server.engine import ScoringEngine
 from common import RESULTS, SHARED
 
 Run = dict[str, Any]
-# Tuned black-box methods: (adapter, fit_bias).
+# Tuned black-box methods: (adapter, fit_bias, select_on).
 TUNED = {
-    "bbt": ("bbt", False),
-    "bbt-suffix": ("bbt-suffix", False),
-    "bbt-suffix-bias": ("bbt-suffix", True),
-    "bbt-cue-bias": ("bbt-cue", True),
+    "bbt": ("bbt", False, "accuracy"),
+    "bbt-suffix": ("bbt-suffix", False, "accuracy"),
+    "bbt-suffix-bias": ("bbt-suffix", True, "accuracy"),
+    "bbt-cue-bias": ("bbt-cue", True, "accuracy"),
+    "bbt-cue-bias-devloss": ("bbt-cue", True, "loss"),
+    "bbt-suffix-bias-devloss": ("bbt-suffix", True, "loss"),
 }
 METHODS = ("zero-shot", "zero-shot-calibrated", "icl", *TUNED, "white-box")
 
@@ -151,7 +153,7 @@ def run_icl(ctx: Context) -> list[Run]:
 
 
 def run_tuned(ctx: Context, method: str) -> list[Run]:
-    adapter, fit_bias = TUNED[method]
+    adapter, fit_bias, select_on = TUNED[method]
     described = ctx.client.info().adapter(adapter)
     runs: list[Run] = []
     pending = sorted(ctx.budgets)
@@ -189,6 +191,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
         popsize=ctx.popsize,
         loss="ce",
         fit_bias=fit_bias,
+        select_on=select_on,
         seed=ctx.seed,
         on_generation=on_generation,
     )

@@ -198,6 +198,9 @@ def tune(
     fit_bias: Annotated[
         bool, typer.Option("--fit-bias", help="Fit a per-choice bias on the client.")
     ] = False,
+    select_on: Annotated[
+        str, typer.Option(help="Pick the vector by dev 'accuracy' or dev cross-entropy ('loss').")
+    ] = "accuracy",
     dev_every: Annotated[int, typer.Option(help="Evaluate on dev every N generations.")] = 1,
     patience: Annotated[int | None, typer.Option(help="Stop after N dev evaluations without gain.")] = None,
     seed: Annotated[int, typer.Option(help="Optimizer seed.")] = 0,
@@ -232,6 +235,7 @@ def tune(
         "--sigma0": sigma0,
         "--loss": loss,
         "--fit-bias": fit_bias,
+        "--select-on": select_on,
         "--dev-every": dev_every,
         "--patience": patience,
         "--seed": seed,
@@ -261,6 +265,7 @@ def tune(
             sigma0=sigma0,
             loss=loss,
             fit_bias=fit_bias,
+            select_on=select_on,
             dev_every=dev_every,
             patience=patience,
             seed=seed,

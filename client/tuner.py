@@ -4,7 +4,9 @@ Each generation's whole population goes to the server in one ``evaluate`` call
 (the SDK splits it to the server's limits). Losses are computed here, from the
 labels the task keeps, and only the optimizer sees them. Like BBT, the final
 vector is the one with the best dev accuracy (ties: lower train loss), because
-the loss on a few dozen training examples is a poor guide to held-out accuracy.
+the loss on a few dozen training examples is a poor guide to held-out accuracy;
+``select_on="loss"`` uses the dev cross-entropy instead, which is less coarse
+than the accuracy of a dev set of a few dozen examples.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from cbpt.client.task import Examples, Task
 
 # A loss the optimizer can digest when the model rules a label out entirely.
 _LOSS_CEILING = 1e6
+SELECTIONS = ("accuracy", "loss")  # what "best on dev" means
 
 
 @dataclass
@@ -47,7 +50,7 @@ class _Progress:
     history: list[HistoryRow] = field(default_factory=list)
     best: dict[str, Any] | None = None
     calls_used: int = 0
-    stale: int = 0  # dev evaluations since dev accuracy last improved
+    stale: int = 0  # dev evaluations since the dev selection score last improved
     stop_reason: str | None = None
 
 
@@ -56,7 +59,7 @@ class Tuner:
 
     ``budget`` counts candidate evaluations on the train set (dev evaluations are
     extra); it is spent in whole generations of ``popsize``. ``patience`` stops
-    after that many dev evaluations without a better dev accuracy.
+    after that many dev evaluations without a better dev score (``select_on``).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class Tuner:
         sigma0: float = 1.0,
         loss: str = "ce",
         fit_bias: bool = False,
+        select_on: str = "accuracy",
         dev_every: int = 1,
         patience: int | None = None,
         seed: int = 0,
@@ -80,6 +84,8 @@ class Tuner:
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        if select_on not in SELECTIONS:
+            raise ConfigError(f"unknown select_on {select_on!r}; known: {', '.join(SELECTIONS)}")
         if popsize < 1 or dev_every < 1 or (patience is not None and patience < 1) or sigma0 <= 0:
             raise ConfigError("popsize, dev_every and patience must be at least 1, and sigma0 positive")
         if budget < popsize:
@@ -93,6 +99,7 @@ class Tuner:
         self.sigma0 = sigma0
         self.loss = loss
         self.fit_bias = fit_bias
+        self.select_on = select_on
         self.dev_every = dev_every
         self.patience = patience
         self.seed = seed
@@ -117,6 +124,7 @@ class Tuner:
             "sigma0": self.sigma0,
             "loss": self.loss,
             "fit_bias": self.fit_bias,
+            "select_on": self.select_on,
             "dev_every": self.dev_every,
             "patience": self.patience,
             "seed": self.seed,
@@ -252,17 +260,24 @@ class Tuner:
         result["loss"] = float(cross_entropy(adjusted[None], dev.labels)[0])
         return result
 
+    def _dev_score(self, entry: dict[str, Any]) -> float | None:
+        """Higher is better: the dev accuracy, or minus the dev cross-entropy (``select_on``)."""
+        dev = entry["dev_metrics"]
+        if dev is None:
+            return None
+        return float(dev["accuracy"]) if self.select_on == "accuracy" else -float(dev["loss"])
+
     def _select(self, entry: dict[str, Any], progress: _Progress) -> None:
-        """Keep the best candidate: by dev accuracy when a dev split exists, then by train loss."""
+        """Keep the best candidate: by its dev score when a dev split exists, then by train loss."""
         best = progress.best
-        if entry["dev_accuracy"] is None:
-            if best is None or (best["dev_accuracy"] is None and entry["train_loss"] < best["train_loss"]):
+        score = self._dev_score(entry)
+        if score is None:
+            if best is None or (best["dev_metrics"] is None and entry["train_loss"] < best["train_loss"]):
                 progress.best = entry
             return
-        improved = (
-            best is None or best["dev_accuracy"] is None or entry["dev_accuracy"] > best["dev_accuracy"]
-        )
-        tie = best is not None and entry["dev_accuracy"] == best["dev_accuracy"]
+        best_score = None if best is None else self._dev_score(best)
+        improved = best_score is None or score > best_score
+        tie = best_score is not None and score == best_score
         if improved or (tie and entry["train_loss"] < best["train_loss"]):
             progress.best = entry
         progress.stale = 0 if improved else progress.stale + 1

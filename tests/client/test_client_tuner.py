@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from client_helpers import TaskFactory, write_jsonl
 
 from cbpt.client.artifacts import load_tuned, save_tuned
 from cbpt.client.errors import CheckpointError, ConfigError, FingerprintMismatch
-from cbpt.client.losses import accuracy, predictions
+from cbpt.client.losses import accuracy, apply_bias, cross_entropy, predictions
 from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
@@ -119,11 +120,24 @@ def test_patience_stops_early(client: TuningClient, make_task: TaskFactory) -> N
     assert result.stop_reason == "patience" and len(result.history) <= 4 < 8
 
 
+def test_select_on_dev_loss_keeps_the_lowest_dev_cross_entropy(client: TuningClient, task: Task) -> None:
+    chosen: list[float] = []
+    tuner = Tuner(client, task, budget=24, popsize=4, seed=1, fit_bias=True, select_on="loss")
+    tuner.on_generation = lambda row: chosen.append(tuner.result_so_far().dev_metrics["loss"])
+    result = tuner.run()
+    assert len(chosen) == 6 and all(later <= earlier for earlier, later in itertools.pairwise(chosen))
+    assert result.dev_metrics["loss"] == chosen[-1] and result.settings["select_on"] == "loss"
+    dev = client.predict("bbt", result.vector, task.dev.texts, task.dev.wire_choices, cue=task.dev.cue)
+    assert abs(cross_entropy(apply_bias(dev, result.bias)[None], task.dev.labels)[0] - chosen[-1]) < 1e-5
+
+
 def test_settings_are_checked(client: TuningClient, task: Task) -> None:
     with pytest.raises(ConfigError, match="below one generation"):
         Tuner(client, task, budget=3, popsize=4)
     with pytest.raises(ConfigError, match="unknown loss"):
         Tuner(client, task, loss="mse")
+    with pytest.raises(ConfigError, match="unknown select_on"):
+        Tuner(client, task, select_on="f1")
     with pytest.raises(ConfigError, match="unknown adapter 'nope'"):
         Tuner(client, task, adapter="nope", budget=4, popsize=4).run()
 
