@@ -16,6 +16,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -222,8 +223,15 @@ def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, sq
         for adapter in ("bbt", "bbt-suffix"):
             timing = time_call(engine, adapter, 20, texts, params)
             speeds[adapter] = timing.sequences / timing.seconds
-        zero = engine.score(ScoreRequest("none", np.zeros((1, 0), np.float32), dev_texts, CHOICES, cue=CUE))
-        log_probs = zero.log_probs[0]
+        limit = engine.limits.max_examples
+        log_probs = np.concatenate(
+            [
+                engine.score(
+                    ScoreRequest("none", np.zeros((1, 0), np.float32), part, CHOICES, cue=CUE)
+                ).log_probs[0]
+                for part in (dev_texts[i : i + limit] for i in range(0, len(dev_texts), limit))
+            ]
+        )
         result[name] = {
             "seq_per_s": speeds,
             "zero_shot_accuracy": float(np.mean(predictions(log_probs) == labels)),
@@ -303,23 +311,23 @@ def main() -> None:
     payload = json.loads(path.read_text()) if path.is_file() else {}
     payload |= {"machine": machine(), "model": bundle.model_id, "non_embedding_parameters": params}
     payload.setdefault("matmul_gflops", {})[",".join(sections)] = square / 1e9
-    if "grid" in sections:
-        payload["grid"] = grid(build(bundle), lengths, args.quick, params, square)
-    if "ablations" in sections:
-        payload["ablations"] = ablations(bundle, short[:32], params, square)
-    if "threads" in sections:
-        payload["threads"] = thread_sweep(bundle, short[:32], params, square)
-    if "int8" in sections and args.model != "tiny":
-        payload["int8"] = int8_cost(args.model, bundle, short[:32], params, square)
-    if "merging" in sections:
-        payload["merging"] = merged_clients(bundle, short[:8])
-    if "grpc" in sections:
-        payload["grpc"] = [
+    runs: dict[str, Callable[[], object]] = {
+        "grid": lambda: grid(build(bundle), lengths, args.quick, params, square),
+        "ablations": lambda: ablations(bundle, short[:32], params, square),
+        "threads": lambda: thread_sweep(bundle, short[:32], params, square),
+        "int8": lambda: int8_cost(args.model, bundle, short[:32], params, square),
+        "merging": lambda: merged_clients(bundle, short[:8]),
+        "grpc": lambda: [
             over_grpc(build(bundle), short[:16], a, 6 if args.quick else 15)
             for a in ("bbt-suffix", "bbt-cue")
-        ]
-    write_json(f"{args.output}.json", payload)
-    write_text(f"{args.output}.md", render(payload))
+        ],
+    }
+    for name in SECTIONS:
+        if name not in sections or (name == "int8" and args.model == "tiny"):
+            continue
+        payload[name] = runs[name]()
+        write_json(f"{args.output}.json", payload)  # after every section: a later failure loses nothing
+        write_text(f"{args.output}.md", render(payload))
     print(render(payload))
 
 
