@@ -4,8 +4,11 @@ It knows nothing of gRPC, so the same ``score`` serves the gRPC service, tests,
 generator training and benchmarks (and a Ray Serve deployment when one machine
 is not enough). Every (candidate, example[, choice]) sequence runs batched in
 length-sorted chunks, and the LM head is applied only where a choice token is
-read. Adapters whose prompt sits before the answer cue reuse each text's
-keys and values across candidates (and across requests of the same key).
+read. Whatever does not depend on the row is computed once: adapters whose
+prompt sits after the text reuse each text's keys and values across candidates
+(and across requests of the same API key); an input-independent prefix prompt
+(BBT) is encoded once per candidate. ``score_many`` lays several requests end
+to end in the same chunks, which is how concurrent calls share forward passes.
 """
 
 from __future__ import annotations
