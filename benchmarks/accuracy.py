@@ -35,7 +35,7 @@ from accuracy_report import plot, render
 from white_box import WhiteBoxConfig
 from white_box import tune as tune_white_box
 
-from cbpt.client.losses import apply_bias, calibrate, macro_f1, predictions
+from cbpt.client.losses import accuracy, apply_bias, calibrate, macro_f1, predictions
 from cbpt.client.results import HistoryRow
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Examples, Task
@@ -60,7 +60,7 @@ METHODS = ("zero-shot", "zero-shot-calibrated", "icl", *TUNED, "white-box")
 def score(log_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
     predicted = predictions(log_probs)
     return {
-        "accuracy": float(np.mean(predicted == labels)),
+        "accuracy": accuracy(predicted, labels),
         "macro_f1": macro_f1(predicted, labels, num_classes),
         "predicted_class_counts": np.bincount(predicted, minlength=num_classes).tolist(),
     }

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from cbpt.client.losses import apply_bias, calibrate, predictions
+from cbpt.client.losses import accuracy, apply_bias, calibrate, predictions
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
 from cbpt.client.tuner import Tuner
@@ -42,10 +42,6 @@ CONFIGURATIONS = (  # (label, adapter, engine options)
     ("bbt (prefix), each candidate's prompt reused", "bbt", {}),
     ("after: bbt-suffix, each text reused (README)", "bbt-suffix", {}),
 )
-
-
-def accuracy(log_probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(predictions(log_probs) == labels))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
                 "engine_options": options,
                 "tuning_seconds": seconds,
                 "calls": result.calls_used,
-                "held_out_accuracy": accuracy(apply_bias(tuned, result.bias), test.labels),
-                "zero_shot_accuracy": accuracy(zero, test.labels),
-                "calibrated_zero_shot_accuracy": accuracy(calibrate(zero), test.labels),
+                "held_out_accuracy": accuracy(predictions(apply_bias(tuned, result.bias)), test.labels),
+                "zero_shot_accuracy": accuracy(predictions(zero), test.labels),
+                "calibrated_zero_shot_accuracy": accuracy(predictions(calibrate(zero)), test.labels),
             }
         )
         print(f"{label}: {seconds:.0f} s, held-out {rows[-1]['held_out_accuracy']:.1%}", flush=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cbpt.client.losses import calibrate, compute_losses, predictions
+from cbpt.client.losses import accuracy, calibrate, compute_losses, predictions
 from cbpt.client.optimizers import make_optimizer
 from cbpt.client.optimizers.base import OptimizerConfig
 from cbpt.client.sdk import TuningClient
@@ -234,8 +234,8 @@ def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, sq
         )
         result[name] = {
             "seq_per_s": speeds,
-            "zero_shot_accuracy": float(np.mean(predictions(log_probs) == labels)),
-            "calibrated_accuracy": float(np.mean(predictions(calibrate(log_probs)) == labels)),
+            "zero_shot_accuracy": accuracy(predictions(log_probs), labels),
+            "calibrated_accuracy": accuracy(predictions(calibrate(log_probs)), labels),
         }
         print(f"{name}: {speeds}, zero-shot {result[name]['zero_shot_accuracy']:.1%}", flush=True)
     return result

@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicCache
 from cbpt.server.engine import leading_special_tokens
 from cbpt.server.kv_cache import encode_left_padded
 from cbpt.server.model import ModelBundle
+from cbpt.server.readout import head_logits
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,8 @@ class SoftPromptScorer:
             past_key_values=cache,
             use_cache=True,
         )
-        last = output.last_hidden_state[:, -1].float()
-        logits = last @ self.head.weight[self.choice_ids].float().T
-        if getattr(self.head, "bias", None) is not None:
-            logits = logits + self.head.bias[self.choice_ids].float()
-        return logits
+        last = output.last_hidden_state[:, -1]
+        return head_logits(self.head, last, self.choice_ids.expand(rows, -1))
 
     @torch.no_grad()
     def log_probs(self, prompt: torch.Tensor, texts: Sequence[str]) -> np.ndarray:

@@ -24,7 +24,15 @@ from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, sa
 from cbpt.client.crypto import KeySpec, SecretKey, resolve_key
 from cbpt.client.errors import CheckpointError, ClientError, ConfigError
 from cbpt.client.info import ServerInfo
-from cbpt.client.losses import LOSSES, apply_bias, compute_losses, cross_entropy, metrics, predictions
+from cbpt.client.losses import (
+    LOSSES,
+    accuracy,
+    apply_bias,
+    compute_losses,
+    cross_entropy,
+    metrics,
+    predictions,
+)
 from cbpt.client.optimizers import (
     GenerationRecord,
     Optimizer,
@@ -244,7 +252,7 @@ class Tuner:
                 calls_used=progress.calls_used,
                 best_loss=float(losses[best]),
                 mean_loss=float(losses.mean()),
-                train_accuracy=float(np.mean(predictions(scored.log_probs[best]) == train.labels)),
+                train_accuracy=accuracy(predictions(scored.log_probs[best]), train.labels),
                 dev_accuracy=entry["dev_accuracy"],
                 wall_seconds=time.perf_counter() - started,
                 elapsed_seconds=0.0,
@@ -311,7 +319,7 @@ class Tuner:
             calls_used=1,
             best_loss=float(scored.losses[0]),
             mean_loss=float(scored.losses[0]),
-            train_accuracy=float(np.mean(predictions(scored.log_probs[0]) == train.labels)),
+            train_accuracy=accuracy(predictions(scored.log_probs[0]), train.labels),
             dev_accuracy=None if dev_metrics is None else dev_metrics["accuracy"],
             wall_seconds=seconds,
             elapsed_seconds=seconds,
