@@ -323,7 +323,10 @@ class ScoringEngine:
         texts = [text for prepared in group for text in prepared.encoded.texts]
         choices = [options for prepared in group for options in prepared.encoded.choices]
         z = torch.from_numpy(np.concatenate([prepared.candidates for prepared in group])).to(device, dtype)
-        pooled = torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
+        if adapter.reads_inputs:
+            pooled = torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
+        else:  # the adapter ignores pooled inputs: skip the lookups
+            pooled = z.new_zeros(len(texts), self.bundle.hidden_size)
         # Soft-prompt vectors inserted as tokens; ON_CUE adds them onto the cue's last tokens instead.
         inserted = 0 if adapter.placement is Placement.ON_CUE else adapter.prompt_length
         on_cue = min(adapter.prompt_length, len(cue)) if adapter.placement is Placement.ON_CUE else 0
@@ -387,10 +390,9 @@ class ScoringEngine:
         first_candidate = first_example = 0
         for owner, prepared in enumerate(group):
             encoded = prepared.encoded
-            # What each row runs after its cached or flat part: the text only when it is not cached
-            # and comes after the prompt (prefix placement), then the cue (and, in full mode, a choice).
-            text_in_tail = not after_text
-            tails = [(text if text_in_tail else ()) + encoded.cue for text in encoded.texts]
+            # What each row runs after its cached or flat part: the text only when it comes after the
+            # prompt (prefix placement), then the cue (and, in full mode, a choice).
+            tails = [(() if after_text else text) + encoded.cue for text in encoded.texts]
             for row in plan_rows(len(prepared.candidates), tails, encoded.choices if full else None):
                 row.candidate += first_candidate
                 row.example += first_example
