@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +28,70 @@ def machine() -> dict:
     }
 
 
+def _flops_per_second(work: Callable[[], object], flops: float, device: str, seconds: float) -> float:
+    """Run ``work`` (``flops`` each) repeatedly for about ``seconds``; synchronises on CUDA."""
+    import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        work()
+    sync()
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        work()
+        runs += 1
+    sync()
+    return flops * runs / (time.perf_counter() - started)
+
+
 def matmul_flops(m: int, k: int, n: int, *, dtype=None, device: str = "cpu", seconds: float = 2.0) -> float:
     """Achieved FLOP/s of a plain [m, k] @ [k, n] matmul: the same-run reference for every ratio."""
     import torch
 
-    dtype = dtype or torch.float32
-    a = torch.randn(m, k, dtype=dtype, device=device)
-    b = torch.randn(k, n, dtype=dtype, device=device)
-    for _ in range(3):
-        a @ b
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        runs += 1
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return 2.0 * m * k * n * runs / (time.perf_counter() - started)
+    a = torch.randn(m, k, dtype=dtype or torch.float32, device=device)
+    b = torch.randn(k, n, dtype=dtype or torch.float32, device=device)
+    return _flops_per_second(lambda: a @ b, 2.0 * m * k * n, device, seconds)
+
+
+def layer_matmul_flops(
+    config, *, rows: int = 2048, dtype=None, device: str = "cpu", seconds: float = 1.0
+) -> float:
+    """FLOP/s of one decoder layer's own projections (q, k, v, o, gate, up, down) on ``rows`` tokens.
+
+    The plain matmuls of the forward pass's exact shapes, without attention, norms or activations:
+    the "matmul of similar shape" a forward pass is measured against. ``config`` is a Hugging Face
+    model config (hidden_size, intermediate_size, num_attention_heads, num_key_value_heads).
+    """
+    import torch
+    from torch.nn.functional import linear
+
+    hidden, inner = config.hidden_size, config.intermediate_size
+    head = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv = head * getattr(config, "num_key_value_heads", config.num_attention_heads)
+    shapes = [
+        (hidden, hidden),
+        (kv, hidden),
+        (kv, hidden),
+        (hidden, hidden),
+        (inner, hidden),
+        (inner, hidden),
+    ]
+    options = {"dtype": dtype or torch.float32, "device": device}
+    x = torch.randn(rows, hidden, **options)
+    h = torch.randn(rows, inner, **options)
+    weights = [torch.randn(out, into, **options) for out, into in shapes]
+    down = torch.randn(hidden, inner, **options)
+
+    def layer() -> None:
+        for weight in weights:
+            linear(x, weight)
+        linear(h, down)
+
+    flops = 2.0 * rows * (sum(out * into for out, into in shapes) + hidden * inner)
+    return _flops_per_second(layer, flops, device, seconds)
 
 
 def sst2_texts(count: int, seed: int = 0) -> list[str]:

@@ -35,7 +35,16 @@ from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import build_adapters, embedding_std
 from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
-from common import RESULTS, SHARED, machine, matmul_flops, sst2_texts, write_json, write_text
+from common import (
+    RESULTS,
+    SHARED,
+    layer_matmul_flops,
+    machine,
+    matmul_flops,
+    sst2_texts,
+    write_json,
+    write_text,
+)
 
 CHOICES = [[" negative", " positive"]]
 CUE = "\nSentiment:"
@@ -124,9 +133,22 @@ def over_grpc(engine: ScoringEngine, texts: list[str], adapter: str, generations
     }
 
 
+def layer_reference(bundle: ModelBundle, seconds: float = 0.5) -> float:
+    """FLOP/s of the model's own layer matmuls on its device and dtype, timed now (see common.py)."""
+    return layer_matmul_flops(
+        bundle.model.config, dtype=bundle.dtype, device=str(bundle.device), seconds=seconds
+    )
+
+
 def grid(
-    engine: ScoringEngine, lengths: dict[str, list[str]], quick: bool, params: int, square: float
+    engine: ScoringEngine,
+    lengths: dict[str, list[str]],
+    quick: bool,
+    params: int,
+    square: float,
+    reference_seconds: float = 0.5,
 ) -> list[dict]:
+    """Each point is timed right after the layer-shaped matmul it is compared with, so drift cancels."""
     popsizes = (1, 10, 20) if quick else (1, 10, 20, 40)
     example_counts = (8, 32) if quick else (8, 16, 32)
     rows = []
@@ -136,6 +158,7 @@ def grid(
             corners = length == "long" or adapter == "cbp"
             for popsize in (popsizes[0], popsizes[-2]) if corners else popsizes:
                 for examples in (example_counts[0], example_counts[-1]) if corners else example_counts:
+                    layer = layer_reference(engine.bundle, reference_seconds)
                     t = time_call(engine, adapter, popsize, texts[:examples], params)
                     rows.append(
                         {
@@ -148,11 +171,14 @@ def grid(
                             "sequences_per_s": t.sequences / t.seconds,
                             "tokens_per_s": t.tokens / t.seconds,
                             "matmul_ratio": t.flops / t.seconds / square,
+                            "layer_matmul_gflops": layer / 1e9,
+                            "layer_matmul_ratio": t.flops / t.seconds / layer,
                         }
                     )
                     print(
                         f"{adapter:10s} {length:5s} pop {popsize:2d} x {examples:2d}: "
-                        f"{rows[-1]['sequences_per_s']:6.1f} seq/s, {rows[-1]['matmul_ratio']:5.1%} of matmul",
+                        f"{rows[-1]['sequences_per_s']:6.1f} seq/s, {rows[-1]['matmul_ratio']:5.1%} of matmul 2048^3, "
+                        f"{rows[-1]['layer_matmul_ratio']:5.1%} of the layer matmuls",
                         flush=True,
                     )
     return rows
@@ -282,7 +308,7 @@ def merged_clients(
 SECTIONS = ("grid", "ablations", "threads", "int8", "merging", "grpc")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
     parser.add_argument(
@@ -290,17 +316,25 @@ def main() -> None:
     )
     parser.add_argument("--output", default="throughput")
     parser.add_argument(
+        "--reference-seconds",
+        type=float,
+        default=0.5,
+        help="timing of each grid point's layer matmul reference",
+    )
+    parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sections = [name for name in args.sections.split(",") if name]
     if unknown := sorted(set(sections) - set(SECTIONS)):
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
 
     bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
     params = non_embedding_parameters(bundle)
-    square = matmul_flops(2048, 2048, 2048)
-    print(f"matmul 2048^3: {square / 1e9:.1f} GFLOP/s", flush=True)
+    square = matmul_flops(
+        2048, 2048, 2048, dtype=bundle.dtype, device=str(bundle.device), seconds=4 * args.reference_seconds
+    )
+    print(f"matmul 2048^3: {square / 1e9:.1f} GFLOP/s ({bundle.dtype}, {bundle.device})", flush=True)
     short = [f"Review: {t}" for t in sst2_texts(64, seed=0)]
     lengths = {"short": short}
     if not args.quick:
@@ -309,10 +343,11 @@ def main() -> None:
     # Sections re-run on their own replace only their part of an earlier result (same machine, same day).
     path = RESULTS / f"{args.output}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {}
-    payload |= {"machine": machine(), "model": bundle.model_id, "non_embedding_parameters": params}
+    payload |= {"machine": machine(), "model": bundle.model_id, "dtype": str(bundle.dtype),
+                "non_embedding_parameters": params}  # fmt: skip
     payload.setdefault("matmul_gflops", {})[",".join(sections)] = square / 1e9
     runs: dict[str, Callable[[], object]] = {
-        "grid": lambda: grid(build(bundle), lengths, args.quick, params, square),
+        "grid": lambda: grid(build(bundle), lengths, args.quick, params, square, args.reference_seconds),
         "ablations": lambda: ablations(bundle, short[:32], params, square),
         "threads": lambda: thread_sweep(bundle, short[:32], params, square),
         "int8": lambda: int8_cost(args.model, bundle, short[:32], params, square),
@@ -331,22 +366,34 @@ def main() -> None:
     print(render(payload))
 
 
+def _spread(rows: list[dict], key: str) -> str:
+    values = [r[key] for r in rows if key in r]
+    if not values:
+        return "–"
+    return f"median {statistics.median(values):.0%} ({min(values):.0%}–{max(values):.0%})"
+
+
 def render(payload: dict) -> str:
     lines = [
         f"# Evaluate throughput ({payload['model']}, {payload['machine']['device']}, {payload['machine']['cores']} cores)",
         "",
-        "Ratios are to a 2048x2048x2048 fp32 matmul timed in the same run as each section "
-        f"({', '.join(f'{k}: {v:.0f} GFLOP/s' for k, v in payload['matmul_gflops'].items())}). "
+        f"Two references, both in the model's dtype ({payload.get('dtype', 'torch.float32')}) and timed in the same "
+        "run: a 2048x2048x2048 matmul at the start of each section "
+        f"({', '.join(f'{k}: {v:.0f} GFLOP/s' for k, v in payload['matmul_gflops'].items())}), and the model's "
+        "own layer matmuls (q, k, v, o, gate, up, down on 2048 tokens: the forward pass's GEMM shapes), timed "
+        "just before each grid point. "
         "FLOPs = 2 x non-embedding parameters x tokens run + the LM-head rows computed; adapters placed after "
         "the text count only the tokens they actually run (each text is encoded once and reused).",
         "",
-        "| adapter | input | popsize | examples | candidate evals/s | sequences/s | tokens/s | FLOP/s vs matmul |",
-        "|---|---|---|---|---|---|---|---|",
+        "| adapter | input | popsize | examples | candidate evals/s | sequences/s | tokens/s "
+        "| FLOP/s vs matmul 2048³ | vs layer matmuls |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload.get("grid", []):
+        layer = f"{r['layer_matmul_ratio']:.0%}" if "layer_matmul_ratio" in r else "–"
         lines.append(
             f"| {r['adapter']} | {r['length']} | {r['popsize']} | {r['examples']} | {r['candidate_evals_per_s']:.2f} "
-            f"| {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['matmul_ratio']:.0%} |"
+            f"| {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['matmul_ratio']:.0%} | {layer} |"
         )
     lines += [
         "",
@@ -406,14 +453,16 @@ def render(payload: dict) -> str:
             f"| {w['bytes_sent_per_candidate_evaluation']:.0f} / {w['bytes_received_per_candidate_evaluation']:.0f} "
             f"| {w['call_seconds_p50']:.2f} s / {w['call_seconds_p99']:.2f} s |"
         )
-    big = [
-        r for r in payload.get("grid", []) if r["popsize"] * r["examples"] >= 160 and r["adapter"] == "bbt"
-    ]
-    if big:
-        lines += [
-            "",
-            f"bbt at popsize x examples >= 160: median {statistics.median(r['matmul_ratio'] for r in big):.0%} of matmul.",
+    lines.append("")
+    for adapter in ("bbt", "cbp"):
+        big = [
+            r
+            for r in payload.get("grid", [])
+            if r["popsize"] * r["examples"] >= 160 and r["adapter"] == adapter
         ]
+        if big:
+            lines.append(f"{adapter} at popsize x examples >= 160 ({len(big)} points): {_spread(big, 'matmul_ratio')} "
+                         f"of the 2048³ matmul; {_spread(big, 'layer_matmul_ratio')} of the layer matmuls.  ")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

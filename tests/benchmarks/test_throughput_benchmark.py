@@ -1,0 +1,35 @@
+"""The throughput benchmark's grid on the tiny model: every point is timed beside both references."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SST2_DEV = BENCHMARKS.parents[1] / "shared" / "datasets" / "sst2" / "dev.jsonl"
+
+
+def test_throughput_grid_reports_both_matmul_references(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    if not SST2_DEV.is_file():
+        pytest.skip(f"needs the shared SST-2 dev sentences at {SST2_DEV}")
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    import throughput
+
+    out = tmp_path / "speed"
+    throughput.main(["--model", "tiny", "--quick", "--sections", "grid", "--reference-seconds", "0.02",
+                     "--output", str(out)])  # fmt: skip
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert payload["dtype"] == "torch.float32" and payload["machine"]["cores"] >= 1
+    rows = payload["grid"]
+    assert {row["adapter"] for row in rows} == {"bbt", "bbt-suffix", "bbt-cue", "cbp"}
+    for row in rows:
+        assert row["sequences_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["matmul_ratio"] > 0 and row["layer_matmul_ratio"] > 0 and row["layer_matmul_gflops"] > 0
+    report = out.with_suffix(".md").read_text()
+    assert "| vs layer matmuls |" in report
+    assert "bbt at popsize x examples >= 160" in report and "of the layer matmuls" in report
