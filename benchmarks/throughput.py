@@ -211,6 +211,26 @@ def ablations(bundle: ModelBundle, texts: list[str], params: int, square: float)
     return results
 
 
+def pooled_inputs_cost(bundle: ModelBundle, texts: list[str], params: int) -> dict:
+    """What a cache of tokenised, mean-pooled input embeddings could save per cbp call, beside the call.
+
+    The engine computes them once per request (not per candidate), as in this measurement.
+    """
+    embed = bundle.model.get_input_embeddings()
+    engine = build(bundle)
+    repeats = 20
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(repeats):
+            ids = bundle.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            torch.stack([embed(torch.tensor(row, device=bundle.device)).mean(0) for row in ids])
+    pooled = (time.perf_counter() - started) / repeats
+    call = time_call(engine, "cbp", 20, texts, params).seconds
+    print(f"pooled inputs: {pooled * 1e3:.2f} ms against a cbp call of {call:.2f} s", flush=True)
+    return {"examples": len(texts), "popsize": 20, "pooled_seconds": pooled, "cbp_call_seconds": call,
+            "share": pooled / call}  # fmt: skip
+
+
 def thread_sweep(bundle: ModelBundle, texts: list[str], params: int, square: float) -> list[dict]:
     """torch intra-op threads from 1 to the core count, for the prefix and the after-text placements."""
     results = []
@@ -305,7 +325,7 @@ def merged_clients(
     return results
 
 
-SECTIONS = ("grid", "ablations", "threads", "int8", "merging", "grpc")
+SECTIONS = ("grid", "ablations", "pooled", "threads", "int8", "merging", "grpc")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -349,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, Callable[[], object]] = {
         "grid": lambda: grid(build(bundle), lengths, args.quick, params, square, args.reference_seconds),
         "ablations": lambda: ablations(bundle, short[:32], params, square),
+        "pooled": lambda: pooled_inputs_cost(bundle, short[:32], params),
         "threads": lambda: thread_sweep(bundle, short[:32], params, square),
         "int8": lambda: int8_cost(args.model, bundle, short[:32], params, square),
         "merging": lambda: merged_clients(bundle, short[:8]),
@@ -404,6 +425,13 @@ def render(payload: dict) -> str:
     ]
     for a in payload.get("ablations", []):
         lines.append(f"| {a['variant']} | {a['seq_per_s']:.1f} | {a['matmul_ratio']:.0%} |")
+    if pooled := payload.get("pooled"):
+        lines += [
+            "",
+            f"Tokenising and mean-pooling {pooled['examples']} inputs (what a cache of pooled embeddings would save "
+            f"per call): {pooled['pooled_seconds'] * 1e3:.1f} ms, {pooled['share']:.2%} of a cbp call at popsize "
+            f"{pooled['popsize']} ({pooled['cbp_call_seconds']:.2f} s). Not worth a cache.",
+        ]
     if threads := payload.get("threads"):
         lines += [
             "",
