@@ -1,7 +1,7 @@
 """Accuracy per call (issue #6): zero-shot, ICL, BBT variants and a white-box reference, over seeds.
 
     .venv/bin/python benchmarks/accuracy.py [--tasks tweets,sst2,fpb] [--methods zero-shot,...]
-        [--seeds 0,1,2] [--budgets 100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
+        [--seeds 0,1,2] [--budgets 100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20] [--sigma0 1.0]
         [--output accuracy] [--output-dir benchmarks/results] [--datasets ../shared/datasets]
         [--white-box-lr 0.1] [--white-box-dev-every 5]
 
@@ -96,6 +96,7 @@ class Context:
     seed: int
     budgets: list[int]
     popsize: int
+    sigma0: float
     white_box: WhiteBoxConfig
     zero_shot: dict[str, tuple[np.ndarray, float]]  # per task: test log-probs of adapter "none", seconds
 
@@ -176,6 +177,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
                     log_probs,
                     row.elapsed_seconds,
                     popsize=ctx.popsize,
+                    sigma0=ctx.sigma0,
                     dimension=described.dimension,
                     prompt_length=described.prompt_length,
                     dev_accuracy=result.dev_accuracy,
@@ -187,6 +189,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
         ctx.task,
         adapter=adapter,
         optimizer="cma",
+        sigma0=ctx.sigma0,
         budget=max(ctx.budgets),
         popsize=ctx.popsize,
         loss="ce",
@@ -275,6 +278,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model", default="smollm2", help="'smollm2', 'tiny' (plumbing only) or a HF id/folder"
     )
     parser.add_argument("--popsize", type=int, default=20)
+    parser.add_argument("--sigma0", type=float, default=1.0, help="CMA-ES initial step of the tuned methods")
     parser.add_argument("--output", default="accuracy")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--datasets", type=Path, default=SHARED, help="the shared datasets folder")
@@ -320,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     seed=seed,
                     budgets=args.budgets,
                     popsize=args.popsize,
+                    sigma0=args.sigma0,
                     white_box=white_box,
                     zero_shot=zero_shot,
                 )
