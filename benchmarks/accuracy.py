@@ -54,7 +54,17 @@ TUNED = {
     "bbt-cue-bias-devloss": ("bbt-cue", True, "loss"),
     "bbt-suffix-bias-devloss": ("bbt-suffix", True, "loss"),
 }
-METHODS = ("zero-shot", "zero-shot-calibrated", "icl", *TUNED, "white-box")
+# Every tuned run is also reported calibrated at prediction: its test log-probs mean-centred on the
+# unlabelled test inputs, the same free step as zero-shot-calibrated (it makes a fitted bias irrelevant).
+CALIBRATED = "-calibrated"
+METHODS = (
+    "zero-shot",
+    "zero-shot-calibrated",
+    "icl",
+    *(name + suffix for name in TUNED for suffix in ("", CALIBRATED)),
+    "white-box",
+    "white-box" + CALIBRATED,
+)
 
 
 def score(log_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -169,20 +179,24 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
         while pending and row.calls_used >= pending[0]:
             budget = pending.pop(0)
             result = tuner.result_so_far()
-            log_probs = apply_bias(ctx.predict(adapter, result.vector, ctx.test.texts), result.bias)
-            runs.append(
-                ctx.run(
-                    method,
-                    budget,
-                    log_probs,
-                    row.elapsed_seconds,
-                    popsize=ctx.popsize,
-                    sigma0=ctx.sigma0,
-                    dimension=described.dimension,
-                    prompt_length=described.prompt_length,
-                    dev_accuracy=result.dev_accuracy,
+            log_probs = ctx.predict(adapter, result.vector, ctx.test.texts)
+            for name, predicted in (
+                (method, apply_bias(log_probs, result.bias)),
+                (method + CALIBRATED, calibrate(log_probs)),
+            ):
+                runs.append(
+                    ctx.run(
+                        name,
+                        budget,
+                        predicted,
+                        row.elapsed_seconds,
+                        popsize=ctx.popsize,
+                        sigma0=ctx.sigma0,
+                        dimension=described.dimension,
+                        prompt_length=described.prompt_length,
+                        dev_accuracy=result.dev_accuracy,
+                    )
                 )
-            )
 
     tuner = Tuner(
         ctx.client,
@@ -219,15 +233,19 @@ def run_white_box(ctx: Context) -> list[Run]:
     )
     return [
         ctx.run(
-            "white-box",
+            name,
             record.steps,
-            record.log_probs,
+            log_probs,
             record.seconds,
             dev_accuracy=record.dev_accuracy,
             calls_unit="optimizer steps",
             prompt_length=ctx.white_box.prompt_length,
         )
         for record in records
+        for name, log_probs in (
+            ("white-box", record.log_probs),
+            ("white-box" + CALIBRATED, calibrate(record.log_probs)),
+        )
     ]
 
 
@@ -270,7 +288,7 @@ def _names(text: str) -> list[str]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--tasks", type=_names, default=list(TASKS))
-    parser.add_argument("--methods", type=_names, default=list(METHODS))
+    parser.add_argument("--methods", type=_names, default=list(RUNNERS))
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     parser.add_argument("--budgets", type=_ints, default=[100, 200, 400])
     parser.add_argument("--test-size", type=int, default=600)
@@ -287,8 +305,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.tasks) - set(TASKS)):
         parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
-    if unknown := sorted(set(args.methods) - set(METHODS)):
-        parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if unknown := sorted(set(args.methods) - set(RUNNERS)):
+        derived = [
+            f"{name} (comes with {name.removesuffix(CALIBRATED)})" for name in unknown if name in METHODS
+        ]
+        parser.error(f"unknown method(s) {', '.join(derived or unknown)}; known: {', '.join(RUNNERS)}")
     if not args.seeds or not args.budgets:
         parser.error("give at least one seed and one budget")
     if bad := [b for b in args.budgets if b < args.popsize or b % args.popsize]:

@@ -95,12 +95,13 @@ def test_end_to_end_schema_budgets_resume_and_report(
         )
     calls = Counter((run["task"], run["method"], run["calls"]) for run in runs)
     expected = {
-        (task, method, budget): 1
+        (task, name, budget): 1
         for task in classes
         for method in METHODS
+        for name in ((method, method + "-calibrated") if method in TUNED else (method,))
         for budget in ((8, 16) if method in TUNED else (0,))
     }
-    assert dict(calls) == expected
+    assert dict(calls) == expected  # each tuned run is also reported calibrated at prediction
     assert (out / "acc.md").is_file() and "tiny-llama-0" in (out / "acc.md").read_text()
     for task in classes:
         assert (out / f"acc-{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -114,14 +115,16 @@ def test_end_to_end_schema_budgets_resume_and_report(
     assert capsys.readouterr().out.count("skipped") == len(classes) * len(METHODS)
 
     # An interrupted run: only the missing (task, method, seed) is run again.
-    kept = [run for run in runs if not (run["task"] == "fpb" and run["method"] == "bbt")]
+    kept = [run for run in runs if not (run["task"] == "fpb" and run["method"] in ("bbt", "bbt-calibrated"))]
     (out / "acc.json").write_text(json.dumps(kept))
     accuracy.main(_args(datasets, out, ["zero-shot", "bbt"]))
     again = json.loads((out / "acc.json").read_text())
     assert again[: len(kept)] == kept
     assert [(r["task"], r["method"], r["calls"]) for r in again[len(kept) :]] == [
         ("fpb", "bbt", 8),
+        ("fpb", "bbt-calibrated", 8),
         ("fpb", "bbt", 16),
+        ("fpb", "bbt-calibrated", 16),
     ]
 
 
