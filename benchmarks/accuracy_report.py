@@ -101,7 +101,15 @@ def plot(runs: Sequence[Run], task: str, path: Path, methods: Sequence[str]) -> 
     for method in _ordered([key[1] for key in groups], methods):
         keys = sorted(key for key in groups if key[1] == method)
         stats = [_mean_std([run["accuracy"] for run in groups[key]]) for key in keys]
-        index = methods.index(method) if method in methods else len(methods)
+        # A tuned method calibrated at prediction shares its method's colour, drawn dotted.
+        parent = method.removesuffix("-calibrated")
+        derived = parent != method and parent in methods and method not in BASELINES
+        families = [m for m in methods if not (m.endswith("-calibrated") and m not in BASELINES)]
+        index = (
+            families.index(parent if derived else method)
+            if (parent if derived else method) in families
+            else len(families)
+        )
         colour = palette[index % len(palette)]
         if method in BASELINES or all(key[2] == 0 for key in keys):
             mean, std = stats[0]
@@ -112,7 +120,8 @@ def plot(runs: Sequence[Run], task: str, path: Path, methods: Sequence[str]) -> 
         calls = [key[2] for key in keys]
         means = [100 * s[0] for s in stats]
         stds = [100 * s[1] for s in stats]
-        axes.errorbar(calls, means, yerr=stds, color=colour, marker="o", capsize=3, label=method)
+        style = {"linestyle": ":", "marker": "s"} if derived else {"marker": "o"}
+        axes.errorbar(calls, means, yerr=stds, color=colour, capsize=3, label=method, **style)
     seeds = sorted({int(run["seed"]) for run in runs if run["task"] == task})
     axes.set(
         xlabel="calls (white-box: optimizer steps)",
