@@ -45,14 +45,28 @@ from cbpt.server.engine import ScoringEngine
 from common import RESULTS, SHARED
 
 Run = dict[str, Any]
-# Tuned black-box methods: (adapter, fit_bias, select_on).
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A tuned black-box method: the server adapter and the client's choices around it."""
+
+    adapter: str
+    fit_bias: bool = False
+    select_on: str = "accuracy"  # dev accuracy or dev cross-entropy picks the vector
+    optimizer: str = "cma"  # "cma" or "ng:<nevergrad optimizer>", at equal calls
+
+
 TUNED = {
-    "bbt": ("bbt", False, "accuracy"),
-    "bbt-suffix": ("bbt-suffix", False, "accuracy"),
-    "bbt-suffix-bias": ("bbt-suffix", True, "accuracy"),
-    "bbt-cue-bias": ("bbt-cue", True, "accuracy"),
-    "bbt-cue-bias-devloss": ("bbt-cue", True, "loss"),
-    "bbt-suffix-bias-devloss": ("bbt-suffix", True, "loss"),
+    "bbt": Tuned("bbt"),
+    "bbt-suffix": Tuned("bbt-suffix"),
+    "bbt-suffix-bias": Tuned("bbt-suffix", fit_bias=True),
+    "bbt-cue-bias": Tuned("bbt-cue", fit_bias=True),
+    "bbt-cue-bias-devloss": Tuned("bbt-cue", fit_bias=True, select_on="loss"),
+    "bbt-suffix-bias-devloss": Tuned("bbt-suffix", fit_bias=True, select_on="loss"),
+    "bbt-cue-bias-ngopt": Tuned("bbt-cue", fit_bias=True, optimizer="ng:NGOpt"),
+    "bbt-cue-bias-diagonalcma": Tuned("bbt-cue", fit_bias=True, optimizer="ng:DiagonalCMA"),
+    "bbt-cue-bias-tbpsa": Tuned("bbt-cue", fit_bias=True, optimizer="ng:TBPSA"),
 }
 # Every tuned run is also reported calibrated at prediction: its test log-probs mean-centred on the
 # unlabelled test inputs, the same free step as zero-shot-calibrated (it makes a fitted bias irrelevant).
@@ -164,7 +178,8 @@ def run_icl(ctx: Context) -> list[Run]:
 
 
 def run_tuned(ctx: Context, method: str) -> list[Run]:
-    adapter, fit_bias, select_on = TUNED[method]
+    tuned = TUNED[method]
+    adapter = tuned.adapter
     described = ctx.client.info().adapter(adapter)
     runs: list[Run] = []
     pending = sorted(ctx.budgets)
@@ -194,6 +209,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
                         sigma0=ctx.sigma0,
                         dimension=described.dimension,
                         prompt_length=described.prompt_length,
+                        optimizer=tuned.optimizer,
                         dev_accuracy=result.dev_accuracy,
                     )
                 )
@@ -202,13 +218,13 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
         ctx.client,
         ctx.task,
         adapter=adapter,
-        optimizer="cma",
+        optimizer=tuned.optimizer,
         sigma0=ctx.sigma0,
         budget=max(ctx.budgets),
         popsize=ctx.popsize,
         loss="ce",
-        fit_bias=fit_bias,
-        select_on=select_on,
+        fit_bias=tuned.fit_bias,
+        select_on=tuned.select_on,
         seed=ctx.seed,
         on_generation=on_generation,
     )

@@ -46,7 +46,8 @@ def render(runs: Sequence[Run], *, tasks: Sequence[str], methods: Sequence[str])
         "",
         f"Model: {', '.join(models)}. Seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds). "
         f"16 shots and 8 dev examples per class, sampled per seed by the client's `Task`; "
-        f"CMA-ES, CE loss{f', popsize {popsizes[0]}' if len(popsizes) == 1 else ''}"
+        f"CMA-ES (methods ending -ngopt, -diagonalcma, -tbpsa: that nevergrad optimizer), CE loss"
+        f"{f', popsize {popsizes[0]}' if len(popsizes) == 1 else ''}"
         + "".join(f"; BBT adapters: dimension {d}, {t} prompt vectors" for d, t in bbt)
         + ".",
         "",
@@ -59,6 +60,11 @@ def render(runs: Sequence[Run], *, tasks: Sequence[str], methods: Sequence[str])
         "- `zero-shot`, `zero-shot-calibrated` (mean-centred on the unlabelled test inputs) and `icl` (one "
         "demonstration per class from the seed's train shots) make no tuning calls.",
         "- `calls/min`: calls over the tuning wall time (dev evaluations included), mean over seeds.",
+        "- Methods: `bbt` is the paper's prefix prompt; `bbt-suffix` puts the prompt after the text, before the "
+        "answer cue; `bbt-cue` adds A·z onto the answer cue's embeddings (z = 0 is zero-shot). `-bias`: a "
+        "per-choice bias fitted on the client together with z; `-devloss`: the vector picked by dev cross-entropy "
+        "instead of dev accuracy; `-calibrated`: the same run's test log-probs mean-centred on the unlabelled test "
+        "inputs (as in zero-shot-calibrated) instead of the fitted bias.",
         "",
     ]
     groups = group(runs)
@@ -97,7 +103,8 @@ def plot(runs: Sequence[Run], task: str, path: Path, methods: Sequence[str]) -> 
 
     groups = group([run for run in runs if run["task"] == task])
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    tab20 = plt.get_cmap("tab20").colors  # 10 dark then 10 light colours: enough for every method family
+    palette = [*tab20[0::2], *tab20[1::2]]
     for method in _ordered([key[1] for key in groups], methods):
         keys = sorted(key for key in groups if key[1] == method)
         stats = [_mean_std([run["accuracy"] for run in groups[key]]) for key in keys]

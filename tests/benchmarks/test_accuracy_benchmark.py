@@ -23,8 +23,16 @@ RUN_KEYS = {
     "predicted_class_counts": list,
     "seconds": float,
 }
-METHODS = ["zero-shot", "zero-shot-calibrated", "icl", "bbt", "bbt-suffix-bias", "white-box"]
-TUNED = {"bbt", "bbt-suffix-bias", "white-box"}
+METHODS = [
+    "zero-shot",
+    "zero-shot-calibrated",
+    "icl",
+    "bbt",
+    "bbt-suffix-bias",
+    "bbt-cue-bias-ngopt",
+    "white-box",
+]
+TUNED = {"bbt", "bbt-suffix-bias", "bbt-cue-bias-ngopt", "white-box"}
 PHRASES = {
     "negative": ["dull, slow and far too long", "a tired mess", "boring and loud"],
     "neutral": ["the phone is fine I guess", "it is a film", "the sky is blue"],
@@ -102,6 +110,8 @@ def test_end_to_end_schema_budgets_resume_and_report(
         for budget in ((8, 16) if method in TUNED else (0,))
     }
     assert dict(calls) == expected  # each tuned run is also reported calibrated at prediction
+    optimizers = {run["method"]: run.get("optimizer") for run in runs}
+    assert optimizers["bbt-cue-bias-ngopt"] == "ng:NGOpt" and optimizers["bbt"] == "cma"
     assert (out / "acc.md").is_file() and "tiny-llama-0" in (out / "acc.md").read_text()
     for task in classes:
         assert (out / f"acc-{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
