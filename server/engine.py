@@ -309,6 +309,11 @@ class ScoringEngine:
             return _Path.PREFIX_STATES
         return _Path.FLAT
 
+    def pooled_inputs(self, texts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Mean input embedding per tokenised text [texts, hidden]: what a generator reads, once per request."""
+        device = self.bundle.device
+        return torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
+
     def _score_group(self, group: list[_Prepared]) -> list[tuple[np.ndarray, int]]:
         """Score requests that share adapter, mode and cue in one set of length-sorted chunks.
 
@@ -324,7 +329,7 @@ class ScoringEngine:
         choices = [options for prepared in group for options in prepared.encoded.choices]
         z = torch.from_numpy(np.concatenate([prepared.candidates for prepared in group])).to(device, dtype)
         if adapter.reads_inputs:
-            pooled = torch.stack([self._embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
+            pooled = self.pooled_inputs(texts)
         else:  # the adapter ignores pooled inputs: skip the lookups
             pooled = z.new_zeros(len(texts), self.bundle.hidden_size)
         # Soft-prompt vectors inserted as tokens; ON_CUE adds them onto the cue's last tokens instead.
