@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from accuracy_data import TASKS, BenchmarkData, MissingData, load
-from accuracy_report import plot, render
+from accuracy_report import CALIBRATED, plot, render
 from white_box import WhiteBoxConfig
 from white_box import tune as tune_white_box
 
@@ -68,9 +68,8 @@ TUNED = {
     "bbt-cue-bias-diagonalcma": Tuned("bbt-cue", fit_bias=True, optimizer="ng:DiagonalCMA"),
     "bbt-cue-bias-tbpsa": Tuned("bbt-cue", fit_bias=True, optimizer="ng:TBPSA"),
 }
-# Every tuned run is also reported calibrated at prediction: its test log-probs mean-centred on the
-# unlabelled test inputs, the same free step as zero-shot-calibrated (it makes a fitted bias irrelevant).
-CALIBRATED = "-calibrated"
+# Every tuned run is also reported calibrated at prediction (CALIBRATED): its test log-probs mean-centred
+# on the unlabelled test inputs, the same free step as zero-shot-calibrated (a fitted bias is irrelevant).
 METHODS = (
     "zero-shot",
     "zero-shot-calibrated",

@@ -10,6 +10,13 @@ from typing import Any
 
 Run = dict[str, Any]
 BASELINES = ("zero-shot", "zero-shot-calibrated", "icl")
+# A tuned run reported calibrated at prediction is named "<method>-calibrated".
+CALIBRATED = "-calibrated"
+
+
+def _family(method: str) -> str:
+    """The method a row belongs to: itself, or the tuned method it is the calibrated report of."""
+    return method if method in BASELINES else method.removesuffix(CALIBRATED)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -105,18 +112,15 @@ def plot(runs: Sequence[Run], task: str, path: Path, methods: Sequence[str]) -> 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     tab20 = plt.get_cmap("tab20").colors  # 10 dark then 10 light colours: enough for every method family
     palette = [*tab20[0::2], *tab20[1::2]]
+    families = list(dict.fromkeys(_family(method) for method in methods))
     for method in _ordered([key[1] for key in groups], methods):
         keys = sorted(key for key in groups if key[1] == method)
         stats = [_mean_std([run["accuracy"] for run in groups[key]]) for key in keys]
         # A tuned method calibrated at prediction shares its method's colour, drawn dotted.
-        parent = method.removesuffix("-calibrated")
-        derived = parent != method and parent in methods and method not in BASELINES
-        families = [m for m in methods if not (m.endswith("-calibrated") and m not in BASELINES)]
-        index = (
-            families.index(parent if derived else method)
-            if (parent if derived else method) in families
-            else len(families)
-        )
+        family = _family(method)
+        derived = family != method and family in families
+        coloured_as = family if derived else method
+        index = families.index(coloured_as) if coloured_as in families else len(families)
         colour = palette[index % len(palette)]
         if method in BASELINES or all(key[2] == 0 for key in keys):
             mean, std = stats[0]
