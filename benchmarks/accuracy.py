@@ -55,6 +55,12 @@ class Tuned:
     fit_bias: bool = False
     select_on: str = "accuracy"  # dev accuracy or dev cross-entropy picks the vector
     optimizer: str = "cma"  # "cma" or "ng:<nevergrad optimizer>", at equal calls
+    dimension: int | None = None  # z's length when not the server default (500): an extra adapter
+
+    @property
+    def served(self) -> str:
+        """The adapter name on the benchmark's server: a dimension variant is served under its own name."""
+        return self.adapter if self.dimension is None else f"{self.adapter}-r{self.dimension}"
 
 
 TUNED = {
@@ -67,6 +73,8 @@ TUNED = {
     "bbt-cue-bias-ngopt": Tuned("bbt-cue", fit_bias=True, optimizer="ng:NGOpt"),
     "bbt-cue-bias-diagonalcma": Tuned("bbt-cue", fit_bias=True, optimizer="ng:DiagonalCMA"),
     "bbt-cue-bias-tbpsa": Tuned("bbt-cue", fit_bias=True, optimizer="ng:TBPSA"),
+    "bbt-cue-bias-r100": Tuned("bbt-cue", fit_bias=True, dimension=100),
+    "bbt-cue-bias-r50": Tuned("bbt-cue", fit_bias=True, dimension=50),
 }
 # Every tuned run is also reported calibrated at prediction (CALIBRATED): its test log-probs mean-centred
 # on the unlabelled test inputs, the same free step as zero-shot-calibrated (a fitted bias is irrelevant).
@@ -178,7 +186,7 @@ def run_icl(ctx: Context) -> list[Run]:
 
 def run_tuned(ctx: Context, method: str) -> list[Run]:
     tuned = TUNED[method]
-    adapter = tuned.adapter
+    adapter = tuned.served
     described = ctx.client.info().adapter(adapter)
     runs: list[Run] = []
     pending = sorted(ctx.budgets)
@@ -281,15 +289,33 @@ def _summary(run: Run) -> str:
 
 
 def build_engine(model: str, prompt_length: int) -> ScoringEngine:
+    """The server's default adapters, plus one BBT adapter per dimension variant in TUNED."""
+    from cbpt.server.adapters.bbt import BlackBoxTuning
+    from cbpt.server.runtime import build_adapters, embedding_std
+
     if model == "tiny":
-        from cbpt.server.runtime import build_adapters
         from cbpt.server.testing import tiny_bundle
 
-        bundle = tiny_bundle(0)
-        return ScoringEngine(bundle, build_adapters(bundle, bbt_dimension=16, prompt_length=4))
-    from cbpt.server.runtime import build_engine as build_real
+        bundle, dimension_scale, prompt_length = tiny_bundle(0), 16 / 500, 4
+    else:
+        from cbpt.server.model import load_model
 
-    return build_real(model, bbt_dimension=500, prompt_length=prompt_length)
+        bundle, dimension_scale = load_model(model), 1.0
+    adapters = build_adapters(bundle, bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length)
+    placements = {adapter.name: adapter.placement for adapter in adapters}
+    std = embedding_std(bundle)
+    for tuned in {t for t in TUNED.values() if t.dimension is not None}:
+        adapters.append(
+            BlackBoxTuning(
+                bundle.hidden_size,
+                std,
+                name=tuned.served,
+                dimension=max(2, round(tuned.dimension * dimension_scale)),
+                prompt_length=prompt_length,
+                placement=placements[tuned.adapter],
+            )
+        )
+    return ScoringEngine(bundle, adapters)
 
 
 def _ints(text: str) -> list[int]:

@@ -30,9 +30,10 @@ METHODS = [
     "bbt",
     "bbt-suffix-bias",
     "bbt-cue-bias-ngopt",
+    "bbt-cue-bias-r100",
     "white-box",
 ]
-TUNED = {"bbt", "bbt-suffix-bias", "bbt-cue-bias-ngopt", "white-box"}
+TUNED = {"bbt", "bbt-suffix-bias", "bbt-cue-bias-ngopt", "bbt-cue-bias-r100", "white-box"}
 PHRASES = {
     "negative": ["dull, slow and far too long", "a tired mess", "boring and loud"],
     "neutral": ["the phone is fine I guess", "it is a film", "the sky is blue"],
@@ -112,6 +113,8 @@ def test_end_to_end_schema_budgets_resume_and_report(
     assert dict(calls) == expected  # each tuned run is also reported calibrated at prediction
     optimizers = {run["method"]: run.get("optimizer") for run in runs}
     assert optimizers["bbt-cue-bias-ngopt"] == "ng:NGOpt" and optimizers["bbt"] == "cma"
+    dimensions = {run["method"]: run.get("dimension") for run in runs}
+    assert dimensions["bbt"] == 16 and dimensions["bbt-cue-bias-r100"] == 3  # 100/500 of the tiny default
     assert (out / "acc.md").is_file() and "tiny-llama-0" in (out / "acc.md").read_text()
     for task in classes:
         assert (out / f"acc-{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
