@@ -54,6 +54,7 @@ class Tuned:
     adapter: str
     fit_bias: bool = False
     select_on: str = "accuracy"  # dev accuracy or dev cross-entropy picks the vector
+    select_from: str = "best"  # each generation's lowest-train-loss candidate, or CMA-ES's mean
     optimizer: str = "cma"  # "cma" or "ng:<nevergrad optimizer>", at equal calls
     dimension: int | None = None  # z's length when not the server default (500): an extra adapter
 
@@ -75,6 +76,7 @@ TUNED = {
     "bbt-cue-bias-tbpsa": Tuned("bbt-cue", fit_bias=True, optimizer="ng:TBPSA"),
     "bbt-cue-bias-r100": Tuned("bbt-cue", fit_bias=True, dimension=100),
     "bbt-cue-bias-r50": Tuned("bbt-cue", fit_bias=True, dimension=50),
+    "bbt-cue-bias-mean": Tuned("bbt-cue", fit_bias=True, select_from="mean"),
 }
 # Every tuned run is also reported calibrated at prediction (CALIBRATED): its test log-probs mean-centred
 # on the unlabelled test inputs, the same free step as zero-shot-calibrated (a fitted bias is irrelevant).
@@ -217,6 +219,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
                         dimension=described.dimension,
                         prompt_length=described.prompt_length,
                         optimizer=tuned.optimizer,
+                        select_from=tuned.select_from,
                         dev_accuracy=result.dev_accuracy,
                     )
                 )
@@ -232,6 +235,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
         loss="ce",
         fit_bias=tuned.fit_bias,
         select_on=tuned.select_on,
+        select_from=tuned.select_from,
         seed=ctx.seed,
         on_generation=on_generation,
     )

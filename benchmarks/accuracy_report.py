@@ -59,7 +59,7 @@ def render(runs: Sequence[Run], *, tasks: Sequence[str], methods: Sequence[str])
         + ".",
         "",
         "- `calls` of the black-box methods: candidate evaluations on the train set (each one forward pass of the "
-        "train set; the dev evaluation of each generation's best and all test scoring are not counted). The "
+        "train set; the dev evaluation of one candidate per generation and all test scoring are not counted). The "
         "accuracy at a budget is that of the best-on-dev vector after that many calls of one run.",
         "- `calls` of `white-box`: optimizer steps, each one forward and backward pass over the whole train set "
         f"(gradient prompt tuning of {'/'.join(map(str, white)) or 't'} free soft-prompt vectors before the answer "
@@ -70,7 +70,9 @@ def render(runs: Sequence[Run], *, tasks: Sequence[str], methods: Sequence[str])
         "- Methods: `bbt` is the paper's prefix prompt; `bbt-suffix` puts the prompt after the text, before the "
         "answer cue; `bbt-cue` adds A·z onto the answer cue's embeddings (z = 0 is zero-shot). `-bias`: a "
         "per-choice bias fitted on the client together with z; `-devloss`: the vector picked by dev cross-entropy "
-        "instead of dev accuracy; `-calibrated`: the same run's test log-probs mean-centred on the unlabelled test "
+        "instead of dev accuracy; `-mean`: each generation offers CMA-ES's mean (injected as one of its samples) to "
+        "the dev selection instead of its lowest-train-loss sample; `-r100`, `-r50`: z of 100 or 50 dimensions "
+        "instead of 500; `-calibrated`: the same run's test log-probs mean-centred on the unlabelled test "
         "inputs (as in zero-shot-calibrated) instead of the fitted bias.",
         "",
     ]

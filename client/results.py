@@ -16,8 +16,8 @@ class HistoryRow:
     calls_used: int  # candidate evaluations on the train set so far
     best_loss: float  # lowest train loss in this generation
     mean_loss: float
-    train_accuracy: float  # of this generation's best candidate
-    dev_accuracy: float | None  # of this generation's best candidate, when evaluated
+    train_accuracy: float  # of the candidate this generation offers to dev selection (select_from)
+    dev_accuracy: float | None  # of that candidate, when evaluated
     wall_seconds: float  # this generation
     elapsed_seconds: float  # since the run (or its resume) started, summed over generations
 

@@ -6,7 +6,11 @@ labels the task keeps, and only the optimizer sees them. Like BBT, the final
 vector is the one with the best dev accuracy (ties: lower train loss), because
 the loss on a few dozen training examples is a poor guide to held-out accuracy;
 ``select_on="loss"`` uses the dev cross-entropy instead, which is less coarse
-than the accuracy of a dev set of a few dozen examples.
+than the accuracy of a dev set of a few dozen examples. Each generation offers one
+candidate to that selection: by default its lowest train loss (``select_from="best"``),
+which on a few dozen examples is partly noise; ``select_from="mean"`` offers the
+optimizer's own estimate instead (CMA-ES: its mean, an average of the best samples),
+which the optimizer injects as one of the ``popsize`` samples, so it costs no extra call.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from cbpt.client.task import Examples, Task
 # A loss the optimizer can digest when the model rules a label out entirely.
 _LOSS_CEILING = 1e6
 SELECTIONS = ("accuracy", "loss")  # what "best on dev" means
+SELECT_FROM = ("best", "mean")  # which candidate of each generation the dev selection sees
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Tuner:
         loss: str = "ce",
         fit_bias: bool = False,
         select_on: str = "accuracy",
+        select_from: str = "best",
         dev_every: int = 1,
         patience: int | None = None,
         seed: int = 0,
@@ -94,6 +100,8 @@ class Tuner:
             raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
         if select_on not in SELECTIONS:
             raise ConfigError(f"unknown select_on {select_on!r}; known: {', '.join(SELECTIONS)}")
+        if select_from not in SELECT_FROM:
+            raise ConfigError(f"unknown select_from {select_from!r}; known: {', '.join(SELECT_FROM)}")
         if popsize < 1 or dev_every < 1 or (patience is not None and patience < 1) or sigma0 <= 0:
             raise ConfigError("popsize, dev_every and patience must be at least 1, and sigma0 positive")
         if budget < popsize:
@@ -108,6 +116,7 @@ class Tuner:
         self.loss = loss
         self.fit_bias = fit_bias
         self.select_on = select_on
+        self.select_from = select_from
         self.dev_every = dev_every
         self.patience = patience
         self.seed = seed
@@ -133,6 +142,7 @@ class Tuner:
             "loss": self.loss,
             "fit_bias": self.fit_bias,
             "select_on": self.select_on,
+            "select_from": self.select_from,
             "dev_every": self.dev_every,
             "patience": self.patience,
             "seed": self.seed,
@@ -159,7 +169,14 @@ class Tuner:
             return self._run_without_vector(info, train, dev)
         optimizer = make_optimizer(
             self.optimizer_name,
-            OptimizerConfig(dimension, self.popsize, self.sigma0, self.seed, self.generations * self.popsize),
+            OptimizerConfig(
+                dimension,
+                self.popsize,
+                self.sigma0,
+                self.seed,
+                self.generations * self.popsize,
+                include_recommendation=self.select_from == "mean",
+            ),
         )
         config = self.config(info)
         progress = self._resume(optimizer, config) if resume else self._fresh()
@@ -232,12 +249,13 @@ class Tuner:
         progress.generations.append(GenerationRecord(candidates_digest(candidates), tuple(losses.tolist())))
         progress.calls_used += len(candidates)
         best = int(np.argmin(losses))
-        bias = None if scored.bias is None else scored.bias[best]
+        offered = 0 if self.select_from == "mean" else best  # the injected mean is candidate 0
+        bias = None if scored.bias is None else scored.bias[offered]
         entry = {
             "generation": index,
-            "vector": candidates[best].astype(np.float32).tolist(),
+            "vector": candidates[offered].astype(np.float32).tolist(),
             "bias": None if bias is None else bias.tolist(),
-            "train_loss": float(losses[best]),
+            "train_loss": float(losses[offered]),
             "dev_accuracy": None,
             "dev_metrics": None,
         }
@@ -252,7 +270,7 @@ class Tuner:
                 calls_used=progress.calls_used,
                 best_loss=float(losses[best]),
                 mean_loss=float(losses.mean()),
-                train_accuracy=accuracy(predictions(scored.log_probs[best]), train.labels),
+                train_accuracy=accuracy(predictions(scored.log_probs[offered]), train.labels),
                 dev_accuracy=entry["dev_accuracy"],
                 wall_seconds=time.perf_counter() - started,
                 elapsed_seconds=0.0,

@@ -29,6 +29,9 @@ class OptimizerConfig:
     sigma0: float
     seed: int
     budget: int  # candidate evaluations the optimizer may plan for
+    # Candidate 0 of every population is the optimizer's current estimate of the optimum (CMA-ES: its
+    # mean), injected in place of one sample so a tuner can select it. Optimizers without one refuse it.
+    include_recommendation: bool = False
 
 
 class Optimizer(abc.ABC):

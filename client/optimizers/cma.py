@@ -34,6 +34,8 @@ class CMAOptimizer(Optimizer):
         self._asked: np.ndarray | None = None
 
     def ask(self) -> np.ndarray:
+        if self.config.include_recommendation:
+            self._es.inject([self._es.mean], force=True)  # pycma returns injected solutions first
         self._asked = np.asarray(self._es.ask(), dtype=np.float64)
         return self._asked.copy()
 

@@ -24,6 +24,10 @@ class NevergradOptimizer(Optimizer):
         import nevergrad as ng  # deferred: importing nevergrad costs seconds and only tuning needs it
 
         super().__init__(config)
+        if config.include_recommendation:
+            # nevergrad recommends the point it has told most often, so re-offering its recommendation
+            # as a sample would pin it at the start point; CMA-ES has a mean that moves.
+            raise ConfigError("select_from='mean' needs the 'cma' optimizer, not a nevergrad one")
         registry = ng.optimizers.registry
         if variant not in registry:
             close = difflib.get_close_matches(variant, list(registry), n=5)

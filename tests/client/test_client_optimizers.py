@@ -24,8 +24,10 @@ def _sphere(candidates: np.ndarray) -> np.ndarray:
     return ((candidates - 0.5) ** 2).sum(axis=1)
 
 
-def _run(name: str, generations: int) -> tuple[list[GenerationRecord], object]:
-    optimizer = make_optimizer(name, CONFIG)
+def _run(
+    name: str, generations: int, config: OptimizerConfig = CONFIG
+) -> tuple[list[GenerationRecord], object]:
+    optimizer = make_optimizer(name, config)
     records = []
     for _ in range(generations):
         population = optimizer.ask()
@@ -65,6 +67,25 @@ def test_replay_reproduces_the_run(name: str) -> None:
     replay(rebuilt, records)
     assert rebuilt.state() == state
     np.testing.assert_array_equal(rebuilt.ask(), following)
+
+
+def test_cma_offers_its_mean_as_candidate_zero_and_replays() -> None:
+    config = OptimizerConfig(**{**CONFIG.__dict__, "include_recommendation": True})
+    np.testing.assert_array_equal(make_optimizer("cma", config).ask()[0], np.zeros(6))  # the start point
+    records, optimizer = _run("cma", 3, config)
+    mean = optimizer._es.mean.copy()
+    population = optimizer.ask()
+    assert population.shape == (4, 6) and np.abs(mean).sum() > 0
+    np.testing.assert_array_equal(population[0], mean)
+    rebuilt = make_optimizer("cma", config)
+    replay(rebuilt, records)
+    np.testing.assert_array_equal(rebuilt.ask(), population)
+
+
+def test_nevergrad_refuses_to_offer_a_recommendation() -> None:
+    config = OptimizerConfig(**{**CONFIG.__dict__, "include_recommendation": True})
+    with pytest.raises(ConfigError, match="needs the 'cma' optimizer"):
+        make_optimizer("ng:NGOpt", config)
 
 
 def test_replay_ignores_global_numpy_state() -> None:

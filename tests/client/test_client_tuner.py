@@ -11,7 +11,7 @@ from client_helpers import TaskFactory, write_jsonl
 
 from cbpt.client.artifacts import load_tuned, save_tuned
 from cbpt.client.errors import CheckpointError, ConfigError, FingerprintMismatch
-from cbpt.client.losses import accuracy, apply_bias, cross_entropy, predictions
+from cbpt.client.losses import accuracy, apply_bias, compute_losses, cross_entropy, predictions
 from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
@@ -131,6 +131,22 @@ def test_select_on_dev_loss_keeps_the_lowest_dev_cross_entropy(client: TuningCli
     assert abs(cross_entropy(apply_bias(dev, result.bias)[None], task.dev.labels)[0] - chosen[-1]) < 1e-5
 
 
+def test_select_from_mean_offers_the_cma_mean_with_its_own_bias(client: TuningClient, task: Task) -> None:
+    offered: list[np.ndarray] = []
+    tuner = Tuner(client, task, budget=16, popsize=4, seed=2, fit_bias=True, select_from="mean")
+    tuner.on_generation = lambda row: offered.append(tuner.result_so_far().vector)
+    result = tuner.run()
+    assert result.settings["select_from"] == "mean"
+    np.testing.assert_array_equal(offered[0], np.zeros(16))  # the first mean is the start point
+    train = task.train
+    log_probs = client.evaluate("bbt", result.vector[None], train.texts, train.wire_choices, cue=train.cue)
+    scored = compute_losses("ce", log_probs, train.labels, with_bias=True)
+    assert abs(scored.losses[0] - result.train_loss) < 1e-5
+    np.testing.assert_allclose(scored.bias[0], result.bias, atol=1e-5)
+    with pytest.raises(ConfigError, match="needs the 'cma' optimizer"):
+        Tuner(client, task, optimizer="ng:NGOpt", budget=4, popsize=4, select_from="mean").run()
+
+
 def test_settings_are_checked(client: TuningClient, task: Task) -> None:
     with pytest.raises(ConfigError, match="below one generation"):
         Tuner(client, task, budget=3, popsize=4)
@@ -138,6 +154,8 @@ def test_settings_are_checked(client: TuningClient, task: Task) -> None:
         Tuner(client, task, loss="mse")
     with pytest.raises(ConfigError, match="unknown select_on"):
         Tuner(client, task, select_on="f1")
+    with pytest.raises(ConfigError, match="unknown select_from"):
+        Tuner(client, task, select_from="median")
     with pytest.raises(ConfigError, match="unknown adapter 'nope'"):
         Tuner(client, task, adapter="nope", budget=4, popsize=4).run()
 
