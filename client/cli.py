@@ -201,6 +201,13 @@ def tune(
     select_on: Annotated[
         str, typer.Option(help="Pick the vector by dev 'accuracy' or dev cross-entropy ('loss').")
     ] = "accuracy",
+    select_from: Annotated[
+        str,
+        typer.Option(
+            help="What each generation offers to the dev selection: its lowest-train-loss 'best' candidate, "
+            "or CMA-ES's 'mean' (cma only)."
+        ),
+    ] = "best",
     dev_every: Annotated[int, typer.Option(help="Evaluate on dev every N generations.")] = 1,
     patience: Annotated[int | None, typer.Option(help="Stop after N dev evaluations without gain.")] = None,
     seed: Annotated[int, typer.Option(help="Optimizer seed.")] = 0,
@@ -236,6 +243,7 @@ def tune(
         "--loss": loss,
         "--fit-bias": fit_bias,
         "--select-on": select_on,
+        "--select-from": select_from,
         "--dev-every": dev_every,
         "--patience": patience,
         "--seed": seed,
@@ -266,6 +274,7 @@ def tune(
             loss=loss,
             fit_bias=fit_bias,
             select_on=select_on,
+            select_from=select_from,
             dev_every=dev_every,
             patience=patience,
             seed=seed,

@@ -84,7 +84,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(
     server: str, make_task: TaskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task_path = make_task()
-    common = ["--server", server, "--budget", 16, "--popsize", 4, "--seed", 5]
+    common = ["--server", server, "--budget", 16, "--popsize", 4, "--seed", 5, "--select-from", "mean"]
     whole = cbpt("tune", task_path, "--out", tmp_path / "whole", *common)
     assert whole.exit_code == 0, whole.output
 
@@ -100,7 +100,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(
     assert interrupted.exit_code == 130 and "Traceback" not in interrupted.output
     command = next(line for line in interrupted.output.splitlines() if line.startswith("resume with: "))
     words = shlex.split(command.removeprefix("resume with: "))
-    assert words[:2] == ["cbpt", "tune"] and words[-1] == "--resume"
+    assert words[:2] == ["cbpt", "tune"] and words[-1] == "--resume" and "--select-from" in words
     monkeypatch.setattr(progress_module.TuningProgress, "update", update)
     resumed = runner.invoke(app, words[1:])
     assert resumed.exit_code == 0, resumed.output
