@@ -71,8 +71,8 @@ def wait_until_serving(target: str, ca: Path, server: subprocess.Popen, timeout:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo")
-    parser.add_argument("--adapter", default="bbt-suffix")
-    parser.add_argument("--budget", type=int, default=100)
+    parser.add_argument("--adapter", default="bbt-cue")
+    parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--popsize", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2")
