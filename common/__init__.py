@@ -1,1 +1,1 @@
-"""Pieces both sides share: the wire format and the base error type."""
+"""Pieces both sides share: the wire format, choices, the registry, errors, files and addresses."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from cbpt.common.errors import CbptError
+
 WIRE_DTYPE = np.dtype("<f4")
 
 
-class WireFormatError(ValueError):
+class WireFormatError(CbptError, ValueError):
     """Packed bytes whose length does not match the shape the receiver expects."""
 
 
