@@ -295,7 +295,7 @@ def _summary(run: Run) -> str:
 def build_engine(model: str, prompt_length: int) -> ScoringEngine:
     """The server's default adapters, plus one BBT adapter per dimension variant in TUNED."""
     from cbpt.server.adapters.bbt import BlackBoxTuning
-    from cbpt.server.runtime import build_adapters, embedding_std
+    from cbpt.server.runtime import default_adapters
 
     if model == "tiny":
         from cbpt.server.testing import tiny_bundle
@@ -305,9 +305,9 @@ def build_engine(model: str, prompt_length: int) -> ScoringEngine:
         from cbpt.server.model import load_model
 
         bundle, dimension_scale = load_model(model), 1.0
-    adapters = build_adapters(bundle, bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length)
+    adapters = default_adapters(bundle, bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length)
     placements = {adapter.name: adapter.placement for adapter in adapters}
-    std = embedding_std(bundle)
+    std = bundle.embedding_std
     for tuned in {t for t in TUNED.values() if t.dimension is not None}:
         adapters.append(
             BlackBoxTuning(

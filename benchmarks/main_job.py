@@ -31,7 +31,7 @@ from cbpt.client.tuner import Tuner
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import load_model
-from cbpt.server.runtime import build_adapters
+from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
 from common import ROOT, machine, write_json, write_text
 
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     test = task.load_examples(TEST)
     assert test.labels is not None
     bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
-    warm = ScoringEngine(bundle, build_adapters(bundle))  # one-off start-up costs stay out of every timing
+    warm = ScoringEngine(bundle, default_adapters(bundle))  # one-off start-up costs stay out of every timing
     warm.score(ScoreRequest("bbt", np.zeros((2, 500), np.float32), test.texts[:8], [list(test.choices)]))
     rows = []
     for label, adapter, options in CONFIGURATIONS:
-        engine = ScoringEngine(bundle, build_adapters(bundle), **options)
+        engine = ScoringEngine(bundle, default_adapters(bundle), **options)
         with serve_in_background(engine) as target, TuningClient(target) as client:
             zero = client.predict(
                 "none", np.zeros(0, np.float32), test.texts, test.wire_choices, cue=test.cue

@@ -32,7 +32,7 @@ from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
-from cbpt.server.runtime import build_adapters, embedding_std
+from cbpt.server.runtime import default_adapters
 from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
 from common import (
@@ -68,8 +68,8 @@ def non_embedding_parameters(bundle: ModelBundle) -> int:
 
 
 def build(bundle: ModelBundle, **options) -> ScoringEngine:
-    adapters = build_adapters(bundle)
-    config = GeneratorConfig(bundle.fingerprint, bundle.hidden_size, embedding_std(bundle), domain="bench")
+    adapters = default_adapters(bundle)
+    config = GeneratorConfig(bundle.fingerprint, bundle.hidden_size, bundle.embedding_std, domain="bench")
     adapters.append(CustomizedBlackBoxPrompt(PromptGenerator(config), name="cbp"))
     return ScoringEngine(bundle, adapters, **options)
 

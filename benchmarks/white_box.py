@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicCache
 
-from cbpt.server.engine import leading_special_tokens
-from cbpt.server.kv_cache import encode_left_padded
+from cbpt.server.engine.kv import encode_left_padded, forward_after
+from cbpt.server.engine.prepare import leading_special_tokens
 from cbpt.server.model import ModelBundle
-from cbpt.server.readout import head_logits
+from cbpt.server.engine.readout import head_logits
 
 
 @dataclass(frozen=True)
@@ -94,18 +93,17 @@ class SoftPromptScorer:
         tail = torch.cat([prompt.to(dtype), cue], dim=0)  # [t + cue, hidden]: the same for every row
         embeds = tail.unsqueeze(0).expand(rows, -1, -1)
         new = tail.shape[0]
-        mask = torch.cat([batch.mask, batch.mask.new_ones(rows, new)], dim=1)
         positions = batch.lengths[:, None] + torch.arange(new, device=device)[None, :]
-        # A fresh cache each call: the forward appends to it, and the stored text states stay as they are.
-        cache = DynamicCache(ddp_cache_data=list(batch.layers), config=self.model.config)
-        output = self.backbone(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
+        hidden = forward_after(
+            self.backbone,
+            self.model.config,
+            batch.layers,
+            batch.mask,
+            embeds,
+            batch.mask.new_ones(rows, new),
+            positions,
         )
-        last = output.last_hidden_state[:, -1]
+        last = hidden[:, -1]
         return head_logits(self.head, last, self.choice_ids.expand(rows, -1))
 
     @torch.no_grad()

@@ -1,8 +1,7 @@
-"""Container health probe: asks the server's grpc.health.v1 service over TLS; exit 0 only when SERVING.
+"""Container health probe: asks the server's grpc.health.v1 service; exit 0 only when SERVING.
 
-Uses only grpcio and grpcio-health-checking (installed with the client), so it
-can run in any image that has the cbp-tuning client. Health stays outside API
-key auth, so the probe needs the CA (and a client certificate only under mTLS).
+Runs in the server image (``cbpt.server.probe`` needs the [server] extra's grpcio-health-checking).
+Health stays outside API key auth, so the probe needs the CA (and a client certificate only under mTLS).
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cbpt.server.probe import channel_to, check
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,29 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plaintext", action="store_true", help="no TLS (a loopback dev server)")
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
-
-    if args.plaintext:
-        channel = grpc.insecure_channel(args.target)
-    else:
-        if args.ca is None:
-            print("unhealthy: --ca is required unless --plaintext", file=sys.stderr)
-            return 2
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=args.ca.read_bytes(),
-            private_key=args.key.read_bytes() if args.key else None,
-            certificate_chain=args.cert.read_bytes() if args.cert else None,
-        )
-        channel = grpc.secure_channel(args.target, credentials)
-    with channel:
+    if not args.plaintext and args.ca is None:
+        print("unhealthy: --ca is required unless --plaintext", file=sys.stderr)
+        return 2
+    with channel_to(args.target, None if args.plaintext else args.ca, args.cert, args.key) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
+            status = check(channel, args.service, args.timeout)
         except grpc.RpcError as error:
             print(f"unhealthy: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+    if status != "SERVING":
         print(f"unhealthy: {status}", file=sys.stderr)
         return 1
     print(status)

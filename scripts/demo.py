@@ -14,14 +14,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from cbpt.common.net import free_port
+from cbpt.server.probe import channel_to, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,30 +41,6 @@ def run(*command: str | Path, env: dict[str, str] | None = None, capture: bool =
     if result.returncode != 0:
         raise SystemExit(f"demo: step failed with exit code {result.returncode}: {printable}")
     return result.stdout if capture else ""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_serving(target: str, ca: Path, server: subprocess.Popen, timeout: float) -> None:
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
-    deadline = time.monotonic() + timeout
-    with grpc.secure_channel(target, credentials) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit(f"demo: the server exited with code {server.returncode}; see its log")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service="cbpt.v1.Tuning"), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(1)
-    raise SystemExit(f"demo: the server did not become healthy within {timeout:.0f} s")
 
 
 def main() -> None:
@@ -102,7 +77,8 @@ def main() -> None:
     log = (work / "server.log").open("w")
     server = subprocess.Popen([str(part) for part in serve], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until_serving(target, certs / "ca.pem", server, timeout=300)
+        with channel_to(target, certs / "ca.pem") as channel:
+            wait_until_serving(channel, 300, alive=lambda: server.poll() is None)
         env = os.environ | {"CBPT_API_KEY": api_key, "CBPT_SERVER": target}
         connect = ["--ca-cert", certs / "ca.pem"]
         run(BIN / "cbpt", "info", *connect, env=env)

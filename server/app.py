@@ -15,10 +15,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from cbpt.server.auth import ApiKeyInterceptor, KeyStore
-from cbpt.server.engine import ScoringEngine
+from cbpt.common.net import listen_address
+from cbpt.server.auth import ApiKeyInterceptor
+from cbpt.server.engine.scoring import ScoringEngine
+from cbpt.server.errors import ConfigError
+from cbpt.server.keys import KeyStore
 from cbpt.server.service import SERVICE_NAME, TuningServicer
-from cbpt.server.settings import ConfigError, ServerSettings, read_file
+from cbpt.server.settings import ServerSettings, read_file
 from cbpt.v1 import tuning_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         names = (SERVICE_NAME, health_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    address = _listen_address(settings.host, settings.port)
+    address = listen_address(settings.host, settings.port)
     try:
         if settings.tls:
             port = server.add_secure_port(address, _credentials(settings))
@@ -83,7 +86,7 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
     log.info(
         "server built",
         extra={
-            "address": _listen_address(settings.host, port),
+            "address": listen_address(settings.host, port),
             "tls": settings.tls,
             "mtls": settings.client_ca is not None,
             "auth": settings.api_keys_file is not None,
@@ -91,10 +94,6 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
         },
     )
     return parts
-
-
-def _listen_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
@@ -122,7 +121,7 @@ async def serve(engine: ScoringEngine, settings: ServerSettings) -> None:
     log.info(
         "serving",
         extra={
-            "address": _listen_address(settings.host, parts.port),
+            "address": listen_address(settings.host, parts.port),
             "model_id": info.model_id,
             "fingerprint": info.fingerprint[:16],
         },
@@ -158,7 +157,7 @@ class BackgroundServer:
         host = self.settings.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
-        return _listen_address(host, self.port)
+        return listen_address(host, self.port)
 
     def start(self, timeout: float = 30.0) -> str:
         """Start serving and return the target; raises what building the server raised."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cbpt.server.errors import ServerError
+from cbpt.common.files import write_atomic
+from cbpt.server.errors import CertificateError
 
 VALID_DAYS = 365
-
-
-class CertificateError(ServerError, OSError):
-    """Certificates that cannot be written as asked."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +137,5 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
-    """Create the file with its final mode from the start, so a key is never briefly world-readable."""
-    mode = 0o600 if private else 0o644
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, mode)  # the umask may have narrowed a public certificate's mode
+    """Atomically, with its final mode from the start, so a key is never briefly world-readable."""
+    write_atomic(path, data, mode=0o600 if private else 0o644)

@@ -77,14 +77,11 @@ def _build_engine(settings: ServerSettings):
 
     return build_engine(
         settings.model,
+        specs=settings.adapter_specs(),
         cache_dir=settings.model_cache_dir,
         device=settings.device,
         threads=settings.threads,
         quantize=settings.quantize,
-        bbt_dimension=settings.bbt_dimension,
-        prompt_length=settings.prompt_length,
-        projection_seed=settings.projection_seed,
-        generators=settings.generators,
         limits=settings.limits(),
     )
 
@@ -138,7 +135,7 @@ def serve(
     """Serve the Tuning service until SIGTERM/SIGINT, then drain gracefully."""
     flags = dict(locals())
     from cbpt.server.app import serve as run_server
-    from cbpt.server.auth import KeyStore
+    from cbpt.server.keys import KeyStore
     from cbpt.server.logs import configure_logging
 
     with _one_line_errors():
@@ -179,7 +176,7 @@ def add_key(
     max_concurrent: Annotated[int | None, typer.Option(help="This key's concurrency limit.")] = None,
 ) -> None:
     """Create an API key, store only its hash, and print the key once."""
-    from cbpt.server.auth import add_key as store_key
+    from cbpt.server.keys import add_key as store_key
 
     with _one_line_errors():
         key = store_key(keys_file, name, requests_per_minute, max_concurrent)

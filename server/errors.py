@@ -1,14 +1,23 @@
-"""The server's error hierarchy; service.py maps each class to one gRPC status code."""
+"""The server's errors, all in one place; status.py maps each class to one gRPC status code.
+
+Each is also a built-in (``InvalidRequest`` is a ``ValueError``), as nevergrad does, so callers
+may catch either.
+"""
 
 from __future__ import annotations
 
-from cbpt.common.errors import CbptError
+from cbpt.common.errors import CbptError, CbptWarning
 
 
 class ServerError(CbptError):
     """Base class of errors the server raises on purpose."""
 
 
+class ServerWarning(CbptWarning):
+    """Something the operator should know that does not stop the server."""
+
+
+# -- a request's fault: INVALID_ARGUMENT ----------------------------------------------------------
 class InvalidRequest(ServerError, ValueError):
     """A request that breaks the contract; ``field`` names the offending field."""
 
@@ -25,6 +34,7 @@ class UnknownAdapter(InvalidRequest):
         super().__init__("adapter", f"unknown adapter {name!r}; known: {', '.join(known)}")
 
 
+# -- limits and keys: RESOURCE_EXHAUSTED, UNAUTHENTICATED -----------------------------------------
 class QuotaExceeded(ServerError, RuntimeError):
     """A per-key limit was hit; the client should back off for ``retry_after`` seconds."""
 
@@ -33,9 +43,38 @@ class QuotaExceeded(ServerError, RuntimeError):
         self.retry_after = retry_after
 
 
+class ServerBusy(QuotaExceeded):
+    """The engine's queue is full; the client should retry after ``retry_after`` seconds."""
+
+
 class AuthenticationFailed(ServerError, PermissionError):
     """Missing or unknown API key."""
 
 
+# -- the operator's fault: refused at start-up ----------------------------------------------------
+class ConfigError(ServerError, ValueError):
+    """Settings that cannot be served as given (missing files, unsafe transport)."""
+
+
+class KeyFileError(ServerError, ValueError):
+    """An API keys file that is missing, unreadable or malformed."""
+
+
+class CertificateError(ServerError, OSError):
+    """Certificates that cannot be written as asked."""
+
+
+class ModelLoadError(ServerError, OSError):
+    """The model could not be found or loaded."""
+
+
 class ModelMismatch(ServerError, ValueError):
     """A generator checkpoint built for a different base model."""
+
+
+class GeneratorFormatError(ServerError, ValueError):
+    """A generator folder that is incomplete or inconsistent with its config."""
+
+
+class AdapterSpecError(ServerError, ValueError):
+    """An adapter spec that names an unknown method or settings the method cannot take."""

@@ -17,14 +17,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cbpt.server.errors import QuotaExceeded
+from cbpt.server.engine.types import ScoreRequest, ScoreResult
+from cbpt.server.errors import ServerBusy
 
 if TYPE_CHECKING:  # settings import this module, and must not pull torch in
-    from cbpt.server.engine import ScoreRequest, ScoreResult, ScoringEngine
-
-
-class ServerBusy(QuotaExceeded):
-    """The merge queue is full; the client should retry after ``retry_after`` seconds."""
+    from cbpt.server.engine.scoring import ScoringEngine
 
 
 @dataclass(frozen=True)
@@ -41,12 +38,7 @@ class _Pending:
 
     @property
     def sequences(self) -> int:
-        """Rows the request will run: an estimate good enough for the merge budget."""
-        request = self.request
-        per_text = 1
-        if request.mode == "full_choice":  # ScoringMode.FULL_CHOICE
-            per_text = max((len(options) for options in request.choices), default=1)
-        return max(1, len(request.candidates)) * len(request.texts) * per_text
+        return self.request.sequences
 
 
 class RequestMerger:

@@ -16,12 +16,13 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cbpt.server.errors import ServerError
+from cbpt.server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
 }
 
 
-class ModelLoadError(ServerError, OSError):
-    """The model could not be found or loaded."""
-
-
 @dataclass
 class ModelBundle:
     """A frozen causal LM with its tokenizer and the identity clients bind vectors to."""
@@ -71,6 +68,11 @@ class ModelBundle:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
+
+    @cached_property
+    def embedding_std(self) -> float:
+        """The spread of the word embeddings: the scale random projections and prompts are drawn at."""
+        return float(self.model.get_input_embeddings().weight.float().std())
 
 
 def default_cache_dir() -> Path:

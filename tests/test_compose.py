@@ -69,7 +69,7 @@ def test_healthcheck_speaks_grpc_health_over_tls(compose: dict) -> None:
     assert "--ca=/run/secrets/ca_cert" in test
     assert "--plaintext" not in test
     source = HEALTHCHECK.read_text()
-    assert "grpc_health.v1" in source and "ssl_channel_credentials" in source
+    assert "from cbpt.server.probe import" in source  # grpc.health.v1 over TLS: tests/server/test_server_healthcheck.py
     assert "COPY docker/healthcheck.py /app/docker/healthcheck.py" in DOCKERFILE.read_text()
 
 

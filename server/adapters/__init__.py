@@ -1,10 +1,35 @@
 """Server-side methods that turn a client's vector into soft prompts.
 
-Importing this package registers every built-in method (none, bbt, cbp).
+A new method is one module here, its class decorated with ``@register``, and one spec
+(``AdapterSpec(method=...)``) naming it. The names below load lazily: specs and placements
+import no torch, so settings validate them before the model loads; the built-in methods (none,
+bbt, cbp) register themselves when adapters are first built, or when their modules are imported.
 """
 
-from cbpt.server.adapters import bbt, cbp, none  # noqa: F401  (registration side effect)
-from cbpt.server.adapters.base import Adapter, Placement, random_projection
-from cbpt.server.adapters.registry import ADAPTER_METHODS, adapter_class, register
+from __future__ import annotations
 
-__all__ = ["ADAPTER_METHODS", "Adapter", "Placement", "adapter_class", "random_projection", "register"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Adapter": "cbpt.server.adapters.base",
+    "random_projection": "cbpt.server.adapters.base",
+    "Placement": "cbpt.server.adapters.placement",
+    "ADAPTER_METHODS": "cbpt.server.adapters.registry",
+    "register": "cbpt.server.adapters.registry",
+    "load_builtin_methods": "cbpt.server.adapters.registry",
+    "AdapterSpec": "cbpt.server.adapters.spec",
+    "build_adapters": "cbpt.server.adapters.spec",
+    "default_specs": "cbpt.server.adapters.spec",
+    "generator_specs": "cbpt.server.adapters.spec",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        if name == "ADAPTER_METHODS":
+            module.load_builtin_methods()
+        return getattr(module, name)
+    raise AttributeError(f"module 'cbpt.server.adapters' has no attribute {name!r}")

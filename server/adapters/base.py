@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from enum import Enum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from cbpt.server.adapters.placement import Placement
 
-class Placement(str, Enum):
-    """Where the soft prompt goes among the input embeddings."""
-
-    # Before the input text, as in BBT and the CBP-Tuning paper.
-    PREFIX = "prefix"
-    # After the input text, just before the answer cue: the text's keys and values do not
-    # depend on the candidate, so the engine encodes each text once and reuses it.
-    BEFORE_CUE = "before_cue"
-    # Added to the answer cue's own token embeddings (the last prompt_length of them): nothing is
-    # inserted, so z = 0 is exactly zero-shot, and texts are reused as for BEFORE_CUE.
-    ON_CUE = "on_cue"
+if TYPE_CHECKING:
+    from cbpt.server.adapters.spec import AdapterSpec
+    from cbpt.server.model import ModelBundle
 
 
 class Adapter(ABC):
@@ -51,6 +43,11 @@ class Adapter(ABC):
         self.prompt_length = prompt_length
         self.domain = domain
         self.description = description
+
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: AdapterSpec, bundle: ModelBundle) -> Adapter:
+        """Build this method's adapter on the loaded model, as the operator's spec says."""
 
     @abstractmethod
     def soft_prompts(self, z: torch.Tensor, pooled_inputs: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from cbpt.server.adapters.base import Adapter, Placement, random_projection
 from cbpt.server.adapters.registry import register
+
+if TYPE_CHECKING:
+    from cbpt.server.adapters.spec import AdapterSpec
+    from cbpt.server.model import ModelBundle
 
 
 @register
@@ -35,6 +41,19 @@ class BlackBoxTuning(Adapter):
         super().__init__(name, dimension, prompt_length, description=description, placement=placement)
         self.hidden_size = hidden_size
         self.projection = random_projection(dimension, prompt_length * hidden_size, embedding_std, seed)
+
+    @classmethod
+    def from_spec(cls, spec: AdapterSpec, bundle: ModelBundle) -> BlackBoxTuning:
+        return cls(
+            bundle.hidden_size,
+            bundle.embedding_std,
+            name=spec.name or cls.method,
+            dimension=spec.dimension,
+            prompt_length=spec.prompt_length,
+            seed=spec.seed,
+            placement=spec.placement,
+            description=spec.description,
+        )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> BlackBoxTuning:
         self.projection = self.projection.to(device=device, dtype=dtype)

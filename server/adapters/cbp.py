@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cbpt.server.adapters.base import Adapter
 from cbpt.server.adapters.generator import PromptGenerator
 from cbpt.server.adapters.registry import register
+from cbpt.server.errors import AdapterSpecError
+
+if TYPE_CHECKING:
+    from cbpt.server.adapters.spec import AdapterSpec
+    from cbpt.server.model import ModelBundle
 
 
 @register
@@ -24,6 +30,7 @@ class CustomizedBlackBoxPrompt(Adapter):
             prompt_length=config.prompt_length,
             domain=config.domain,
             description=config.description or "CBP-Tuning prompt generator",
+            placement=config.placement,
         )
         self.generator = generator.eval().requires_grad_(False)
 
@@ -32,6 +39,14 @@ class CustomizedBlackBoxPrompt(Adapter):
         generator = PromptGenerator.load(folder, expected_fingerprint=fingerprint)
         default_name = f"cbp-{generator.config.domain}" if generator.config.domain else "cbp"
         return cls(generator, name=name or default_name)
+
+    @classmethod
+    def from_spec(cls, spec: AdapterSpec, bundle: ModelBundle) -> CustomizedBlackBoxPrompt:
+        if spec.generator is None:
+            raise AdapterSpecError(
+                f"adapter {spec.name or cls.method!r}: method 'cbp' needs a generator folder"
+            )
+        return cls.from_folder(Path(spec.generator), bundle.fingerprint, name=spec.name)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> CustomizedBlackBoxPrompt:
         self.generator.to(device=device, dtype=dtype)

@@ -18,17 +18,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cbpt.server.adapters.base import random_projection
-from cbpt.server.errors import ModelMismatch, ServerError
+from cbpt.server.errors import GeneratorFormatError, ModelMismatch
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "generator.json"
 WEIGHTS_FILE = "generator.safetensors"
-
-
-class GeneratorFormatError(ServerError, ValueError):
-    """A generator folder that is incomplete or inconsistent with its config."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +38,7 @@ class GeneratorConfig:
     projection_seed: int = 0
     domain: str = ""
     description: str = ""
+    placement: str = "prefix"  # a Placement value: where the engine puts the prompt
     format_version: int = FORMAT_VERSION
 
     @classmethod

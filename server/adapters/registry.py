@@ -1,28 +1,31 @@
-"""The registry of adapter methods: a new method is one module and one ``@register`` line."""
+"""The registry of adapter methods: a new method is one module with one ``@register`` line.
+
+Served adapters are then built from specs (spec.py) by method name, so the runtime never names a
+method class.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from cbpt.common.registry import Registry
 
 if TYPE_CHECKING:
     from cbpt.server.adapters.base import Adapter
 
-ADAPTER_METHODS: dict[str, type[Adapter]] = {}
+ADAPTER_METHODS: Registry[type[Adapter]] = Registry("adapter method")
+
+A = TypeVar("A", bound="type[Adapter]")
 
 
-def register(cls: type[Adapter]) -> type[Adapter]:
-    """Add an adapter class under its ``method`` name; a duplicate name is a programming error."""
-    if cls.method in ADAPTER_METHODS:
-        raise ValueError(
-            f"adapter method {cls.method!r} is already registered by {ADAPTER_METHODS[cls.method]}"
-        )
-    ADAPTER_METHODS[cls.method] = cls
+def load_builtin_methods() -> None:
+    """Import the built-in methods (none, bbt, cbp), which registers them; idempotent."""
+    from cbpt.server.adapters import bbt, cbp, none
+
+    del bbt, cbp, none
+
+
+def register(cls: A) -> A:
+    """Add an adapter class under its ``method`` name; a duplicate name fails at import time."""
+    ADAPTER_METHODS.register(cls.method, cls)
     return cls
-
-
-def adapter_class(method: str) -> type[Adapter]:
-    try:
-        return ADAPTER_METHODS[method]
-    except KeyError:
-        known = ", ".join(sorted(ADAPTER_METHODS))
-        raise KeyError(f"unknown adapter method {method!r}; known: {known}") from None

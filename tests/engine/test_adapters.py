@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from cbpt.server.adapters import ADAPTER_METHODS, Adapter, adapter_class, random_projection, register
+from cbpt.common.registry import DuplicateName, UnknownName
+from cbpt.server.adapters import ADAPTER_METHODS, Adapter, AdapterSpec, random_projection, register
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
-from cbpt.server.adapters.generator import GeneratorFormatError, PromptGenerator
-from cbpt.server.errors import ModelMismatch
+from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
+from cbpt.server.adapters.spec import build_adapters
+from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.errors import AdapterSpecError, GeneratorFormatError, ModelMismatch
+from cbpt.server.runtime import served_specs
 from cbpt.server.testing import tiny_bundle, tiny_generator
 
 
@@ -24,10 +29,52 @@ def test_registry_has_builtins_and_refuses_duplicates():
         def soft_prompts(self, z, pooled_inputs):
             raise NotImplementedError
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(DuplicateName, match="already registered"):
         register(Again)
-    with pytest.raises(KeyError, match="known: bbt, cbp, none"):
-        adapter_class("bbtv9")
+    with pytest.raises(UnknownName, match=r"unknown adapter method 'bbtv9'; known: .*bbt.*cbp"):
+        ADAPTER_METHODS["bbtv9"]
+
+
+class _Shift(Adapter):
+    """A throwaway method: one learned-free vector z added onto the cue, nothing else."""
+
+    method = "test-shift"
+
+    @classmethod
+    def from_spec(cls, spec, bundle):
+        return cls(spec.name or cls.method, spec.dimension, 1, placement=spec.placement)
+
+    def soft_prompts(self, z, pooled_inputs):
+        width = pooled_inputs.shape[-1]
+        return torch.nn.functional.pad(z, (0, width - z.shape[-1]))[:, None, :]
+
+
+def test_a_new_method_is_one_class_and_one_spec():
+    """Registered in a test and named by a spec, it is served without touching the runtime."""
+    register(_Shift)
+    try:
+        bundle = tiny_bundle(0)
+        spec = AdapterSpec(method="test-shift", name="shift", placement="on_cue", dimension=4)
+        engine = ScoringEngine(bundle, build_adapters(bundle, served_specs([spec])))
+        assert [a.name for a in engine.info().adapters] == ["shift"]
+        texts, choices = ["Review: fine", "Review: awful"], [" positive", " negative"]
+        zero = engine.score(ScoreRequest("shift", np.zeros((1, 4), np.float32), texts, choices, cue="\nS:"))
+        moved = engine.score(
+            ScoreRequest("shift", np.full((1, 4), 3, np.float32), texts, choices, cue="\nS:")
+        )
+        assert not np.allclose(zero.log_probs, moved.log_probs)
+    finally:
+        ADAPTER_METHODS.unregister("test-shift")
+
+
+def test_specs_name_unknown_methods_and_repeated_names():
+    bundle = tiny_bundle(0)
+    with pytest.raises(AdapterSpecError, match=r"adapters\[1\]: unknown adapter method 'bbtx'; known: "):
+        build_adapters(bundle, [AdapterSpec(method="none"), AdapterSpec(method="bbtx")])
+    with pytest.raises(AdapterSpecError, match="repeated: none"):
+        build_adapters(bundle, [AdapterSpec(method="none"), AdapterSpec(method="none")])
+    with pytest.raises(AdapterSpecError, match="needs a generator folder"):
+        build_adapters(bundle, [AdapterSpec(method="cbp", name="cbp-x")])
 
 
 def test_projection_matches_bbt_scale_and_is_reproducible():
@@ -73,14 +120,23 @@ def test_incomplete_or_inconsistent_generator_is_refused(tmp_path):
         PromptGenerator.load(tmp_path / "gen")
 
 
-def test_z_zero_is_the_domain_prompt():
-    """z0 is learned with G, so z = 0 reproduces the generator's trained prompt."""
-    generator = tiny_generator(tiny_bundle(0), dimension=8, prompt_length=2)
-    pooled = torch.randn(1, generator.config.hidden_size)
+def test_generator_computes_the_papers_formula_on_hand_set_weights():
+    """p = L_U(GeLU(L_D(pooled + A (z0 + z)))), checked against numbers worked out by hand."""
+    config = GeneratorConfig(
+        "f" * 64, hidden_size=2, embedding_std=1.0, bottleneck=1, prompt_length=1, dimension=2
+    )
+    generator = PromptGenerator(config)
     with torch.no_grad():
-        generator.z0.normal_()
-        at_zero = generator(torch.zeros(1, 8), pooled)
-        expected = generator.up(
-            torch.nn.functional.gelu(generator.down(pooled + generator.z0 @ generator.projection))
-        )
-    torch.testing.assert_close(at_zero.reshape(1, -1), expected)
+        generator.projection.copy_(torch.eye(2))
+        generator.z0.copy_(torch.tensor([1.0, 0.0]))
+        generator.down.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        generator.down.bias.zero_()
+        generator.up.weight.copy_(torch.tensor([[1.0], [2.0]]))
+        generator.up.bias.zero_()
+        pooled = torch.tensor([[0.5, -0.5]])
+        # z = 0: L_D(0.5 + 1, -0.5 + 0) = 1.0; GeLU(1.0) = 0.841345
+        at_zero = generator(torch.zeros(1, 2), pooled)
+        # z = (0, 1): L_D(1.5, 0.5) = 2.0; GeLU(2.0) = 1.954500
+        moved = generator(torch.tensor([[0.0, 1.0]]), pooled)
+    torch.testing.assert_close(at_zero, torch.tensor([[[0.841345, 1.682690]]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved, torch.tensor([[[1.954500, 3.909000]]]), atol=1e-5, rtol=0)

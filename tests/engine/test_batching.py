@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cbpt.server.batching import length_sorted_chunks, plan_rows
+from cbpt.server.engine.plan import length_sorted_chunks, plan_rows
 
 
 def test_plan_rows_covers_candidates_examples_and_choices():

@@ -8,7 +8,7 @@ import pytest
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
-from cbpt.server.runtime import build_adapters
+from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle, tiny_generator
 
 TEXTS = [
@@ -24,7 +24,7 @@ CUE = "\nSentiment:"
 @pytest.fixture(scope="module")
 def engine() -> ScoringEngine:
     bundle = tiny_bundle(3)
-    adapters = build_adapters(bundle, bbt_dimension=8, prompt_length=3)
+    adapters = default_adapters(bundle, bbt_dimension=8, prompt_length=3)
     adapters.append(CustomizedBlackBoxPrompt(tiny_generator(bundle, dimension=8, prompt_length=3)))
     return ScoringEngine(bundle, adapters, batch_sequences=7)
 
@@ -34,11 +34,11 @@ def _requests(adapter: str, mode: ScoringMode = ScoringMode.FIRST_TOKEN) -> list
     dimension = 0 if adapter == "none" else 8
     return [
         ScoreRequest(adapter, rng.standard_normal((3, dimension)).astype(np.float32), TEXTS[:3],
-                     [[" yes", " no"]], mode, CUE, scope="alice"),
+                     [" yes", " no"], mode, CUE, scope="alice"),
         ScoreRequest(adapter, rng.standard_normal((1, dimension)).astype(np.float32), TEXTS[2:],
                      [[" a", " b", " c"], [" b"], [" c", " maybe not"]], mode, CUE, scope="bob"),
         ScoreRequest(adapter, rng.standard_normal((2, dimension)).astype(np.float32), TEXTS,
-                     [[" positive", " negative", " neutral"]], mode, CUE, scope="alice"),
+                     [" positive", " negative", " neutral"], mode, CUE, scope="alice"),
     ]  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def test_merged_scores_equal_unmerged(engine, adapter, mode):
     requests = _requests(adapter, mode)
     if mode is ScoringMode.FIRST_TOKEN:  # " maybe not" shares no first token with " c" only in full mode
         requests[1] = ScoreRequest(
-            adapter, requests[1].candidates, TEXTS[2:], [[" a", " b"]], mode, CUE, scope="bob"
+            adapter, requests[1].candidates, TEXTS[2:], [" a", " b"], mode, CUE, scope="bob"
         )
     alone = [engine.score(request) for request in requests]
     merged = engine.score_many(requests)
@@ -61,9 +61,9 @@ def test_merged_scores_equal_unmerged(engine, adapter, mode):
 
 def test_a_bad_request_fails_alone_and_different_cues_are_grouped_apart(engine):
     good = _requests("bbt-suffix")
-    other_cue = ScoreRequest("bbt-cue", good[0].candidates, TEXTS[:2], [[" yes", " no"]], cue="\nAnswer:")
-    wrong_length = ScoreRequest("bbt", np.zeros((1, 5), np.float32), TEXTS[:1], [[" yes", " no"]])
-    unknown = ScoreRequest("nope", np.zeros((1, 8), np.float32), TEXTS[:1], [[" yes", " no"]])
+    other_cue = ScoreRequest("bbt-cue", good[0].candidates, TEXTS[:2], [" yes", " no"], cue="\nAnswer:")
+    wrong_length = ScoreRequest("bbt", np.zeros((1, 5), np.float32), TEXTS[:1], [" yes", " no"])
+    unknown = ScoreRequest("nope", np.zeros((1, 8), np.float32), TEXTS[:1], [" yes", " no"])
     outcomes = engine.score_many([good[0], wrong_length, other_cue, unknown, good[2]])
     assert isinstance(outcomes[1], InvalidRequest) and outcomes[1].field == "dimension"
     assert isinstance(outcomes[3], UnknownAdapter)

@@ -7,7 +7,6 @@ import pytest
 
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
-from cbpt.server.runtime import embedding_std
 from cbpt.server.testing import tiny_bundle
 
 TEXTS = ["Review: fine", "Review: a much longer review that needs padding in a batch", "Review: bad", "x"]
@@ -15,7 +14,7 @@ TEXTS = ["Review: fine", "Review: a much longer review that needs padding in a b
 
 def _engine(bos: bool, **options) -> ScoringEngine:
     bundle = tiny_bundle(0, bos=bos)
-    adapter = BlackBoxTuning(bundle.hidden_size, embedding_std(bundle), dimension=8, prompt_length=3)
+    adapter = BlackBoxTuning(bundle.hidden_size, bundle.embedding_std, dimension=8, prompt_length=3)
     return ScoringEngine(bundle, [adapter], **options)
 
 
@@ -23,9 +22,7 @@ def _engine(bos: bool, **options) -> ScoringEngine:
 @pytest.mark.parametrize("mode", [ScoringMode.FIRST_TOKEN, ScoringMode.FULL_CHOICE])
 def test_reused_prefix_states_equal_the_flat_path(bos, mode):
     candidates = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32) * 2
-    choices = (
-        [[" positive", " negative"]] if mode is ScoringMode.FIRST_TOKEN else [[" yes", " no way at all"]]
-    )
+    choices = [" positive", " negative"] if mode is ScoringMode.FIRST_TOKEN else [" yes", " no way at all"]
     request = ScoreRequest("bbt", candidates, TEXTS, choices, mode, cue="\nSentiment:")
     reused = _engine(bos, batch_sequences=3).score(request)
     flat = _engine(bos, reuse_prefix_states=False).score(request)
@@ -39,7 +36,7 @@ def test_reused_prefix_states_equal_the_flat_path(bos, mode):
 def test_candidates_keep_their_own_prefix():
     engine = _engine(False)
     candidates = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
-    together = engine.score(ScoreRequest("bbt", candidates, TEXTS, [[" a", " b"]])).log_probs
+    together = engine.score(ScoreRequest("bbt", candidates, TEXTS, [" a", " b"])).log_probs
     for i in range(3):
-        alone = engine.score(ScoreRequest("bbt", candidates[i : i + 1], TEXTS, [[" a", " b"]])).log_probs
+        alone = engine.score(ScoreRequest("bbt", candidates[i : i + 1], TEXTS, [" a", " b"])).log_probs
         np.testing.assert_allclose(together[i], alone[0], atol=1e-4)

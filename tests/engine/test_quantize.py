@@ -15,7 +15,7 @@ TEXTS = ["Review: great movie", "Review: bad", "Review: a much longer review tha
 
 def test_int8_engine_scores_close_to_fp32():
     request = ScoreRequest("bbt", np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32),
-                           TEXTS, [[" positive", " negative"]], cue="\nSentiment:")  # fmt: skip
+                           TEXTS, [" positive", " negative"], cue="\nSentiment:")  # fmt: skip
     fp32 = tiny_engine(with_cbp=False).score(request).log_probs
     engine = tiny_engine(with_cbp=False)
     quantize_int8(engine.bundle.model)

@@ -24,11 +24,11 @@ def test_sentiment_choices_are_single_tokens_with_finite_normalised_log_probs(re
     assert tokenizer(" positive", add_special_tokens=False)["input_ids"] == [2731]
     texts = ["Review: an utterly delightful film.\nSentiment:", "Review: a boring, painful mess.\nSentiment:"]
     candidates = np.random.default_rng(0).standard_normal((2, 500)).astype(np.float32)
-    result = real_engine.score(ScoreRequest("bbt", candidates, texts, [[" negative", " positive"]]))
+    result = real_engine.score(ScoreRequest("bbt", candidates, texts, [" negative", " positive"]))
     assert np.isfinite(result.log_probs).all()
     np.testing.assert_allclose(np.exp(result.log_probs).sum(-1), 1.0, atol=1e-5)
     zero_shot = real_engine.score(
-        ScoreRequest("none", np.zeros((1, 0), np.float32), texts, [[" negative", " positive"]])
+        ScoreRequest("none", np.zeros((1, 0), np.float32), texts, [" negative", " positive"])
     )
     assert zero_shot.log_probs[0, 0].argmax() == 1 and zero_shot.log_probs[0, 1].argmax() == 0
 
@@ -38,7 +38,7 @@ def test_real_model_padding_invariance(real_engine):
         "Tweet: ok\nSentiment:",
         "Tweet: this is a considerably longer tweet about cars and phones\nSentiment:",
     ]
-    choices = [[" negative", " neutral", " positive"]]
+    choices = [" negative", " neutral", " positive"]
     candidates = np.random.default_rng(1).standard_normal((2, 500)).astype(np.float32)
     batched = real_engine.score(ScoreRequest("bbt", candidates, texts, choices)).log_probs
     for i in range(2):

@@ -8,19 +8,18 @@ import pytest
 from cbpt.server.adapters import Placement
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
-from cbpt.server.kv_cache import KVState, TextStateCache
-from cbpt.server.runtime import embedding_std
+from cbpt.server.engine.kv import KVState, TextStateCache
 from cbpt.server.testing import tiny_bundle
 
 TEXTS = ["Tweet: fine", "Tweet: a much longer tweet that needs padding in a batch", "Tweet: bad", "x"]
-CHOICES = [[" positive", " negative", " neutral"]]
+CHOICES = [" positive", " negative", " neutral"]
 
 
 def _engine(bos: bool = False, **options) -> ScoringEngine:
     bundle = tiny_bundle(0, bos=bos)
     adapter = BlackBoxTuning(
         bundle.hidden_size,
-        embedding_std(bundle),
+        bundle.embedding_std,
         name="cue",
         dimension=8,
         prompt_length=3,
@@ -33,7 +32,7 @@ def _engine(bos: bool = False, **options) -> ScoringEngine:
 @pytest.mark.parametrize("mode", [ScoringMode.FIRST_TOKEN, ScoringMode.FULL_CHOICE])
 def test_reused_text_states_equal_the_uncached_path(bos, mode):
     candidates = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32) * 2
-    choices = CHOICES if mode is ScoringMode.FIRST_TOKEN else [[" yes", " no way", " maybe not at all"]]
+    choices = CHOICES if mode is ScoringMode.FIRST_TOKEN else [" yes", " no way", " maybe not at all"]
     request = ScoreRequest("cue", candidates, TEXTS, choices, mode, cue="\nSentiment:")
     cached = _engine(bos, batch_sequences=4).score(request)
     uncached = _engine(bos, reuse_text_states=False).score(request)
@@ -111,7 +110,7 @@ def _on_cue_engine(**options) -> ScoringEngine:
     bundle = tiny_bundle(0)
     adapter = BlackBoxTuning(
         bundle.hidden_size,
-        embedding_std(bundle),
+        bundle.embedding_std,
         name="on-cue",
         dimension=8,
         prompt_length=2,
@@ -139,7 +138,7 @@ def test_on_cue_at_z_zero_is_exactly_zero_shot():
 @pytest.mark.parametrize("cue", ["\nSentiment:", ":"])  # a cue shorter than the prompt perturbs all of it
 def test_on_cue_reuse_equals_uncached_and_single_sequences(mode, cue):
     candidates = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
-    choices = CHOICES if mode is ScoringMode.FIRST_TOKEN else [[" yes", " no way"]]
+    choices = CHOICES if mode is ScoringMode.FIRST_TOKEN else [" yes", " no way"]
     request = ScoreRequest("on-cue", candidates, TEXTS, choices, mode, cue=cue)
     cached = _on_cue_engine(batch_sequences=4).score(request).log_probs
     uncached_engine = _on_cue_engine(reuse_text_states=False)

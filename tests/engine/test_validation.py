@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cbpt.common.choices import Choices
 from cbpt.server.engine import ScoreRequest, ScoringMode
+from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
-from cbpt.server.limits import Limits
 from cbpt.server.testing import tiny_engine
 
 OK_TEXTS = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"]
-OK_CHOICES = [[" positive", " negative"]]
+OK_CHOICES = [" positive", " negative"]
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +47,14 @@ def z(n=1, dim=16):
         ({"texts": ["ok", "  "]}, "texts[1]", "empty"),
         ({"texts": ["x" * 201]}, "texts[0]", "201 characters"),
         ({"texts": ["word " * 39]}, "texts[0]", "tokens exceed"),
-        ({"choices": [[]]}, "shared_choices", "at least one"),
-        ({"choices": [[" a", " b", " c", " d"]]}, "shared_choices", "limit of 3"),
-        ({"choices": [[" a", ""]]}, "shared_choices[1]", "empty choice"),
+        ({"choices": Choices.shared_by_all([])}, "shared_choices", "at least one"),
+        ({"choices": [" a", " b", " c", " d"]}, "shared_choices", "limit of 3"),
+        ({"choices": [" a", ""]}, "shared_choices[1]", "empty choice"),
         ({"choices": [[" a"], [" b"], [" c"]]}, "example_choices", "3 choice lists for 2 texts"),
         ({"choices": [[" a"], [" b", ""]]}, "example_choices[1][1]", "empty choice"),
-        ({"choices": [[" positive", " positively"]]}, "shared_choices", "share their first token"),
-        ({"choices": [[" a very long choice string here"]]}, "shared_choices[0]", "tokens exceed"),
+        ({"choices": [" positive", " positively"]}, "shared_choices", "share their first token"),
+        ({"choices": [" a very long choice string here"]}, "shared_choices[0]", "tokens exceed"),
+        ({"texts": ["one"], "choices": [[" a", ""]]}, "example_choices[0][1]", "empty choice"),
         ({"candidates": z(4), "texts": ["a", "b", "c"]}, "num_candidates", "exceeds the limit of 8"),
     ],
 )
@@ -69,7 +71,7 @@ def test_invalid_requests_name_the_field(engine, request_kwargs, field, fragment
 
 def test_full_choice_mode_counts_choices_in_sequences(engine):
     with pytest.raises(InvalidRequest, match="exceeds the limit of 8"):
-        engine.score(ScoreRequest("bbt", z(2), OK_TEXTS, [[" a", " b", " c"]], ScoringMode.FULL_CHOICE))
+        engine.score(ScoreRequest("bbt", z(2), OK_TEXTS, [" a", " b", " c"], ScoringMode.FULL_CHOICE))
 
 
 def test_unknown_adapter_lists_known_ones(engine):

@@ -31,7 +31,7 @@ def test_grpc_scores_equal_in_process_scores(real_engine, target, adapter):
     candidates = np.random.default_rng(0).standard_normal((3, dimension)).astype(np.float32)
     with TuningClient(target) as client:
         remote = client.evaluate(adapter, candidates, TEXTS, CHOICES, cue="\nSentiment:")
-    local = real_engine.score(ScoreRequest(adapter, candidates, TEXTS, [CHOICES], cue="\nSentiment:"))
+    local = real_engine.score(ScoreRequest(adapter, candidates, TEXTS, CHOICES, cue="\nSentiment:"))
     np.testing.assert_allclose(remote, local.log_probs, atol=1e-5)
     assert np.isfinite(remote).all()
     np.testing.assert_allclose(np.exp(remote).sum(-1), 1.0, atol=1e-5)

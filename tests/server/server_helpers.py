@@ -14,8 +14,8 @@ from grpc_status import rpc_status
 
 from cbpt.common.wire import pack_floats
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoreResult, ScoringEngine
+from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import InvalidRequest
-from cbpt.server.limits import Limits
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2
 

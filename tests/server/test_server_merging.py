@@ -83,7 +83,7 @@ def test_full_queue_is_refused_with_a_retry_delay(engine: ScoringEngine) -> None
 
 def _score_requests(count: int) -> list[ScoreRequest]:
     z = np.random.default_rng(0).standard_normal((count, 16)).astype(np.float32)
-    return [ScoreRequest("bbt", z[i : i + 1], TEXTS, [[" yes", " no"]]) for i in range(count)]
+    return [ScoreRequest("bbt", z[i : i + 1], TEXTS, [" yes", " no"]) for i in range(count)]
 
 
 @pytest.mark.parametrize(("max_sequences", "expected_calls"), [(4096, 1), (4, 2), (1, 4)])
@@ -105,7 +105,7 @@ def test_merge_budget_bounds_each_engine_call(engine, max_sequences, expected_ca
 
 
 def test_a_bad_request_fails_alone(engine) -> None:
-    bad = ScoreRequest("bbt", np.zeros((1, 3), np.float32), TEXTS, [[" yes", " no"]])
+    bad = ScoreRequest("bbt", np.zeros((1, 3), np.float32), TEXTS, [" yes", " no"])
 
     async def run() -> list:
         with ThreadPoolExecutor(1) as executor:

@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cbpt.client.sdk import TuningClient
+from cbpt.common.net import free_port
+from cbpt.server.probe import wait_until_serving
 from cbpt.server.testing import tiny_bundle
 
 SECRET_TEXT = "Review: my neighbour Zebulon Quartermaine owes me 4711 dollars"
 SECRET_CHOICE = " xylophonic"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_serving(target: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert server.poll() is None, "server exited early"
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.5)
-    raise AssertionError("server did not become healthy")
 
 
 def _files(root: Path) -> set[Path]:
@@ -59,14 +38,15 @@ def test_serving_writes_no_file_and_logs_no_text(tmp_path):
         "CBPT_CACHE_DIR": str(watched / "cache"),
         "HF_HOME": str(watched / "cache" / "hf"),
     }
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "cbpt.server.cli", "serve", "--model", str(model_dir), "--insecure",
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "DEBUG"]  # fmt: skip
     server = subprocess.Popen(
         command, cwd=watched / "cwd", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        _wait_serving(f"127.0.0.1:{port}", server)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_until_serving(channel, 120, service="", alive=lambda: server.poll() is None)
         with TuningClient(f"127.0.0.1:{port}") as client:
             dimension = client.info().adapter("bbt-suffix").dimension
             candidates = np.random.default_rng(0).standard_normal((2, dimension)).astype(np.float32)

@@ -39,7 +39,7 @@ class ExplodingEngine:
 
     def score_many(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         request = requests[0]
-        raise RuntimeError(f"tokenizer exploded on {request.texts[0]!r} / {request.choices[0][0]!r}")
+        raise RuntimeError(f"tokenizer exploded on {request.texts[0]!r} / {request.choices.lists[0][0]!r}")
 
 
 @pytest.fixture

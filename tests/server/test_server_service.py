@@ -101,9 +101,7 @@ def test_cue_reaches_the_engine(stub: tuning_pb2_grpc.TuningStub, engine: Scorin
     texts = ["Review: a funny film", "Review: far too long"]
     with_cue = stub.Evaluate(evaluate_request(z, texts=texts, cue="\nSentiment:"), timeout=20)
     without = stub.Evaluate(evaluate_request(z, texts=texts), timeout=20)
-    direct = engine.score(
-        ScoreRequest("bbt", z, texts, [CHOICES], ScoringMode.FIRST_TOKEN, cue="\nSentiment:")
-    )
+    direct = engine.score(ScoreRequest("bbt", z, texts, CHOICES, ScoringMode.FIRST_TOKEN, cue="\nSentiment:"))
     scores = unpack_floats(with_cue.log_probs, (2, 2, 2), "log_probs")
     np.testing.assert_allclose(scores, direct.log_probs, rtol=1e-5, atol=1e-6)
     assert with_cue.log_probs != without.log_probs

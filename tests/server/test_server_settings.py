@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cbpt.server.limits import Limits
-from cbpt.server.settings import ConfigError, ServerSettings, is_loopback
+from cbpt.common.net import is_loopback_host as is_loopback
+from cbpt.server.engine.limits import Limits
+from cbpt.server.errors import ConfigError
+from cbpt.server.settings import ServerSettings
 
 
 @pytest.fixture(autouse=True)

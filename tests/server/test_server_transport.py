@@ -10,10 +10,11 @@ import pytest
 from server_helpers import call_fails, evaluate_request, plain_settings, tls_channel
 
 from cbpt.server.app import BackgroundServer, serve_in_background
-from cbpt.server.auth import add_key
 from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.settings import ConfigError, ServerSettings
+from cbpt.server.errors import ConfigError
+from cbpt.server.keys import add_key
+from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 INFO = tuning_pb2.GetServerInfoRequest()

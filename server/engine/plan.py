@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cbpt.server.engine.prepare import Prepared
 
 
 @dataclass
@@ -67,3 +71,29 @@ def length_sorted_chunks(
     if current:
         chunks.append(current)
     return chunks
+
+
+def plan_group(
+    group: list[Prepared], after_text: bool, full: bool
+) -> tuple[list[tuple[int, int]], list[Row]]:
+    """Every request's rows with group-wide indices (requests laid end to end), and each request's
+    first (candidate, example) index: what the scores are written back by.
+
+    What a row runs after its cached or flat part: the text only when it comes after the prompt
+    (prefix placement), then the cue (and, in full-choice mode, one choice).
+    """
+    offsets: list[tuple[int, int]] = []
+    rows: list[Row] = []
+    first_candidate = first_example = 0
+    for owner, prepared in enumerate(group):
+        encoded = prepared.encoded
+        tails = [(() if after_text else text) + encoded.cue for text in encoded.texts]
+        for row in plan_rows(len(prepared.candidates), tails, encoded.choices if full else None):
+            row.candidate += first_candidate
+            row.example += first_example
+            row.owner = owner
+            rows.append(row)
+        offsets.append((first_candidate, first_example))
+        first_candidate += len(prepared.candidates)
+        first_example += len(encoded.texts)
+    return offsets, rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cbpt.server.batching import Row
+from cbpt.server.engine.plan import Row
 
 
 def head_logits(head: torch.nn.Module, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cbpt.common.choices import Choices
 from cbpt.server.adapters import Adapter
+from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import InvalidRequest
-from cbpt.server.limits import Limits
 
 
 def check_candidates(candidates: np.ndarray, adapter: Adapter, limits: Limits) -> np.ndarray:
@@ -51,33 +52,27 @@ def check_texts(texts: Sequence[str], limits: Limits) -> None:
             )
 
 
-def expand_choices(
-    choices: Sequence[Sequence[str]], num_texts: int, limits: Limits
-) -> tuple[list[list[str]], str]:
-    """Return one choice list per text and the field prefix to name in errors."""
-    if len(choices) == 1:
-        lists, field = [list(choices[0])] * num_texts, "shared_choices"
-        _check_choice_list(lists[0], field, limits)
-        return lists, field
-    if len(choices) != num_texts:
+def check_cue(cue: str, limits: Limits) -> None:
+    if len(cue) > limits.max_text_chars:
+        raise InvalidRequest("cue", f"{len(cue)} characters exceed the limit of {limits.max_text_chars}")
+
+
+def check_choices(choices: Choices, num_texts: int, limits: Limits) -> None:
+    """One shared list, or exactly one list per text, each within the limits."""
+    if not choices.shared and len(choices.lists) != num_texts:
         raise InvalidRequest(
             "example_choices",
-            f"{len(choices)} choice lists for {num_texts} texts; give one shared list or one per text",
+            f"{len(choices.lists)} choice lists for {num_texts} texts; give one shared list or one per text",
         )
-    lists = [list(options) for options in choices]
-    for index, options in enumerate(lists):
-        _check_choice_list(options, f"example_choices[{index}]", limits)
-    return lists, "example_choices"
-
-
-def _check_choice_list(options: list[str], field: str, limits: Limits) -> None:
-    if len(options) == 0:
-        raise InvalidRequest(field, "at least one choice is required")
-    if len(options) > limits.max_choices:
-        raise InvalidRequest(field, f"{len(options)} choices exceed the limit of {limits.max_choices}")
-    for index, option in enumerate(options):
-        if not option:
-            raise InvalidRequest(f"{field}[{index}]", "empty choice string")
+    for index, options in enumerate(choices.lists):
+        field = choices.field_of(index)
+        if len(options) == 0:
+            raise InvalidRequest(field, "at least one choice is required")
+        if len(options) > limits.max_choices:
+            raise InvalidRequest(field, f"{len(options)} choices exceed the limit of {limits.max_choices}")
+        for position, option in enumerate(options):
+            if not option:
+                raise InvalidRequest(f"{field}[{position}]", "empty choice string")
 
 
 def check_sequences(count: int, limits: Limits) -> None:

@@ -1,0 +1,37 @@
+"""The scoring engine: knows nothing of gRPC, so gRPC, training, benchmarks and Ray Serve share it.
+
+    types        requests and results (torch-free: importing them loads no model)
+    limits       what one request may ask for
+    validation   checks against the adapter and the limits, naming the field
+    prepare      tokenising (cached) into a request ready to share forward passes
+    plan         one row per (candidate, example[, choice]); length-sorted chunks
+    strategies   how a chunk runs: full sequence | per-candidate prefix states | per-text states
+    kv           keys/values of cached sequences, and the forward over them (with or without grad)
+    readout      the choice-token logits only
+    scoring      ScoringEngine, tying them together
+
+The names below load lazily, so ``cbpt.server.engine.types`` stays importable without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ScoringEngine": "cbpt.server.engine.scoring",
+    "leading_special_tokens": "cbpt.server.engine.prepare",
+    "ScoreRequest": "cbpt.server.engine.types",
+    "ScoreResult": "cbpt.server.engine.types",
+    "ScoringMode": "cbpt.server.engine.types",
+    "EngineInfo": "cbpt.server.engine.types",
+    "AdapterDescription": "cbpt.server.engine.types",
+    "Limits": "cbpt.server.engine.limits",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cbpt.server.engine' has no attribute {name!r}")

@@ -1,0 +1,164 @@
+"""Keys and values of cached sequences, and the one forward pass that runs after them.
+
+With the soft prompt placed after the input text, the text's keys and values do not depend on
+the candidate, so each text is encoded once and reused by every candidate of every generation;
+with an input-independent prefix prompt (BBT), each candidate's prompt is encoded once and reused
+by all its examples. ``forward_after`` runs new positions after such states; it is plain autograd
+code, so serving runs it under ``inference_mode`` and generator training with gradients.
+
+The text-state cache lives only in memory, is scoped to one API key (keys never share entries),
+and evicts least recently used entries once a scope's byte budget or the number of scopes is
+exceeded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+Layers = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class KVState:
+    """Per-layer keys and values [kv_heads, length, head_dim] of one token sequence (a text, or a
+    candidate's [bos][soft prompt] prefix), without padding."""
+
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    @property
+    def length(self) -> int:
+        return int(self.layers[0][0].shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
+
+def cache_layers(output: Any) -> Layers:
+    """Per-layer (keys, values) [batch, kv_heads, width, head_dim] of a forward run with use_cache."""
+    return [(layer.keys, layer.values) for layer in output.cache.layers]
+
+
+def encode_left_padded(
+    backbone: torch.nn.Module, sequences: Sequence[tuple[int, ...]], pad_id: int, device: torch.device
+) -> tuple[Layers, torch.Tensor]:
+    """One left-padded pass over token sequences: per-layer (keys, values) [batch, kv_heads, width, head_dim]
+    and the attention mask [batch, width]."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for index, sequence in enumerate(sequences):
+        ids[index, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+        mask[index, width - len(sequence) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    output = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    return cache_layers(output), mask
+
+
+def split_states(layers: Layers, mask: torch.Tensor) -> list[KVState]:
+    """One unpadded KVState per row of a left-padded batch (copies, so the batch can be freed)."""
+    width = mask.shape[1]
+    lengths = mask.sum(-1).tolist()
+    return [
+        KVState(tuple((k[i, :, width - n :].clone(), v[i, :, width - n :].clone()) for k, v in layers))
+        for i, n in enumerate(lengths)
+    ]
+
+
+def stack_left_padded(states: Sequence[KVState], width: int) -> tuple[Layers, torch.Tensor]:
+    """Per-layer keys/values [rows, kv_heads, width, head_dim] of several states, left-padded, and the mask."""
+    first = states[0].layers[0][0]
+    mask = torch.zeros((len(states), width), dtype=torch.long)
+    for index, state in enumerate(states):
+        mask[index, width - state.length :] = 1
+    layers: Layers = []
+    for layer in range(len(states[0].layers)):
+        stacked = []
+        for part in (0, 1):
+            heads, _, dim = first.shape
+            out = states[0].layers[layer][part].new_zeros(len(states), heads, width, dim)
+            for index, state in enumerate(states):
+                out[index, :, width - state.length :] = state.layers[layer][part]
+            stacked.append(out)
+        layers.append((stacked[0], stacked[1]))
+    return layers, mask
+
+
+def forward_after(
+    backbone: torch.nn.Module,
+    config: Any,
+    past: Layers,
+    past_mask: torch.Tensor,
+    embeds: torch.Tensor,
+    new_mask: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Last hidden states [rows, new, hidden] of ``embeds`` run after cached keys/values ``past``.
+
+    ``past_mask`` [rows, past] marks real cached positions (left padding), ``new_mask`` [rows, new]
+    the real new ones (right padding), ``positions`` [rows, new] their position ids. A fresh cache
+    object each call: the forward appends to it, and the stored states stay as they are.
+    """
+    cache = DynamicCache(ddp_cache_data=list(past), config=config)
+    mask = torch.cat([past_mask.to(new_mask.device), new_mask], dim=1)
+    output = backbone(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+    )
+    return output.last_hidden_state
+
+
+class TextStateCache:
+    def __init__(self, max_bytes_per_scope: int = 256 << 20, max_scopes: int = 8) -> None:
+        self.max_bytes_per_scope = max_bytes_per_scope
+        self.max_scopes = max_scopes
+        self._scopes: OrderedDict[str, OrderedDict[tuple[int, ...], KVState]] = OrderedDict()
+        self._bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, scope: str, tokens: tuple[int, ...]) -> KVState | None:
+        with self._lock:
+            entries = self._scopes.get(scope)
+            if entries is None or tokens not in entries:
+                return None
+            self._scopes.move_to_end(scope)
+            entries.move_to_end(tokens)
+            return entries[tokens]
+
+    def put(self, scope: str, tokens: tuple[int, ...], state: KVState) -> None:
+        if state.nbytes > self.max_bytes_per_scope:
+            return
+        with self._lock:
+            entries = self._scopes.setdefault(scope, OrderedDict())
+            self._scopes.move_to_end(scope)
+            if tokens in entries:
+                self._bytes[scope] -= entries.pop(tokens).nbytes
+            entries[tokens] = state
+            self._bytes[scope] = self._bytes.get(scope, 0) + state.nbytes
+            while self._bytes[scope] > self.max_bytes_per_scope:
+                _, evicted = entries.popitem(last=False)
+                self._bytes[scope] -= evicted.nbytes
+            while len(self._scopes) > self.max_scopes:
+                dropped, _ = self._scopes.popitem(last=False)
+                del self._bytes[dropped]
+
+    def drop(self, scope: str) -> None:
+        """Forget everything cached for one key (its session ended)."""
+        with self._lock:
+            self._scopes.pop(scope, None)
+            self._bytes.pop(scope, None)
+
+    def scope_bytes(self, scope: str) -> int:
+        with self._lock:
+            return self._bytes.get(scope, 0)
+
+    def scope_entries(self, scope: str) -> int:
+        with self._lock:
+            return len(self._scopes.get(scope, ()))

@@ -1,0 +1,140 @@
+"""Request preparation: validate, then tokenise (through a bounded cache) into a ``Prepared`` request.
+
+A prepared request is what the strategies run: token ids of each text, the cue and the choices,
+with the candidates validated. Nothing here ever reaches disk.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.engine.limits import Limits
+from cbpt.server.engine.types import ScoreRequest, ScoringMode
+from cbpt.server.engine.validation import (
+    check_candidates,
+    check_choices,
+    check_cue,
+    check_sequences,
+    check_texts,
+)
+from cbpt.server.errors import InvalidRequest, UnknownAdapter
+
+Tokens = tuple[int, ...]
+
+
+class TokenCache:
+    """Bounded in-memory tokenisation cache, least recently used out first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Tokens] = OrderedDict()
+
+    def get(self, text: str) -> Tokens | None:
+        tokens = self._items.get(text)
+        if tokens is not None:
+            self._items.move_to_end(text)
+        return tokens
+
+    def put(self, text: str, tokens: Tokens) -> None:
+        self._items[text] = tokens
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+
+@dataclass
+class Encoded:
+    texts: list[Tokens]
+    cue: Tokens
+    choices: list[list[Tokens]]  # one list per text (a shared list is encoded once and repeated)
+
+
+@dataclass
+class Prepared:
+    """A validated, tokenised request, ready to share forward passes with others like it."""
+
+    adapter: Adapter
+    candidates: np.ndarray
+    encoded: Encoded
+    mode: ScoringMode
+    scope: str
+    choice_counts: tuple[int, ...]
+
+    @property
+    def group_key(self) -> tuple[str, ScoringMode, Tokens]:
+        """Requests with equal keys share chunks: same adapter, mode and cue."""
+        return self.adapter.name, self.mode, self.encoded.cue
+
+
+def leading_special_tokens(tokenizer: Any) -> Tokens:
+    """What the tokenizer puts before any text: BOS for Llama-2 style models, nothing for SmolLM2."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if with_special[len(with_special) - len(plain) :] != plain:
+        return ()
+    return tuple(with_special[: len(with_special) - len(plain)])
+
+
+class Preparer:
+    """Validates requests against the served adapters and limits, and tokenises them."""
+
+    def __init__(self, tokenizer: Any, adapters: dict[str, Adapter], limits: Limits, cache_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.adapters = adapters
+        self.limits = limits
+        self._cache = TokenCache(cache_size)
+
+    def __call__(self, request: ScoreRequest) -> Prepared:
+        """Raises InvalidRequest naming the field."""
+        adapter = self.adapters.get(request.adapter)
+        if adapter is None:
+            raise UnknownAdapter(request.adapter, list(self.adapters))
+        limits = self.limits
+        candidates = check_candidates(request.candidates, adapter, limits)
+        check_texts(request.texts, limits)
+        check_cue(request.cue, limits)
+        check_choices(request.choices, len(request.texts), limits)
+        mode = ScoringMode(request.mode)
+        check_sequences(request.sequences, limits)
+        if adapter.placement is Placement.ON_CUE and not request.cue:
+            raise InvalidRequest(
+                "cue", f"adapter {adapter.name!r} adds its prompt onto the answer cue; give one"
+            )
+        encoded = self._encode(request, mode)
+        counts = tuple(request.choices.counts(len(request.texts)))
+        return Prepared(adapter, candidates, encoded, mode, request.scope, counts)
+
+    def tokens(self, text: str, field: str, limit: int, allow_empty: bool = False) -> Tokens:
+        tokens = self._cache.get(text)
+        if tokens is None:
+            tokens = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._cache.put(text, tokens)
+        if not tokens and not allow_empty:
+            raise InvalidRequest(field, "encodes to no tokens")
+        if len(tokens) > limit:
+            raise InvalidRequest(field, f"{len(tokens)} tokens exceed the limit of {limit}")
+        return tokens
+
+    def _encode(self, request: ScoreRequest, mode: ScoringMode) -> Encoded:
+        limits = self.limits
+        texts = [self.tokens(t, f"texts[{i}]", limits.max_text_tokens) for i, t in enumerate(request.texts)]
+        cue = self.tokens(request.cue, "cue", limits.max_text_tokens, allow_empty=True) if request.cue else ()
+        choices = request.choices
+        encoded = [
+            self._choice_tokens(options, choices.field_of(i), mode) for i, options in enumerate(choices.lists)
+        ]
+        return Encoded(texts, cue, encoded * len(texts) if choices.shared else encoded)
+
+    def _choice_tokens(self, options: tuple[str, ...], field: str, mode: ScoringMode) -> list[Tokens]:
+        tokens = [
+            self.tokens(option, f"{field}[{k}]", self.limits.max_choice_tokens)
+            for k, option in enumerate(options)
+        ]
+        firsts = [option[0] for option in tokens]
+        if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
+            raise InvalidRequest(field, "two choices share their first token; use full-choice scoring")
+        return tokens

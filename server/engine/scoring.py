@@ -1,0 +1,209 @@
+"""ScoringEngine: scores a population of candidate vectors on unlabelled texts.
+
+Every (candidate, example[, choice]) sequence runs batched in length-sorted chunks, and the LM
+head is applied only where a choice token is read. Whatever does not depend on the row is
+computed once (see strategies.py). ``score_many`` lays several requests end to end in the same
+chunks, which is how concurrent calls share forward passes. ``log_probs`` is the same
+computation as differentiable tensors: generator training calls it with gradients on, so a
+trained generator is scored while training exactly as ``Evaluate`` scores it when served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.engine.kv import TextStateCache
+from cbpt.server.engine.limits import Limits
+from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
+from cbpt.server.engine.prepare import Prepared, Preparer, leading_special_tokens
+from cbpt.server.engine.readout import read_first_tokens, read_full_choices
+from cbpt.server.engine.strategies import (
+    FullSequence,
+    GroupInputs,
+    ModelParts,
+    PrefixStates,
+    PromptSlots,
+    Strategy,
+    TextStates,
+)
+from cbpt.server.engine.types import AdapterDescription, EngineInfo, ScoreRequest, ScoreResult, ScoringMode
+from cbpt.server.errors import InvalidRequest
+from cbpt.server.model import ModelBundle
+
+
+class ScoringEngine:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        adapters: Sequence[Adapter],
+        limits: Limits | None = None,
+        *,
+        batch_sequences: int = 64,
+        batch_tokens: int = 8192,
+        token_cache_size: int = 4096,
+        text_states: TextStateCache | None = None,
+        reuse_text_states: bool = True,
+        reuse_prefix_states: bool = True,
+        sort_by_length: bool = True,
+    ) -> None:
+        names = [adapter.name for adapter in adapters]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
+        self.bundle = bundle
+        self.limits = limits or Limits()
+        self.batch_sequences = batch_sequences
+        self.batch_tokens = batch_tokens
+        self.adapters = {adapter.name: adapter.to(bundle.device, bundle.dtype) for adapter in adapters}
+        self.text_states = text_states if text_states is not None else TextStateCache()
+        self.reuse_text_states = reuse_text_states
+        self.reuse_prefix_states = reuse_prefix_states
+        self.sort_by_length = sort_by_length
+        model = bundle.model
+        self._head = model.get_output_embeddings()
+        self.parts = ModelParts(
+            embed=model.get_input_embeddings(),
+            backbone=model.base_model,
+            config=model.config,
+            bos=leading_special_tokens(bundle.tokenizer),
+            pad_id=bundle.tokenizer.pad_token_id or 0,
+            device=bundle.device,
+            hidden_size=bundle.hidden_size,
+            batch_sequences=batch_sequences,
+        )
+        self.prepare = Preparer(bundle.tokenizer, self.adapters, self.limits, token_cache_size)
+        self._lock = threading.Lock()
+
+    def info(self) -> EngineInfo:
+        adapters = tuple(
+            AdapterDescription(
+                a.name, a.method, a.dimension, a.prompt_length, a.domain, a.description, a.placement.value
+            )
+            for a in self.adapters.values()
+        )
+        bundle = self.bundle
+        return EngineInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, adapters, self.limits)
+
+    def score(self, request: ScoreRequest) -> ScoreResult:
+        outcome = self.score_many([request])[0]
+        if isinstance(outcome, InvalidRequest):
+            raise outcome
+        return outcome
+
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult | InvalidRequest]:
+        """Score several requests, sharing forward passes among those with one adapter, mode and cue.
+
+        Each request is validated on its own: a bad one gets its error back in its slot and the
+        others are still scored. Merged scores equal those of scoring each request alone.
+        """
+        started = time.perf_counter()
+        outcomes: list[ScoreResult | InvalidRequest | None] = [None] * len(requests)
+        with self._lock, torch.inference_mode():
+            groups: dict[tuple[str, ScoringMode, tuple[int, ...]], list[tuple[int, Prepared]]] = {}
+            for index, request in enumerate(requests):
+                try:
+                    prepared = self.prepare(request)
+                except InvalidRequest as error:
+                    outcomes[index] = error
+                    continue
+                groups.setdefault(prepared.group_key, []).append((index, prepared))
+            for members in groups.values():
+                group = [prepared for _, prepared in members]
+                scored = self.log_probs(group)
+                for (index, prepared), (log_probs, tokens) in zip(members, scored, strict=True):
+                    array = log_probs.numpy().astype(np.float32, copy=False)
+                    seconds = time.perf_counter() - started
+                    outcomes[index] = ScoreResult(array, prepared.choice_counts, tokens, seconds)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def pooled_inputs(self, texts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Mean input embedding per tokenised text [texts, hidden]: what a generator reads, once per request."""
+        embed, device = self.parts.embed, self.parts.device
+        return torch.stack([embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
+
+    def strategy(self, adapter: Adapter) -> type[Strategy]:
+        """How rows of ``adapter`` run: reusing per-text or per-candidate states where the prompt allows."""
+        if not adapter.prompt_length:
+            return FullSequence
+        if adapter.placement is not Placement.PREFIX:
+            return TextStates if self.reuse_text_states else FullSequence
+        if not adapter.reads_inputs and self.reuse_prefix_states:
+            return PrefixStates
+        return FullSequence
+
+    def log_probs(
+        self, group: list[Prepared], z: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, int]]:
+        """Per request of a group (one adapter, mode and cue): log-probs [candidates, examples, choices]
+        normalised over each example's choices (-inf pads), and the tokens run.
+
+        ``z`` replaces the requests' own candidates (all of them, laid end to end): training passes
+        a tensor that requires grad. The caller chooses the grad mode; ``score_many`` serves under
+        ``inference_mode``.
+        """
+        _, mode, cue = group[0].group_key
+        adapter = group[0].adapter
+        parts = self.parts
+        full = mode is ScoringMode.FULL_CHOICE
+        after_text = adapter.placement is not Placement.PREFIX
+        texts = [text for prepared in group for text in prepared.encoded.texts]
+        choices = [options for prepared in group for options in prepared.encoded.choices]
+        if z is None:
+            z = torch.from_numpy(np.concatenate([prepared.candidates for prepared in group]))
+        z = z.to(parts.device, self.bundle.dtype)
+        if adapter.reads_inputs:
+            pooled = self.pooled_inputs(texts)
+        else:  # the adapter ignores pooled inputs: skip the lookups
+            pooled = z.new_zeros(len(texts), parts.hidden_size)
+        offsets, rows = plan_group(group, after_text, full)
+        inputs = GroupInputs(
+            adapter, PromptSlots.of(adapter, len(cue)), z, pooled, group, rows, texts, after_text
+        )
+        kind = self.strategy(adapter)
+        strategy = kind(parts, inputs, self.text_states) if kind is TextStates else kind(parts, inputs)
+        tokens = list(strategy.tokens)
+        scores = [
+            torch.full((len(p.candidates), len(p.encoded.texts), max(p.choice_counts)), -torch.inf)
+            for p in group
+        ]
+        for chunk in length_sorted_chunks(
+            rows, self.batch_sequences, self.batch_tokens, strategy.width, sort=self.sort_by_length
+        ):
+            hidden, ends = strategy.forward(chunk)
+            for row in chunk:
+                tokens[row.owner] += row.length
+            if full:
+                values = read_full_choices(self._head, hidden, ends, chunk)
+            else:
+                values = read_first_tokens(self._head, hidden, ends, chunk, choices)
+            _scatter(chunk, values, offsets, scores)
+        return [
+            (owner_scores.log_softmax(dim=-1), owner_tokens)
+            for owner_scores, owner_tokens in zip(scores, tokens, strict=True)
+        ]
+
+
+def _scatter(
+    chunk: list[Row], values: torch.Tensor, offsets: list[tuple[int, int]], scores: list[torch.Tensor]
+) -> None:
+    """Write a chunk's per-row values (first-token logits [rows, choices], or full-choice totals [rows])
+    into each owner's [candidates, examples, choices] scores."""
+    owners = torch.tensor([row.owner for row in chunk])
+    candidates = torch.tensor([row.candidate for row in chunk])
+    examples = torch.tensor([row.example for row in chunk])
+    choices = torch.tensor([row.choice for row in chunk])
+    for owner in owners.unique().tolist():
+        picked = owners == owner
+        first_candidate, first_example = offsets[owner]
+        target = scores[owner]
+        where = (candidates[picked] - first_candidate, examples[picked] - first_example)
+        if values.dim() == 1:
+            target[(*where, choices[picked])] = values[picked]
+        else:
+            target[where] = values[picked][:, : target.shape[-1]]

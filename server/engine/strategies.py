@@ -1,0 +1,262 @@
+"""How a group's rows run through the model: one class per execution strategy.
+
+Every strategy answers the same two questions: how wide a row is for planning chunks
+(``width``), and the forward pass of one chunk (``forward``: last hidden states and, per row,
+the position to read the choices at). Which one runs depends on the adapter alone:
+
+- ``FullSequence``: every row in full, left-padded: [pad][bos][head][soft prompt][tail].
+- ``PrefixStates``: an input-independent prefix prompt (BBT): each candidate's [bos][prompt] is
+  encoded once and reused by all its examples.
+- ``TextStates``: a prompt after the text: each text's [bos][text] is encoded once per API key
+  (cached across requests) and reused by every candidate.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.engine.kv import (
+    KVState,
+    TextStateCache,
+    cache_layers,
+    encode_left_padded,
+    forward_after,
+    split_states,
+    stack_left_padded,
+)
+from cbpt.server.engine.plan import Row
+from cbpt.server.engine.prepare import Prepared, Tokens
+
+Forward = tuple[torch.Tensor, torch.Tensor]  # hidden [rows, width, d], read positions [rows]
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """The pieces of the frozen model the strategies call, looked up once."""
+
+    embed: torch.nn.Module
+    backbone: torch.nn.Module
+    config: Any
+    bos: Tokens
+    pad_id: int
+    device: torch.device
+    hidden_size: int
+    batch_sequences: int
+
+
+@dataclass(frozen=True)
+class PromptSlots:
+    """Where a chunk's soft prompts go, relative to the position right after the text."""
+
+    inserted: int  # vectors inserted as tokens there (prefix and before-cue placements)
+    cue_length: int
+    on_cue: int  # trailing cue tokens the prompt is added onto (on-cue placement)
+
+    @classmethod
+    def of(cls, adapter: Adapter, cue_length: int) -> PromptSlots:
+        if adapter.placement is Placement.ON_CUE:
+            return cls(0, cue_length, min(adapter.prompt_length, cue_length))
+        return cls(adapter.prompt_length, cue_length, 0)
+
+    def span(self, start: int) -> slice:
+        if self.inserted:
+            return slice(start, start + self.inserted)
+        return slice(start + self.cue_length - self.on_cue, start + self.cue_length)
+
+    def apply(self, embeds: torch.Tensor, where: torch.Tensor, prompts: torch.Tensor) -> None:
+        """Write inserted prompts into ``where``, or add the prompt's last rows onto the cue there."""
+        width = embeds.shape[-1]
+        if self.inserted:
+            embeds[where] = prompts.reshape(-1, width).to(embeds.dtype)
+        elif self.on_cue:
+            embeds[where] += prompts[:, prompts.shape[1] - self.on_cue :].reshape(-1, width).to(embeds.dtype)
+
+
+@dataclass(frozen=True)
+class GroupInputs:
+    """One group's requests laid end to end: candidate and example indices of ``rows`` are group-wide."""
+
+    adapter: Adapter
+    slots: PromptSlots
+    z: torch.Tensor  # [candidates, dimension]
+    pooled: torch.Tensor  # [examples, d]: mean input embeddings (zeros when the adapter ignores them)
+    group: list[Prepared]
+    rows: list[Row]
+    texts: list[Tokens]  # [examples]
+    after_text: bool  # the prompt sits after the text (before or on the cue)
+
+
+class Strategy(ABC):
+    """Runs the rows of one group (requests sharing adapter, mode and cue).
+
+    ``tokens`` holds, per request of the group, the tokens spent before any chunk (cached states
+    computed for it); the constructor also sets each row's ``length``.
+    """
+
+    def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
+        self.parts = parts
+        self.inputs = inputs
+        self.adapter = inputs.adapter
+        self.slots = inputs.slots
+        self.tokens = [0] * len(inputs.group)
+
+    @abstractmethod
+    def width(self, row: Row) -> int:
+        """Positions the row occupies in a chunk, cached ones included: what chunks are sorted by."""
+
+    @abstractmethod
+    def forward(self, chunk: list[Row]) -> Forward:
+        """The chunk's last hidden states and the position of each row's last token."""
+
+    def prompts(self, chunk: list[Row]) -> torch.Tensor:
+        """The soft prompts [rows, t, d] of each row's candidate and example."""
+        z, pooled = self.inputs.z, self.inputs.pooled
+        if not self.adapter.prompt_length:
+            return pooled.new_zeros(len(chunk), 0, pooled.shape[-1])
+        candidates = torch.tensor([row.candidate for row in chunk], device=z.device)
+        examples = torch.tensor([row.example for row in chunk], device=z.device)
+        return self.adapter.soft_prompts(z[candidates], pooled[examples])
+
+    def forward_after_states(
+        self, chunk: list[Row], pasts: Sequence[KVState], prompts: torch.Tensor | None, slots: PromptSlots
+    ) -> Forward:
+        """Each row's cached past (left-padded), then [soft prompt][tokens] right-padded after it."""
+        parts = self.parts
+        width = max(row.length for row in chunk)
+        count = len(chunk)
+        past, past_mask = stack_left_padded(pasts, max(state.length for state in pasts))
+        new_mask = torch.zeros((count, width), dtype=torch.long)
+        ids = torch.full((count, width), parts.pad_id, dtype=torch.long)
+        lengths = torch.tensor([state.length for state in pasts], dtype=torch.long)
+        for index, row in enumerate(chunk):
+            new_mask[index, : row.length] = 1
+            ids[index, slots.inserted : row.length] = torch.tensor(row.tokens, dtype=torch.long)
+        embeds = parts.embed(ids.to(parts.device))
+        if prompts is not None:
+            soft = torch.zeros((count, width), dtype=torch.bool)
+            soft[:, slots.span(0)] = True
+            slots.apply(embeds, soft.to(parts.device), prompts)
+        positions = (lengths[:, None] + torch.arange(width)[None, :]).to(parts.device)
+        hidden = forward_after(
+            parts.backbone, parts.config, past, past_mask, embeds, new_mask.to(parts.device), positions
+        )
+        ends = torch.tensor([row.length - 1 for row in chunk], dtype=torch.long)
+        return hidden, ends
+
+
+class FullSequence(Strategy):
+    """Every row in full, left-padded so that each ends at the last column."""
+
+    def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
+        super().__init__(parts, inputs)
+        for row in inputs.rows:
+            row.length = len(parts.bos) + self.slots.inserted + len(row.tokens)
+            row.length += len(inputs.texts[row.example]) if inputs.after_text else 0
+
+    def width(self, row: Row) -> int:
+        return row.length
+
+    def forward(self, chunk: list[Row]) -> Forward:
+        """[pad][bos][head][soft prompt][tail]; the head is the text when the prompt comes after it."""
+        parts, slots = self.parts, self.slots
+        prompts = self.prompts(chunk)
+        width = max(row.length for row in chunk)
+        ids = torch.full((len(chunk), width), parts.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        soft = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for index, row in enumerate(chunk):
+            head = self.inputs.texts[row.example] if self.inputs.after_text else ()
+            start = width - row.length
+            before = parts.bos + head
+            mask[index, start:] = 1
+            ids[index, start : start + len(before)] = torch.tensor(before, dtype=torch.long)
+            prompt_at = start + len(before)
+            soft[index, slots.span(prompt_at)] = True
+            ids[index, prompt_at + slots.inserted :] = torch.tensor(row.tokens, dtype=torch.long)
+        ids, mask, soft = ids.to(parts.device), mask.to(parts.device), soft.to(parts.device)
+        embeds = parts.embed(ids)
+        slots.apply(embeds, soft, prompts)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = parts.backbone(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        )
+        return output.last_hidden_state, torch.full((len(chunk),), width - 1, dtype=torch.long)
+
+
+class PrefixStates(Strategy):
+    """Each candidate's [bos][soft prompt] encoded once, in one batched pass, reused by its examples."""
+
+    def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
+        super().__init__(parts, inputs)
+        self.prefixes = self._encode_prefixes()
+        for owner, prepared in enumerate(inputs.group):
+            self.tokens[owner] = len(prepared.candidates) * self.prefixes[0].length
+        for row in inputs.rows:
+            row.length = len(row.tokens)
+
+    def _encode_prefixes(self) -> list[KVState]:
+        parts, z = self.parts, self.inputs.z
+        states: list[KVState] = []
+        bos = torch.tensor(parts.bos, dtype=torch.long, device=parts.device)
+        for start in range(0, len(z), parts.batch_sequences):
+            batch = z[start : start + parts.batch_sequences]
+            prompts = self.adapter.soft_prompts(batch, batch.new_zeros(len(batch), parts.hidden_size))
+            embeds = torch.cat([parts.embed(bos).expand(len(batch), -1, -1), prompts.to(batch.dtype)], dim=1)
+            positions = torch.arange(embeds.shape[1], device=parts.device).expand(len(batch), -1)
+            output = parts.backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True)
+            layers = cache_layers(output)
+            states += [KVState(tuple((k[i], v[i]) for k, v in layers)) for i in range(len(batch))]
+        return states
+
+    def width(self, row: Row) -> int:
+        return row.length + self.prefixes[0].length
+
+    def forward(self, chunk: list[Row]) -> Forward:
+        pasts = [self.prefixes[row.candidate] for row in chunk]
+        return self.forward_after_states(chunk, pasts, None, PromptSlots(0, 0, 0))
+
+
+class TextStates(Strategy):
+    """Each text's [bos][text] from the scope's cache or one batched pass; the prompt and cue after it."""
+
+    def __init__(self, parts: ModelParts, inputs: GroupInputs, cache: TextStateCache) -> None:
+        super().__init__(parts, inputs)
+        self.cache = cache
+        self.states: list[KVState] = []
+        for owner, prepared in enumerate(inputs.group):
+            owner_states, self.tokens[owner] = self._text_states(prepared.encoded.texts, prepared.scope)
+            self.states += owner_states
+        for row in inputs.rows:
+            row.length = self.slots.inserted + len(row.tokens)
+
+    def _text_states(self, texts: list[Tokens], scope: str) -> tuple[list[KVState], int]:
+        parts = self.parts
+        states: list[KVState | None] = [self.cache.get(scope, parts.bos + text) for text in texts]
+        missing = sorted({text for text, state in zip(texts, states, strict=True) if state is None}, key=len)
+        computed: dict[Tokens, KVState] = {}
+        tokens = 0
+        for start in range(0, len(missing), parts.batch_sequences):
+            batch = missing[start : start + parts.batch_sequences]
+            sequences = [parts.bos + text for text in batch]
+            tokens += sum(map(len, sequences))
+            layers, mask = encode_left_padded(parts.backbone, sequences, parts.pad_id, parts.device)
+            for text, state in zip(batch, split_states(layers, mask), strict=True):
+                computed[text] = state
+                self.cache.put(scope, parts.bos + text, state)
+        result = [
+            state if state is not None else computed[text] for text, state in zip(texts, states, strict=True)
+        ]
+        return result, tokens
+
+    def width(self, row: Row) -> int:
+        return row.length + self.states[row.example].length
+
+    def forward(self, chunk: list[Row]) -> Forward:
+        pasts = [self.states[row.example] for row in chunk]
+        return self.forward_after_states(chunk, pasts, self.prompts(chunk), self.slots)
