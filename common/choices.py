@@ -33,10 +33,10 @@ class Choices:
             return value
         items = list(value)
         if items and all(isinstance(item, str) for item in items):
-            return cls.shared_by_all(items)  # type: ignore[arg-type]
+            return cls.shared_by_all([str(item) for item in items])
         if any(isinstance(item, str) for item in items):
             raise TypeError("choices: give one list of strings, or one list of strings per example")
-        return cls.per_example(items)  # type: ignore[arg-type]
+        return cls.per_example([tuple(item) for item in items])
 
     @property
     def field(self) -> str:

@@ -67,7 +67,7 @@ def tiny_bundle(seed: int = 0, *, hidden_size: int = 32, layers: int = 2, bos: b
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config).float()
     return prepare_bundle(model, tokenizer, model_id=f"tiny-llama-{seed}")
 
 

@@ -59,6 +59,7 @@ class PromptGenerator(nn.Module):
         self.config = config
         d, m = config.hidden_size, config.bottleneck
         projection = random_projection(config.dimension, d, config.embedding_std, config.projection_seed)
+        self.projection: torch.Tensor
         self.register_buffer("projection", projection)  # A: fixed, never trained, never sent
         self.z0 = nn.Parameter(torch.zeros(config.dimension))
         self.down = nn.Linear(d, m)  # L_D

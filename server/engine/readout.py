@@ -12,7 +12,7 @@ import torch
 from cbpt.server.engine.plan import Row
 
 
-def head_logits(head: torch.nn.Module, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+def head_logits(head: torch.nn.Linear, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """Logits of only the ``token_ids`` rows of the LM head, in fp32: hidden [n, d], ids [n, c]."""
     rows = head.weight[token_ids].float()
     logits = (rows @ hidden.float().unsqueeze(-1)).squeeze(-1)
@@ -22,7 +22,7 @@ def head_logits(head: torch.nn.Module, hidden: torch.Tensor, token_ids: torch.Te
 
 
 def read_first_tokens(
-    head: torch.nn.Module,
+    head: torch.nn.Linear,
     hidden: torch.Tensor,
     ends: torch.Tensor,
     chunk: list[Row],
@@ -41,11 +41,13 @@ def read_first_tokens(
 
 
 def read_full_choices(
-    head: torch.nn.Module, hidden: torch.Tensor, ends: torch.Tensor, chunk: list[Row]
+    head: torch.nn.Linear, hidden: torch.Tensor, ends: torch.Tensor, chunk: list[Row]
 ) -> torch.Tensor:
     """Per row, the sum of log p(choice token | all before it): [rows], from a full-vocabulary softmax
     at those positions only."""
-    row_index, positions, targets = [], [], []
+    row_index: list[int] = []
+    positions: list[int] = []
+    targets: list[int] = []
     for index, row in enumerate(chunk):
         end = int(ends[index])
         row_index += [index] * row.scored
