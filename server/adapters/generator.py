@@ -1,8 +1,12 @@
 """The CBP-Tuning prompt generator and its on-disk format (safetensors + JSON config).
 
-p = L_U(GeLU(L_D(mean_pool(Emb(X)) + A (z0 + z)))): a bottleneck network
-trained once per domain by the provider; A is a fixed random projection and
-z0 a learned offset, so z = 0 means "the domain's trained prompt".
+p = L_U(GeLU(L_D(mean_pool(Emb(X)) + A (z0 + z)))): a bottleneck network trained once per
+domain by the provider; A is a fixed random projection (redrawn from its seed, never stored or
+sent) and z0 a learned offset, so z = 0 means "the domain's trained prompt".
+
+A generator folder holds ``generator.safetensors`` (L_D, L_U, z0) and ``generator.json``: the
+config below (peft-style, with a ``format_version``; unknown keys load with a warning) and, under
+``training``, how it was trained (domain, tasks and data hashes, metrics, the exact command).
 """
 
 from __future__ import annotations
@@ -12,19 +16,23 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cbpt.common.files import write_atomic
 from cbpt.server.adapters.base import random_projection
+from cbpt.server.adapters.placement import Placement
 from cbpt.server.errors import GeneratorFormatError, ModelMismatch
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE = "generator.json"
 WEIGHTS_FILE = "generator.safetensors"
+TRAINING_KEY = "training"
 
 
 @dataclass(frozen=True)
@@ -38,19 +46,24 @@ class GeneratorConfig:
     projection_seed: int = 0
     domain: str = ""
     description: str = ""
-    placement: str = "prefix"  # a Placement value: where the engine puts the prompt
+    placement: str = Placement.PREFIX.value  # where the engine puts the prompt
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        Placement(self.placement)  # refuse an unknown placement when the config is made
+
     @classmethod
-    def from_json(cls, text: str) -> GeneratorConfig:
-        raw = json.loads(text)
+    def from_json(cls, raw: dict[str, Any]) -> GeneratorConfig:
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(raw) - known - {TRAINING_KEY})
         if unknown:
             log.warning("generator config has keys from a newer version, ignored: %s", ", ".join(unknown))
         if raw.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             log.warning("generator format_version %s is newer than %s", raw["format_version"], FORMAT_VERSION)
-        return cls(**{key: value for key, value in raw.items() if key in known})
+        try:
+            return cls(**{key: value for key, value in raw.items() if key in known})
+        except (TypeError, ValueError) as error:
+            raise GeneratorFormatError(f"generator config is invalid: {error}") from None
 
 
 class PromptGenerator(nn.Module):
@@ -59,8 +72,8 @@ class PromptGenerator(nn.Module):
         self.config = config
         d, m = config.hidden_size, config.bottleneck
         projection = random_projection(config.dimension, d, config.embedding_std, config.projection_seed)
-        self.projection: torch.Tensor
-        self.register_buffer("projection", projection)  # A: fixed, never trained, never sent
+        self.projection: torch.Tensor  # A: fixed, never trained, never stored, never sent
+        self.register_buffer("projection", projection, persistent=False)
         self.z0 = nn.Parameter(torch.zeros(config.dimension))
         self.down = nn.Linear(d, m)  # L_D
         self.up = nn.Linear(m, config.prompt_length * d)  # L_U
@@ -71,13 +84,24 @@ class PromptGenerator(nn.Module):
         prompts = self.up(nn.functional.gelu(self.down(shifted)))
         return prompts.view(z.shape[0], self.config.prompt_length, self.config.hidden_size)
 
-    def save(self, folder: Path) -> None:
+    @torch.no_grad()
+    def start_at(self, prompt: torch.Tensor | None = None) -> PromptGenerator:
+        """Make the output independent of the input: zero (on-cue: exactly zero-shot) or ``prompt`` [t, d]
+        (inserted placements: real token embeddings), so training starts at zero-shot quality."""
+        self.up.weight.zero_()
+        self.up.bias.copy_(torch.zeros_like(self.up.bias) if prompt is None else prompt.reshape(-1))
+        return self
+
+    def save(self, folder: Path, training: dict[str, Any] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {
             name: tensor.detach().cpu().float().contiguous() for name, tensor in self.state_dict().items()
         }
-        save_file(tensors, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "cbpt-generator"})
+        card: dict[str, Any] = dataclasses.asdict(self.config)
+        if training is not None:
+            card[TRAINING_KEY] = training
+        write_atomic(folder / CONFIG_FILE, json.dumps(card, indent=2) + "\n", mode=0o644)
 
     @classmethod
     def load(cls, folder: Path, expected_fingerprint: str | None = None) -> PromptGenerator:
@@ -85,7 +109,7 @@ class PromptGenerator(nn.Module):
         config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         if not config_path.is_file() or not weights_path.is_file():
             raise GeneratorFormatError(f"{folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        config = GeneratorConfig.from_json(config_path.read_text())
+        config = GeneratorConfig.from_json(read_card(folder))
         if expected_fingerprint and config.base_model_fingerprint != expected_fingerprint:
             raise ModelMismatch(
                 f"{folder}: generator was built for model {config.base_model_fingerprint[:12]}, "
@@ -94,6 +118,17 @@ class PromptGenerator(nn.Module):
         generator = cls(config)
         try:
             generator.load_state_dict(load_file(str(weights_path)), strict=True)
-        except RuntimeError as exc:
-            raise GeneratorFormatError(f"{folder}: weights do not match the config: {exc}") from exc
+        except (RuntimeError, OSError) as exc:
+            raise GeneratorFormatError(f"{folder}: weights do not match the config: {exc}") from None
         return generator
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The whole generator.json (config and training record)."""
+    try:
+        card = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GeneratorFormatError(f"{folder}: cannot read {CONFIG_FILE} ({error})") from None
+    if not isinstance(card, dict):
+        raise GeneratorFormatError(f"{folder}: {CONFIG_FILE} must hold an object")
+    return card

@@ -91,7 +91,7 @@ def test_generator_round_trip(tmp_path):
     with torch.no_grad():
         generator.z0.normal_()
     generator.save(tmp_path / "gen")
-    assert json.loads((tmp_path / "gen" / "generator.json").read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "gen" / "generator.json").read_text())["format_version"] == 2
     loaded = CustomizedBlackBoxPrompt.from_folder(tmp_path / "gen", bundle.fingerprint)
     assert loaded.name == "cbp-test" and loaded.dimension == 12 and loaded.prompt_length == 3
     z = torch.randn(5, 12)
