@@ -334,7 +334,7 @@ def _score(
     assert task is not None
     empty = np.zeros(0, dtype=np.float32)
     return client.predict(
-        "none", empty, examples.texts, examples.wire_choices, task.mode, examples.cue
+        "none", empty, examples.texts, examples.choices, task.mode, examples.cue
     ), task.class_names
 
 
@@ -415,7 +415,7 @@ def predict(
     retries: Retries = 4,
 ) -> None:
     """Predict FILE with a tuned vector; write one line per row with the prediction and probabilities."""
-    from cbpt.client.storage import write_atomic
+    from cbpt.common.files import write_atomic
 
     folder, _, examples = _inputs(tuned_dir, file, False, None, labels=False)
     with _client(server, api_key, ca_cert, client_cert, client_key, insecure, timeout, retries) as client:
@@ -423,8 +423,7 @@ def predict(
     probabilities = np.exp(log_probs)
     lines = []
     for index, row in enumerate(probabilities):
-        options = list(examples.choices) if examples.shared else list(examples.choices[index])
-        names = list(class_names) if class_names else options
+        names = list(class_names) if class_names else list(examples.choices.of_example(index))
         best = int(np.argmax(log_probs[index]))
         record = {
             "row": examples.rows[index],
