@@ -25,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from white_box import tune as tune_white_box
 from cbpt.client.losses import accuracy, apply_bias, calibrate, macro_f1, predictions
 from cbpt.client.results import HistoryRow
 from cbpt.client.sdk import TuningClient
+from cbpt.client.settings import TunerSettings
 from cbpt.client.task import Examples, Task
 from cbpt.client.tuner import Tuner
 from cbpt.server.app import serve_in_background
@@ -49,13 +50,14 @@ Run = dict[str, Any]
 
 @dataclass(frozen=True)
 class Tuned:
-    """A tuned black-box method: the server adapter and the client's choices around it."""
+    """A tuned black-box method: the server adapter and the tuner settings it differs in.
+
+    ``overrides`` are ``TunerSettings`` fields (fit_bias, select_on, select_from, optimizer, ...);
+    the run's budget, popsize, sigma0, seed and the ce loss come from the benchmark's own options.
+    """
 
     adapter: str
-    fit_bias: bool = False
-    select_on: str = "accuracy"  # dev accuracy or dev cross-entropy picks the vector
-    select_from: str = "best"  # each generation's lowest-train-loss candidate, or CMA-ES's mean
-    optimizer: str = "cma"  # "cma" or "ng:<nevergrad optimizer>", at equal calls
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False)
     dimension: int | None = None  # z's length when not the server default (500): an extra adapter
 
     @property
@@ -63,20 +65,25 @@ class Tuned:
         """The adapter name on the benchmark's server: a dimension variant is served under its own name."""
         return self.adapter if self.dimension is None else f"{self.adapter}-r{self.dimension}"
 
+    def settings(self, **run: Any) -> TunerSettings:
+        """The tuner settings of one run: the method's overrides on top of the run's own settings."""
+        return TunerSettings(adapter=self.served, loss="ce", **run).replace(**self.overrides)
 
+
+BIAS = {"fit_bias": True}
 TUNED = {
     "bbt": Tuned("bbt"),
     "bbt-suffix": Tuned("bbt-suffix"),
-    "bbt-suffix-bias": Tuned("bbt-suffix", fit_bias=True),
-    "bbt-cue-bias": Tuned("bbt-cue", fit_bias=True),
-    "bbt-cue-bias-devloss": Tuned("bbt-cue", fit_bias=True, select_on="loss"),
-    "bbt-suffix-bias-devloss": Tuned("bbt-suffix", fit_bias=True, select_on="loss"),
-    "bbt-cue-bias-ngopt": Tuned("bbt-cue", fit_bias=True, optimizer="ng:NGOpt"),
-    "bbt-cue-bias-diagonalcma": Tuned("bbt-cue", fit_bias=True, optimizer="ng:DiagonalCMA"),
-    "bbt-cue-bias-tbpsa": Tuned("bbt-cue", fit_bias=True, optimizer="ng:TBPSA"),
-    "bbt-cue-bias-r100": Tuned("bbt-cue", fit_bias=True, dimension=100),
-    "bbt-cue-bias-r50": Tuned("bbt-cue", fit_bias=True, dimension=50),
-    "bbt-cue-bias-mean": Tuned("bbt-cue", fit_bias=True, select_from="mean"),
+    "bbt-suffix-bias": Tuned("bbt-suffix", BIAS),
+    "bbt-cue-bias": Tuned("bbt-cue", BIAS),
+    "bbt-cue-bias-devloss": Tuned("bbt-cue", {**BIAS, "select_on": "loss"}),
+    "bbt-suffix-bias-devloss": Tuned("bbt-suffix", {**BIAS, "select_on": "loss"}),
+    "bbt-cue-bias-ngopt": Tuned("bbt-cue", {**BIAS, "optimizer": "ng:NGOpt"}),
+    "bbt-cue-bias-diagonalcma": Tuned("bbt-cue", {**BIAS, "optimizer": "ng:DiagonalCMA"}),
+    "bbt-cue-bias-tbpsa": Tuned("bbt-cue", {**BIAS, "optimizer": "ng:TBPSA"}),
+    "bbt-cue-bias-r100": Tuned("bbt-cue", BIAS, dimension=100),
+    "bbt-cue-bias-r50": Tuned("bbt-cue", BIAS, dimension=50),
+    "bbt-cue-bias-mean": Tuned("bbt-cue", {**BIAS, "select_from": "mean"}),
 }
 # Every tuned run is also reported calibrated at prediction (CALIBRATED): its test log-probs mean-centred
 # on the unlabelled test inputs, the same free step as zero-shot-calibrated (a fitted bias is irrelevant).
@@ -148,7 +155,7 @@ class Context:
         }
 
     def predict(self, adapter: str, vector: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        return self.client.predict(adapter, vector, texts, self.test.wire_choices, cue=self.test.cue)
+        return self.client.predict(adapter, vector, texts, self.test.choices, cue=self.test.cue)
 
 
 def zero_shot_log_probs(ctx: Context) -> tuple[np.ndarray, float]:
@@ -174,9 +181,11 @@ def demonstrations(task: Task, seed: int) -> str:
     """One train shot per class, templated with its answer, in a seeded order."""
     train = task.train
     assert train.labels is not None
-    picked = [int(np.flatnonzero(train.labels == label)[0]) for label in range(len(train.choices))]
+    picked = [int(np.flatnonzero(train.labels == label)[0]) for label in range(train.num_choices)]
     order = np.random.default_rng(seed).permutation(picked)
-    return "".join(f"{train.texts[i]}{train.cue}{train.choices[train.labels[i]]}\n\n" for i in order)
+    return "".join(
+        f"{train.texts[i]}{train.cue}{train.choices.of_example(i)[train.labels[i]]}\n\n" for i in order
+    )
 
 
 def run_icl(ctx: Context) -> list[Run]:
@@ -189,6 +198,7 @@ def run_icl(ctx: Context) -> list[Run]:
 def run_tuned(ctx: Context, method: str) -> list[Run]:
     tuned = TUNED[method]
     adapter = tuned.served
+    settings = tuned.settings(budget=max(ctx.budgets), popsize=ctx.popsize, sigma0=ctx.sigma0, seed=ctx.seed)
     described = ctx.client.info().adapter(adapter)
     runs: list[Run] = []
     pending = sorted(ctx.budgets)
@@ -218,27 +228,13 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
                         sigma0=ctx.sigma0,
                         dimension=described.dimension,
                         prompt_length=described.prompt_length,
-                        optimizer=tuned.optimizer,
-                        select_from=tuned.select_from,
+                        optimizer=settings.optimizer,
+                        select_from=settings.select_from,
                         dev_accuracy=result.dev_accuracy,
                     )
                 )
 
-    tuner = Tuner(
-        ctx.client,
-        ctx.task,
-        adapter=adapter,
-        optimizer=tuned.optimizer,
-        sigma0=ctx.sigma0,
-        budget=max(ctx.budgets),
-        popsize=ctx.popsize,
-        loss="ce",
-        fit_bias=tuned.fit_bias,
-        select_on=tuned.select_on,
-        select_from=tuned.select_from,
-        seed=ctx.seed,
-        on_generation=on_generation,
-    )
+    tuner = Tuner(ctx.client, ctx.task, settings=settings, on_generation=on_generation)
     tuner.run()
     return runs
 

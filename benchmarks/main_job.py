@@ -61,14 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     assert test.labels is not None
     bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
     warm = ScoringEngine(bundle, default_adapters(bundle))  # one-off start-up costs stay out of every timing
-    warm.score(ScoreRequest("bbt", np.zeros((2, 500), np.float32), test.texts[:8], [list(test.choices)]))
+    warm.score(ScoreRequest("bbt", np.zeros((2, 500), np.float32), test.texts[:8], test.choices))
     rows = []
     for label, adapter, options in CONFIGURATIONS:
         engine = ScoringEngine(bundle, default_adapters(bundle), **options)
         with serve_in_background(engine) as target, TuningClient(target) as client:
-            zero = client.predict(
-                "none", np.zeros(0, np.float32), test.texts, test.wire_choices, cue=test.cue
-            )
+            zero = client.predict("none", np.zeros(0, np.float32), test.texts, test.choices, cue=test.cue)
             tuner = Tuner(
                 client,
                 task,
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             result = tuner.run()
             seconds = time.perf_counter() - started
-            tuned = client.predict(adapter, result.vector, test.texts, test.wire_choices, cue=test.cue)
+            tuned = client.predict(adapter, result.vector, test.texts, test.choices, cue=test.cue)
         rows.append(
             {
                 "configuration": label,

@@ -24,15 +24,15 @@ import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from cbpt.client import __version__
 from cbpt.client.crypto import KeySpec, resolve_key, seal, unseal
-from cbpt.client.errors import ClientError, FingerprintMismatch
+from cbpt.client.errors import ArtifactError, ArtifactWarning, FingerprintMismatch
 from cbpt.client.info import ServerInfo
 from cbpt.client.losses import apply_bias
 from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.sdk import TuningClient
-from cbpt.client.storage import write_atomic
 from cbpt.client.task import Examples, TaskFormat
+from cbpt.common.files import write_atomic
+from cbpt.common.version import __version__
 
 FORMAT_VERSION = 1
 KIND = "cbpt.tuned-task"
@@ -57,10 +57,6 @@ _KNOWN = frozenset(
         *("task", "created_at", "client_version"),
     )
 )
-
-
-class ArtifactError(ClientError, ValueError):
-    """A tuned-task folder that is missing files or holds malformed ones."""
 
 
 def save_tuned(
@@ -175,7 +171,7 @@ class TunedTask:
         """Log-probs [e, c] of every choice, the bias applied and renormalised on the client."""
         self.check_server(client)
         raw = client.predict(
-            self.adapter, self.vector, examples.texts, examples.wire_choices, self.format.mode, examples.cue
+            self.adapter, self.vector, examples.texts, examples.choices, self.format.mode, examples.cue
         )
         return apply_bias(raw, self.bias)
 
@@ -240,10 +236,11 @@ def _read_card(path: Path) -> dict[str, Any]:
         warnings.warn(
             f"{path} has format_version {card['format_version']}, newer than this client's {FORMAT_VERSION}; "
             "reading the fields it knows",
+            ArtifactWarning,
             stacklevel=3,
         )
     if unknown := sorted(set(card) - _KNOWN):
-        warnings.warn(f"{path}: ignoring unknown keys {', '.join(unknown)}", stacklevel=3)
+        warnings.warn(f"{path}: ignoring unknown keys {', '.join(unknown)}", ArtifactWarning, stacklevel=3)
     return card
 
 

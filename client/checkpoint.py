@@ -2,8 +2,8 @@
 
 It holds no pickled object. The optimizer is resumed by replay (see
 optimizers/base.py): the checkpoint keeps each generation's losses and a digest
-of the candidates asked, plus the history, the best vector so far (a list of
-floats), the optimizer's JSON state (RNG state included) for a final check, and
+of the candidates asked, plus the history, the best candidate so far (its vector
+a list of floats), the optimizer's JSON state (RNG state included) for a final check, and
 the tuner's config, which a resume must match exactly.
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 from cbpt.client.crypto import KeySpec, resolve_key, seal, unseal
 from cbpt.client.errors import CheckpointError
 from cbpt.client.optimizers import GenerationRecord
-from cbpt.client.storage import write_atomic
+from cbpt.client.results import Candidate
+from cbpt.common.files import write_atomic
 
 MAGIC = b"CBPTCKPT"
 FORMAT_VERSION = 1
@@ -31,7 +32,7 @@ class Checkpoint:
     config: dict[str, Any]
     generations: list[GenerationRecord] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None  # vector, bias, train_loss, dev_accuracy, generation
+    best: Candidate | None = None  # the best candidate so far (its JSON: the six keys of ``Candidate``)
     optimizer_state: dict[str, Any] = field(default_factory=dict)
     calls_used: int = 0
     progress: dict[str, Any] = field(default_factory=dict)  # dev evaluations, patience count, stop reason
@@ -42,7 +43,7 @@ class Checkpoint:
             "config": self.config,
             "generations": [{"digest": g.digest, "losses": list(g.losses)} for g in self.generations],
             "history": self.history,
-            "best": self.best,
+            "best": None if self.best is None else self.best.to_json(),
             "optimizer_state": self.optimizer_state,
             "calls_used": self.calls_used,
             "progress": self.progress,
@@ -60,7 +61,7 @@ class Checkpoint:
                     for g in content["generations"]
                 ],
                 history=list(content["history"]),
-                best=content["best"],
+                best=None if content["best"] is None else Candidate.from_json(content["best"]),
                 optimizer_state=dict(content["optimizer_state"]),
                 calls_used=int(content["calls_used"]),
                 progress=dict(content["progress"]),

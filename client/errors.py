@@ -1,15 +1,16 @@
-"""The client's error hierarchy.
+"""The client's error and warning hierarchies.
 
 Each error is also a built-in, so callers may catch ``ClientError`` or the
 familiar ``ValueError``/``ConnectionError``/``PermissionError``. Messages are one
 line and name the field at fault, because the CLI prints them as they are.
+Warnings descend from ``CbptWarning``, so one ``warnings`` filter covers them all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cbpt.common.errors import CbptError
+from cbpt.common.errors import CbptError, CbptWarning
 
 
 class ClientError(CbptError):
@@ -73,3 +74,20 @@ class FingerprintMismatch(ClientError, ValueError):
 
 class ConfigError(ClientError, ValueError):
     """Tuner settings that cannot work (unknown optimizer or loss, a budget below one generation, ...)."""
+
+
+class ArtifactError(ClientError, ValueError):
+    """A tuned-task folder that is missing files or holds malformed ones."""
+
+
+# -- warnings ---------------------------------------------------------------------------------------
+class ClientWarning(CbptWarning):
+    """Base class of every warning the client issues."""
+
+
+class ArtifactWarning(ClientWarning):
+    """A tuned-task folder written by a newer client: it loads, but some of it is not understood."""
+
+
+class TunerWarning(ClientWarning):
+    """A tuning run went on, but not exactly as asked (e.g. losses the optimizer could not take as they were)."""

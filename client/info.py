@@ -1,10 +1,11 @@
-"""Plain mirrors of the server's self-description, so callers never touch protobuf types."""
+"""Plain mirrors of the server's self-description, so callers never touch protobuf types.
+
+``cbpt.client.serde`` builds them from the wire; nothing here imports protobuf.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
-from cbpt.v1 import tuning_pb2
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class AdapterInfo:
     prompt_length: int
     domain: str
     description: str
+    placement: str = ""  # where the soft prompt goes: "prefix", "before_cue" or "on_cue" ("" if unstated)
 
 
 @dataclass(frozen=True)
@@ -51,26 +53,3 @@ class ServerInfo:
                 return adapter
         known = ", ".join(a.name for a in self.adapters) or "none"
         raise KeyError(f"unknown adapter {name!r}; known: {known}")
-
-    @classmethod
-    def from_proto(cls, message: tuning_pb2.ServerInfo) -> ServerInfo:
-        adapters = tuple(
-            AdapterInfo(
-                name=a.name,
-                method=a.method,
-                dimension=int(a.dimension),
-                prompt_length=int(a.prompt_length),
-                domain=a.domain,
-                description=a.description,
-            )
-            for a in message.adapters
-        )
-        limits = ServerLimits(**{f.name: int(getattr(message.limits, f.name)) for f in fields(ServerLimits)})
-        return cls(
-            model_id=message.model_id,
-            model_fingerprint=message.model_fingerprint,
-            hidden_size=int(message.hidden_size),
-            adapters=adapters,
-            limits=limits,
-            server_version=message.server_version,
-        )

@@ -1,8 +1,8 @@
 """Reading data files into rows (dicts), one loader per file suffix.
 
 A new format is one function and one ``@register_loader(".suffix")`` line; the
-registry refuses a duplicate suffix at import time and lists the known ones
-when a file's suffix is unknown.
+registry (a ``cbpt.common.registry.Registry``) refuses a duplicate suffix at import
+time, and an unknown suffix is answered with the known ones.
 """
 
 from __future__ import annotations
@@ -14,19 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from cbpt.client.errors import TaskError
+from cbpt.common.registry import DuplicateName, Registry
 
 Row = dict[str, Any]
 Loader = Callable[[Path], list[Row]]
 
-LOADERS: dict[str, Loader] = {}
+LOADERS: Registry[Loader] = Registry("data format")
 
 
 def register_loader(*suffixes: str) -> Callable[[Loader], Loader]:
+    """Register ``loader`` for every suffix (lower case, with the dot), or for none if one is taken."""
+
     def decorate(loader: Loader) -> Loader:
+        if taken := [suffix for suffix in suffixes if suffix in LOADERS]:
+            raise DuplicateName(f"data format {taken[0]!r} is already registered by {LOADERS[taken[0]]!r}")
         for suffix in suffixes:
-            if suffix in LOADERS:
-                raise RuntimeError(f"a loader for {suffix!r} is already registered")
-            LOADERS[suffix] = loader
+            LOADERS.register(suffix, loader)
         return loader
 
     return decorate
@@ -34,12 +37,13 @@ def register_loader(*suffixes: str) -> Callable[[Loader], Loader]:
 
 def read_rows(path: Path, field: str = "data") -> list[Row]:
     """All rows of a data file; ``field`` names the task setting that pointed here, for error messages."""
-    loader = LOADERS.get(path.suffix.lower())
-    if loader is None:
+    suffix = path.suffix.lower()
+    if suffix not in LOADERS:
         known = ", ".join(sorted(LOADERS))
         raise TaskError(
             f"{field}: unknown data format {path.suffix or '(no suffix)'!r} of {path}; known: {known}"
         )
+    loader = LOADERS[suffix]
     if not path.is_file():
         raise TaskError(f"{field}: file not found: {path}")
     try:

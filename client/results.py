@@ -1,4 +1,4 @@
-"""What a tuning run reports: one row per generation, and the final result."""
+"""What a tuning run reports: one row per generation, the best candidate so far, and the final result."""
 
 from __future__ import annotations
 
@@ -27,6 +27,48 @@ class HistoryRow:
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> HistoryRow:
         return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate a generation offered to the dev selection, as the tuner keeps the best of them.
+
+    Its JSON is the checkpoint's ``best`` entry, in the shape checkpoints have always had
+    (``vector`` and ``bias`` as lists of floats, ``dev_accuracy`` beside ``dev_metrics``).
+    """
+
+    generation: int | None  # None for a dimension-0 adapter, which runs no generation
+    vector: np.ndarray  # float32 [dimension], exactly what the server scored
+    bias: np.ndarray | None  # float64 [choices], fitted on the client
+    train_loss: float
+    dev_metrics: dict[str, Any] | None  # accuracy, macro_f1, confusion_matrix, loss; None if not evaluated
+
+    @property
+    def dev_accuracy(self) -> float | None:
+        return None if self.dev_metrics is None else float(self.dev_metrics["accuracy"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "vector": self.vector.tolist(),
+            "bias": None if self.bias is None else self.bias.tolist(),
+            "train_loss": self.train_loss,
+            "dev_accuracy": None if self.dev_metrics is None else self.dev_metrics["accuracy"],
+            "dev_metrics": self.dev_metrics,
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> Candidate:
+        generation, bias, dev_metrics = entry.get("generation"), entry["bias"], entry.get("dev_metrics")
+        if dev_metrics is None and entry.get("dev_accuracy") is not None:  # an entry with the accuracy alone
+            dev_metrics = {"accuracy": entry["dev_accuracy"]}
+        return cls(
+            generation=None if generation is None else int(generation),
+            vector=np.asarray(entry["vector"], dtype=np.float32),
+            bias=None if bias is None else np.asarray(bias, dtype=np.float64),
+            train_loss=float(entry["train_loss"]),
+            dev_metrics=None if dev_metrics is None else dict(dev_metrics),
+        )
 
 
 @dataclass(frozen=True)

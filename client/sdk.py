@@ -1,41 +1,39 @@
 """TuningClient: the one place the client talks gRPC.
 
-It packs candidate vectors, unlabelled texts and choice strings into
-``EvaluateRequest`` messages and unpacks log-probabilities. Labels and losses
-have no parameter here, so they cannot reach the wire. Around each call it adds
-the API key, a deadline, retries with jittered exponential backoff (honouring the
-server's RetryInfo), and splitting to the server's stated limits.
+It sends candidate vectors, unlabelled texts and ``Choices`` to the server and
+returns log-probabilities; the messages themselves are built and read in
+``serde``. Labels and losses have no parameter here, so they cannot reach the
+wire. Around each call it adds the API key, a deadline, retries with jittered
+exponential backoff (honouring the server's RetryInfo), and splitting to the
+server's stated limits.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import cast
 
 import grpc
 import numpy as np
 from google.protobuf.message import Message
 
+from cbpt.client import serde
 from cbpt.client.errors import ClientError, FieldViolation, RequestRejected
 from cbpt.client.info import ServerInfo
 from cbpt.client.rpc_errors import RETRYABLE, code_of, retry_delay, to_client_error
+from cbpt.client.scoring import SCORING_MODES, ScoringModeName
 from cbpt.client.splitting import Chunk, Workload, plan_chunks
-from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
+from cbpt.common.choices import Choices
+from cbpt.common.net import is_loopback_target
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
-ScoringModeName = Literal["first_token", "full_choice"]
-Choices = Sequence[str] | Sequence[Sequence[str]]
-
-_MODES = {
-    "first_token": tuning_pb2.SCORING_MODE_FIRST_TOKEN,
-    "full_choice": tuning_pb2.SCORING_MODE_FULL_CHOICE,
-}
+# What ``evaluate`` accepts as choices: a ``Choices``, one shared list, or one list per text.
+ChoicesLike = Choices | Sequence[str] | Sequence[Sequence[str]]
 # The client's own ceiling on message size; requests are split to the server's smaller limit.
 _CHANNEL_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -66,20 +64,6 @@ def _pem(source: Path | bytes | str | None, what: str) -> bytes | None:
         return Path(source).expanduser().read_bytes()
     except OSError as error:
         raise ClientError(f"cannot read {what} {source}: {error.strerror}") from error
-
-
-def is_loopback(target: str) -> bool:
-    """Whether a gRPC target names this machine (plaintext and an API key are tolerable only there)."""
-    if target.startswith(("unix:", "unix-abstract:")):
-        return True
-    host = re.sub(r"^(dns:(///)?|ipv4:|ipv6:)", "", target)
-    host = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if ":" in host else host
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -121,16 +105,17 @@ def _candidates(candidates: np.ndarray, dimension: int, adapter: str) -> np.ndar
     return matrix
 
 
-def _choice_lists(choices: Choices, num_texts: int) -> tuple[bool, list[list[str]]]:
-    """(shared, one list per text) from one shared list or a list per text."""
-    choices = list(choices)
-    if not choices:
+def _choices(choices: ChoicesLike, num_texts: int) -> Choices:
+    """The stated ``Choices`` (one shared list, or exactly one list per text), refusing anything else."""
+    try:
+        stated = Choices.of(choices)
+    except TypeError as error:
+        raise RequestRejected(str(error)) from None
+    if not stated.lists:
         raise RequestRejected("choices: at least one choice is required")
-    if all(isinstance(choice, str) for choice in choices):
-        return True, [list(choices)] * num_texts
-    if len(choices) != num_texts:
-        raise RequestRejected(f"choices: {len(choices)} choice lists for {num_texts} texts")
-    return False, [list(options) for options in choices]
+    if not stated.shared and len(stated.lists) != num_texts:
+        raise RequestRejected(f"choices: {len(stated.lists)} choice lists for {num_texts} texts")
+    return stated
 
 
 @dataclass(frozen=True)
@@ -140,52 +125,35 @@ class _Batch:
     adapter: str
     candidates: np.ndarray  # float32 [n, dimension]
     texts: list[str]
-    choices: list[list[str]]  # one list per text
-    shared: bool
+    choices: Choices
     mode: ScoringModeName
     cue: str = ""
 
-    def _message(self, **fields: object) -> tuning_pb2.EvaluateRequest:
-        return tuning_pb2.EvaluateRequest(
-            adapter=self.adapter,
-            dimension=self.candidates.shape[1],
-            mode=_MODES[self.mode],
-            cue=self.cue,
-            **fields,
-        )
-
     def workload(self) -> Workload:
         """Exact byte sizes (protobuf sizes of repeated fields add up) for the splitting plan."""
-        base = self._message(num_candidates=2**32 - 1)
-        if self.shared:
-            base.shared_choices.choices.extend(self.choices[0])
-        per_example = []
-        for text, options in zip(self.texts, self.choices, strict=True):
-            single = tuning_pb2.EvaluateRequest(texts=[text])
-            if not self.shared:
-                single.example_choices.add().choices.extend(options)
-            per_example.append(single.ByteSize())
+        dimension = self.candidates.shape[1]
         return Workload(
             num_candidates=self.candidates.shape[0],
-            dimension=self.candidates.shape[1],
-            base_bytes=base.ByteSize(),
-            example_bytes=per_example,
-            choice_counts=[len(options) for options in self.choices],
+            dimension=dimension,
+            base_bytes=serde.request_base_bytes(self.adapter, dimension, self.choices, self.mode, self.cue),
+            example_bytes=serde.example_bytes(self.texts, self.choices),
+            choice_counts=self.choices.counts(len(self.texts)),
             full_choice=self.mode == "full_choice",
         )
 
     def request(self, chunk: Chunk) -> tuning_pb2.EvaluateRequest:
-        block = self.candidates[chunk.candidates.start : chunk.candidates.stop]
         examples = slice(chunk.examples.start, chunk.examples.stop)
-        request = self._message(
-            num_candidates=block.shape[0], candidates=pack_floats(block), texts=self.texts[examples]
+        return serde.evaluate_request(
+            self.adapter,
+            self.candidates[chunk.candidates.start : chunk.candidates.stop],
+            self.texts[examples],
+            self.choices.take(examples),
+            self.mode,
+            self.cue,
         )
-        if self.shared:
-            request.shared_choices.choices.extend(self.choices[0])
-        else:
-            for options in self.choices[examples]:
-                request.example_choices.add().choices.extend(options)
-        return request
+
+    def choice_counts(self, chunk: Chunk) -> list[int]:
+        return [len(self.choices.of_example(i)) for i in chunk.examples]
 
 
 class TuningClient:
@@ -227,7 +195,7 @@ class TuningClient:
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
         tls_config = self._tls_config(tls, target, root_certificates, client_cert, client_key)
-        if tls_config is None and api_key and not is_loopback(target):
+        if tls_config is None and api_key and not is_loopback_target(target):
             raise ClientError(
                 f"refusing to send an API key in plaintext to {target}; use TLS (a CA certificate)"
             )
@@ -264,7 +232,7 @@ class TuningClient:
             if given:
                 raise ClientError("certificates were given but TLS is off (--insecure)")
             return None
-        if tls is None and not given and is_loopback(target):
+        if tls is None and not given and is_loopback_target(target):
             return None
         return TLSConfig(*certificates)
 
@@ -310,7 +278,8 @@ class TuningClient:
     def info(self, *, refresh: bool = False) -> ServerInfo:
         """The server's model, fingerprint, adapters and limits (cached after the first call)."""
         if self._info is None or refresh:
-            self._info = ServerInfo.from_proto(self._call("GetServerInfo", tuning_pb2.GetServerInfoRequest()))
+            response = self._call("GetServerInfo", serde.server_info_request())
+            self._info = serde.server_info_from_proto(cast(tuning_pb2.ServerInfo, response))
         return self._info
 
     def evaluate(
@@ -318,13 +287,14 @@ class TuningClient:
         adapter: str,
         candidates: np.ndarray,
         texts: Sequence[str],
-        choices: Choices,
+        choices: ChoicesLike,
         mode: ScoringModeName = "first_token",
         cue: str = "",
     ) -> np.ndarray:
         """Log-probs float32 [num_candidates, num_examples, max_choices] of every choice.
 
-        ``choices`` is one list shared by all texts or one list per text; an example
+        ``choices`` is a ``Choices``, or one list shared by all texts, or one list per text
+        (``Choices.of`` reads the two plain forms); an example
         with fewer choices than the widest is padded with -inf. ``cue`` is the answer
         cue the server appends to every text (adapters that place their prompt before
         it let the server encode each text once). Requests larger than the server's
@@ -337,17 +307,15 @@ class TuningClient:
             raise RequestRejected(
                 str(error.args[0]), (FieldViolation("adapter", str(error.args[0])),)
             ) from None
-        shared, lists = _choice_lists(choices, len(texts))
-        if mode not in _MODES:
-            raise RequestRejected(f"mode: unknown scoring mode {mode!r}; known: {', '.join(_MODES)}")
-        batch = _Batch(
-            adapter, _candidates(candidates, dimension, adapter), list(texts), lists, shared, mode, cue
-        )
+        stated = _choices(choices, len(texts))
+        if mode not in SCORING_MODES:
+            raise RequestRejected(f"mode: unknown scoring mode {mode!r}; known: {', '.join(SCORING_MODES)}")
+        batch = _Batch(adapter, _candidates(candidates, dimension, adapter), list(texts), stated, mode, cue)
         count = batch.candidates.shape[0]
         self.stats.candidate_evaluations += count
         if not batch.texts:
             return np.zeros((count, 0, 0), dtype=np.float32)
-        result = np.full((count, len(batch.texts), max(map(len, lists))), -np.inf, dtype=np.float32)
+        result = np.full((count, len(batch.texts), stated.width), -np.inf, dtype=np.float32)
         for chunk in plan_chunks(batch.workload(), info.limits):
             scores = self._evaluate_chunk(batch, chunk)
             rows, columns = chunk.candidates, chunk.examples
@@ -359,7 +327,7 @@ class TuningClient:
         adapter: str,
         vector: np.ndarray,
         texts: Sequence[str],
-        choices: Choices,
+        choices: ChoicesLike,
         mode: ScoringModeName = "first_token",
         cue: str = "",
     ) -> np.ndarray:
@@ -379,18 +347,8 @@ class TuningClient:
             )
             reason = "; ".join(str(v) for v in violations) or str(error)
             raise RequestRejected(f"server rejected Evaluate: {reason}", violations) from error
-        counts = np.array([len(batch.choices[i]) for i in columns])
-        if response.num_candidates != len(rows) or response.num_examples != len(columns):
-            raise ClientError(
-                f"log_probs: server answered {response.num_candidates} x {response.num_examples}, "
-                f"expected {len(rows)} x {len(columns)}"
-            )
-        try:  # ragged on the wire: each example carries only its own choices
-            flat = unpack_floats(response.log_probs, (len(rows), int(counts.sum())), "log_probs")
-        except WireFormatError as error:
-            raise ClientError(str(error)) from error
-        scores = np.full((len(rows), len(columns), int(counts.max())), -np.inf, dtype=np.float32)
-        scores[:, np.arange(scores.shape[2])[None, :] < counts[:, None]] = flat
-        self.stats.server_seconds += response.server_seconds
-        self.stats.tokens_processed += response.tokens_processed
-        return scores
+        evaluated = cast(tuning_pb2.EvaluateResponse, response)
+        scores = serde.scores_from_response(evaluated, len(rows), batch.choice_counts(chunk))
+        self.stats.server_seconds += scores.server_seconds
+        self.stats.tokens_processed += scores.tokens_processed
+        return scores.log_probs

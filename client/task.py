@@ -25,7 +25,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import yaml
@@ -33,18 +33,17 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from cbpt.client.errors import TaskError
 from cbpt.client.loaders import Row, read_rows
-
-ScoringModeName = Literal["first_token", "full_choice"]
+from cbpt.client.scoring import ScoringModeName
+from cbpt.common.choices import Choices
 
 
 @dataclass(frozen=True)
 class Examples:
-    """Templated texts, their choice lists (one shared list, or one per text) and, if known, labels."""
+    """Templated texts, their ``Choices`` (one shared list, or one per text) and, if known, labels."""
 
     texts: tuple[str, ...]
     labels: np.ndarray | None  # int64 [num_examples], an index into each example's choices
-    choices: tuple[str, ...] | tuple[tuple[str, ...], ...]
-    shared: bool
+    choices: Choices
     rows: tuple[int, ...]  # row numbers in the source file (0-based)
     cue: str = ""  # the template's text after its last field, sent once per request
 
@@ -52,21 +51,20 @@ class Examples:
         return len(self.texts)
 
     @property
-    def wire_choices(self) -> list[str] | list[list[str]]:
-        """The choices in the form ``TuningClient.evaluate`` takes."""
-        return list(self.choices) if self.shared else [list(options) for options in self.choices]
+    def wire_choices(self) -> Choices:
+        """The choices as ``TuningClient.evaluate`` takes them (kept for callers of the earlier API)."""
+        return self.choices
 
     @property
     def num_choices(self) -> int:
-        return len(self.choices) if self.shared else max(len(options) for options in self.choices)
+        return self.choices.width
 
-    def take(self, indices: Sequence[int]) -> Examples:
+    def take(self, indices: Sequence[int] | np.ndarray) -> Examples:
         indices = [int(i) for i in indices]
         return Examples(
             texts=tuple(self.texts[i] for i in indices),
             labels=None if self.labels is None else self.labels[indices],
-            choices=self.choices if self.shared else tuple(self.choices[i] for i in indices),
-            shared=self.shared,
+            choices=self.choices.take(indices),
             rows=tuple(self.rows[i] for i in indices),
             cue=self.cue,
         )
@@ -234,12 +232,14 @@ class TaskFormat(BaseModel):
                 options_lists.append(tuple(self.option_template.format(option=o) for o in options))
             if has_labels:
                 labels.append(self._label(row, where, options))
-        shared = self.choices is not None
         return Examples(
             texts=tuple(texts),
             labels=np.asarray(labels, dtype=np.int64) if has_labels else None,
-            choices=tuple(self.choices.values()) if shared else tuple(options_lists),
-            shared=shared,
+            choices=(
+                Choices.shared_by_all(tuple(self.choices.values()))
+                if self.choices is not None
+                else Choices.per_example(options_lists)
+            ),
             rows=tuple(range(len(rows))),
             cue=self.cue,
         )

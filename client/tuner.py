@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +27,9 @@ import numpy as np
 
 from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
 from cbpt.client.crypto import KeySpec, SecretKey, resolve_key
-from cbpt.client.errors import CheckpointError, ClientError, ConfigError
+from cbpt.client.errors import CheckpointError, ClientError, ConfigError, TunerWarning
 from cbpt.client.info import ServerInfo
-from cbpt.client.losses import (
-    LOSSES,
-    accuracy,
-    apply_bias,
-    compute_losses,
-    cross_entropy,
-    metrics,
-    predictions,
-)
+from cbpt.client.losses import accuracy, apply_bias, compute_losses, cross_entropy, metrics, predictions
 from cbpt.client.optimizers import (
     GenerationRecord,
     Optimizer,
@@ -45,14 +38,30 @@ from cbpt.client.optimizers import (
     make_optimizer,
     replay,
 )
-from cbpt.client.results import HistoryRow, TuningResult
+from cbpt.client.results import Candidate, HistoryRow, TuningResult
 from cbpt.client.sdk import TuningClient
+from cbpt.client.settings import TunerSettings
 from cbpt.client.task import Examples, Task
 
 # A loss the optimizer can digest when the model rules a label out entirely.
 _LOSS_CEILING = 1e6
-SELECTIONS = ("accuracy", "loss")  # what "best on dev" means
-SELECT_FROM = ("best", "mean")  # which candidate of each generation the dev selection sees
+
+
+def clip_losses(losses: np.ndarray, generation: int) -> np.ndarray:
+    """Losses every optimizer can rank: NaN and +inf become a large finite loss, with a TunerWarning.
+
+    A clipped candidate is still told to the optimizer (as a very bad one), so the run goes on;
+    the warning says it happened, since many clipped candidates mean the loss is not measuring much.
+    """
+    clipped = int(np.count_nonzero(~np.isfinite(losses)))
+    if clipped:
+        warnings.warn(
+            f"generation {generation}: clipped the non-finite losses of {clipped} of {len(losses)} "
+            f"candidates (NaN and +inf to {_LOSS_CEILING:g}, -inf to the lowest float)",
+            TunerWarning,
+            stacklevel=3,
+        )
+    return np.nan_to_num(losses, nan=_LOSS_CEILING, posinf=_LOSS_CEILING)
 
 
 @dataclass
@@ -61,18 +70,17 @@ class _Progress:
 
     generations: list[GenerationRecord] = field(default_factory=list)
     history: list[HistoryRow] = field(default_factory=list)
-    best: dict[str, Any] | None = None
+    best: Candidate | None = None
     calls_used: int = 0
     stale: int = 0  # dev evaluations since the dev selection score last improved
     stop_reason: str | None = None
 
 
 class Tuner:
-    """Tunes one adapter vector for a task against one server.
+    """Tunes one adapter vector for a task against one server, as ``settings`` say.
 
-    ``budget`` counts candidate evaluations on the train set (dev evaluations are
-    extra); it is spent in whole generations of ``popsize``. ``patience`` stops
-    after that many dev evaluations without a better dev score (``select_on``).
+    ``Tuner(client, task, settings=TunerSettings(...))``, or keyword overrides such as
+    ``Tuner(client, task, adapter="bbt", budget=200)`` (applied on top of ``settings``).
     """
 
     def __init__(
@@ -80,46 +88,16 @@ class Tuner:
         client: TuningClient,
         task: Task,
         *,
-        adapter: str = "bbt",
-        optimizer: str = "cma",
-        budget: int = 200,
-        popsize: int = 20,
-        sigma0: float = 1.0,
-        loss: str = "ce",
-        fit_bias: bool = False,
-        select_on: str = "accuracy",
-        select_from: str = "best",
-        dev_every: int = 1,
-        patience: int | None = None,
-        seed: int = 0,
+        settings: TunerSettings | None = None,
         checkpoint: Path | str | None = None,
         checkpoint_key: KeySpec = None,
         on_generation: Callable[[HistoryRow], None] | None = None,
+        **overrides: Any,
     ) -> None:
-        if loss not in LOSSES:
-            raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
-        if select_on not in SELECTIONS:
-            raise ConfigError(f"unknown select_on {select_on!r}; known: {', '.join(SELECTIONS)}")
-        if select_from not in SELECT_FROM:
-            raise ConfigError(f"unknown select_from {select_from!r}; known: {', '.join(SELECT_FROM)}")
-        if popsize < 1 or dev_every < 1 or (patience is not None and patience < 1) or sigma0 <= 0:
-            raise ConfigError("popsize, dev_every and patience must be at least 1, and sigma0 positive")
-        if budget < popsize:
-            raise ConfigError(f"budget {budget} is below one generation (popsize {popsize})")
+        base = settings if settings is not None else TunerSettings()
+        self.settings = base.replace(**overrides) if overrides else base
         self.client = client
         self.task = task
-        self.adapter = adapter
-        self.optimizer_name = optimizer
-        self.budget = budget
-        self.popsize = popsize
-        self.sigma0 = sigma0
-        self.loss = loss
-        self.fit_bias = fit_bias
-        self.select_on = select_on
-        self.select_from = select_from
-        self.dev_every = dev_every
-        self.patience = patience
-        self.seed = seed
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self._checkpoint_key = checkpoint_key
         self._key: SecretKey | None = None
@@ -130,28 +108,12 @@ class Tuner:
 
     @property
     def generations(self) -> int:
-        return self.budget // self.popsize
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "adapter": self.adapter,
-            "optimizer": self.optimizer_name,
-            "budget": self.budget,
-            "popsize": self.popsize,
-            "sigma0": self.sigma0,
-            "loss": self.loss,
-            "fit_bias": self.fit_bias,
-            "select_on": self.select_on,
-            "select_from": self.select_from,
-            "dev_every": self.dev_every,
-            "patience": self.patience,
-            "seed": self.seed,
-        }
+        return self.settings.generations
 
     def config(self, info: ServerInfo) -> dict[str, Any]:
         """What a resume must match exactly: settings, task (with its data) and model."""
         return {
-            **self.settings(),
+            **self.settings.to_json(),
             "task": self.task.fingerprint(),
             "model_fingerprint": info.model_fingerprint,
         }
@@ -160,22 +122,23 @@ class Tuner:
     def run(self, *, resume: bool = False) -> TuningResult:
         info = self.client.info()
         self._info, self._progress = info, None
+        settings = self.settings
         try:
-            dimension = info.adapter(self.adapter).dimension
+            dimension = info.adapter(settings.adapter).dimension
         except KeyError as error:
             raise ConfigError(str(error.args[0])) from None
         train, dev = self.task.train, self.task.dev
         if dimension == 0:
             return self._run_without_vector(info, train, dev)
         optimizer = make_optimizer(
-            self.optimizer_name,
+            settings.optimizer,
             OptimizerConfig(
                 dimension,
-                self.popsize,
-                self.sigma0,
-                self.seed,
-                self.generations * self.popsize,
-                include_recommendation=self.select_from == "mean",
+                settings.popsize,
+                settings.sigma0,
+                settings.seed,
+                self.generations * settings.popsize,
+                include_recommendation=settings.select_from == "mean",
             ),
         )
         config = self.config(info)
@@ -183,10 +146,8 @@ class Tuner:
         self._progress = progress
         elapsed = progress.history[-1].elapsed_seconds if progress.history else 0.0
         while len(progress.generations) < self.generations and progress.stop_reason is None:
-            self._generation(optimizer, train, dev, progress)
-            row = progress.history[-1]
-            elapsed += row.wall_seconds
-            progress.history[-1] = row = HistoryRow(**{**row.to_json(), "elapsed_seconds": elapsed})
+            row = self._generation(optimizer, train, dev, progress, elapsed)
+            elapsed = row.elapsed_seconds
             if self.checkpoint is not None:
                 save_checkpoint(self.checkpoint, self._to_checkpoint(config, optimizer, progress), self._key)
             if self.on_generation is not None:
@@ -236,78 +197,84 @@ class Tuner:
             stop_reason=saved.progress.get("stop_reason"),
         )
 
-    def _generation(self, optimizer: Optimizer, train: Examples, dev: Examples, progress: _Progress) -> None:
+    def _generation(
+        self, optimizer: Optimizer, train: Examples, dev: Examples, progress: _Progress, elapsed: float
+    ) -> HistoryRow:
+        """Ask, score, tell and select one generation; record it in ``progress`` and return its row."""
         started = time.perf_counter()
+        settings = self.settings
         index = len(progress.generations)
         candidates = optimizer.ask()
         log_probs = self.client.evaluate(
-            self.adapter, candidates, train.texts, train.wire_choices, self.task.mode, train.cue
+            settings.adapter, candidates, train.texts, train.choices, self.task.mode, train.cue
         )
-        scored = compute_losses(self.loss, log_probs, train.labels, with_bias=self.fit_bias)
-        losses = np.nan_to_num(scored.losses, nan=_LOSS_CEILING, posinf=_LOSS_CEILING)
+        labels = _labels(train)
+        scored = compute_losses(settings.loss, log_probs, labels, with_bias=settings.fit_bias)
+        losses = clip_losses(scored.losses, index)
         optimizer.tell(candidates, losses)
         progress.generations.append(GenerationRecord(candidates_digest(candidates), tuple(losses.tolist())))
         progress.calls_used += len(candidates)
         best = int(np.argmin(losses))
-        offered = 0 if self.select_from == "mean" else best  # the injected mean is candidate 0
-        bias = None if scored.bias is None else scored.bias[offered]
-        entry = {
-            "generation": index,
-            "vector": candidates[offered].astype(np.float32).tolist(),
-            "bias": None if bias is None else bias.tolist(),
-            "train_loss": float(losses[offered]),
-            "dev_accuracy": None,
-            "dev_metrics": None,
-        }
+        offered = 0 if settings.select_from == "mean" else best  # the injected mean is candidate 0
+        vector = candidates[offered].astype(np.float32)
+        bias = None if scored.bias is None else scored.bias[offered].copy()
         last = index + 1 == self.generations
-        if len(dev) and ((index + 1) % self.dev_every == 0 or last):
-            entry["dev_metrics"] = self._dev_metrics(np.asarray(entry["vector"], np.float32), bias, dev)
-            entry["dev_accuracy"] = entry["dev_metrics"]["accuracy"]
-        self._select(entry, progress)
-        progress.history.append(
-            HistoryRow(
-                generation=index,
-                calls_used=progress.calls_used,
-                best_loss=float(losses[best]),
-                mean_loss=float(losses.mean()),
-                train_accuracy=accuracy(predictions(scored.log_probs[offered]), train.labels),
-                dev_accuracy=entry["dev_accuracy"],
-                wall_seconds=time.perf_counter() - started,
-                elapsed_seconds=0.0,
-            )
+        on_dev = len(dev) > 0 and ((index + 1) % settings.dev_every == 0 or last)
+        candidate = Candidate(
+            generation=index,
+            vector=vector,
+            bias=bias,
+            train_loss=float(losses[offered]),
+            dev_metrics=self._dev_metrics(vector, bias, dev) if on_dev else None,
         )
+        self._select(candidate, progress)
+        wall = time.perf_counter() - started
+        row = HistoryRow(
+            generation=index,
+            calls_used=progress.calls_used,
+            best_loss=float(losses[best]),
+            mean_loss=float(losses.mean()),
+            train_accuracy=accuracy(predictions(scored.log_probs[offered]), labels),
+            dev_accuracy=candidate.dev_accuracy,
+            wall_seconds=wall,
+            elapsed_seconds=elapsed + wall,
+        )
+        progress.history.append(row)
+        return row
 
     def _dev_metrics(self, vector: np.ndarray, bias: np.ndarray | None, dev: Examples) -> dict[str, Any]:
         log_probs = self.client.predict(
-            self.adapter, vector, dev.texts, dev.wire_choices, self.task.mode, dev.cue
+            self.settings.adapter, vector, dev.texts, dev.choices, self.task.mode, dev.cue
         )
+        labels = _labels(dev)
         adjusted = apply_bias(log_probs, bias)
-        result = metrics(adjusted, dev.labels, dev.num_choices)
-        result["loss"] = float(cross_entropy(adjusted[None], dev.labels)[0])
+        result = metrics(adjusted, labels, dev.num_choices)
+        result["loss"] = float(cross_entropy(adjusted[None], labels)[0])
         return result
 
-    def _dev_score(self, entry: dict[str, Any]) -> float | None:
+    def _dev_score(self, candidate: Candidate) -> float | None:
         """Higher is better: the dev accuracy, or minus the dev cross-entropy (``select_on``)."""
-        dev = entry["dev_metrics"]
+        dev = candidate.dev_metrics
         if dev is None:
             return None
-        return float(dev["accuracy"]) if self.select_on == "accuracy" else -float(dev["loss"])
+        return float(dev["accuracy"]) if self.settings.select_on == "accuracy" else -float(dev["loss"])
 
-    def _select(self, entry: dict[str, Any], progress: _Progress) -> None:
+    def _select(self, candidate: Candidate, progress: _Progress) -> None:
         """Keep the best candidate: by its dev score when a dev split exists, then by train loss."""
         best = progress.best
-        score = self._dev_score(entry)
+        score = self._dev_score(candidate)
         if score is None:
-            if best is None or (best["dev_metrics"] is None and entry["train_loss"] < best["train_loss"]):
-                progress.best = entry
+            if best is None or (best.dev_metrics is None and candidate.train_loss < best.train_loss):
+                progress.best = candidate
             return
         best_score = None if best is None else self._dev_score(best)
         improved = best_score is None or score > best_score
-        tie = best_score is not None and score == best_score
-        if improved or (tie and entry["train_loss"] < best["train_loss"]):
-            progress.best = entry
+        tie = best is not None and score == best_score and candidate.train_loss < best.train_loss
+        if improved or tie:
+            progress.best = candidate
         progress.stale = 0 if improved else progress.stale + 1
-        if self.patience is not None and progress.stale >= self.patience:
+        patience = self.settings.patience
+        if patience is not None and progress.stale >= patience:
             progress.stop_reason = "patience"
 
     def _to_checkpoint(self, config: dict[str, Any], optimizer: Optimizer, progress: _Progress) -> Checkpoint:
@@ -324,31 +291,33 @@ class Tuner:
     def _run_without_vector(self, info: ServerInfo, train: Examples, dev: Examples) -> TuningResult:
         """A dimension-0 adapter ("none") has nothing to tune: score once, fit the bias if asked."""
         started = time.perf_counter()
+        settings = self.settings
         empty = np.zeros((1, 0), dtype=np.float32)
         log_probs = self.client.evaluate(
-            self.adapter, empty, train.texts, train.wire_choices, self.task.mode, train.cue
+            settings.adapter, empty, train.texts, train.choices, self.task.mode, train.cue
         )
-        scored = compute_losses(self.loss, log_probs, train.labels, with_bias=self.fit_bias)
-        bias = None if scored.bias is None else scored.bias[0]
-        dev_metrics = self._dev_metrics(empty[0], bias, dev) if len(dev) else None
+        labels = _labels(train)
+        scored = compute_losses(settings.loss, log_probs, labels, with_bias=settings.fit_bias)
+        bias = None if scored.bias is None else scored.bias[0].copy()
+        candidate = Candidate(
+            generation=None,
+            vector=empty[0],
+            bias=bias,
+            train_loss=float(scored.losses[0]),
+            dev_metrics=self._dev_metrics(empty[0], bias, dev) if len(dev) else None,
+        )
         seconds = time.perf_counter() - started
         row = HistoryRow(
             generation=0,
             calls_used=1,
             best_loss=float(scored.losses[0]),
             mean_loss=float(scored.losses[0]),
-            train_accuracy=accuracy(predictions(scored.log_probs[0]), train.labels),
-            dev_accuracy=None if dev_metrics is None else dev_metrics["accuracy"],
+            train_accuracy=accuracy(predictions(scored.log_probs[0]), labels),
+            dev_accuracy=candidate.dev_accuracy,
             wall_seconds=seconds,
             elapsed_seconds=seconds,
         )
-        progress = _Progress(history=[row], calls_used=1, stop_reason="no-vector")
-        progress.best = {
-            "vector": [],
-            "bias": None if bias is None else bias.tolist(),
-            "train_loss": float(scored.losses[0]),
-            "dev_metrics": dev_metrics,
-        }
+        progress = _Progress(history=[row], best=candidate, calls_used=1, stop_reason="no-vector")
         self._progress = progress
         if self.on_generation is not None:
             self.on_generation(row)
@@ -358,20 +327,26 @@ class Tuner:
         best = progress.best
         assert best is not None, "a run evaluates at least one generation"
         return TuningResult(
-            vector=np.asarray(best["vector"], dtype=np.float32),
-            bias=None if best["bias"] is None else np.asarray(best["bias"], dtype=np.float64),
+            vector=best.vector.copy(),
+            bias=None if best.bias is None else best.bias.copy(),
             history=tuple(progress.history),
-            dev_metrics=best["dev_metrics"],
-            train_loss=float(best["train_loss"]),
+            dev_metrics=best.dev_metrics,
+            train_loss=best.train_loss,
             calls_used=progress.calls_used,
             stop_reason=stop_reason,
-            adapter=self.adapter,
-            optimizer=self.optimizer_name,
+            adapter=self.settings.adapter,
+            optimizer=self.settings.optimizer,
             model_id=info.model_id,
             model_fingerprint=info.model_fingerprint,
             task=self.task.metadata(),
-            settings=self.settings(),
+            settings=self.settings.to_json(),
         )
+
+
+def _labels(examples: Examples) -> np.ndarray:
+    """The labels of a split the task sampled (always labelled)."""
+    assert examples.labels is not None, "tuning splits are labelled"
+    return examples.labels
 
 
 def _canonical(value: Any) -> Any:

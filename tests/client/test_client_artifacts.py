@@ -10,7 +10,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from cbpt.client.artifacts import ArtifactError, load_tuned, save_tuned
-from cbpt.client.errors import CheckpointError
+from cbpt.client.errors import ArtifactError as ArtifactErrorInErrors
+from cbpt.client.errors import ArtifactWarning, CheckpointError
 from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.task import TaskFormat
 
@@ -72,7 +73,7 @@ def test_newer_versions_load_with_a_warning(tmp_path: Path) -> None:
     card = json.loads((tmp_path / "task.json").read_text())
     card.update(format_version=2, shiny_new_field={"x": 1})
     (tmp_path / "task.json").write_text(json.dumps(card))
-    with pytest.warns(UserWarning) as caught:
+    with pytest.warns(ArtifactWarning) as caught:
         tuned = load_tuned(tmp_path)
     messages = " ".join(str(w.message) for w in caught)
     assert "format_version 2" in messages and "shiny_new_field" in messages
@@ -90,6 +91,7 @@ def test_encrypted_vector(tmp_path: Path) -> None:
 
 
 def test_broken_folders(tmp_path: Path) -> None:
+    assert ArtifactError is ArtifactErrorInErrors  # one class, importable from both modules
     with pytest.raises(ArtifactError, match=r"no task\.json"):
         load_tuned(tmp_path)
     save_tuned(tmp_path, _result(), FORMAT)

@@ -8,12 +8,14 @@ import pickle
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
 from cbpt.client.crypto import SecretKey
 from cbpt.client.errors import CheckpointError
 from cbpt.client.optimizers import GenerationRecord
+from cbpt.client.results import Candidate
 
 
 def _checkpoint() -> Checkpoint:
@@ -21,7 +23,13 @@ def _checkpoint() -> Checkpoint:
         config={"seed": 0, "optimizer": "cma", "task": "abc"},
         generations=[GenerationRecord("d" * 64, (0.6931471805599453, 0.1 + 0.2))],
         history=[{"generation": 0, "best_loss": 0.3}],
-        best={"vector": [0.25, -1.5], "bias": None, "train_loss": 0.3, "dev_accuracy": 0.5},
+        best=Candidate(
+            generation=0,
+            vector=np.array([0.25, -1.5], dtype=np.float32),
+            bias=None,
+            train_loss=0.3,
+            dev_metrics={"accuracy": 0.5, "loss": 0.69},
+        ),
         optimizer_state={"rng": {"state": 2**100 + 7}},
         calls_used=2,
         progress={"stale": 0, "stop_reason": None},

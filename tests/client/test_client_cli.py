@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 
 from cbpt.client import progress as progress_module
 from cbpt.client.cli import app
+from cbpt.common.net import free_port
 
 runner = CliRunner()
 
@@ -29,12 +29,6 @@ def assert_one_line_error(result, code: int, fragment: str) -> str:
     assert "Traceback" not in result.output and lines[0].startswith("error: ")
     assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_info(server: str) -> None:
@@ -110,7 +104,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(
 
 
 def test_unreachable_server() -> None:
-    result = cbpt("info", "--server", f"127.0.0.1:{_free_port()}", "--retries", 0)
+    result = cbpt("info", "--server", f"127.0.0.1:{free_port()}", "--retries", 0)
     assert_one_line_error(result, 1, "unavailable")
 
 

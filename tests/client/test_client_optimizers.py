@@ -15,6 +15,7 @@ from cbpt.client.optimizers import (
     register,
     replay,
 )
+from cbpt.common.registry import DuplicateName
 
 CONFIG = OptimizerConfig(dimension=6, popsize=4, sigma0=1.0, seed=3, budget=40)
 NAMES = ["cma", "ng:OnePlusOne", "ng:DiagonalCMA", "ng:NGOpt"]
@@ -38,7 +39,7 @@ def _run(
 
 
 def test_registry_refuses_a_duplicate_family() -> None:
-    with pytest.raises(RuntimeError, match="already registered"):
+    with pytest.raises(DuplicateName, match="optimizer family 'cma' is already registered"):
         register("cma", "cma")(lambda variant, config: None)
 
 

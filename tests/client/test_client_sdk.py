@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import numpy as np
 import pytest
 
 from cbpt.client.errors import AuthError, ClientError, QuotaExceeded, RequestRejected, ServerUnavailable
-from cbpt.client.sdk import TuningClient, is_loopback
+from cbpt.client.sdk import TuningClient
+from cbpt.common.net import free_port, is_loopback_target
 
 TEXTS = [
     f"Review: {word} film number {i}\nSentiment:" for i, word in enumerate(["great", "dull", "fine"] * 4)
@@ -76,15 +76,9 @@ def test_rejections_name_the_field_in_the_callers_indices(limited_server: str) -
             limited.evaluate("bbt", _population(2)[:, :15], TEXTS, CHOICES)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_server_fails_after_retries() -> None:
     waits: list[float] = []
-    client = TuningClient(f"127.0.0.1:{_free_port()}", max_retries=3, timeout=5, sleep=waits.append)
+    client = TuningClient(f"127.0.0.1:{free_port()}", max_retries=3, timeout=5, sleep=waits.append)
     with client, pytest.raises(ServerUnavailable, match="unavailable"):
         client.info()
     assert len(waits) == 3 and waits[0] < waits[2] <= 10  # exponential backoff with jitter
@@ -95,7 +89,7 @@ def test_retry_succeeds_once_the_server_is_up(engine) -> None:
     from cbpt.server.app import BackgroundServer
     from cbpt.server.settings import ServerSettings
 
-    port = _free_port()
+    port = free_port()
     late = BackgroundServer(
         engine, ServerSettings(host="127.0.0.1", port=port, insecure=True, grace_seconds=1)
     )
@@ -148,8 +142,9 @@ def test_quota_honours_retry_info(auth_server: tuple[str, str, str]) -> None:
 
 
 def test_no_plaintext_key_to_remote_hosts() -> None:
-    assert is_loopback("127.0.0.1:5") and is_loopback("localhost:5") and is_loopback("[::1]:5")
-    assert not is_loopback("example.com:443") and not is_loopback("10.0.0.1:50051")
+    assert is_loopback_target("127.0.0.1:5") and is_loopback_target("localhost:5")
+    assert is_loopback_target("[::1]:5") and is_loopback_target("unix:/tmp/cbpt.sock")
+    assert not is_loopback_target("example.com:443") and not is_loopback_target("10.0.0.1:50051")
     with pytest.raises(ClientError, match="plaintext"):
         TuningClient("example.com:50051", api_key="cbpt_x", tls=False)
 

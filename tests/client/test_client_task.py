@@ -10,8 +10,10 @@ import pytest
 from client_helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 from cbpt.client.errors import TaskError
-from cbpt.client.loaders import register_loader
+from cbpt.client.loaders import LOADERS, register_loader
 from cbpt.client.task import Task, TaskFormat
+from cbpt.common.choices import Choices
+from cbpt.common.registry import DuplicateName
 
 
 def test_yaml_task_with_relative_paths(make_task: TaskFactory, tmp_path: Path, monkeypatch) -> None:
@@ -23,7 +25,7 @@ def test_yaml_task_with_relative_paths(make_task: TaskFactory, tmp_path: Path, m
     assert task.train.cue == task.dev.cue == "\nSentiment:"
     assert not any("LABEL_SECRET" in text for text in task.texts + task.dev.texts)
     assert task.labels.dtype == np.int64 and sorted(np.bincount(task.labels).tolist()) == [4, 4]
-    assert task.train.wire_choices == list(LABELS.values())
+    assert task.train.choices == Choices.shared_by_all(list(LABELS.values()))
     assert len(task.test()) == 8
 
 
@@ -76,7 +78,8 @@ def test_per_example_options(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "mc.jsonl", rows)
     fmt = TaskFormat(template="{question}", options_field="options", label_field="answer")
     examples = fmt.load_examples(path)
-    assert not examples.shared and examples.wire_choices[0] == [" red 0", " green 0", " blue 0"]
+    assert not examples.choices.shared and examples.choices.of_example(0) == (" red 0", " green 0", " blue 0")
+    assert examples.take([3, 1]).choices.lists == (examples.choices.lists[3], examples.choices.lists[1])
     assert examples.labels.tolist() == [i % 3 for i in range(8)]
 
 
@@ -112,8 +115,11 @@ def test_errors_name_what_to_fix(make_task: TaskFactory, tmp_path: Path) -> None
 
 
 def test_loader_registry_refuses_duplicates() -> None:
-    with pytest.raises(RuntimeError, match="already registered"):
+    with pytest.raises(DuplicateName, match=r"data format '\.jsonl' is already registered"):
         register_loader(".jsonl")(lambda path: [])
+    with pytest.raises(DuplicateName, match=r"'\.json'"):
+        register_loader(".never-seen", ".json")(lambda path: [])
+    assert ".never-seen" not in LOADERS  # refused as a whole, not half registered
 
 
 def test_fingerprint_changes_with_data_and_settings(make_task: TaskFactory) -> None:

@@ -47,7 +47,7 @@ def test_tuning_end_to_end(client: TuningClient, task: Task, optimizer: str) -> 
     assert client.stats.calls == 1 + 4 + 4 and client.stats.candidate_evaluations == 16 + 4
     best_dev = max(row.dev_accuracy for row in result.history)
     assert result.dev_accuracy == best_dev
-    rescored = client.predict("bbt", result.vector, task.dev.texts, task.dev.wire_choices, cue=task.dev.cue)
+    rescored = client.predict("bbt", result.vector, task.dev.texts, task.dev.choices, cue=task.dev.cue)
     assert accuracy(predictions(rescored), task.dev.labels) == result.dev_accuracy
 
 
@@ -127,7 +127,7 @@ def test_select_on_dev_loss_keeps_the_lowest_dev_cross_entropy(client: TuningCli
     result = tuner.run()
     assert len(chosen) == 6 and all(later <= earlier for earlier, later in itertools.pairwise(chosen))
     assert result.dev_metrics["loss"] == chosen[-1] and result.settings["select_on"] == "loss"
-    dev = client.predict("bbt", result.vector, task.dev.texts, task.dev.wire_choices, cue=task.dev.cue)
+    dev = client.predict("bbt", result.vector, task.dev.texts, task.dev.choices, cue=task.dev.cue)
     assert abs(cross_entropy(apply_bias(dev, result.bias)[None], task.dev.labels)[0] - chosen[-1]) < 1e-5
 
 
@@ -139,7 +139,7 @@ def test_select_from_mean_offers_the_cma_mean_with_its_own_bias(client: TuningCl
     assert result.settings["select_from"] == "mean"
     np.testing.assert_array_equal(offered[0], np.zeros(16))  # the first mean is the start point
     train = task.train
-    log_probs = client.evaluate("bbt", result.vector[None], train.texts, train.wire_choices, cue=train.cue)
+    log_probs = client.evaluate("bbt", result.vector[None], train.texts, train.choices, cue=train.cue)
     scored = compute_losses("ce", log_probs, train.labels, with_bias=True)
     assert abs(scored.losses[0] - result.train_loss) < 1e-5
     np.testing.assert_allclose(scored.bias[0], result.bias, atol=1e-5)

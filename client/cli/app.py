@@ -1,0 +1,52 @@
+"""The ``cbpt`` application and how it fails: one line on stderr, and an exit code that says whose fix it is.
+
+Every failure the user can fix prints ONE line and exits 1 (server, key,
+checkpoint) or 2 (task file, data, settings); tracebacks are for bugs only.
+Secrets (API key, passphrase) come from flags or the environment and are never
+echoed, not even in the resume command printed after Ctrl-C (which exits 130).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NoReturn
+
+import typer
+
+from cbpt.client.cli.options import Command, R
+from cbpt.client.errors import ArtifactError, ClientError, ConfigError, TaskError
+
+app = typer.Typer(
+    name="cbpt",
+    help="Privacy-preserving black-box prompt tuning: labels and losses never leave this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals would include API keys and passphrases
+)
+
+USAGE_ERRORS = (TaskError, ConfigError, ArtifactError)  # exit 2: the input needs fixing
+EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def fail(message: object, code: int) -> NoReturn:
+    typer.echo(f"error: {one_line(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly_errors(command: Command[R]) -> Command[R]:
+    """Turn expected errors into one line on stderr and an exit code (2: fix your input, 1: the rest)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        try:
+            return command(*args, **kwargs)
+        except USAGE_ERRORS as error:
+            fail(error, EXIT_INPUT)
+        except ClientError as error:
+            fail(error, EXIT_FAILURE)
+
+    return wrapper

@@ -1,0 +1,140 @@
+"""Every conversion between the wire (``proto/cbpt/v1/tuning.proto``) and the client's own types.
+
+As in Flower's ``common/serde.py``: the SDK moves messages, and this module alone knows
+their fields. Choices are sent as they are stated (``Choices.shared``), never guessed from a
+length: a one-text request with its own list keeps ``example_choices``. Byte sizes for the
+splitting plan come from protobuf here too, so they match the requests exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from cbpt.client.errors import ClientError
+from cbpt.client.info import AdapterInfo, ServerInfo, ServerLimits
+from cbpt.client.scoring import ScoringModeName
+from cbpt.common.choices import Choices
+from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
+from cbpt.v1 import tuning_pb2
+
+_MODES: dict[ScoringModeName, tuning_pb2.ScoringMode] = {
+    "first_token": tuning_pb2.SCORING_MODE_FIRST_TOKEN,
+    "full_choice": tuning_pb2.SCORING_MODE_FULL_CHOICE,
+}
+# A count as wide as the field can hold, so a size estimate never undercounts its varint.
+_WIDEST_COUNT = 2**32 - 1
+
+
+# -- server info -----------------------------------------------------------------------------------
+def server_info_request() -> tuning_pb2.GetServerInfoRequest:
+    return tuning_pb2.GetServerInfoRequest()
+
+
+def adapter_info_from_proto(message: tuning_pb2.AdapterInfo) -> AdapterInfo:
+    return AdapterInfo(
+        name=message.name,
+        method=message.method,
+        dimension=int(message.dimension),
+        prompt_length=int(message.prompt_length),
+        domain=message.domain,
+        description=message.description,
+        placement=message.placement,
+    )
+
+
+def server_info_from_proto(message: tuning_pb2.ServerInfo) -> ServerInfo:
+    limits = ServerLimits(**{f.name: int(getattr(message.limits, f.name)) for f in fields(ServerLimits)})
+    return ServerInfo(
+        model_id=message.model_id,
+        model_fingerprint=message.model_fingerprint,
+        hidden_size=int(message.hidden_size),
+        adapters=tuple(adapter_info_from_proto(adapter) for adapter in message.adapters),
+        limits=limits,
+        server_version=message.server_version,
+    )
+
+
+# -- evaluate requests -----------------------------------------------------------------------------
+def _request(
+    adapter: str, dimension: int, mode: ScoringModeName, cue: str, num_candidates: int
+) -> tuning_pb2.EvaluateRequest:
+    return tuning_pb2.EvaluateRequest(
+        adapter=adapter, dimension=dimension, mode=_MODES[mode], cue=cue, num_candidates=num_candidates
+    )
+
+
+def _add_choices(request: tuning_pb2.EvaluateRequest, choices: Choices) -> None:
+    if choices.shared:
+        request.shared_choices.choices.extend(choices.lists[0])
+    else:
+        for options in choices.lists:
+            request.example_choices.add().choices.extend(options)
+
+
+def evaluate_request(
+    adapter: str,
+    candidates: np.ndarray,
+    texts: Sequence[str],
+    choices: Choices,
+    mode: ScoringModeName = "first_token",
+    cue: str = "",
+) -> tuning_pb2.EvaluateRequest:
+    """One wire request: ``candidates`` float32 [n, dimension], and one choice list per text unless shared."""
+    request = _request(adapter, candidates.shape[1], mode, cue, candidates.shape[0])
+    request.candidates = pack_floats(candidates)
+    request.texts.extend(texts)
+    _add_choices(request, choices)
+    return request
+
+
+def request_base_bytes(
+    adapter: str, dimension: int, choices: Choices, mode: ScoringModeName, cue: str
+) -> int:
+    """Bytes of a request with no texts and no candidates: what every request of one call repeats."""
+    base = _request(adapter, dimension, mode, cue, _WIDEST_COUNT)
+    if choices.shared:
+        _add_choices(base, choices)
+    return base.ByteSize()
+
+
+def example_bytes(texts: Sequence[str], choices: Choices) -> list[int]:
+    """Bytes each text adds to a request, with its own choice list when the choices are per example."""
+    sizes = []
+    for index, text in enumerate(texts):
+        single = tuning_pb2.EvaluateRequest(texts=[text])
+        if not choices.shared:
+            single.example_choices.add().choices.extend(choices.of_example(index))
+        sizes.append(single.ByteSize())
+    return sizes
+
+
+# -- evaluate responses ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scores:
+    """One response, unpacked: log-probs [candidates, examples, widest], padded with -inf."""
+
+    log_probs: np.ndarray
+    tokens_processed: int
+    server_seconds: float
+
+
+def scores_from_response(
+    response: tuning_pb2.EvaluateResponse, num_candidates: int, choice_counts: Sequence[int]
+) -> Scores:
+    """Unpack the ragged log-probs (each example carries only its own choices) into a padded array."""
+    counts = np.asarray(choice_counts, dtype=np.int64)
+    if response.num_candidates != num_candidates or response.num_examples != len(counts):
+        raise ClientError(
+            f"log_probs: server answered {response.num_candidates} x {response.num_examples}, "
+            f"expected {num_candidates} x {len(counts)}"
+        )
+    try:
+        flat = unpack_floats(response.log_probs, (num_candidates, int(counts.sum())), "log_probs")
+    except WireFormatError as error:
+        raise ClientError(str(error)) from error
+    scores = np.full((num_candidates, len(counts), int(counts.max())), -np.inf, dtype=np.float32)
+    scores[:, np.arange(scores.shape[2])[None, :] < counts[:, None]] = flat
+    return Scores(scores, int(response.tokens_processed), float(response.server_seconds))
