@@ -21,8 +21,8 @@ import torch
 
 from cbpt.server.engine.kv import encode_left_padded, forward_after
 from cbpt.server.engine.prepare import leading_special_tokens
-from cbpt.server.model import ModelBundle
 from cbpt.server.engine.readout import head_logits
+from cbpt.server.model import ModelBundle
 
 
 @dataclass(frozen=True)
