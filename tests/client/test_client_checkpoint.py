@@ -20,9 +20,10 @@ from cbpt.client.checkpoint import (
     save_checkpoint,
 )
 from cbpt.client.crypto import SecretKey, resolve_key, unseal
-from cbpt.client.errors import CheckpointError
+from cbpt.client.errors import CheckpointError, KeyWarning
 from cbpt.client.optimizers import GenerationRecord
 from cbpt.client.results import Candidate
+from cbpt.common.errors import CbptWarning
 
 
 def _checkpoint() -> Checkpoint:
@@ -195,3 +196,12 @@ def test_the_tuner_writes_the_best_entry_in_the_old_shape(server: str, make_task
     assert list(best) == list(OLD_BEST)
     assert np.array_equal(np.asarray(best["vector"], np.float32), result.vector)
     assert best["bias"] == result.bias.tolist() and best["dev_metrics"] == result.dev_metrics
+
+
+def test_a_key_file_others_can_read_warns_in_the_client_family(tmp_path: Path) -> None:
+    key_file = tmp_path / "shared.key"
+    key_file.write_bytes(os.urandom(32))
+    key_file.chmod(0o644)
+    with pytest.warns(KeyWarning, match="readable by other users"):
+        save_checkpoint(tmp_path / "c.cbpt", _checkpoint(), key_file)
+    assert issubclass(KeyWarning, CbptWarning)
