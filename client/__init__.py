@@ -3,7 +3,7 @@
 Nothing in this package imports torch or transformers; labels and losses stay on the client.
 The main names are importable from here (loaded on first use)::
 
-    from cbpt.client import Task, Tuner, TuningClient, load_tuned
+    from cbpt.client import Task, Tuner, TunerSettings, TuningClient, load_tuned
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ _EXPORTS = {
     "Task": "cbpt.client.task",
     "TaskFormat": "cbpt.client.task",
     "Tuner": "cbpt.client.tuner",
+    "TunerSettings": "cbpt.client.settings",
+    "Candidate": "cbpt.client.results",
+    "Choices": "cbpt.common.choices",
     "TuningResult": "cbpt.client.results",
     "HistoryRow": "cbpt.client.results",
     "load_tuned": "cbpt.client.artifacts",

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from cbpt.client.errors import CheckpointError
+from cbpt.client.errors import CheckpointError, KeyWarning
 
 KEY_FILE_ENV = "CBPT_KEY_FILE"
 DEFAULT_KEY_FILE = Path("~/.config/cbpt/checkpoint.key")
@@ -76,7 +76,9 @@ class SecretKey:
         except OSError as error:
             raise CheckpointError(f"cannot read key file {path}: {error.strerror}") from None
         if path.stat().st_mode & 0o077:
-            warnings.warn(f"key file {path} is readable by other users; chmod 600 it", stacklevel=2)
+            warnings.warn(
+                f"key file {path} is readable by other users; chmod 600 it", KeyWarning, stacklevel=2
+            )
         return cls(raw=raw, source=f"key file {path}")
 
     @property
@@ -92,6 +94,7 @@ class SecretKey:
     def derive(self, salt: bytes) -> bytes:
         if self.raw is not None:
             return self.raw
+        assert self.passphrase is not None, "a key is raw bytes or a passphrase"
         if salt not in self._derived:
             scrypt = Scrypt(salt=salt, length=KEY_BYTES, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
             self._derived[salt] = scrypt.derive(self.passphrase.encode("utf-8"))

@@ -89,5 +89,9 @@ class ArtifactWarning(ClientWarning):
     """A tuned-task folder written by a newer client: it loads, but some of it is not understood."""
 
 
+class KeyWarning(ClientWarning):
+    """A key file other users can read: it still opens, but it no longer protects much."""
+
+
 class TunerWarning(ClientWarning):
     """A tuning run went on, but not exactly as asked (e.g. losses the optimizer could not take as they were)."""

@@ -26,7 +26,8 @@ class HistoryRow:
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> HistoryRow:
-        return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
+        values: dict[str, Any] = {name: row.get(name) for name in cls.__dataclass_fields__}
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,7 @@ class TuningClient:
             raise ClientError(
                 f"refusing to send an API key in plaintext to {target}; use TLS (a CA certificate)"
             )
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_send_message_length", _CHANNEL_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", _CHANNEL_MESSAGE_BYTES),
             # Reconnect no slower than our own retries back off, so a retry finds a restarted server.

@@ -403,7 +403,7 @@ def _toml(text: str) -> dict[str, Any]:
         import tomllib
     except ImportError:  # Python 3.10
         try:
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
             raise TaskError("TOML task files need Python 3.11+ (or tomli); use YAML") from None
     return tomllib.loads(text)

@@ -70,7 +70,7 @@ def resume_command(
     connection: Connection,
 ) -> str:
     """The command that continues this run: same settings, secrets left to the environment."""
-    words = ["cbpt", "tune", str(task), "--server", connection.server, "--out", str(out)]
+    words = ["cbpt", "tune", str(task), flag("server"), connection.server, "--out", str(out)]
     repeated = [
         *((flag(name), value) for name, value in settings.to_json().items()),
         (flag("encrypt_vector"), encrypt_vector),

@@ -41,6 +41,7 @@ class CMAOptimizer(Optimizer):
 
     def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         losses = self._check_told(candidates, losses, self._asked)
+        assert self._asked is not None  # _check_told refuses a tell without an ask
         self._es.tell(list(self._asked), [float(loss) for loss in losses])
         self._asked = None
 

@@ -11,11 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
-from cbpt.client.crypto import SecretKey
-from cbpt.client.errors import CheckpointError
+from cbpt.client.checkpoint import (
+    FORMAT_VERSION,
+    MAGIC,
+    Checkpoint,
+    check_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from cbpt.client.crypto import SecretKey, resolve_key, unseal
+from cbpt.client.errors import CheckpointError, KeyWarning
 from cbpt.client.optimizers import GenerationRecord
 from cbpt.client.results import Candidate
+from cbpt.common.errors import CbptWarning
 
 
 def _checkpoint() -> Checkpoint:
@@ -118,3 +126,82 @@ def test_scrypt_runs_once_per_key_object(tmp_path: Path) -> None:
     for _ in range(3):
         save_checkpoint(tmp_path / "c.cbpt", _checkpoint(), key)
     assert len(key._derived) == 1
+
+
+# -- the best candidate, typed ----------------------------------------------------------------------
+# A checkpoint's "best" entry exactly as the tuner has written it since its first version.
+OLD_BEST = {
+    "generation": 3,
+    "vector": [0.10000000149011612, -2.5, 1.0000000116860974e-07],  # float32 values, as the tuner wrote them
+    "bias": [0.0, -0.023731870018155844],
+    "train_loss": 0.6931471805599453,
+    "dev_accuracy": 0.75,
+    "dev_metrics": {
+        "accuracy": 0.75,
+        "macro_f1": 0.7333333333333334,
+        "confusion_matrix": [[2, 0], [1, 1]],
+        "num_examples": 4,
+        "loss": 0.61,
+    },
+}
+
+
+def test_a_typed_candidate_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    best = Candidate(
+        generation=4,
+        vector=rng.normal(size=16).astype(np.float32),
+        bias=rng.normal(size=3),
+        train_loss=0.1 + 0.2,
+        dev_metrics={"accuracy": 0.5, "macro_f1": 0.4, "confusion_matrix": [[1, 1], [1, 1]], "loss": 0.7},
+    )
+    path = tmp_path / "c.cbpt"
+    save_checkpoint(path, Checkpoint(config={"seed": 0}, best=best), "pw")
+    loaded = load_checkpoint(path, "pw").best
+    assert isinstance(loaded, Candidate) and loaded.generation == 4 and loaded.train_loss == 0.1 + 0.2
+    assert loaded.vector.dtype == np.float32 and np.array_equal(loaded.vector, best.vector)
+    assert (
+        loaded.bias is not None and loaded.bias.dtype == np.float64 and np.array_equal(loaded.bias, best.bias)
+    )
+    assert loaded.dev_metrics == best.dev_metrics and loaded.dev_accuracy == 0.5
+    assert load_checkpoint(path, "pw").to_json()["best"] == best.to_json()
+    save_checkpoint(path, Checkpoint(config={"seed": 0}), "pw")
+    assert load_checkpoint(path, "pw").best is None
+
+
+def test_an_old_best_entry_loads_and_is_written_back_unchanged() -> None:
+    content = {**_checkpoint().to_json(), "best": json.loads(json.dumps(OLD_BEST))}
+    best = Checkpoint.from_json(content, "old checkpoint").best
+    assert isinstance(best, Candidate) and best.generation == 3 and best.dev_accuracy == 0.75
+    assert best.vector.dtype == np.float32 and best.vector.tolist() == OLD_BEST["vector"]
+    assert best.bias is not None and best.bias.tolist() == OLD_BEST["bias"]
+    assert json.dumps(best.to_json()) == json.dumps(OLD_BEST)  # same keys, order and numbers
+    accuracy_only = {"vector": [0.25], "bias": None, "train_loss": 0.3, "dev_accuracy": 0.5}
+    sparse = Candidate.from_json(accuracy_only)
+    assert sparse.generation is None and sparse.dev_accuracy == 0.5 and sparse.bias is None
+
+
+def test_the_tuner_writes_the_best_entry_in_the_old_shape(server: str, make_task, tmp_path: Path) -> None:
+    from cbpt.client.sdk import TuningClient
+    from cbpt.client.task import Task
+    from cbpt.client.tuner import Tuner
+
+    path = tmp_path / "run.cbpt"
+    with TuningClient(server) as client:
+        result = Tuner(
+            client, Task.from_file(make_task()), budget=8, popsize=4, fit_bias=True, checkpoint=path
+        ).run()
+    _, plaintext = unseal(path.read_bytes(), resolve_key(None), MAGIC, FORMAT_VERSION, "checkpoint")
+    best = json.loads(plaintext)["best"]
+    assert list(best) == list(OLD_BEST)
+    assert np.array_equal(np.asarray(best["vector"], np.float32), result.vector)
+    assert best["bias"] == result.bias.tolist() and best["dev_metrics"] == result.dev_metrics
+
+
+def test_a_key_file_others_can_read_warns_in_the_client_family(tmp_path: Path) -> None:
+    key_file = tmp_path / "shared.key"
+    key_file.write_bytes(os.urandom(32))
+    key_file.chmod(0o644)
+    with pytest.warns(KeyWarning, match="readable by other users"):
+        save_checkpoint(tmp_path / "c.cbpt", _checkpoint(), key_file)
+    assert issubclass(KeyWarning, CbptWarning)

@@ -7,12 +7,17 @@ import shlex
 from pathlib import Path
 
 import pytest
+import typer
 from client_helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from cbpt.client import progress as progress_module
 from cbpt.client.cli import app
+from cbpt.client.cli.connection import Connection
+from cbpt.client.cli.keys import KeySource
+from cbpt.client.cli.tuning import resume_command
+from cbpt.client.settings import TunerSettings
 from cbpt.common.net import free_port
 
 runner = CliRunner()
@@ -35,6 +40,7 @@ def test_info(server: str) -> None:
     result = cbpt("info", "--server", server)
     assert result.exit_code == 0, result.output
     assert "tiny-llama-0" in result.output and "bbt" in result.output and "max_candidates" in result.output
+    assert "placement" in result.output and "prefix" in result.output
 
 
 def test_tune_evaluate_predict(server: str, make_task: TaskFactory, tmp_path: Path) -> None:
@@ -151,3 +157,96 @@ def test_server_rejection_and_fingerprint_mismatch(
     assert_one_line_error(mismatch, 1, "tuned on model")
     again = cbpt("tune", task_path, "--server", server, "--out", out, "--budget", 4, "--popsize", 4)
     assert_one_line_error(again, 1, "add --resume")
+
+
+# -- options declared once -------------------------------------------------------------------------
+CONNECTION_OPTIONS = (
+    "--server",
+    "--api-key",
+    "--ca-cert",
+    "--client-cert",
+    "--client-key",
+    "--insecure",
+    "--timeout",
+    "--retries",
+)
+CLI_SOURCE = Path(__file__).resolve().parents[2] / "client" / "cli"
+
+
+def _tune_command():
+    return typer.main.get_command(app).commands["tune"]  # type: ignore[attr-defined]
+
+
+def _options(command: str) -> dict:
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    return {
+        name: param
+        for param in commands[command].params
+        if param.param_type_name == "option"
+        for name in param.opts
+    }
+
+
+def test_every_server_command_takes_the_same_connection_options() -> None:
+    reference = _options("tune")
+    for command, (timeout, retries) in {
+        "info": (30.0, 2),
+        "tune": (300.0, 4),
+        "evaluate": (300.0, 4),
+        "predict": (300.0, 4),
+    }.items():
+        options = _options(command)
+        assert set(CONNECTION_OPTIONS) <= set(options), command
+        for name in CONNECTION_OPTIONS:
+            assert (
+                options[name].help == reference[name].help and options[name].envvar == reference[name].envvar
+            )
+        assert (options["--timeout"].default, options["--retries"].default) == (timeout, retries), command
+        assert (
+            options["--server"].default == "127.0.0.1:50051" and options["--api-key"].envvar == "CBPT_API_KEY"
+        )
+
+
+def test_the_cli_source_declares_each_option_once() -> None:
+    sources = {path.name: path.read_text(encoding="utf-8") for path in CLI_SOURCE.glob("*.py")}
+    for option in (*CONNECTION_OPTIONS, "--passphrase", "--key-file"):
+        holders = {
+            name: source.count(f'"{option}"') for name, source in sources.items() if f'"{option}"' in source
+        }
+        assert list(holders.values()) == [1], (option, holders)
+
+
+def test_options_may_come_before_or_after_the_arguments(make_task: TaskFactory, tmp_path: Path) -> None:
+    task_path = make_task()
+    missing = tmp_path / "missing-ca.pem"
+    for words in (
+        ["tune", task_path, "--out", tmp_path / "t", "--adapter", "bbt-cue", "--ca-cert", missing],
+        ["tune", "--ca-cert", missing, task_path, "--adapter", "bbt-cue", "--out", tmp_path / "t"],
+    ):
+        assert_one_line_error(cbpt(*words), 1, f"cannot read root certificates {missing}")
+    assert_one_line_error(cbpt("info", "--ca-cert", missing), 1, "cannot read root certificates")
+
+
+def test_the_resume_command_reads_back_as_the_same_settings(tmp_path: Path) -> None:
+    settings = TunerSettings(
+        adapter="bbt-cue",
+        optimizer="ng:NGOpt",
+        budget=30,
+        popsize=6,
+        sigma0=0.25,
+        loss="hinge",
+        fit_bias=True,
+        select_on="loss",
+        dev_every=2,
+        patience=4,
+        seed=9,
+    )
+    connection = Connection(server="example.com:443", api_key="cbpt_secret", ca_cert=tmp_path / "ca.pem")
+    keys = KeySource(passphrase="not echoed", key_file=tmp_path / "k.key")
+    line = resume_command(tmp_path / "task.yaml", tmp_path / "out", settings, True, keys, connection)
+    assert "cbpt_secret" not in line and "not echoed" not in line
+    words = shlex.split(line)
+    parsed = _tune_command().make_context("tune", words[2:]).params
+    assert TunerSettings(**{name: parsed[name] for name in TunerSettings.names()}) == settings
+    assert parsed["resume"] and parsed["encrypt_vector"] and parsed["server"] == "example.com:443"
+    assert parsed["ca_cert"] == tmp_path / "ca.pem" and parsed["key_file"] == tmp_path / "k.key"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 from client_helpers import TaskFactory, write_jsonl
 
 from cbpt.client.artifacts import load_tuned, save_tuned
-from cbpt.client.errors import CheckpointError, ConfigError, FingerprintMismatch
-from cbpt.client.losses import accuracy, apply_bias, compute_losses, cross_entropy, predictions
+from cbpt.client.checkpoint import load_checkpoint
+from cbpt.client.errors import CheckpointError, ConfigError, FingerprintMismatch, TunerWarning
+from cbpt.client.losses import LOSSES, accuracy, apply_bias, compute_losses, cross_entropy, predictions
 from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner
+from cbpt.client.tuner import Tuner, clip_losses
+from cbpt.common.errors import CbptWarning
 
 TIMING = ("wall_seconds", "elapsed_seconds")
 
@@ -197,3 +200,40 @@ def test_multiple_choice_full_choice_without_dev(client: TuningClient, tmp_path:
     assert result.dev_metrics is None and result.bias.shape == (3,)
     assert result.train_loss == min(row.best_loss for row in result.history)  # no dev: lowest train loss
     assert all(row.dev_accuracy is None for row in result.history)
+
+
+def _with_non_finite_losses(log_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cross-entropy, except that candidate 1 scores NaN and candidate 2 +inf (a broken custom loss)."""
+    losses = cross_entropy(log_probs, labels)
+    losses[1], losses[2] = np.nan, np.inf
+    return losses
+
+
+def test_clipped_losses_are_told_and_warned_about(
+    client: TuningClient, task: Task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(LOSSES, "ce-with-holes", _with_non_finite_losses)  # a loss is one entry in LOSSES
+    path = tmp_path / "run.cbpt"
+    tuner = Tuner(client, task, budget=8, popsize=4, seed=0, loss="ce-with-holes", checkpoint=path)
+    with pytest.warns(TunerWarning) as caught:
+        result = tuner.run()
+    messages = [str(warning.message) for warning in caught if issubclass(warning.category, TunerWarning)]
+    assert messages == [
+        f"generation {g}: clipped the non-finite losses of 2 of 4 candidates "
+        "(NaN and +inf to 1e+06, -inf to the lowest float)"
+        for g in (0, 1)
+    ]
+    assert issubclass(TunerWarning, CbptWarning)
+    told = [generation.losses for generation in load_checkpoint(path).generations]
+    assert all(losses[1] == losses[2] == 1e6 and np.isfinite(losses).all() for losses in told)
+    assert np.isfinite(result.train_loss) and result.train_loss < 1e6
+
+
+def test_finite_losses_pass_unchanged_and_silently() -> None:
+    losses = np.array([0.5, 0.25, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert clip_losses(losses, 3) is not losses and np.array_equal(clip_losses(losses, 3), losses)
+    with pytest.warns(TunerWarning, match="generation 7: clipped the non-finite losses of 1 of 3"):
+        clipped = clip_losses(np.array([0.5, -np.inf, 2.0]), 7)
+    assert clipped[1] == np.finfo(np.float64).min
