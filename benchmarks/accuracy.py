@@ -301,7 +301,9 @@ def build_engine(model: str, prompt_length: int) -> ScoringEngine:
         from cbpt.server.model import load_model
 
         bundle, dimension_scale = load_model(model), 1.0
-    adapters = default_adapters(bundle, bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length)
+    adapters = default_adapters(
+        bundle, bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length
+    )
     placements = {adapter.name: adapter.placement for adapter in adapters}
     std = bundle.embedding_std
     for tuned in {t for t in TUNED.values() if t.dimension is not None}:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import cast
+from typing import TypeAlias, cast
 
 import grpc
 import numpy as np
@@ -33,7 +33,7 @@ from cbpt.common.net import is_loopback_target
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 # What ``evaluate`` accepts as choices: a ``Choices``, one shared list, or one list per text.
-ChoicesLike = Choices | Sequence[str] | Sequence[Sequence[str]]
+ChoicesLike: TypeAlias = Choices | Sequence[str] | Sequence[Sequence[str]]
 # The client's own ceiling on message size; requests are split to the server's smaller limit.
 _CHANNEL_MESSAGE_BYTES = 256 * 1024 * 1024
 

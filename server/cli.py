@@ -44,6 +44,13 @@ Quantize = Annotated[
 BbtDimension = Annotated[int | None, typer.Option(help="Dimension of BBT candidate vectors.")]
 PromptLength = Annotated[int | None, typer.Option(help="Soft-prompt vectors the BBT adapter inserts.")]
 ProjectionSeed = Annotated[int | None, typer.Option(help="Seed of the BBT random projection.")]
+ShippedGenerators = Annotated[
+    bool | None,
+    typer.Option(
+        "--shipped-generators/--no-shipped-generators",
+        help="Serve the generators shipped for this model (e.g. cbp-opinion for the bundled one).",
+    ),
+]
 Generators = Annotated[
     list[Path] | None, typer.Option("--generator", help="A trained CBP generator folder (repeatable).")
 ]
@@ -80,6 +87,7 @@ def _build_engine(settings: ServerSettings):
     return build_engine(
         settings.model,
         specs=settings.adapter_specs(),
+        shipped_generators=settings.shipped_generators,
         cache_dir=settings.model_cache_dir,
         device=settings.device,
         threads=settings.threads,
@@ -110,6 +118,7 @@ def serve(
     prompt_length: PromptLength = None,
     projection_seed: ProjectionSeed = None,
     generators: Generators = None,
+    shipped_generators: ShippedGenerators = None,
     max_candidates: Annotated[int | None, typer.Option()] = None,
     max_examples: Annotated[int | None, typer.Option()] = None,
     max_choices: Annotated[int | None, typer.Option()] = None,
@@ -198,6 +207,7 @@ def info(
     prompt_length: PromptLength = None,
     projection_seed: ProjectionSeed = None,
     generators: Generators = None,
+    shipped_generators: ShippedGenerators = None,
 ) -> None:
     """Load the engine and show the model identity, adapters and limits."""
     flags = dict(locals())

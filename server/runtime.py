@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cbpt.server.adapters import Adapter, AdapterSpec, build_adapters, default_specs, generator_specs
+from cbpt.server.adapters.generator import CONFIG_FILE
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
+
+log = logging.getLogger(__name__)
+
+# Generators trained by the provider for the default model, shipped as package data.
+SHIPPED_GENERATORS = Path(__file__).resolve().parent / "generators"
 
 
 def served_specs(
@@ -31,10 +39,30 @@ def default_adapters(bundle: ModelBundle, **specs: Any) -> list[Adapter]:
     return build_adapters(bundle, served_specs(**specs))
 
 
+def shipped_generator_specs(fingerprint: str, folder: Path = SHIPPED_GENERATORS) -> list[AdapterSpec]:
+    """Specs of the generators shipped in the package that were trained for this model's weights.
+
+    A shipped generator for other weights is skipped (the server may run any model); one given
+    with ``--generator`` for other weights is refused, as a mistake.
+    """
+    specs = []
+    for config in sorted(folder.glob(f"*/{CONFIG_FILE}")):
+        card = json.loads(config.read_text(encoding="utf-8"))
+        if card.get("base_model_fingerprint") == fingerprint:
+            specs.append(AdapterSpec(method="cbp", generator=config.parent))
+        else:
+            log.info(
+                "shipped generator skipped: trained for other weights",
+                extra={"fingerprint": fingerprint[:16]},
+            )
+    return specs
+
+
 def build_engine(
     model: str = "smollm2",
     *,
     specs: Sequence[AdapterSpec] | None = None,
+    shipped_generators: bool = True,
     cache_dir: Path | None = None,
     device: str = "auto",
     threads: int | None = None,
@@ -44,5 +72,13 @@ def build_engine(
 ) -> ScoringEngine:
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
-    adapters = build_adapters(bundle, served_specs() if specs is None else specs)
+    chosen = served_specs() if specs is None else list(specs)
+    if shipped_generators:
+        given = {Path(spec.generator).resolve() for spec in chosen if spec.generator is not None}
+        chosen += [
+            s
+            for s in shipped_generator_specs(bundle.fingerprint)
+            if Path(s.generator or "").resolve() not in given
+        ]
+    adapters = build_adapters(bundle, chosen)
     return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences)

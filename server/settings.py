@@ -92,6 +92,9 @@ class ServerSettings(BaseSettings):
     prompt_length: int = Field(10, ge=1)
     projection_seed: int = 0
     generators: list[Path] = Field(default_factory=list)
+    shipped_generators: bool = Field(
+        True, description="serve the package's generators trained for this model"
+    )
     adapters: list[AdapterSpec] = Field(
         default_factory=list,
         description="adapter specs to serve instead of the defaults (zero-shot and BBT); settings file only",

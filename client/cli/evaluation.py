@@ -85,7 +85,7 @@ def evaluate(
         f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   examples {result['num_examples']}"
     )
     table = Table("true \\ predicted", *names, title="confusion matrix")
-    confusion: list[list[int]] = result["confusion_matrix"]  # type: ignore[assignment]
+    confusion: list[list[int]] = result["confusion_matrix"]
     for name, row in zip(names, confusion, strict=True):
         table.add_row(name, *(str(count) for count in row))
     console.print(table)

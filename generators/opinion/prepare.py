@@ -57,7 +57,9 @@ def held_out_texts(datasets: Path) -> list[dict]:
     for per_class in (BENCHMARK_TEST_PER_CLASS, DEMO_TEST_PER_CLASS):
         _, test = tweets.split(rows, per_class, SPLIT_SEED)
         held += [{"text": row["text"], "source": f"tweets-test-{per_class}"} for row in test]
-    held += [{"text": row["text"], "source": "sst2-dev"} for row in read_jsonl(datasets / "sst2" / "dev.jsonl")]
+    held += [
+        {"text": row["text"], "source": "sst2-dev"} for row in read_jsonl(datasets / "sst2" / "dev.jsonl")
+    ]
     fpb = datasets / "financial_phrasebank" / "train.jsonl"
     if fpb.is_file():
         held += [{"text": row["text"], "source": "financial-phrasebank"} for row in read_jsonl(fpb)]

@@ -93,7 +93,9 @@ class GeneratorTrainer:
         self.adapter = CustomizedBlackBoxPrompt(self.generator, name=self.name)
         self.generator.requires_grad_(True)
         widest = max(max(len(t.dev), settings.batch_size) for t in domain.tasks)
-        limits = Limits(max_candidates=max(64, settings.z_samples), max_examples=widest, max_sequences=1 << 30)
+        limits = Limits(
+            max_candidates=max(64, settings.z_samples), max_examples=widest, max_sequences=1 << 30
+        )
         self.engine = ScoringEngine(bundle, [self.adapter], limits, text_states=TextStateCache(1 << 30, 2))
         self.task_vectors = torch.nn.Parameter(torch.zeros(len(domain.tasks), settings.dimension))
         self.parameters: dict[str, torch.nn.Parameter] = {
