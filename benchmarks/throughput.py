@@ -46,7 +46,7 @@ from common import (
     write_text,
 )
 
-CHOICES = [[" negative", " positive"]]
+CHOICES = [" negative", " positive"]
 CUE = "\nSentiment:"
 
 
@@ -84,7 +84,7 @@ def time_call(engine: ScoringEngine, adapter: str, popsize: int, texts: list[str
     started = time.perf_counter()
     result = engine.score(request)
     seconds = time.perf_counter() - started
-    head = 2 * engine.bundle.hidden_size * len(CHOICES[0]) * popsize * len(texts)
+    head = 2 * engine.bundle.hidden_size * len(CHOICES) * popsize * len(texts)
     return Timing(
         seconds,
         result.tokens_processed,
@@ -101,13 +101,13 @@ def over_grpc(engine: ScoringEngine, texts: list[str], adapter: str, generations
     client_seconds, call_seconds, server_seconds, walls = 0.0, [], 0.0, 0.0
     with serve_in_background(engine) as target, TuningClient(target) as client:
         client.info()
-        client.evaluate(adapter, np.zeros((20, dimension), np.float32), texts, CHOICES[0], cue=CUE)  # warm-up
+        client.evaluate(adapter, np.zeros((20, dimension), np.float32), texts, CHOICES, cue=CUE)  # warm-up
         client.stats.reset()
         for _ in range(generations):
             started = time.perf_counter()
             population = optimizer.ask()
             asked = time.perf_counter()
-            log_probs = client.evaluate(adapter, population, texts, CHOICES[0], cue=CUE)
+            log_probs = client.evaluate(adapter, population, texts, CHOICES, cue=CUE)
             answered = time.perf_counter()
             optimizer.tell(population, compute_losses("ce", log_probs, labels, with_bias=True).losses)
             finished = time.perf_counter()
@@ -291,11 +291,11 @@ def _small_generations(
     """One client: warm up, wait for the others, then send ``generations`` popsize-5 calls; returns sequences."""
     rng = np.random.default_rng(seed)
     with TuningClient(target) as client:
-        client.evaluate("bbt", np.zeros((1, 500), np.float32), texts, CHOICES[0], cue=CUE)
+        client.evaluate("bbt", np.zeros((1, 500), np.float32), texts, CHOICES, cue=CUE)
         start.wait()
         for _ in range(generations):
             population = rng.standard_normal((5, 500)).astype(np.float32)
-            client.evaluate("bbt", population, texts, CHOICES[0], cue=CUE)
+            client.evaluate("bbt", population, texts, CHOICES, cue=CUE)
     return 5 * generations * len(texts)
 
 

@@ -193,7 +193,7 @@ def test_white_box_scores_exactly_as_the_engine_places_bbt_suffix() -> None:
         "\nSentiment:",
     )
     z = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-    served = engine.score(ScoreRequest("bbt-suffix", z, texts, [choices], cue=cue)).log_probs[0]
+    served = engine.score(ScoreRequest("bbt-suffix", z, texts, choices, cue=cue)).log_probs[0]
     with torch.no_grad():
         prompt = engine.adapters["bbt-suffix"].soft_prompts(
             torch.from_numpy(z), torch.zeros(1, bundle.hidden_size)

@@ -101,7 +101,7 @@ def other_model_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def auth_server(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
     """(target, a valid key, a rate-limited key with 2 requests a minute)."""
-    auth = pytest.importorskip("cbpt.server.auth")
+    auth = pytest.importorskip("cbpt.server.keys")
     keys = tmp_path_factory.mktemp("apikeys") / "keys.json"
     good = auth.add_key(keys, "alice")
     slow = auth.add_key(keys, "bob", requests_per_minute=2)
