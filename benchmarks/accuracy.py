@@ -1,6 +1,6 @@
 """Accuracy per call (issue #6): zero-shot, ICL, BBT variants and a white-box reference, over seeds.
 
-    .venv/bin/python benchmarks/accuracy.py [--tasks tweets,sst2,fpb] [--methods zero-shot,...]
+    .venv/bin/python -m benchmarks.accuracy [--tasks tweets,sst2,fpb] [--methods zero-shot,...]
         [--seeds 0,1,2] [--budgets 100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20] [--sigma0 1.0]
         [--output accuracy] [--output-dir benchmarks/results] [--datasets ../shared/datasets]
         [--white-box-lr 0.1] [--white-box-dev-every 5]
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from accuracy_data import TASKS, BenchmarkData, MissingData, load
-from accuracy_report import CALIBRATED, plot, render
-from white_box import WhiteBoxConfig
-from white_box import tune as tune_white_box
+from benchmarks.accuracy_data import TASKS, BenchmarkData, MissingData, load
+from benchmarks.accuracy_report import CALIBRATED, plot, render
+from benchmarks.white_box import WhiteBoxConfig
+from benchmarks.white_box import tune as tune_white_box
 
 from cbpt.client.losses import accuracy, apply_bias, calibrate, macro_f1, predictions
 from cbpt.client.results import HistoryRow
@@ -43,7 +43,7 @@ from cbpt.client.task import Examples, Task
 from cbpt.client.tuner import Tuner
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
-from common import RESULTS, SHARED
+from benchmarks.harness import RESULTS, SHARED
 
 Run = dict[str, Any]
 

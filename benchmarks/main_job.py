@@ -1,6 +1,6 @@
 """The README's main job before and after the speed work of issue #4, side by side in one run.
 
-    .venv/bin/python benchmarks/main_job.py [--budget 100] [--model smollm2]
+    .venv/bin/python -m benchmarks.main_job [--budget 100] [--model smollm2]
 
 The job: tune the bundled tweets task (examples/tweets/task.yaml: 16 shots and 8 dev examples per
 class, seed 0) with CMA-ES, popsize 20, a client-side bias, through the real gRPC server and client
@@ -33,7 +33,7 @@ from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import load_model
 from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
-from common import ROOT, machine, write_json, write_text
+from benchmarks.harness import ROOT, machine, write_json, write_text
 
 TASK = ROOT / "examples" / "tweets" / "task.yaml"
 TEST = ROOT / "examples" / "tweets" / "data" / "test.jsonl"

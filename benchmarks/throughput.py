@@ -1,8 +1,8 @@
 """Evaluate throughput of the scoring engine, as a ratio to a plain matmul timed in the same run.
 
-    .venv/bin/python benchmarks/throughput.py            # full grid on the bundled model (~15 min on 2 cores)
-    .venv/bin/python benchmarks/throughput.py --quick    # a smaller grid (~4 min)
-    .venv/bin/python benchmarks/throughput.py --sections threads,int8,merging   # re-run some parts
+    .venv/bin/python -m benchmarks.throughput            # full grid on the bundled model (~15 min on 2 cores)
+    .venv/bin/python -m benchmarks.throughput --quick    # a smaller grid (~4 min)
+    .venv/bin/python -m benchmarks.throughput --sections threads,int8,merging   # re-run some parts
 
 Writes benchmarks/results/throughput.json and throughput.md. FLOPs per sequence are
 2 x non-embedding parameters x tokens processed, plus the LM-head rows actually computed.
@@ -35,7 +35,7 @@ from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import default_adapters
 from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
-from common import (
+from benchmarks.harness import (
     RESULTS,
     SHARED,
     layer_matmul_flops,

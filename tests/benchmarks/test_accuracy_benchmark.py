@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 RUN_KEYS = {
     "task": str,
     "method": str,
@@ -44,9 +43,7 @@ PHRASES = {
 def _import(name: str) -> ModuleType:
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return __import__(name)
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-SST2_DEV = BENCHMARKS.parents[1] / "shared" / "datasets" / "sst2" / "dev.jsonl"
+SST2_DEV = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sst2" / "dev.jsonl"
 
 
 def test_throughput_grid_reports_both_matmul_references(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     if not SST2_DEV.is_file():
         pytest.skip(f"needs the shared SST-2 dev sentences at {SST2_DEV}")
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    import throughput
+    from benchmarks import throughput
 
     out = tmp_path / "speed"
     throughput.main(["--model", "tiny", "--quick", "--sections", "grid", "--reference-seconds", "0.02",

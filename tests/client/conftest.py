@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from client_helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 from cbpt.client.sdk import TuningClient
+from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 
 @pytest.fixture(autouse=True)

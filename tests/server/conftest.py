@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from server_helpers import DIMENSION, TEST_LIMITS, plain_settings
 
 from cbpt.server.app import serve_in_background
 from cbpt.server.certs import CertificatePaths, generate_dev_certificates
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
+from tests.server.helpers import DIMENSION, TEST_LIMITS, plain_settings
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from server_helpers import GatedEngine, evaluate_request, plain_settings
 
 from cbpt.server.app import BackgroundServer, serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+from tests.server.helpers import GatedEngine, evaluate_request, plain_settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

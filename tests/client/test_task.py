@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 from cbpt.client.errors import TaskError
 from cbpt.client.loaders import LOADERS, register_loader
 from cbpt.client.task import Task, TaskFormat
 from cbpt.common.choices import Choices
 from cbpt.common.registry import DuplicateName
+from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 
 def test_yaml_task_with_relative_paths(make_task: TaskFactory, tmp_path: Path, monkeypatch) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from server_helpers import plain_settings
-
 from cbpt.server.app import BackgroundServer
 from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.settings import ServerSettings
+from tests.server.helpers import plain_settings
 
 SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "healthcheck.py"
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_helpers import call_fails, evaluate_request, plain_settings, tls_channel
 
 from cbpt.server.app import BackgroundServer, serve_in_background
 from cbpt.server.certs import CertificatePaths
@@ -16,6 +15,7 @@ from cbpt.server.errors import ConfigError
 from cbpt.server.keys import add_key
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+from tests.server.helpers import call_fails, evaluate_request, plain_settings, tls_channel
 
 INFO = tuning_pb2.GetServerInfoRequest()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from client_helpers import TaskFactory
 
 from cbpt.client.errors import ClientError
 from cbpt.client.losses import accuracy, apply_bias, predictions
@@ -12,6 +11,7 @@ from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
 from cbpt.client.tuner import Tuner
+from tests.client.helpers import TaskFactory
 
 
 @pytest.fixture

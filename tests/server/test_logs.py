@@ -42,7 +42,7 @@ def test_exception_is_type_and_location_only() -> None:
     except ValueError as exc:
         error = exc
     text = TextFormatter().format(_record("evaluate failed", exc=error))
-    assert "ValueError at test_server_logs.py:" in text
+    assert "ValueError at test_logs.py:" in text
     assert "private" not in text
 
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 import pytest
-from server_helpers import DIMENSION, TEST_LIMITS, TEXTS, call_fails, candidates, evaluate_request
 
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+from tests.server.helpers import DIMENSION, TEST_LIMITS, TEXTS, call_fails, candidates, evaluate_request
 
 
 def _nan() -> tuning_pb2.EvaluateRequest:

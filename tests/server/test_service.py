@@ -5,12 +5,12 @@ from __future__ import annotations
 import grpc
 import numpy as np
 from google.protobuf import unknown_fields
-from server_helpers import CHOICES, DIMENSION, TEST_LIMITS, candidates, evaluate_request
 
 from cbpt.common.wire import unpack_floats
 from cbpt.server import __version__
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+from tests.server.helpers import CHOICES, DIMENSION, TEST_LIMITS, candidates, evaluate_request
 
 RESPONSE_FIELDS = {"num_candidates", "num_examples", "log_probs", "tokens_processed", "server_seconds"}
 

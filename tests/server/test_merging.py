@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from server_helpers import TEXTS, GatedEngine, call_fails, candidates, evaluate_request, plain_settings
 
 from cbpt.common.wire import unpack_floats
 from cbpt.server.app import serve_in_background
@@ -17,6 +16,7 @@ from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.merging import MergeSettings, RequestMerger
 from cbpt.v1 import tuning_pb2_grpc
+from tests.server.helpers import TEXTS, GatedEngine, call_fails, candidates, evaluate_request, plain_settings
 
 REQUESTS = [
     evaluate_request(candidates(2, seed=1)),

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_helpers import TaskFactory, write_jsonl
 
 from cbpt.client.artifacts import load_tuned, save_tuned
 from cbpt.client.checkpoint import load_checkpoint
@@ -19,6 +18,7 @@ from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
 from cbpt.client.tuner import Tuner, clip_losses
 from cbpt.common.errors import CbptWarning
+from tests.client.helpers import TaskFactory, write_jsonl
 
 TIMING = ("wall_seconds", "elapsed_seconds")
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_helpers import GatedEngine, call_fails, evaluate_request, plain_settings
 
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import KeyFileError
 from cbpt.server.keys import KeyStore, add_key, hash_key, load_keys
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+from tests.server.helpers import GatedEngine, call_fails, evaluate_request, plain_settings
 
 INFO = tuning_pb2.GetServerInfoRequest()
 

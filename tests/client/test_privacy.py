@@ -6,13 +6,13 @@ import struct
 from pathlib import Path
 
 import grpc
-from client_helpers import LABELS, TaskFactory
 
 from cbpt.client.artifacts import load_tuned, save_tuned
 from cbpt.client.checkpoint import load_checkpoint
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
 from cbpt.client.tuner import Tuner
+from tests.client.helpers import LABELS, TaskFactory
 
 
 class RequestRecorder(grpc.UnaryUnaryClientInterceptor):

@@ -1,4 +1,4 @@
-"""Data and task builders shared by the client tests (imported as a plain module, like server_helpers).
+"""Data and task builders shared by the client tests (imported as tests.client.helpers).
 
 Label names are deliberately distinctive ("LABEL_SECRET_A") and differ from the
 choice strings sent to the server (" positive"), so a test can search the wire

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from client_helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
@@ -19,6 +18,7 @@ from cbpt.client.cli.keys import KeySource
 from cbpt.client.cli.tuning import resume_command
 from cbpt.client.settings import TunerSettings
 from cbpt.common.net import free_port
+from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 runner = CliRunner()
 

@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 import pytest
-from client_helpers import TaskFactory
 
 from cbpt.client.errors import ConfigError, TunerWarning
 from cbpt.client.sdk import TuningClient
 from cbpt.client.settings import TunerSettings
 from cbpt.client.task import Task
 from cbpt.client.tuner import Tuner
+from tests.client.helpers import TaskFactory
 
 # The keys of a checkpoint's config and of task.json's "settings", in the order earlier clients wrote them.
 SAVED_KEYS = [

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_helpers import call_fails, candidates, evaluate_request, plain_settings
 
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoreResult, ScoringEngine
 from cbpt.server.logs import JsonLineFormatter, TextFormatter
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
+from tests.server.helpers import call_fails, candidates, evaluate_request, plain_settings
 
 SECRET_TEXT = "Review: zq-private-diagnosis-7731 was great\nSentiment:"
 SECRET_CHOICE = " zqchoice"
