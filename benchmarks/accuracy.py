@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from benchmarks.accuracy_data import TASKS, BenchmarkData, MissingData, load
 from benchmarks.accuracy_report import CALIBRATED, plot, render
+from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
 from benchmarks.white_box import tune as tune_white_box
-
 from cbpt.client.losses import accuracy, apply_bias, calibrate, macro_f1, predictions
 from cbpt.client.results import HistoryRow
 from cbpt.client.sdk import TuningClient
@@ -43,7 +44,6 @@ from cbpt.client.task import Examples, Task
 from cbpt.client.tuner import Tuner
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
-from benchmarks.harness import RESULTS, SHARED
 
 Run = dict[str, Any]
 
@@ -288,10 +288,11 @@ def _summary(run: Run) -> str:
     )
 
 
-def build_engine(model: str, prompt_length: int) -> ScoringEngine:
-    """The server's default adapters, plus one BBT adapter per dimension variant in TUNED."""
-    from cbpt.server.adapters.bbt import BlackBoxTuning
-    from cbpt.server.runtime import default_adapters
+def build_engine(model: str, prompt_length: int, generators: Sequence[Path] = ()) -> ScoringEngine:
+    """The server's default adapters, one BBT adapter per dimension variant in TUNED, and one CBP
+    adapter per generator folder (the shipped ones for this model included), all from specs."""
+    from cbpt.server.adapters import AdapterSpec, build_adapters, default_specs, generator_specs
+    from cbpt.server.runtime import shipped_generator_specs
 
     if model == "tiny":
         from cbpt.server.testing import tiny_bundle
@@ -301,23 +302,16 @@ def build_engine(model: str, prompt_length: int) -> ScoringEngine:
         from cbpt.server.model import load_model
 
         bundle, dimension_scale = load_model(model), 1.0
-    adapters = default_adapters(
-        bundle, bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length
-    )
-    placements = {adapter.name: adapter.placement for adapter in adapters}
-    std = bundle.embedding_std
-    for tuned in {t for t in TUNED.values() if t.dimension is not None}:
-        adapters.append(
-            BlackBoxTuning(
-                bundle.hidden_size,
-                std,
-                name=tuned.served,
-                dimension=max(2, round(tuned.dimension * dimension_scale)),
-                prompt_length=prompt_length,
-                placement=placements[tuned.adapter],
-            )
-        )
-    return ScoringEngine(bundle, adapters)
+    specs = default_specs(round(500 * dimension_scale), prompt_length)
+    placements = {spec.name: spec.placement for spec in specs}
+    for tuned in sorted({t for t in TUNED.values() if t.dimension is not None}, key=lambda t: t.served):
+        dimension = max(2, round((tuned.dimension or 0) * dimension_scale))
+        specs.append(
+            AdapterSpec(method="bbt", name=tuned.served, placement=placements[tuned.adapter], dimension=dimension,
+                        prompt_length=prompt_length)
+        )  # fmt: skip
+    specs += shipped_generator_specs(bundle.fingerprint) + generator_specs(generators)
+    return ScoringEngine(bundle, build_adapters(bundle, specs))
 
 
 def _ints(text: str) -> list[int]:

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from benchmarks.harness import ROOT, machine, write_json, write_text
 from cbpt.client.losses import accuracy, apply_bias, calibrate, predictions
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
@@ -33,7 +34,6 @@ from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import load_model
 from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
-from benchmarks.harness import ROOT, machine, write_json, write_text
 
 TASK = ROOT / "examples" / "tweets" / "task.yaml"
 TEST = ROOT / "examples" / "tweets" / "data" / "test.jsonl"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from benchmarks.harness import (
+    RESULTS,
+    SHARED,
+    layer_matmul_flops,
+    machine,
+    matmul_flops,
+    sst2_texts,
+    write_json,
+    write_text,
+)
+from benchmarks.throughput_report import render
 from cbpt.client.losses import accuracy, calibrate, compute_losses, predictions
 from cbpt.client.optimizers import make_optimizer
 from cbpt.client.optimizers.base import OptimizerConfig
@@ -35,16 +45,6 @@ from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import default_adapters
 from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
-from benchmarks.harness import (
-    RESULTS,
-    SHARED,
-    layer_matmul_flops,
-    machine,
-    matmul_flops,
-    sst2_texts,
-    write_json,
-    write_text,
-)
 
 CHOICES = [" negative", " positive"]
 CUE = "\nSentiment:"
@@ -383,113 +383,6 @@ def main(argv: list[str] | None = None) -> None:
         write_json(f"{args.output}.json", payload)  # after every section: a later failure loses nothing
         write_text(f"{args.output}.md", render(payload))
     print(render(payload))
-
-
-def _spread(rows: list[dict], key: str) -> str:
-    values = [r[key] for r in rows if key in r]
-    if not values:
-        return "–"
-    return f"median {statistics.median(values):.0%} ({min(values):.0%}–{max(values):.0%})"
-
-
-def render(payload: dict) -> str:
-    lines = [
-        f"# Evaluate throughput ({payload['model']}, {payload['machine']['device']}, {payload['machine']['cores']} cores)",
-        "",
-        f"Two references, both in the model's dtype ({payload.get('dtype', 'torch.float32')}) and timed in the same "
-        "run: a 2048x2048x2048 matmul at the start of the run that measured each section "
-        f"({', '.join(f'{k}: {v:.0f} GFLOP/s' for k, v in payload['matmul_gflops'].items())}), and the model's "
-        "own layer matmuls (q, k, v, o, gate, up, down on 2048 tokens: the forward pass's GEMM shapes), timed "
-        "just before each grid point. "
-        "FLOPs = 2 x non-embedding parameters x tokens run + the LM-head rows computed; adapters placed after "
-        "the text count only the tokens they actually run (each text is encoded once and reused).",
-        "",
-        "| adapter | input | popsize | examples | candidate evals/s | sequences/s | tokens/s "
-        "| FLOP/s vs matmul 2048³ | vs layer matmuls |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in payload.get("grid", []):
-        layer = f"{r['layer_matmul_ratio']:.0%}" if "layer_matmul_ratio" in r else "–"
-        lines.append(
-            f"| {r['adapter']} | {r['length']} | {r['popsize']} | {r['examples']} | {r['candidate_evals_per_s']:.2f} "
-            f"| {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['matmul_ratio']:.0%} | {layer} |"
-        )
-    lines += [
-        "",
-        "## Ablations (bbt unless named, popsize 20 x 32 short examples)",
-        "",
-        "| variant | sequences/s | FLOP/s vs matmul |",
-        "|---|---|---|",
-    ]
-    for a in payload.get("ablations", []):
-        lines.append(f"| {a['variant']} | {a['seq_per_s']:.1f} | {a['matmul_ratio']:.0%} |")
-    if pooled := payload.get("pooled"):
-        lines += [
-            "",
-            f"Tokenising and mean-pooling {pooled['examples']} inputs (what a cache of pooled embeddings would save "
-            f"per call): {pooled['pooled_seconds'] * 1e3:.1f} ms, {pooled['share']:.2%} of a cbp call at popsize "
-            f"{pooled['popsize']} ({pooled['cbp_call_seconds']:.2f} s). Not worth a cache.",
-        ]
-    if threads := payload.get("threads"):
-        lines += [
-            "",
-            "## torch threads (popsize 20 x 32 short examples)",
-            "",
-            "| threads | adapter | sequences/s | FLOP/s vs matmul |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {t['threads']} | {t['adapter']} | {t['seq_per_s']:.1f} | {t['matmul_ratio']:.0%} |"
-            for t in threads
-        ]
-    if int8 := payload.get("int8"):
-        lines += [
-            "",
-            f"## Opt-in int8 dynamic quantisation (`--quantize int8`): speed at popsize 20 x 32, zero-shot on all {int8['dev_examples']} SST-2 dev examples",
-            "",
-            "| weights | bbt sequences/s | bbt-suffix sequences/s | zero-shot | calibrated |",
-            "|---|---|---|---|---|",
-        ]
-        for name in ("fp32", "int8"):
-            r = int8[name]
-            lines.append(
-                f"| {name} | {r['seq_per_s']['bbt']:.1f} | {r['seq_per_s']['bbt-suffix']:.1f} "
-                f"| {r['zero_shot_accuracy']:.1%} | {r['calibrated_accuracy']:.1%} |"
-            )
-    if merging := payload.get("merging"):
-        m = merging[0]
-        lines += [
-            "",
-            f"## Dynamic batching: {m['clients']} clients at once, each sending popsize {m['popsize']} x {m['examples']} examples (bbt)",
-            "",
-            "| server | sequences/s, all clients |",
-            "|---|---|",
-        ]
-        lines += [f"| {r['variant']} | {r['seq_per_s']:.1f} |" for r in merging]
-    lines += [
-        "",
-        "## Through gRPC on loopback (CMA-ES, r=500, popsize 20, 16 examples, bias fitted on the client)",
-        "",
-        "| adapter | client overhead (ask/tell/loss + serialisation/transport) | of which ask/tell/loss | bytes sent / received per candidate evaluation | call p50 / p99 |",
-        "|---|---|---|---|---|",
-    ]
-    for w in payload.get("grpc", []):
-        lines.append(
-            f"| {w['adapter']} | {w['client_overhead_share']:.1%} | {w['ask_tell_loss_share']:.1%} "
-            f"| {w['bytes_sent_per_candidate_evaluation']:.0f} / {w['bytes_received_per_candidate_evaluation']:.0f} "
-            f"| {w['call_seconds_p50']:.2f} s / {w['call_seconds_p99']:.2f} s |"
-        )
-    lines.append("")
-    for adapter in ("bbt", "cbp"):
-        big = [
-            r
-            for r in payload.get("grid", [])
-            if r["popsize"] * r["examples"] >= 160 and r["adapter"] == adapter
-        ]
-        if big:
-            lines.append(f"{adapter} at popsize x examples >= 160 ({len(big)} points): {_spread(big, 'matmul_ratio')} "
-                         f"of the 2048³ matmul; {_spread(big, 'layer_matmul_ratio')} of the layer matmuls.  ")  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
