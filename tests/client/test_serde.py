@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cbpt.client import scoring, sdk, serde, task
+from cbpt.client import scoring, sdk, serde, task_format
 from cbpt.client.errors import ClientError, RequestRejected
 from cbpt.client.sdk import TuningClient
 from cbpt.common.choices import Choices
@@ -122,7 +122,7 @@ def test_request_sizes_match_the_requests() -> None:
 
 
 def test_one_spelling_of_the_scoring_modes() -> None:
-    assert sdk.ScoringModeName is task.ScoringModeName is scoring.ScoringModeName
+    assert sdk.ScoringModeName is task_format.ScoringModeName is scoring.ScoringModeName
     assert scoring.SCORING_MODES == ("first_token", "full_choice")
     sources = [path.read_text(encoding="utf-8") for path in CLIENT.rglob("*.py")]
     assert sum(source.count('Literal["first_token", "full_choice"]') for source in sources) == 1
