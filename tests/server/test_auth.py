@@ -147,3 +147,48 @@ def test_concurrency_limit_per_key(auth_stub, keys, gated: GatedEngine) -> None:
         gated.release.set()
     assert in_flight.result().num_candidates == 2
     assert auth_stub.GetServerInfo(INFO, metadata=carol, timeout=20).model_id
+
+
+async def _count_to_three(request: bytes, context: grpc.aio.ServicerContext):
+    from cbpt.server.logs import current_key_id
+
+    for number in range(3):
+        yield f"{current_key_id.get()}:{number}".encode()
+
+
+def test_the_interceptor_guards_streaming_handlers_too(keys: tuple[Path, dict[str, str]]) -> None:
+    """A streaming method of the Tuning service gets the same key check and key id as a unary one."""
+    import asyncio
+
+    from cbpt.server.auth import ApiKeyInterceptor
+    from cbpt.server.keys import KeyStore
+
+    async def scenario() -> tuple[grpc.StatusCode, list[bytes]]:
+        interceptor = ApiKeyInterceptor(
+            KeyStore.from_file(keys[0]), requests_per_minute=100, max_concurrent=1
+        )
+        server = grpc.aio.server(interceptors=[interceptor])
+        handler = grpc.unary_stream_rpc_method_handler(_count_to_three)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("cbpt.v1.Tuning", {"Count": handler})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                count = channel.unary_stream("/cbpt.v1.Tuning/Count")
+                refused = count(b"")
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    async for _ in refused:
+                        pass
+                allowed = [part async for part in count(b"", metadata=bearer(keys[1]["carol"]))]
+                again = [
+                    part async for part in count(b"", metadata=bearer(keys[1]["carol"]))
+                ]  # the slot was freed
+            return error.value.code(), allowed + again
+        finally:
+            await server.stop(0)
+
+    code, parts = asyncio.run(scenario())
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert parts == [b"carol:0", b"carol:1", b"carol:2"] * 2

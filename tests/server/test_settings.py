@@ -88,3 +88,28 @@ def test_bad_files_and_values_are_clear(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_a_settings_file_lists_the_adapters_to_serve(tmp_path: Path) -> None:
+    from cbpt.server.adapters import build_adapters
+    from cbpt.server.testing import tiny_bundle
+
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        "adapters:\n"
+        "  - {method: none}\n"
+        "  - {method: bbt, name: bbt-cue-r50, placement: on_cue, dimension: 50, prompt_length: 4}\n"
+    )
+    settings = ServerSettings(config=config)
+    names = [
+        (spec.name, spec.method, spec.placement.value, spec.dimension) for spec in settings.adapter_specs()
+    ]
+    assert names == [(None, "none", "prefix", 500), ("bbt-cue-r50", "bbt", "on_cue", 50)]
+    adapters = build_adapters(tiny_bundle(0), settings.adapter_specs())
+    assert [(a.name, a.dimension, a.placement.value) for a in adapters] == [
+        ("none", 0, "prefix"),
+        ("bbt-cue-r50", 50, "on_cue"),
+    ]
+    config.write_text("adapters:\n  - {method: bbt, placement: sideways}\n")
+    with pytest.raises(ValidationError, match="placement"):
+        ServerSettings(config=config)
