@@ -134,6 +134,15 @@ def calibrate(log_probs: np.ndarray) -> np.ndarray:
     return normalise(log_probs - offset)
 
 
+def apply_prior(log_probs: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """Scores under a class prior [c]: log_probs + log(prior), renormalised (Bayes' rule for a model
+    whose scores assume balanced classes, as a bias fitted on balanced shots does)."""
+    if prior is None:
+        return normalise(log_probs)
+    prior = np.asarray(prior, dtype=np.float64)
+    return normalise(np.asarray(log_probs, dtype=np.float64) + np.log(prior)[: np.shape(log_probs)[-1]])
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(predicted) == np.asarray(labels))) if len(labels) else 0.0

@@ -51,6 +51,7 @@ class Task(TaskFormat):
 
     _splits: tuple[Examples, Examples] | None = PrivateAttr(None)
     _train_sha256: str | None = PrivateAttr(None)
+    _label_counts: np.ndarray | None = PrivateAttr(None)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Task:
@@ -84,7 +85,21 @@ class Task(TaskFormat):
             everything = self.load_examples(path, field="data.train")
             self._train_sha256 = digest
             self._splits = self._sample(everything, path.name)
+            assert everything.labels is not None
+            self._label_counts = np.bincount(everything.labels, minlength=everything.choices.width)
         return self._splits
+
+    def label_prior(self) -> np.ndarray:
+        """Each class's share of the whole training file (add-one smoothed): the user's real class mix.
+
+        The shots are sampled balanced per class, so a fitted bias learns a uniform prior; adding the
+        log of this prior to the scores (``losses.apply_prior``) corrects the decision rule to the
+        mix the user's data has. It is computed here and never leaves the client.
+        """
+        self._load()
+        assert self._label_counts is not None
+        counts = self._label_counts.astype(np.float64) + 1.0
+        return counts / counts.sum()
 
     def _sample(self, everything: Examples, source: str) -> tuple[Examples, Examples]:
         assert everything.labels is not None

@@ -92,3 +92,14 @@ def test_metrics_match_hand_counts() -> None:
     assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     # per-class F1: 0.5, 0.8, 0.6667
     assert macro_f1(predicted, labels, 3) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_prior_correction_moves_decisions_towards_the_users_class_mix() -> None:
+    from cbpt.client.losses import apply_prior
+
+    balanced = np.log(np.array([[0.45, 0.55], [0.6, 0.4], [0.52, 0.48]]))
+    corrected = apply_prior(balanced, np.array([0.8, 0.2]))
+    assert predictions(balanced).tolist() == [1, 0, 0]
+    assert predictions(corrected).tolist() == [0, 0, 0]  # a rare class needs more evidence
+    np.testing.assert_allclose(np.exp(corrected).sum(-1), 1.0)
+    np.testing.assert_allclose(apply_prior(balanced, np.array([0.5, 0.5])), normalise(balanced))

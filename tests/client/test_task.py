@@ -155,3 +155,17 @@ def test_template_cue_is_split_after_the_last_field():
     assert split_cue("Q: {q} {{braces}} A:") == ("Q: {q}", " {braces} A:")
     body, cue = split_cue("Q: {q} {{braces}} A:")
     assert body.format(q="x") + cue == "Q: {q} {{braces}} A:".format(q="x")
+
+
+def test_label_prior_is_the_training_files_class_mix(make_task) -> None:
+    from tests.client.helpers import LABELS, labelled_rows
+
+    rows = labelled_rows(12)
+    rows += [dict(rows[0]) for _ in range(12)]  # twelve more of the first row's class
+    task = Task.from_file(make_task(rows=rows))
+    prior = task.label_prior()
+    first = list(dict(LABELS)).index(rows[0]["label"])
+    assert prior.sum() == pytest.approx(1.0)
+    assert prior[first] > prior[1 - first]
+    counts = [sum(row["label"] == label for row in rows) + 1 for label in dict(LABELS)]
+    assert prior.tolist() == pytest.approx([count / sum(counts) for count in counts])
