@@ -1,9 +1,13 @@
-"""Accuracy per call (issue #6): zero-shot, ICL, BBT variants and a white-box reference, over seeds.
+"""Accuracy per call: baselines, ICL, BBT and CBP-Tuning variants and a white-box reference, over seeds.
 
-    .venv/bin/python -m benchmarks.accuracy [--tasks tweets,sst2,fpb] [--methods zero-shot,...]
-        [--seeds 0,1,2] [--budgets 100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20] [--sigma0 1.0]
-        [--output accuracy] [--output-dir benchmarks/results] [--datasets ../shared/datasets]
-        [--white-box-lr 0.1] [--white-box-dev-every 5]
+    .venv/bin/python -m benchmarks.accuracy [--tasks tweets,sst2,fpb,fpb-natural] [--methods zero-shot,...]
+        [--seeds 0,1,2] [--budgets 0,50,100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
+        [--sigma0 1.0] [--generator DIR ...] [--text-cache-mb 256] [--output accuracy]
+        [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--white-box-lr 0.1]
+        [--white-box-dev-every 5]
+
+Methods and their derived reports are in accuracy_methods.py; the report (accuracy_report.py)
+chooses each method's budget on the dev split and reads the test split for that choice only.
 
 Everything black-box goes through the product: an in-process engine behind the real gRPC server on
 loopback, the real ``TuningClient`` and ``Tuner``. One Tuner per (task, method, seed) runs to the
@@ -23,87 +27,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from benchmarks.accuracy_data import TASKS, BenchmarkData, MissingData, load
-from benchmarks.accuracy_report import CALIBRATED, plot, render
+from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, Context, Run
+from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
-from benchmarks.white_box import tune as tune_white_box
-from cbpt.client.losses import accuracy, apply_bias, calibrate, macro_f1, predictions
-from cbpt.client.results import HistoryRow
 from cbpt.client.sdk import TuningClient
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Examples, Task
-from cbpt.client.tuner import Tuner
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
-
-Run = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Tuned:
-    """A tuned black-box method: the server adapter and the tuner settings it differs in.
-
-    ``overrides`` are ``TunerSettings`` fields (fit_bias, select_on, select_from, optimizer, ...);
-    the run's budget, popsize, sigma0, seed and the ce loss come from the benchmark's own options.
-    """
-
-    adapter: str
-    overrides: dict[str, Any] = field(default_factory=dict, hash=False)
-    dimension: int | None = None  # z's length when not the server default (500): an extra adapter
-
-    @property
-    def served(self) -> str:
-        """The adapter name on the benchmark's server: a dimension variant is served under its own name."""
-        return self.adapter if self.dimension is None else f"{self.adapter}-r{self.dimension}"
-
-    def settings(self, **run: Any) -> TunerSettings:
-        """The tuner settings of one run: the method's overrides on top of the run's own settings."""
-        return TunerSettings(adapter=self.served, loss="ce", **run).replace(**self.overrides)
-
-
-BIAS = {"fit_bias": True}
-TUNED = {
-    "bbt": Tuned("bbt"),
-    "bbt-suffix": Tuned("bbt-suffix"),
-    "bbt-suffix-bias": Tuned("bbt-suffix", BIAS),
-    "bbt-cue-bias": Tuned("bbt-cue", BIAS),
-    "bbt-cue-bias-devloss": Tuned("bbt-cue", {**BIAS, "select_on": "loss"}),
-    "bbt-suffix-bias-devloss": Tuned("bbt-suffix", {**BIAS, "select_on": "loss"}),
-    "bbt-cue-bias-ngopt": Tuned("bbt-cue", {**BIAS, "optimizer": "ng:NGOpt"}),
-    "bbt-cue-bias-diagonalcma": Tuned("bbt-cue", {**BIAS, "optimizer": "ng:DiagonalCMA"}),
-    "bbt-cue-bias-tbpsa": Tuned("bbt-cue", {**BIAS, "optimizer": "ng:TBPSA"}),
-    "bbt-cue-bias-r100": Tuned("bbt-cue", BIAS, dimension=100),
-    "bbt-cue-bias-r50": Tuned("bbt-cue", BIAS, dimension=50),
-    "bbt-cue-bias-mean": Tuned("bbt-cue", {**BIAS, "select_from": "mean"}),
-}
-# Every tuned run is also reported calibrated at prediction (CALIBRATED): its test log-probs mean-centred
-# on the unlabelled test inputs, the same free step as zero-shot-calibrated (a fitted bias is irrelevant).
-METHODS = (
-    "zero-shot",
-    "zero-shot-calibrated",
-    "icl",
-    *(name + suffix for name in TUNED for suffix in ("", CALIBRATED)),
-    "white-box",
-    "white-box" + CALIBRATED,
-)
-
-
-def score(log_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
-    predicted = predictions(log_probs)
-    return {
-        "accuracy": accuracy(predicted, labels),
-        "macro_f1": macro_f1(predicted, labels, num_classes),
-        "predicted_class_counts": np.bincount(predicted, minlength=num_classes).tolist(),
-    }
+from cbpt.server.engine.kv import TextStateCache
 
 
 class Results:
@@ -126,161 +63,6 @@ class Results:
         os.replace(partial, self.path)
 
 
-@dataclass
-class Context:
-    client: TuningClient
-    engine: ScoringEngine
-    data: BenchmarkData
-    task: Task
-    test: Examples
-    seed: int
-    budgets: list[int]
-    popsize: int
-    sigma0: float
-    white_box: WhiteBoxConfig
-    zero_shot: dict[str, tuple[np.ndarray, float]]  # per task: test log-probs of adapter "none", seconds
-
-    def run(self, method: str, calls: int, log_probs: np.ndarray, seconds: float, **extra: Any) -> Run:
-        assert self.test.labels is not None
-        return {
-            "task": self.data.name,
-            "method": method,
-            "seed": self.seed,
-            "calls": calls,
-            **score(log_probs, self.test.labels, len(self.data.choices)),
-            "seconds": seconds,
-            "model": self.engine.bundle.model_id,
-            "test_class_counts": self.data.test_class_counts(),
-            **extra,
-        }
-
-    def predict(self, adapter: str, vector: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        return self.client.predict(adapter, vector, texts, self.test.choices, cue=self.test.cue)
-
-
-def zero_shot_log_probs(ctx: Context) -> tuple[np.ndarray, float]:
-    """The test set under adapter "none", once per task (it does not depend on the seed)."""
-    if ctx.data.name not in ctx.zero_shot:
-        started = time.perf_counter()
-        log_probs = ctx.predict("none", np.zeros(0, np.float32), ctx.test.texts)
-        ctx.zero_shot[ctx.data.name] = (log_probs, time.perf_counter() - started)
-    return ctx.zero_shot[ctx.data.name]
-
-
-def run_zero_shot(ctx: Context) -> list[Run]:
-    log_probs, seconds = zero_shot_log_probs(ctx)
-    return [ctx.run("zero-shot", 0, log_probs, seconds)]
-
-
-def run_calibrated(ctx: Context) -> list[Run]:
-    log_probs, seconds = zero_shot_log_probs(ctx)
-    return [ctx.run("zero-shot-calibrated", 0, calibrate(log_probs), seconds)]
-
-
-def demonstrations(task: Task, seed: int) -> str:
-    """One train shot per class, templated with its answer, in a seeded order."""
-    train = task.train
-    assert train.labels is not None
-    picked = [int(np.flatnonzero(train.labels == label)[0]) for label in range(train.num_choices)]
-    order = np.random.default_rng(seed).permutation(picked)
-    return "".join(
-        f"{train.texts[i]}{train.cue}{train.choices.of_example(i)[train.labels[i]]}\n\n" for i in order
-    )
-
-
-def run_icl(ctx: Context) -> list[Run]:
-    prefix = demonstrations(ctx.task, ctx.seed)
-    started = time.perf_counter()
-    log_probs = ctx.predict("none", np.zeros(0, np.float32), [prefix + text for text in ctx.test.texts])
-    return [ctx.run("icl", 0, log_probs, time.perf_counter() - started)]
-
-
-def run_tuned(ctx: Context, method: str) -> list[Run]:
-    tuned = TUNED[method]
-    adapter = tuned.served
-    settings = tuned.settings(budget=max(ctx.budgets), popsize=ctx.popsize, sigma0=ctx.sigma0, seed=ctx.seed)
-    described = ctx.client.info().adapter(adapter)
-    runs: list[Run] = []
-    pending = sorted(ctx.budgets)
-
-    def on_generation(row: HistoryRow) -> None:
-        dev = "-" if row.dev_accuracy is None else f"{100 * row.dev_accuracy:.1f}%"
-        print(
-            f"  generation {row.generation + 1}: calls {row.calls_used}/{max(ctx.budgets)}, "
-            f"best loss {row.best_loss:.4f}, dev accuracy {dev}, {row.elapsed_seconds:.1f} s",
-            flush=True,
-        )
-        while pending and row.calls_used >= pending[0]:
-            budget = pending.pop(0)
-            result = tuner.result_so_far()
-            log_probs = ctx.predict(adapter, result.vector, ctx.test.texts)
-            for name, predicted in (
-                (method, apply_bias(log_probs, result.bias)),
-                (method + CALIBRATED, calibrate(log_probs)),
-            ):
-                runs.append(
-                    ctx.run(
-                        name,
-                        budget,
-                        predicted,
-                        row.elapsed_seconds,
-                        popsize=ctx.popsize,
-                        sigma0=ctx.sigma0,
-                        dimension=described.dimension,
-                        prompt_length=described.prompt_length,
-                        optimizer=settings.optimizer,
-                        select_from=settings.select_from,
-                        dev_accuracy=result.dev_accuracy,
-                    )
-                )
-
-    tuner = Tuner(ctx.client, ctx.task, settings=settings, on_generation=on_generation)
-    tuner.run()
-    return runs
-
-
-def run_white_box(ctx: Context) -> list[Run]:
-    train, dev = ctx.task.train, ctx.task.dev
-    assert train.labels is not None and dev.labels is not None
-    records = tune_white_box(
-        ctx.engine.bundle,
-        cue=ctx.test.cue,
-        choices=list(ctx.data.choices.values()),
-        train=(train.texts, train.labels),
-        dev=(dev.texts, dev.labels),
-        test_texts=ctx.test.texts,
-        record_at=sorted(ctx.budgets),
-        seed=ctx.seed,
-        config=ctx.white_box,
-        log=lambda line: print(f"  {line}", flush=True),
-    )
-    return [
-        ctx.run(
-            name,
-            record.steps,
-            log_probs,
-            record.seconds,
-            dev_accuracy=record.dev_accuracy,
-            calls_unit="optimizer steps",
-            prompt_length=ctx.white_box.prompt_length,
-        )
-        for record in records
-        for name, log_probs in (
-            ("white-box", record.log_probs),
-            ("white-box" + CALIBRATED, calibrate(record.log_probs)),
-        )
-    ]
-
-
-RUNNERS: dict[str, Callable[[Context], list[Run]]] = {
-    "zero-shot": run_zero_shot,
-    "zero-shot-calibrated": run_calibrated,
-    "icl": run_icl,
-    **{name: (lambda ctx, name=name: run_tuned(ctx, name)) for name in TUNED},
-    "white-box": run_white_box,
-}
-
-
 def _summary(run: Run) -> str:
     return (
         f"accuracy {100 * run['accuracy']:.1f}%, macro-F1 {100 * run['macro_f1']:.1f}%, "
@@ -288,7 +70,9 @@ def _summary(run: Run) -> str:
     )
 
 
-def build_engine(model: str, prompt_length: int, generators: Sequence[Path] = ()) -> ScoringEngine:
+def build_engine(
+    model: str, prompt_length: int, generators: Sequence[Path] = (), text_cache_mb: int = 256
+) -> ScoringEngine:
     """The server's default adapters, one BBT adapter per dimension variant in TUNED, and one CBP
     adapter per generator folder (the shipped ones for this model included), all from specs."""
     from cbpt.server.adapters import AdapterSpec, build_adapters, default_specs, generator_specs
@@ -311,7 +95,16 @@ def build_engine(model: str, prompt_length: int, generators: Sequence[Path] = ()
                         prompt_length=prompt_length)
         )  # fmt: skip
     specs += shipped_generator_specs(bundle.fingerprint) + generator_specs(generators)
-    return ScoringEngine(bundle, build_adapters(bundle, specs))
+    cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20)
+    return ScoringEngine(bundle, build_adapters(bundle, specs), text_states=cache)
+
+
+def _source(name: str) -> str:
+    """The method a derived report comes with (``x-calibrated`` comes with ``x``)."""
+    for suffix in DERIVED:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
 
 
 def _ints(text: str) -> list[int]:
@@ -327,7 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=_names, default=list(TASKS))
     parser.add_argument("--methods", type=_names, default=list(RUNNERS))
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
-    parser.add_argument("--budgets", type=_ints, default=[100, 200, 400])
+    parser.add_argument("--budgets", type=_ints, default=[100, 200, 400], help="0: z = 0 (a generator's z0)")
     parser.add_argument("--test-size", type=int, default=600)
     parser.add_argument(
         "--model", default="smollm2", help="'smollm2', 'tiny' (plumbing only) or a HF id/folder"
@@ -337,20 +130,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="accuracy")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--datasets", type=Path, default=SHARED, help="the shared datasets folder")
+    parser.add_argument(
+        "--generator", type=Path, action="append", default=[], help="a CBP generator folder to serve"
+    )
+    parser.add_argument(
+        "--text-cache-mb", type=int, default=256, help="per-scope text-state cache of the engine"
+    )
     parser.add_argument("--white-box-lr", type=float, default=WhiteBoxConfig.learning_rate)
     parser.add_argument("--white-box-dev-every", type=int, default=WhiteBoxConfig.dev_every)
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.tasks) - set(TASKS)):
         parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     if unknown := sorted(set(args.methods) - set(RUNNERS)):
-        derived = [
-            f"{name} (comes with {name.removesuffix(CALIBRATED)})" for name in unknown if name in METHODS
-        ]
+        derived = [f"{name} (comes with {_source(name)})" for name in unknown if name in METHODS]
         parser.error(f"unknown method(s) {', '.join(derived or unknown)}; known: {', '.join(RUNNERS)}")
     if not args.seeds or not args.budgets:
         parser.error("give at least one seed and one budget")
-    if bad := [b for b in args.budgets if b < args.popsize or b % args.popsize]:
-        parser.error(f"budgets must be positive multiples of --popsize {args.popsize}: {bad}")
+    if bad := [b for b in args.budgets if b < 0 or b % args.popsize]:
+        parser.error(f"budgets must be 0 or positive multiples of --popsize {args.popsize}: {bad}")
     return args
 
 
@@ -366,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"skipping task {name}: {error}", flush=True)
             continue
         print(f"task {name}: test per class {datas[name].test_class_counts()}", flush=True)
-    engine = build_engine(args.model, white_box.prompt_length)
+    engine = build_engine(args.model, white_box.prompt_length, args.generator, args.text_cache_mb)
     results = Results(out / f"{args.output}.json", engine.bundle.model_id)
     zero_shot: dict[str, tuple[np.ndarray, float]] = {}
     with serve_in_background(engine) as target, TuningClient(target, timeout=3600) as client:
@@ -397,6 +194,13 @@ def run_one(context: Context, method: str, results: Results) -> None:
     if results.done(context.data.name, method, context.seed):
         print(f"{label} already in {results.path.name}; skipped", flush=True)
         return
+    served = {adapter.name for adapter in context.client.info().adapters}
+    if method in TUNED and TUNED[method].served not in served:
+        print(
+            f"{label} skipped: the server has no adapter {TUNED[method].served!r} (see --generator)",
+            flush=True,
+        )
+        return
     print(f"{label} running", flush=True)
     runs = RUNNERS[method](context)
     results.add(runs)
@@ -414,6 +218,9 @@ def report(runs: list[Run], args: argparse.Namespace, out: Path) -> None:
     for task in sorted({run["task"] for run in runs}):
         path = plot(runs, task, out / f"{args.output}-{task}.png", METHODS)
         print(f"wrote {path}", flush=True)
+        if any(run["method"].startswith("cbp") for run in runs if run["task"] == task):
+            path = plot_families(runs, task, out / f"{args.output}-{task}-cbp-vs-bbt.png", ("bbt", "cbp"))
+            print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

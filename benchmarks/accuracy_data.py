@@ -25,7 +25,7 @@ DEV_PER_CLASS = 8
 POOL_RESERVE = 2 * (SHOTS_PER_CLASS + DEV_PER_CLASS)
 SPLIT_SEED = 0
 SENTIMENT3 = {"negative": " negative", "neutral": " neutral", "positive": " positive"}
-TASKS = ("tweets", "sst2", "fpb")
+TASKS = ("tweets", "sst2", "fpb", "fpb-natural")
 TWEETS_PREPARE = Path(__file__).resolve().parents[1] / "examples" / "tweets" / "prepare.py"
 
 Row = dict[str, Any]
@@ -155,6 +155,26 @@ def fpb(datasets: Path, work: Path, test_size: int) -> BenchmarkData:
     )
 
 
+def fpb_natural(datasets: Path, work: Path, test_size: int) -> BenchmarkData:
+    """Financial PhraseBank with its natural class mix on both sides: a seeded random test part (about
+    13% negative, 61% neutral, 26% positive), the rest the pool a user's shots and label prior come from."""
+    rows = [
+        row
+        for row in read_jsonl(datasets / "financial_phrasebank" / "train.jsonl")
+        if row["label"] in SENTIMENT3
+    ]
+    shuffled = rows[:]
+    random.Random(SPLIT_SEED).shuffle(shuffled)
+    test, pool = shuffled[:test_size], shuffled[test_size:]
+    return BenchmarkData(
+        "fpb-natural",
+        "Sentence: {text}\nSentiment:",
+        SENTIMENT3,
+        write_jsonl(work / "fpb-natural-pool.jsonl", pool),
+        tuple(test),
+    )
+
+
 def load(name: str, datasets: Path, work: Path, test_size: int) -> BenchmarkData:
     """The named task's fixed pool and test part; raises MissingData when its data is absent."""
     if name == "tweets":
@@ -163,4 +183,6 @@ def load(name: str, datasets: Path, work: Path, test_size: int) -> BenchmarkData
         return sst2(datasets, test_size)
     if name == "fpb":
         return fpb(datasets, work, test_size)
+    if name == "fpb-natural":
+        return fpb_natural(datasets, work, test_size)
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")

@@ -23,6 +23,7 @@ RUN_KEYS = {
     "seconds": float,
 }
 METHODS = [
+    "majority",
     "zero-shot",
     "zero-shot-calibrated",
     "icl",
@@ -30,9 +31,10 @@ METHODS = [
     "bbt-suffix-bias",
     "bbt-cue-bias-ngopt",
     "bbt-cue-bias-r100",
+    "cbp-opinion-bias",
     "white-box",
 ]
-TUNED = {"bbt", "bbt-suffix-bias", "bbt-cue-bias-ngopt", "bbt-cue-bias-r100", "white-box"}
+BLACK_BOX = {"bbt", "bbt-suffix-bias", "bbt-cue-bias-ngopt", "bbt-cue-bias-r100", "cbp-opinion-bias"}
 PHRASES = {
     "negative": ["dull, slow and far too long", "a tired mess", "boring and loud"],
     "neutral": ["the phone is fine I guess", "it is a film", "the sky is blue"],
@@ -74,19 +76,55 @@ def datasets(tmp_path: Path) -> Path:
     return root
 
 
-def _args(datasets: Path, out: Path, methods: list[str] = METHODS) -> list[str]:
+@pytest.fixture
+def generator(tmp_path: Path) -> Path:
+    """A tiny on-cue 'opinion' generator for the tiny model, served as cbp-opinion."""
+    _import("accuracy")
+    import torch
+
+    from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
+    from cbpt.server.testing import tiny_bundle
+
+    bundle = tiny_bundle(0)
+    config = GeneratorConfig(bundle.fingerprint, bundle.hidden_size, bundle.embedding_std, bottleneck=8,
+                             prompt_length=4, dimension=16, domain="opinion", placement="on_cue")  # fmt: skip
+    torch.manual_seed(0)
+    PromptGenerator(config).save(tmp_path / "opinion")
+    return tmp_path / "opinion"
+
+
+def _args(datasets: Path, out: Path, generator: Path, methods: list[str] = METHODS) -> list[str]:
     return [
         *("--model", "tiny", "--tasks", "sst2,fpb", "--methods", ",".join(methods)),
-        *("--seeds", "0", "--budgets", "8,16", "--popsize", "4", "--test-size", "12"),
-        *("--output", "acc", "--output-dir", str(out), "--datasets", str(datasets)),
+        *("--seeds", "0", "--budgets", "0,8,16", "--popsize", "4", "--test-size", "12"),
+        *(
+            "--output",
+            "acc",
+            "--output-dir",
+            str(out),
+            "--datasets",
+            str(datasets),
+            "--generator",
+            str(generator),
+        ),
     ]
 
 
+def _reports(method: str) -> tuple[str, ...]:
+    if method in BLACK_BOX:
+        return (method, method + "-calibrated", method + "-prior")
+    if method == "white-box":
+        return (method, method + "-calibrated")
+    if method == "zero-shot-calibrated":
+        return (method, method + "-prior")
+    return (method,)
+
+
 def test_end_to_end_schema_budgets_resume_and_report(
-    accuracy: ModuleType, datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    accuracy: ModuleType, datasets: Path, generator: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results"
-    accuracy.main(_args(datasets, out))
+    accuracy.main(_args(datasets, out, generator))
     runs = json.loads((out / "acc.json").read_text())
     classes = {"sst2": 2, "fpb": 3}
     for run in runs:
@@ -104,10 +142,14 @@ def test_end_to_end_schema_budgets_resume_and_report(
         (task, name, budget): 1
         for task in classes
         for method in METHODS
-        for name in ((method, method + "-calibrated") if method in TUNED else (method,))
-        for budget in ((8, 16) if method in TUNED else (0,))
+        for name in _reports(method)
+        for budget in ((0, 8, 16) if method in BLACK_BOX else (8, 16) if method == "white-box" else (0,))
     }
-    assert dict(calls) == expected  # each tuned run is also reported calibrated at prediction
+    assert dict(calls) == expected  # each tuned run is also reported calibrated and under the label prior
+    zero = [run for run in runs if run["method"] == "cbp-opinion-bias" and run["calls"] == 0]
+    assert zero and all(run["dev_accuracy"] is not None and run["placement"] == "on_cue" for run in zero)
+    report = (out / "acc.md").read_text()
+    assert "## Chosen on dev, reported on test" in report and "| cbp-opinion-bias | " in report
     optimizers = {run["method"]: run.get("optimizer") for run in runs}
     assert optimizers["bbt-cue-bias-ngopt"] == "ng:NGOpt" and optimizers["bbt"] == "cma"
     dimensions = {run["method"]: run.get("dimension") for run in runs}
@@ -120,28 +162,25 @@ def test_end_to_end_schema_budgets_resume_and_report(
     # Resume: a second run finds every (task, method, seed) and adds nothing.
     before = (out / "acc.json").read_text()
     capsys.readouterr()
-    accuracy.main(_args(datasets, out))
+    accuracy.main(_args(datasets, out, generator))
     assert (out / "acc.json").read_text() == before
     assert capsys.readouterr().out.count("skipped") == len(classes) * len(METHODS)
 
     # An interrupted run: only the missing (task, method, seed) is run again.
-    kept = [run for run in runs if not (run["task"] == "fpb" and run["method"] in ("bbt", "bbt-calibrated"))]
+    kept = [run for run in runs if not (run["task"] == "fpb" and run["method"].startswith("bbt-suffix-bias"))]
     (out / "acc.json").write_text(json.dumps(kept))
-    accuracy.main(_args(datasets, out, ["zero-shot", "bbt"]))
+    accuracy.main(_args(datasets, out, generator, ["zero-shot", "bbt-suffix-bias"]))
     again = json.loads((out / "acc.json").read_text())
     assert again[: len(kept)] == kept
     assert [(r["task"], r["method"], r["calls"]) for r in again[len(kept) :]] == [
-        ("fpb", "bbt", 8),
-        ("fpb", "bbt-calibrated", 8),
-        ("fpb", "bbt", 16),
-        ("fpb", "bbt-calibrated", 16),
+        ("fpb", name, budget) for budget in (0, 8, 16) for name in _reports("bbt-suffix-bias")
     ]
 
 
 def test_missing_data_is_skipped_with_a_message(
-    accuracy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    accuracy: ModuleType, generator: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    accuracy.main(_args(tmp_path / "nothing", tmp_path / "out", ["zero-shot"]))
+    accuracy.main(_args(tmp_path / "nothing", tmp_path / "out", generator, ["zero-shot"]))
     printed = capsys.readouterr().out
     assert "skipping task sst2" in printed and "skipping task fpb" in printed and "no runs" in printed
 
