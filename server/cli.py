@@ -29,6 +29,25 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cbpt.common.version import __version__
+
+        console.print(f"cbpt-server {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Serve a frozen LLM for privacy-preserving black-box prompt tuning."""
+
+
 # Options shared by every command that loads the model; None means "not given on the command line".
 Config = Annotated[Path | None, typer.Option("--config", help="YAML or TOML settings file (or CBPT_CONFIG).")]
 Model = Annotated[str | None, typer.Option(help="Bundled name, Hugging Face id or local folder.")]
