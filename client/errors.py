@@ -80,6 +80,10 @@ class ArtifactError(ClientError, ValueError):
     """A tuned-task folder that is missing files or holds malformed ones."""
 
 
+class ArtifactModified(ArtifactError):
+    """A vector file whose sha256 is not the one its task.json recorded: modified, corrupted or swapped."""
+
+
 # -- warnings ---------------------------------------------------------------------------------------
 class ClientWarning(CbptWarning):
     """Base class of every warning the client issues."""
