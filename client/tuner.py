@@ -45,6 +45,8 @@ from cbpt.client.task import Examples, Task
 
 # A loss the optimizer can digest when the model rules a label out entirely.
 _LOSS_CEILING = 1e6
+# The checkpoint config's record of the budget the optimizer was built for (the first run's).
+PLANNED_BUDGET = "optimizer_budget"
 
 
 def clip_losses(losses: np.ndarray, generation: int) -> np.ndarray:
@@ -111,7 +113,7 @@ class Tuner:
         return self.settings.generations
 
     def config(self, info: ServerInfo) -> dict[str, Any]:
-        """What a resume must match exactly: settings, task (with its data) and model."""
+        """What a resume must match exactly (``budget`` aside: it may grow): settings, task and model."""
         return {
             **self.settings.to_json(),
             "task": self.task.fingerprint(),
@@ -120,6 +122,13 @@ class Tuner:
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> TuningResult:
+        """Tune until the budget, patience or the dev selection says stop.
+
+        ``resume=True`` continues the checkpoint's run, also one that finished: with a larger
+        ``budget`` it goes on from where it stopped. The optimizer is rebuilt with the budget it was
+        first planned for, so the recorded generations replay exactly and the extension is
+        deterministic.
+        """
         info = self.client.info()
         self._info, self._progress = info, None
         settings = self.settings
@@ -130,6 +139,11 @@ class Tuner:
         train, dev = self.task.train, self.task.dev
         if dimension == 0:
             return self._run_without_vector(info, train, dev)
+        config = self.config(info)
+        saved = self._load(config) if resume else None
+        # The budget the optimizer plans for (nevergrad's choices depend on it) is the first run's.
+        planned = _planned_budget(saved.config) if saved else self.generations * settings.popsize
+        config[PLANNED_BUDGET] = planned
         optimizer = make_optimizer(
             settings.optimizer,
             OptimizerConfig(
@@ -137,12 +151,11 @@ class Tuner:
                 settings.popsize,
                 settings.sigma0,
                 settings.seed,
-                self.generations * settings.popsize,
+                planned,
                 include_recommendation=settings.select_from == "mean",
             ),
         )
-        config = self.config(info)
-        progress = self._resume(optimizer, config) if resume else self._fresh()
+        progress = self._restore(optimizer, saved) if saved else self._fresh()
         self._progress = progress
         elapsed = progress.history[-1].elapsed_seconds if progress.history else 0.0
         while len(progress.generations) < self.generations and progress.stop_reason is None:
@@ -177,12 +190,21 @@ class Tuner:
             self._key = resolve_key(self._checkpoint_key)
         return _Progress()
 
-    def _resume(self, optimizer: Optimizer, config: dict[str, Any]) -> _Progress:
+    def _load(self, config: dict[str, Any]) -> Checkpoint:
+        """The checkpoint to continue, if it was written for these settings (any budget it can reach)."""
         if self.checkpoint is None:
             raise CheckpointError("resume needs a checkpoint path")
         self._key = resolve_key(self._checkpoint_key)
         saved = load_checkpoint(self.checkpoint, self._key)
-        check_config(saved.config, config, self.checkpoint)
+        check_config(saved.config, config, self.checkpoint, ignore=("budget", PLANNED_BUDGET))
+        if self.generations < len(saved.generations):
+            done = len(saved.generations) * self.settings.popsize
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint} already used {done} calls; --budget must be at least {done}"
+            )
+        return saved
+
+    def _restore(self, optimizer: Optimizer, saved: Checkpoint) -> _Progress:
         replay(optimizer, saved.generations)
         if _canonical(optimizer.state()) != _canonical(saved.optimizer_state):
             raise CheckpointError(
@@ -347,6 +369,11 @@ def _labels(examples: Examples) -> np.ndarray:
     """The labels of a split the task sampled (always labelled)."""
     assert examples.labels is not None, "tuning splits are labelled"
     return examples.labels
+
+
+def _planned_budget(config: dict[str, Any]) -> int:
+    """The budget a checkpoint's optimizer was built with (checkpoints before extension: its budget)."""
+    return int(config.get(PLANNED_BUDGET, config["budget"]))
 
 
 def _canonical(value: Any) -> Any:
