@@ -11,7 +11,7 @@ from cbpt.client.results import HistoryRow
 class TuningProgress:
     """A rich progress bar fed by ``Tuner(on_generation=progress.update)``."""
 
-    def __init__(self, console: Console, budget: int) -> None:
+    def __init__(self, console: Console, budget: int, *, quiet: bool = False) -> None:
         self._progress = Progress(
             TextColumn("[bold]tuning"),
             BarColumn(),
@@ -22,6 +22,7 @@ class TuningProgress:
             TimeRemainingColumn(),
             console=console,
             transient=False,
+            disable=quiet or not console.is_terminal,  # a log file or --json gets no bar
         )
         self._task = self._progress.add_task("tune", total=budget, loss="-", dev="-")
         self._best_dev: float | None = None

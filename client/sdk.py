@@ -5,7 +5,10 @@ returns log-probabilities; the messages themselves are built and read in
 ``serde``. Labels and losses have no parameter here, so they cannot reach the
 wire. Around each call it adds the API key, a deadline, retries with jittered
 exponential backoff (honouring the server's RetryInfo), and splitting to the
-server's stated limits.
+server's stated limits. Once a server has answered, an UNAVAILABLE is retried for
+``retry_window`` seconds rather than a count of times, so a long run rides out a
+server restart (tens of seconds); before that, a few quick retries say soon that
+nothing is listening (or that TLS does not match).
 """
 
 from __future__ import annotations
@@ -178,12 +181,19 @@ class TuningClient:
         backoff_base: float = 0.25,
         backoff_max: float = 10.0,
         max_retry_wait: float = 60.0,
+        retry_window: float = 60.0,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if retry_window < 0:
+            raise ClientError(f"retry_window must be at least 0 seconds, got {retry_window}")
         self.target = target
         self.timeout = timeout
         self.max_retries = max_retries
+        self.retry_window = retry_window
+        self._clock = clock
+        self._answered = False  # has this server answered a call yet (then UNAVAILABLE means a restart)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_wait = max_retry_wait
@@ -195,6 +205,7 @@ class TuningClient:
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
         tls_config = self._tls_config(tls, target, root_certificates, client_cert, client_key)
+        self.uses_tls = tls_config is not None
         if tls_config is None and api_key and not is_loopback_target(target):
             raise ClientError(
                 f"refusing to send an API key in plaintext to {target}; use TLS (a CA certificate)"
@@ -253,23 +264,37 @@ class TuningClient:
         ceiling = min(self.backoff_max, self.backoff_base * 2**attempt)
         return ceiling * self._jitter.uniform(0.5, 1.0)
 
+    def _retry_wait(self, error: grpc.RpcError, attempt: int, first_failure: float) -> float | None:
+        """Seconds to wait before retrying a failed call, or None to give up on it."""
+        code, delay = code_of(error), retry_delay(error)
+        if code not in RETRYABLE or (delay is not None and delay > self.max_retry_wait):
+            return None
+        wait = self._backoff(attempt, delay)
+        if attempt < self.max_retries:
+            return wait
+        if code == grpc.StatusCode.UNAVAILABLE and self._answered:  # a restart: wait for it
+            left = self.retry_window - (self._clock() - first_failure)
+            return min(wait, left) if left > 0 else None
+        return None
+
     def _call(self, method: str, request: Message) -> Message:
         rpc = getattr(self._stub, method)
-        attempt = 0
+        attempt, first_failure = 0, 0.0
         while True:
             try:
                 response = rpc(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
-                delay = retry_delay(error)
-                retryable = code_of(error) in RETRYABLE and attempt < self.max_retries
-                if retryable and (delay is None or delay <= self.max_retry_wait):
-                    self._sleep(self._backoff(attempt, delay))
+                first_failure = first_failure if attempt else self._clock()
+                wait = self._retry_wait(error, attempt, first_failure)
+                if wait is not None:
+                    self._sleep(wait)
                     attempt += 1
                     self.stats.retries += 1
                     continue
                 raise to_client_error(
-                    error, target=self.target, method=method, timeout=self.timeout
+                    error, target=self.target, method=method, timeout=self.timeout, tls=self.uses_tls
                 ) from error
+            self._answered = True
             self.stats.calls += 1
             self.stats.bytes_sent += request.ByteSize()
             self.stats.bytes_received += response.ByteSize()

@@ -146,6 +146,12 @@ class Task(TaskFormat):
             raise TaskError(f"task {self.name!r} has no data.test file")
         return self.load_examples(Path(self.data.test), field="data.test")
 
+    def with_seed(self, seed: int) -> Task:
+        """The same task sampling its shots and dev split with another seed (``cbpt tune --seed``)."""
+        if seed == self.seed:
+            return self
+        return type(self).model_validate({**self.model_dump(), "seed": seed})
+
     def format_only(self) -> TaskFormat:
         return TaskFormat.model_validate(self.format_spec())
 
