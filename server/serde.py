@@ -81,6 +81,20 @@ def to_score_request(request: tuning_pb2.EvaluateRequest, limits: Limits, scope:
     )
 
 
+def to_count_texts(request: tuning_pb2.CountTokensRequest, limits: Limits) -> list[str]:
+    """The texts of a CountTokens request, after the same size check as Evaluate's."""
+    size = request.ByteSize()
+    if size > limits.max_message_bytes:
+        raise InvalidRequest(
+            "request", f"message size {size} bytes exceeds max_message_bytes {limits.max_message_bytes}"
+        )
+    return list(request.texts)
+
+
+def to_count_response(counts: list[int]) -> tuning_pb2.CountTokensResponse:
+    return tuning_pb2.CountTokensResponse(counts=counts)
+
+
 def choices_of(request: tuning_pb2.EvaluateRequest) -> Choices:
     """Exactly one of ``shared_choices`` (one list for every text) or ``example_choices`` (one per text)."""
     shared = request.HasField("shared_choices")

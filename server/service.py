@@ -7,6 +7,7 @@ for health checks; calls that arrive together are merged into shared forward pas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         self._limits = info.limits
         self._adapters = frozenset(a.name for a in info.adapters)
         self._server_info = serde.server_info_message(info)
+        self._engine = engine
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
         self._merger = RequestMerger(engine, self._executor, merge)
 
@@ -67,6 +69,32 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
             raise  # not reached: abort_with_status ends the call by raising
         self._log_call(request, started, "OK", tokens=result.tokens_processed)
         return response
+
+    async def CountTokens(
+        self, request: tuning_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> tuning_pb2.CountTokensResponse:
+        """Tokenising only, on the engine thread (the tokenizer and its cache are the engine's)."""
+        started = time.perf_counter()
+        fields: dict[str, object] = {
+            "key_id": current_key_id.get(),
+            "method": "CountTokens",
+            "num_examples": len(request.texts),
+            "request_bytes": request.ByteSize(),
+        }
+        try:
+            texts = serde.to_count_texts(request, self._limits)
+            loop = asyncio.get_running_loop()
+            counts = await loop.run_in_executor(self._executor, self._engine.count_tokens, texts)
+        except Exception as exc:  # every failure leaves through error_status
+            status = error_status(exc)
+            if isinstance(exc, InvalidRequest):
+                fields["field"] = exc.field
+            log.info("count tokens", extra={**fields, "code": status.code.name})
+            await context.abort_with_status(status)
+            raise  # not reached: abort_with_status ends the call by raising
+        seconds = round(time.perf_counter() - started, 4)
+        log.info("count tokens", extra={**fields, "seconds": seconds, "code": "OK"})
+        return serde.to_count_response(counts)
 
     def _log_call(
         self,

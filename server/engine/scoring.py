@@ -90,6 +90,11 @@ class ScoringEngine:
         bundle = self.bundle
         return EngineInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, adapters, self.limits)
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of texts as scoring tokenises them (``CountTokens``); raises InvalidRequest."""
+        with self._lock:
+            return self.prepare.count(list(texts))
+
     def score(self, request: ScoreRequest) -> ScoreResult:
         outcome = self.score_many([request])[0]
         if isinstance(outcome, InvalidRequest):

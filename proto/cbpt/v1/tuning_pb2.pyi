@@ -115,3 +115,15 @@ class EvaluateResponse(_message.Message):
     tokens_processed: int
     server_seconds: float
     def __init__(self, num_candidates: _Optional[int] = ..., num_examples: _Optional[int] = ..., log_probs: _Optional[bytes] = ..., tokens_processed: _Optional[int] = ..., server_seconds: _Optional[float] = ...) -> None: ...
+
+class CountTokensRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CountTokensResponse(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, counts: _Optional[_Iterable[int]] = ...) -> None: ...
