@@ -52,16 +52,18 @@ def test_an_api_key_is_required_and_no_text_is_logged(
 ) -> None:
     keys = tmp_path / "keys.json"
     key = add_key(keys, "alice")
-    with serve_in_background(engine, plain_settings(api_keys_file=keys)) as target:
-        with grpc.insecure_channel(target) as channel:
-            stub = tuning_pb2_grpc.TuningStub(channel)
-            refused = call_fails(stub.CountTokens, tuning_pb2.CountTokensRequest(texts=TEXTS))
-            assert refused.code == grpc.StatusCode.UNAUTHENTICATED
-            with caplog.at_level(logging.DEBUG):
-                response = stub.CountTokens(
-                    tuning_pb2.CountTokensRequest(texts=["Zebulon owes me money"]),
-                    metadata=(("authorization", f"Bearer {key}"),),
-                    timeout=20,
-                )
+    with (
+        serve_in_background(engine, plain_settings(api_keys_file=keys)) as target,
+        grpc.insecure_channel(target) as channel,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        refused = call_fails(stub.CountTokens, tuning_pb2.CountTokensRequest(texts=TEXTS))
+        assert refused.code == grpc.StatusCode.UNAUTHENTICATED
+        with caplog.at_level(logging.DEBUG):
+            response = stub.CountTokens(
+                tuning_pb2.CountTokensRequest(texts=["Zebulon owes me money"]),
+                metadata=(("authorization", f"Bearer {key}"),),
+                timeout=20,
+            )
     assert len(response.counts) == 1
     assert "count tokens" in caplog.text and "Zebulon" not in caplog.text
