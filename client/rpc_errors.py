@@ -16,6 +16,7 @@ from cbpt.client.errors import (
     AuthError,
     ClientError,
     FieldViolation,
+    NotSupported,
     QuotaExceeded,
     RequestRejected,
     ServerFailure,
@@ -124,4 +125,6 @@ def to_client_error(
         delay = retry_delay(error)
         hint = f"; retry after {delay:g} s" if delay is not None else ""
         return QuotaExceeded(f"server {target} quota exceeded: {details}{hint}", delay)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return NotSupported(f"server {target} does not offer {method} (an older server?): {details}")
     return ServerFailure(f"server {target} failed {method} ({code.name}): {details}")

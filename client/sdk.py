@@ -96,6 +96,21 @@ def _shift_field(field: str, chunk: Chunk) -> str:
     return f"{name}[{int(index) + offset}]{rest}"
 
 
+def _text_parts(texts: Sequence[str], max_texts: int, max_bytes: int) -> list[slice]:
+    """Consecutive slices of ``texts`` within a request's text count and byte size (0: unlimited)."""
+    parts: list[slice] = []
+    start, size = 0, 0
+    for index, each in enumerate(serde.text_bytes(texts)):
+        full = (max_texts and index - start >= max_texts) or (max_bytes and size + each > max_bytes - 64)
+        if full and index > start:
+            parts.append(slice(start, index))
+            start, size = index, 0
+        size += each
+    if start < len(texts):
+        parts.append(slice(start, len(texts)))
+    return parts
+
+
 def _candidates(candidates: np.ndarray, dimension: int, adapter: str) -> np.ndarray:
     matrix = np.asarray(candidates, dtype=np.float32)
     if matrix.ndim == 1 and dimension == 0 and matrix.size == 0:
@@ -358,6 +373,22 @@ class TuningClient:
     ) -> np.ndarray:
         """Log-probs [num_examples, max_choices] for one vector: ``evaluate`` with one candidate."""
         return self.evaluate(adapter, np.asarray(vector).reshape(1, -1), texts, choices, mode, cue)[0]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens the server's tokenizer makes of each text (as Evaluate would tokenise it).
+
+        The client has no tokenizer; this is what lets it fit long texts to ``max_text_tokens``
+        before scoring. Split to the server's ``max_examples`` and ``max_message_bytes``. A
+        server without the call raises NotSupported.
+        """
+        limits = self.info().limits
+        texts = list(texts)
+        counts: list[int] = []
+        for part in _text_parts(texts, limits.max_examples, limits.max_message_bytes):
+            response = self._call("CountTokens", serde.count_tokens_request(texts[part]))
+            reply = cast(tuning_pb2.CountTokensResponse, response)
+            counts += serde.counts_from_response(reply, part.stop - part.start)
+        return counts
 
     def _evaluate_chunk(self, batch: _Batch, chunk: Chunk) -> np.ndarray:
         rows, columns = chunk.candidates, chunk.examples

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,18 @@ import numpy as np
 
 from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
 from cbpt.client.crypto import KeySpec, SecretKey, resolve_key
-from cbpt.client.errors import CheckpointError, ClientError, ConfigError, TunerWarning
+from cbpt.client.errors import CheckpointError, ClientError, ConfigError
+from cbpt.client.fitting import fit_examples
 from cbpt.client.info import ServerInfo
-from cbpt.client.losses import accuracy, apply_bias, compute_losses, cross_entropy, metrics, predictions
+from cbpt.client.losses import (
+    accuracy,
+    apply_bias,
+    clip_losses,
+    compute_losses,
+    cross_entropy,
+    metrics,
+    predictions,
+)
 from cbpt.client.optimizers import (
     GenerationRecord,
     Optimizer,
@@ -43,27 +51,8 @@ from cbpt.client.sdk import TuningClient
 from cbpt.client.settings import TunerSettings
 from cbpt.client.task import Examples, Task
 
-# A loss the optimizer can digest when the model rules a label out entirely.
-_LOSS_CEILING = 1e6
 # The checkpoint config's record of the budget the optimizer was built for (the first run's).
 PLANNED_BUDGET = "optimizer_budget"
-
-
-def clip_losses(losses: np.ndarray, generation: int) -> np.ndarray:
-    """Losses every optimizer can rank: NaN and +inf become a large finite loss, with a TunerWarning.
-
-    A clipped candidate is still told to the optimizer (as a very bad one), so the run goes on;
-    the warning says it happened, since many clipped candidates mean the loss is not measuring much.
-    """
-    clipped = int(np.count_nonzero(~np.isfinite(losses)))
-    if clipped:
-        warnings.warn(
-            f"generation {generation}: clipped the non-finite losses of {clipped} of {len(losses)} "
-            f"candidates (NaN and +inf to {_LOSS_CEILING:g}, -inf to the lowest float)",
-            TunerWarning,
-            stacklevel=3,
-        )
-    return np.nan_to_num(losses, nan=_LOSS_CEILING, posinf=_LOSS_CEILING)
 
 
 @dataclass
@@ -107,6 +96,8 @@ class Tuner:
         # The run in progress (or last run), so ``result_so_far`` can answer from ``on_generation``.
         self._info: ServerInfo | None = None
         self._progress: _Progress | None = None
+        self._fitted: tuple[Examples, Examples] | None = None
+        self.truncated = 0  # train and dev texts the pre-flight check shortened (task ``truncate``)
 
     @property
     def generations(self) -> int:
@@ -119,6 +110,19 @@ class Tuner:
             "task": self.task.fingerprint(),
             "model_fingerprint": info.model_fingerprint,
         }
+
+    def prepare(self) -> tuple[Examples, Examples]:
+        """The pre-flight check: (train, dev) with every text known to fit the server.
+
+        Texts are counted by the server and shortened as the task's ``truncate`` says, or the
+        first that does not fit raises a TaskError with its row and length, before anything is
+        scored. ``run`` calls it; call it first to fail before showing progress.
+        """
+        if self._fitted is None:
+            train = fit_examples(self.client, self.task.train, self.task.truncate, "data.train")
+            dev = fit_examples(self.client, self.task.dev, self.task.truncate, "data.train (dev split)")
+            self._fitted, self.truncated = (train.examples, dev.examples), train.truncated + dev.truncated
+        return self._fitted
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> TuningResult:
@@ -136,7 +140,7 @@ class Tuner:
             dimension = info.adapter(settings.adapter).dimension
         except KeyError as error:
             raise ConfigError(str(error.args[0])) from None
-        train, dev = self.task.train, self.task.dev
+        train, dev = self.prepare()
         if dimension == 0:
             return self._run_without_vector(info, train, dev)
         config = self.config(info)

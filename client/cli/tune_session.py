@@ -134,7 +134,10 @@ def run_in_folder(
         tuner = Tuner(
             client, request.task, settings=request.settings, checkpoint=request.checkpoint, checkpoint_key=key
         )
+        tuner.prepare()  # every train and dev text known to fit, before the progress bar
         console = Console(stderr=True)
+        if tuner.truncated and not quiet:
+            console.print(f"note: shortened {tuner.truncated} train/dev texts to the server's token limit")
         budget = tuner.generations * request.settings.popsize
         with TuningProgress(console, budget=budget, quiet=quiet) as progress, sigterm_stops_like_ctrl_c():
 

@@ -39,7 +39,7 @@ def test_a_finished_cma_run_extends_to_exactly_the_longer_run(
         assert short.calls_used == 8 and short.stop_reason == "budget"
         calls_before = client.stats.calls
         extended = Tuner(client, task, budget=16, checkpoint=path, **SETTINGS).run(resume=True)
-        assert client.stats.calls - calls_before == 2 + 2  # only generations 2 and 3 were scored
+        assert client.stats.calls - calls_before == 2 + 2 + 2  # pre-flight, then generations 2 and 3
     np.testing.assert_array_equal(extended.vector, longer.vector)
     assert _untimed(extended.history) == _untimed(longer.history) and extended.calls_used == 16
     assert extended.settings["budget"] == 16
