@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load as load_tensors
 
+from cbpt.client.batches import predict_in_batches
 from cbpt.client.crypto import KeySpec, resolve_key, seal, unseal
 from cbpt.client.errors import ArtifactError, ArtifactModified, ArtifactWarning, FingerprintMismatch
 from cbpt.client.info import ServerInfo
@@ -191,13 +193,26 @@ class TunedTask:
             )
         return info
 
-    def log_probs(self, client: TuningClient, examples: Examples) -> np.ndarray:
-        """Log-probs [e, c] of every choice, the bias applied and renormalised on the client."""
+    @property
+    def partial(self) -> bool:
+        """The best-so-far vector of a run that has not finished (still going, or killed)."""
+        return bool(self.card.get("partial"))
+
+    def log_probs(
+        self, client: TuningClient, examples: Examples, *, on_rows: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Log-probs [e, c] of every choice, the bias applied and renormalised on the client
+        (``on_rows`` hears of each batch of rows scored)."""
         self.check_server(client)
-        raw = client.predict(
-            self.adapter, self.vector, examples.texts, examples.choices, self.format.mode, examples.cue
+        raw = predict_in_batches(
+            client, self.adapter, self.vector, examples, self.format.mode, on_rows=on_rows
         )
         return apply_bias(raw, self.bias)
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """A tuned folder's task.json (no key needed: it holds metrics and the format, never data)."""
+    return _read_card(Path(folder) / "task.json")
 
 
 def read_task_format(folder: Path) -> TaskFormat:

@@ -146,7 +146,8 @@ def test_server_rejection_and_fingerprint_mismatch(
     task_path = make_task()
     long_text = write_jsonl(tmp_path / "long.jsonl", [{"text": "very " * 40, "label": "LABEL_SECRET_A"}])
     result = cbpt("evaluate", "--zero-shot", "--task", task_path, long_text, "--server", limited_server)
-    assert_one_line_error(result, 1, "texts[0]")
+    # Refused by the pre-flight check, before scoring, as input to fix (it was the server's texts[0]).
+    assert_one_line_error(result, 2, "long.jsonl row 1: 208 characters exceed the server's limit of 120")
 
     out = tmp_path / "tuned"
     assert (
