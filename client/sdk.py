@@ -30,7 +30,8 @@ from cbpt.client.errors import ClientError, FieldViolation, RequestRejected
 from cbpt.client.info import ServerInfo
 from cbpt.client.rpc_errors import RETRYABLE, code_of, retry_delay, to_client_error
 from cbpt.client.scoring import SCORING_MODES, ScoringModeName
-from cbpt.client.splitting import Chunk, Workload, plan_chunks
+from cbpt.client.splitting import Chunk, Workload, plan_chunks, text_parts
+from cbpt.client.tls import TLSConfig
 from cbpt.common.choices import Choices
 from cbpt.common.net import is_loopback_target
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
@@ -39,34 +40,6 @@ from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 ChoicesLike: TypeAlias = Choices | Sequence[str] | Sequence[Sequence[str]]
 # The client's own ceiling on message size; requests are split to the server's smaller limit.
 _CHANNEL_MESSAGE_BYTES = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """Certificates for a TLS channel; each is a PEM path or PEM bytes. Client cert + key give mTLS."""
-
-    root_certificates: Path | bytes | None = None
-    client_cert: Path | bytes | None = None
-    client_key: Path | bytes | None = None
-    server_name: str | None = None  # when the certificate names another host than the target
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ClientError("mTLS needs both a client certificate and a client key")
-        return grpc.ssl_channel_credentials(
-            root_certificates=_pem(self.root_certificates, "root certificates"),
-            private_key=_pem(self.client_key, "client key"),
-            certificate_chain=_pem(self.client_cert, "client certificate"),
-        )
-
-
-def _pem(source: Path | bytes | str | None, what: str) -> bytes | None:
-    if source is None or isinstance(source, bytes):
-        return source
-    try:
-        return Path(source).expanduser().read_bytes()
-    except OSError as error:
-        raise ClientError(f"cannot read {what} {source}: {error.strerror}") from error
 
 
 @dataclass
@@ -94,21 +67,6 @@ def _shift_field(field: str, chunk: Chunk) -> str:
     name, index, rest = match.groups()
     offset = chunk.candidates.start if name == "candidates" else chunk.examples.start
     return f"{name}[{int(index) + offset}]{rest}"
-
-
-def _text_parts(texts: Sequence[str], max_texts: int, max_bytes: int) -> list[slice]:
-    """Consecutive slices of ``texts`` within a request's text count and byte size (0: unlimited)."""
-    parts: list[slice] = []
-    start, size = 0, 0
-    for index, each in enumerate(serde.text_bytes(texts)):
-        full = (max_texts and index - start >= max_texts) or (max_bytes and size + each > max_bytes - 64)
-        if full and index > start:
-            parts.append(slice(start, index))
-            start, size = index, 0
-        size += each
-    if start < len(texts):
-        parts.append(slice(start, len(texts)))
-    return parts
 
 
 def _candidates(candidates: np.ndarray, dimension: int, adapter: str) -> np.ndarray:
@@ -384,7 +342,7 @@ class TuningClient:
         limits = self.info().limits
         texts = list(texts)
         counts: list[int] = []
-        for part in _text_parts(texts, limits.max_examples, limits.max_message_bytes):
+        for part in text_parts(serde.text_bytes(texts), limits.max_examples, limits.max_message_bytes):
             response = self._call("CountTokens", serde.count_tokens_request(texts[part]))
             reply = cast(tuning_pb2.CountTokensResponse, response)
             counts += serde.counts_from_response(reply, part.stop - part.start)

@@ -1,9 +1,11 @@
 """``cbpt``: inspect a server, tune a task, evaluate and predict with a tuned vector.
 
-One module per job: ``app`` (the Typer app and one-line errors), ``options`` with the
-groups declared once (``connection``, ``keys``), and the commands: ``server_info``,
-``tuning``, ``run_views`` (show and runs), ``evaluation`` (evaluate and predict). They are registered here, in the
-order ``cbpt --help`` lists them; the entry point is ``cbpt.client.cli:app``.
+One module per job: ``app`` (the Typer app, ``--version``, ``--json`` and one-line errors),
+``options`` with the groups declared once (``connection``, ``keys``), and the commands:
+``server_info``, ``tuning`` (with ``tune_session``: one run, and how it ends early),
+``run_views`` (show and runs), ``evaluation`` (evaluate and predict, with ``scoring``).
+They are registered here, in the order ``cbpt --help`` lists them; the entry point is
+``cbpt.client.cli:app``.
 """
 
 from cbpt.client.cli.app import app
