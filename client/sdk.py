@@ -26,7 +26,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from cbpt.client import serde
-from cbpt.client.errors import ClientError, FieldViolation, RequestRejected
+from cbpt.client.errors import ClientError, ConfigError, FieldViolation, RequestRejected
 from cbpt.client.info import ServerInfo
 from cbpt.client.rpc_errors import RETRYABLE, code_of, retry_delay, to_client_error
 from cbpt.client.scoring import SCORING_MODES, ScoringModeName
@@ -160,7 +160,7 @@ class TuningClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if retry_window < 0:
-            raise ClientError(f"retry_window must be at least 0 seconds, got {retry_window}")
+            raise ConfigError(f"retry_window must be at least 0 seconds, got {retry_window}")
         self.target = target
         self.timeout = timeout
         self.max_retries = max_retries

@@ -15,6 +15,7 @@ which the optimizer injects as one of the ``popsize`` samples, so it costs no ex
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -144,6 +145,8 @@ class Tuner:
         if dimension == 0:
             return self._run_without_vector(info, train, dev)
         config = self.config(info)
+        if self.truncated:  # texts cut to this server's limit: a resume must cut them the same way
+            config["fitted_texts"] = _texts_digest(train, dev)
         saved = self._load(config) if resume else None
         # The budget the optimizer plans for (nevergrad's choices depend on it) is the first run's.
         planned = _planned_budget(saved.config) if saved else self.generations * settings.popsize
@@ -373,6 +376,10 @@ def _labels(examples: Examples) -> np.ndarray:
     """The labels of a split the task sampled (always labelled)."""
     assert examples.labels is not None, "tuning splits are labelled"
     return examples.labels
+
+
+def _texts_digest(*splits: Examples) -> str:
+    return hashlib.sha256(json.dumps([split.texts for split in splits]).encode("utf-8")).hexdigest()
 
 
 def _planned_budget(config: dict[str, Any]) -> int:

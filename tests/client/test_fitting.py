@@ -125,3 +125,28 @@ def test_cbpt_tune_fails_before_the_progress_bar_with_the_row_and_its_length(
     assert done.exit_code == 0, done.output
     card = json.loads((tmp_path / "ok" / "task.json").read_text())
     assert card["task_format"]["truncate"] == {"field": "text", "side": "end", "max_tokens": None}
+
+
+def test_a_resume_must_fit_the_texts_as_the_run_did(
+    short_server: str, make_task: TaskFactory, tmp_path: Path
+) -> None:
+    """Truncated texts depend on the server's limit: a resume against another limit is refused."""
+    testing = pytest.importorskip("cbpt.server.testing")
+    from cbpt.client.errors import CheckpointError
+    from cbpt.server.app import serve_in_background
+    from cbpt.server.engine.limits import Limits
+    from cbpt.server.settings import ServerSettings
+
+    task = Task.from_file(make_task(rows=_long_rows(), shots=12, dev=0, truncate="end"))
+    path = tmp_path / "run.cbpt"
+    settings = {"budget": 8, "popsize": 4, "checkpoint": path}
+    with TuningClient(short_server) as client:
+        Tuner(client, task, **settings).run()
+        assert Tuner(client, task, **{**settings, "budget": 12}).run(resume=True).calls_used == 12
+    shorter = testing.tiny_engine(limits=Limits(max_text_tokens=TOKENS - 4, max_text_chars=CHARS))
+    with (
+        serve_in_background(shorter, ServerSettings(host="127.0.0.1", port=0, insecure=True)) as target,
+        TuningClient(target) as client,
+        pytest.raises(CheckpointError, match="another fitted_texts"),
+    ):
+        Tuner(client, task, **{**settings, "budget": 16}).run(resume=True)

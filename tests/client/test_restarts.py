@@ -176,3 +176,8 @@ def test_sigterm_stops_like_ctrl_c_and_prints_the_resume_command(
     monkeypatch.setattr(progress_module.TuningProgress, "update", update)
     assert runner.invoke(app, _resume_words(terminated.output)).exit_code == 0
     np.testing.assert_array_equal(_vector(tmp_path / "cut"), _vector(tmp_path / "whole"))
+
+
+def test_a_negative_retry_window_is_input_to_fix() -> None:
+    result = cbpt("info", "--retry-window", -1)
+    assert result.exit_code == 2 and "retry_window must be at least 0" in result.output
