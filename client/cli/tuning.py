@@ -77,10 +77,6 @@ def _setting_parameters() -> list[inspect.Parameter]:
     ]
 
 
-def _settings_without_seed(**values: Any) -> TunerSettings:
-    return TunerSettings(**values)
-
-
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -122,7 +118,7 @@ def _spread(values: list[float]) -> dict[str, Any]:
 @friendly_errors
 @connection_options()
 @key_options
-@option_group("settings", _settings_without_seed, _setting_parameters())
+@option_group("settings", TunerSettings, _setting_parameters())
 def tune(
     task_file: Annotated[Path, typer.Argument(metavar="TASK", help="Task file (.yaml, .toml or .json).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the tuned task and its checkpoint.")],
@@ -144,34 +140,15 @@ def tune(
 ) -> None:
     """Tune a vector for TASK; Ctrl-C, SIGTERM or a lost server keep the checkpoint and print how to resume."""
     task = Task.from_file(task_file)
+    base = RunRequest(task_file, task, out, settings, encrypt_vector, keys, connection)
     if seeds is not None:
         if (seed, shots_seed, optimizer_seed) != (None, None, None):
             raise ConfigError("--seeds sets every seed; leave out --seed, --shots-seed and --optimizer-seed")
-        _sweep(
-            task_file,
-            task,
-            out,
-            settings,
-            parse_seeds(seeds),
-            seeds,
-            resume,
-            encrypt_vector,
-            as_json,
-            keys,
-            connection,
-        )
+        _sweep(base, parse_seeds(seeds), seeds, resume=resume, as_json=as_json)
         return
     shots = shots_seed if shots_seed is not None else seed if seed is not None else task.seed
     chosen = optimizer_seed if optimizer_seed is not None else seed if seed is not None else 0
-    request = RunRequest(
-        task_file,
-        task.with_seed(shots),
-        out,
-        replace(settings, seed=chosen),
-        encrypt_vector,
-        keys,
-        connection,
-    )
+    request = replace(base, task=task.with_seed(shots), settings=replace(settings, seed=chosen))
     request.task.load()  # data errors surface here, as one line, before any connection or progress bar
     check_folder(request, resume)
     result, notes = run_in_folder(request, resume=resume, quiet=as_json)
@@ -195,30 +172,15 @@ def tune(
         Console(stderr=True).print(f"note: {note}")
 
 
-def _sweep(
-    task_file: Path,
-    task: Task,
-    out: Path,
-    settings: TunerSettings,
-    seeds: list[int],
-    spelled: str,
-    resume: bool,
-    encrypt_vector: bool,
-    as_json: bool,
-    keys: KeySource,
-    connection: Connection,
-) -> None:
+def _sweep(base: RunRequest, seeds: list[int], spelled: str, *, resume: bool, as_json: bool) -> None:
     """One run per seed (shots and optimizer both seeded), in OUT/seed-N; with --resume each
     seed's run continues if it has a checkpoint and starts otherwise."""
     requests = [
-        RunRequest(
-            task_file,
-            task.with_seed(s),
-            out / f"seed-{s}",
-            replace(settings, seed=s),
-            encrypt_vector,
-            keys,
-            connection,
+        replace(
+            base,
+            task=base.task.with_seed(s),
+            out=base.out / f"seed-{s}",
+            settings=replace(base.settings, seed=s),
         )
         for s in seeds
     ]
@@ -226,7 +188,7 @@ def _sweep(
         request.task.load()  # every seed's sample is checked before the first run starts
         if not resume:
             check_folder(request, resume=False)
-    sweep_hint = resume_command(replace(requests[0], out=out), sweep=spelled)
+    sweep_hint = resume_command(replace(requests[0], out=base.out), sweep=spelled)
     finished = []
     for request in requests:
         again = resume and request.checkpoint.exists()
@@ -237,8 +199,8 @@ def _sweep(
     if as_json:
         print_json(
             {
-                "task": task.name,
-                "out": str(out),
+                "task": base.task.name,
+                "out": str(base.out),
                 "seeds": seeds,
                 "runs": finished,
                 "dev_accuracy": _spread(accuracy),
@@ -247,7 +209,13 @@ def _sweep(
         )
         return
     table = Table(
-        "seed", "dev accuracy", "dev macro-F1", "train loss", "calls", "folder", title=f"sweep {task.name}"
+        "seed",
+        "dev accuracy",
+        "dev macro-F1",
+        "train loss",
+        "calls",
+        "folder",
+        title=f"sweep {base.task.name}",
     )
     for s, run in zip(seeds, finished, strict=True):
         dev = run["dev_metrics"] or {}
