@@ -98,7 +98,8 @@ def fit_examples(client: TuningClient, examples: Examples, truncate: Truncation 
             )
         if spans is None or truncate is None:
             first = min(over, key=lambda index: examples.rows[index])  # in file order
-            more = f" (and {len(over) - 1} more texts)" if len(over) > 1 else ""
+            others = len(over) - 1
+            more = f" (and {others} more text{'s' if others > 1 else ''})" if others else ""
             raise _refuse(
                 where,
                 examples.rows[first],
