@@ -51,7 +51,8 @@ def test_a_text_over_the_token_limit_is_refused_before_anything_is_scored(
     with TuningClient(short_server) as client:
         tuner = Tuner(client, task, budget=4, popsize=4)
         with pytest.raises(
-            TaskError, match=rf"data\.train row 4: \d+ tokens exceed the server's limit of {TOKENS} \(and 1 more text\);"
+            TaskError,
+            match=rf"data\.train row 4: \d+ tokens exceed the server's limit of {TOKENS} \(and 1 more text\);",
         ):
             tuner.prepare()
         assert client.stats.candidate_evaluations == 0  # nothing was scored
