@@ -136,8 +136,6 @@ def run_in_folder(
         )
         tuner.prepare()  # every train and dev text known to fit, before the progress bar
         console = Console(stderr=True)
-        if tuner.truncated and not quiet:
-            console.print(f"note: shortened {tuner.truncated} train/dev texts to the server's token limit")
         budget = tuner.generations * request.settings.popsize
         with TuningProgress(console, budget=budget, quiet=quiet) as progress, sigterm_stops_like_ctrl_c():
 
@@ -151,7 +149,8 @@ def run_in_folder(
             except BaseException as error:
                 progress.stop()
                 _leave(error, request, tuner, recorder, resume_hint)
-    return result, recorder.finish(result)
+    shortened = [f"shortened {tuner.truncated} train/dev texts to fit the server"] if tuner.truncated else []
+    return result, shortened + recorder.finish(result)
 
 
 def _leave(

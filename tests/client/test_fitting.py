@@ -124,6 +124,7 @@ def test_cbpt_tune_fails_before_the_progress_bar_with_the_row_and_its_length(
     fitting = make_task("fit.yaml", rows=_long_rows(), shots=12, dev=0, truncate="end")
     done = runner.invoke(app, [str(a) for a in ["tune", fitting, "--out", tmp_path / "ok", *args, "--json"]])
     assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["notes"][0] == "shortened 2 train/dev texts to fit the server"
     card = json.loads((tmp_path / "ok" / "task.json").read_text())
     assert card["task_format"]["truncate"] == {"field": "text", "side": "end", "max_tokens": None}
 
