@@ -157,6 +157,8 @@ def _leave(
     error: BaseException, request: RunRequest, tuner: Tuner, recorder: RunRecorder, hint: str | None
 ) -> NoReturn:
     """Say what stopped the run and how to continue it; exit with the code that says why."""
+    if isinstance(error, (CheckpointError, *USAGE_ERRORS)):
+        raise error  # the command itself is at fault (settings, checkpoint): one line, no resume hint
     interrupted = isinstance(error, KeyboardInterrupt)
     code = EXIT_TERMINATED if isinstance(error, Terminated) else EXIT_INTERRUPTED
     if not request.checkpoint.exists():

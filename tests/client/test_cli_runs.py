@@ -164,3 +164,14 @@ def test_an_unexpected_error_still_prints_the_resume_command(
     words = shlex.split(line.removeprefix("resume with: "))  # ... after the way to continue
     monkeypatch.setattr(progress_module.TuningProgress, "update", update)
     assert runner.invoke(app, words[1:]).exit_code == 0
+
+
+def test_a_resume_the_checkpoint_refuses_prints_one_line_and_no_resume_hint(
+    server: str, make_task: TaskFactory, tmp_path: Path
+) -> None:
+    args = ["tune", make_task(), "--server", server, "--out", tmp_path / "run", "--popsize", 4]
+    assert cbpt(*args, "--budget", 8).exit_code == 0
+    refused = cbpt(*args, "--budget", 4, "--resume")
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert refused.exit_code == 1 and len(lines) == 1, refused.output
+    assert "already used 8 calls; --budget must be at least 8" in lines[0]
