@@ -83,6 +83,7 @@ class TrainingTask:
     data_file: str
     data_sha256: str
     dropped: int  # rows dropped because their text is in an excluded file
+    text_digests: frozenset[str]  # of every kept row's text fields: what a disjointness check compares
 
     @property
     def num_choices(self) -> int:
@@ -192,6 +193,7 @@ def load_domain(path: Path, seed: int = 0) -> Domain:
         ]
         examples = task_format.examples(kept, str(data))
         train, dev = _split(examples, entry.dev_per_class, entry.max_examples, seed)
+        digests = frozenset(text_digest(str(row.get(name, ""))) for row in kept for name in fields)
         tasks.append(
             TrainingTask(
                 entry.name,
@@ -202,6 +204,7 @@ def load_domain(path: Path, seed: int = 0) -> Domain:
                 data.name,
                 file_sha256(data),
                 len(rows) - len(kept),
+                digests,
             )
         )
     source = hashlib.sha256(text.encode("utf-8")).hexdigest()
