@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cbpt.client.loaders import read_rows
 from cbpt.client.task import Examples, TaskFormat
+from cbpt.common.files import file_sha256
 from cbpt.server.errors import ConfigError
 
 _FORMAT_FIELDS = tuple(TaskFormat.model_fields)
@@ -41,14 +42,6 @@ _FORMAT_FIELDS = tuple(TaskFormat.model_fields)
 def text_digest(text: str) -> str:
     """sha256 of a text with its whitespace collapsed: how excluded and training texts are compared."""
     return hashlib.sha256(" ".join(str(text).split()).encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DomainTask(BaseModel):
