@@ -45,6 +45,10 @@ ALLOWED_FIELDS = frozenset(
         "grace_seconds",
         "retry_after",
         "request_bytes",
+        "reason",
+        "stage",
+        "steps",
+        "num_calls",
     }
 )
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:/\-\[\]]{1,128}")

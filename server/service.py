@@ -1,12 +1,16 @@
-"""The grpc.aio servicer for ``cbpt.v1.Tuning``: serde -> merger -> engine -> serde, errors -> statuses.
+"""The grpc.aio servicer for ``cbpt.v1.Tuning``: serde -> scheduler -> engine -> serde, errors -> statuses.
 
 The engine runs on one worker thread (the model is single-tenant) so the event loop stays free
-for health checks; calls that arrive together are merged into shared forward passes
-(merging.py). Logs carry sizes, timings and the key id, never texts or choices.
+for health checks; the scheduler takes turns among API keys one forward pass at a time, merges
+calls that arrive together (scheduler.py, merging.py) and stops calls whose client went away.
+While draining, new calls are refused as retryable. Logs carry sizes, timings and the key id,
+never texts or choices.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +20,10 @@ import grpc
 from cbpt.server import serde
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
-from cbpt.server.errors import InvalidRequest
+from cbpt.server.errors import InvalidRequest, ServerShuttingDown
 from cbpt.server.logs import current_key_id
-from cbpt.server.merging import MergeSettings, RequestMerger
+from cbpt.server.merging import MergeSettings
+from cbpt.server.scheduler import Observer, Scheduler
 from cbpt.server.status import error_status
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
@@ -28,27 +33,49 @@ SERVICE_NAME = tuning_pb2.DESCRIPTOR.services_by_name["Tuning"].full_name
 
 
 class TuningServicer(tuning_pb2_grpc.TuningServicer):
-    """Converts, scores on the engine thread and maps every failure through ``error_status``."""
+    """Converts, schedules on the engine thread and maps every failure through ``error_status``."""
 
-    def __init__(self, engine: ScoringEngine, merge: MergeSettings | None = None) -> None:
+    def __init__(
+        self, engine: ScoringEngine, merge: MergeSettings | None = None, observer: Observer | None = None
+    ) -> None:
         info = engine.info()
         self._limits = info.limits
         self._adapters = frozenset(a.name for a in info.adapters)
         self._server_info = serde.server_info_message(info)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
-        self._merger = RequestMerger(engine, self._executor, merge)
+        self.scheduler = Scheduler(engine, self._executor, merge, observer)
+        self._active = 0  # calls being handled (queued, running or answering)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
 
     @property
     def limits(self) -> Limits:
         return self._limits
 
+    async def drain(self, grace: float) -> bool:
+        """Refuse new calls (UNAVAILABLE, retryable) and wait up to ``grace`` seconds for the calls in
+        flight; True when they all finished."""
+        self._draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def close(self) -> None:
-        await self._merger.close()
+        """Stop the calls still running at their next chunk (answered UNAVAILABLE), then the engine thread."""
+        self._draining = True
+        await self.scheduler.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 5.0)  # let the stopped calls send their status
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def GetServerInfo(
         self, request: tuning_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> tuning_pb2.ServerInfo:
+        if self._draining:
+            await context.abort_with_status(error_status(_draining()))
         log.debug("server info", extra={"method": "GetServerInfo"})
         return self._server_info
 
@@ -56,9 +83,26 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         self, request: tuning_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> tuning_pb2.EvaluateResponse:
         started = time.perf_counter()
+        self._active += 1
+        self._idle.clear()
         try:
-            score_request = serde.to_score_request(request, self._limits, scope=current_key_id.get() or "")
-            result = await self._merger.score(score_request)
+            return await self._evaluate(request, context, started)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _evaluate(
+        self, request: tuning_pb2.EvaluateRequest, context: grpc.aio.ServicerContext, started: float
+    ) -> tuning_pb2.EvaluateResponse:
+        key_id = current_key_id.get()
+        try:
+            if self._draining:
+                raise _draining()
+            score_request = serde.to_score_request(request, self._limits, scope=key_id or "")
+            # Fair shares go to API keys; without keys, to each connection.
+            tenant = key_id or f"peer:{context.peer()}"
+            result = await self.scheduler.score(score_request, tenant, reason=lambda: _cancel_reason(context))
             response = serde.to_response(result)
         except Exception as exc:  # every failure leaves through error_status
             status = error_status(exc)
@@ -99,3 +143,13 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
             log.error("evaluate failed", exc_info=error, extra=fields)
         else:
             log.info("evaluate", extra=fields)
+
+
+def _draining() -> ServerShuttingDown:
+    return ServerShuttingDown("server is draining for a restart; retry shortly", retry_after=1.0)
+
+
+def _cancel_reason(context: grpc.aio.ServicerContext) -> str:
+    """Why a call was cancelled: its deadline passed, or its client cancelled or went away."""
+    remaining = context.time_remaining()
+    return "deadline" if remaining is not None and remaining <= 0 else "cancelled"

@@ -116,7 +116,9 @@ class ServerSettings(BaseSettings):
     merge_window_ms: float = Field(
         5.0, ge=0, le=1000, description="how long an idle engine waits to merge concurrent calls"
     )
-    merge_max_sequences: int = Field(4096, ge=1, description="sequences merged into one engine call")
+    merge_max_sequences: int = Field(
+        512, ge=1, description="sequences merged into one job (a merged call waits for all of them)"
+    )
     max_queued_requests: int = Field(64, ge=1, description="calls waiting for the engine before refusing")
     grace_seconds: float = Field(10.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
