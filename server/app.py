@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cbpt.common.net import listen_address
 from cbpt.server.auth import ApiKeyInterceptor
+from cbpt.server.decoding import RequestDecodingInterceptor
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.errors import ConfigError
 from cbpt.server.keys import KeyStore
@@ -46,12 +47,13 @@ async def build_server(engine: ScoringEngine, settings: ServerSettings) -> grpc.
 
 async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
     settings.check_serving()
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.api_keys_file is not None:
         store = KeyStore.from_file(settings.api_keys_file)
         interceptors.append(
             ApiKeyInterceptor(store, settings.requests_per_minute, settings.max_concurrent_per_key)
         )
+    interceptors.append(RequestDecodingInterceptor())  # inside auth: a refused key never reaches parsing
     servicer = TuningServicer(engine, settings.merge_settings())
     message_limit = servicer.limits.max_message_bytes + MESSAGE_HEADROOM
     server = grpc.aio.server(

@@ -27,6 +27,13 @@ class InvalidRequest(ServerError, ValueError):
         self.description = message
 
 
+class MalformedRequest(InvalidRequest):
+    """Request bytes that do not parse as the method's message (a broken or hostile client)."""
+
+    def __init__(self, message_name: str, size: int) -> None:
+        super().__init__("request", f"{size} bytes that are not a valid {message_name} message")
+
+
 class UnknownAdapter(InvalidRequest):
     """An adapter name the server does not serve."""
 
