@@ -127,6 +127,9 @@ def serve(
     max_choice_tokens: Annotated[int | None, typer.Option()] = None,
     max_sequences: Annotated[int | None, typer.Option()] = None,
     max_message_bytes: Annotated[int | None, typer.Option()] = None,
+    max_candidate_abs: Annotated[
+        float | None, typer.Option(help="Largest absolute value a candidate may hold (refused beyond).")
+    ] = None,
     requests_per_minute: Annotated[int | None, typer.Option(help="Default per-key rate limit.")] = None,
     max_concurrent_per_key: Annotated[int | None, typer.Option(help="Default per-key concurrency.")] = None,
     merge_window_ms: Annotated[

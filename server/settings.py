@@ -108,6 +108,9 @@ class ServerSettings(BaseSettings):
     max_choice_tokens: int = Field(_LIMITS.max_choice_tokens, ge=1)
     max_sequences: int = Field(_LIMITS.max_sequences, ge=1)
     max_message_bytes: int = Field(_LIMITS.max_message_bytes, ge=1024)
+    max_candidate_abs: float = Field(
+        _LIMITS.max_candidate_abs, gt=0, description="largest absolute value a candidate may hold"
+    )
 
     requests_per_minute: int = Field(
         600, ge=1, description="default per-key rate; a key's entry may override"

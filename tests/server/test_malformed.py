@@ -44,4 +44,7 @@ def test_health_is_guarded_too(channel: grpc.Channel) -> None:
 
 
 def _name(method: str) -> str:
-    return "cbpt.v1." + {"Evaluate": "EvaluateRequest", "GetServerInfo": "GetServerInfoRequest"}[method.rsplit("/", 1)[1]]
+    return (
+        "cbpt.v1."
+        + {"Evaluate": "EvaluateRequest", "GetServerInfo": "GetServerInfoRequest"}[method.rsplit("/", 1)[1]]
+    )

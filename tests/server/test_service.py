@@ -29,6 +29,7 @@ def test_server_info_describes_engine(stub: tuning_pb2_grpc.TuningStub, engine: 
     assert info.limits.max_candidates == TEST_LIMITS.max_candidates
     assert info.limits.max_message_bytes == TEST_LIMITS.max_message_bytes
     assert info.limits.max_sequences == TEST_LIMITS.max_sequences
+    assert info.limits.max_candidate_abs == TEST_LIMITS.max_candidate_abs  # the stated bound (finding 8)
 
 
 def test_ragged_per_example_choices_match_engine(
