@@ -85,6 +85,8 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
         await servicer.close()
         raise ConfigError(f"cannot listen on {address}: address in use or not available")
     parts = _Parts(server, health, servicer, port)
+    if settings.api_keys_file is None and settings.client_ca is None:
+        log.warning("serving without API keys: any local process can call", extra={"auth": False})
     log.info(
         "server built",
         extra={
@@ -145,7 +147,9 @@ class BackgroundServer:
 
     def __init__(self, engine: ScoringEngine, settings: ServerSettings | None = None) -> None:
         self._engine = engine
-        self.settings = settings or ServerSettings(host="127.0.0.1", port=0, insecure=True)
+        self.settings = settings or ServerSettings(
+            host="127.0.0.1", port=0, insecure=True, allow_no_auth=True
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="cbpt-server", daemon=True)
         self._ready = threading.Event()
@@ -209,7 +213,8 @@ class BackgroundServer:
 def serve_in_background(engine: ScoringEngine, settings: ServerSettings | None = None) -> Iterator[str]:
     """Run a server for the ``with`` block and yield its target, e.g. ``"127.0.0.1:41234"``.
 
-    ``settings`` defaults to plaintext on 127.0.0.1 with a free port (``port=0`` picks one).
+    ``settings`` defaults to plaintext without API keys on 127.0.0.1 with a free port (``port=0``
+    picks one).
     On exit the server stops gracefully, giving calls still in flight at most one second.
     """
     server = BackgroundServer(engine, settings)

@@ -113,6 +113,10 @@ def serve(
         bool | None, typer.Option("--insecure/--no-insecure", help="Plaintext, allowed on loopback only.")
     ] = None,
     api_keys_file: Annotated[Path | None, typer.Option(help="JSON file of hashed API keys.")] = None,
+    allow_no_auth: Annotated[
+        bool | None,
+        typer.Option("--allow-no-auth/--no-allow-no-auth", help="Serve without API keys (loopback only)."),
+    ] = None,
     reflection: Annotated[bool | None, typer.Option("--reflection/--no-reflection")] = None,
     bbt_dimension: BbtDimension = None,
     prompt_length: PromptLength = None,

@@ -86,6 +86,9 @@ class ServerSettings(BaseSettings):
     client_ca: Path | None = Field(None, description="CA that signs client certificates; enables mTLS")
     insecure: bool = Field(False, description="allow plaintext, and only on a loopback host")
     api_keys_file: Path | None = None
+    allow_no_auth: bool = Field(
+        False, description="serve without API keys (or mTLS) at all, and only on a loopback host"
+    )
     reflection: bool = False
 
     bbt_dimension: int = Field(500, ge=1)
@@ -162,7 +165,9 @@ class ServerSettings(BaseSettings):
         return self.tls_cert is not None
 
     def check_serving(self) -> None:
-        """Refuse unsafe or unreadable transport settings before the (slow) model load."""
+        """Refuse unsafe or unreadable transport and authentication settings before the (slow) model
+        load: plaintext only on loopback, and no authentication (neither API keys nor mTLS) only on
+        loopback and only when asked for with --allow-no-auth."""
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.client_ca is not None and not self.tls:
@@ -178,6 +183,17 @@ class ServerSettings(BaseSettings):
                 raise ConfigError(
                     f"--insecure serves plaintext and is allowed only on a loopback host, not {self.host!r}; "
                     "use --tls-cert/--tls-key to listen on other interfaces"
+                )
+        if self.api_keys_file is None and self.client_ca is None:
+            if not self.allow_no_auth:
+                raise ConfigError(
+                    "no --api-keys-file: the server would answer anyone who reaches it; create keys with "
+                    "`cbpt-server add-key`, or pass --allow-no-auth to serve without keys on a loopback host"
+                )
+            if not is_loopback_host(self.host):
+                raise ConfigError(
+                    f"--allow-no-auth serves without API keys and is allowed only on a loopback host, not "
+                    f"{self.host!r}; give --api-keys-file (or --client-ca for mTLS) to listen on other interfaces"
                 )
         for flag, path in (
             ("--tls-cert", self.tls_cert),

@@ -38,8 +38,15 @@ CHOICES = [" positive", " negative"]
 
 
 def plain_settings(**overrides: object) -> ServerSettings:
-    """Plaintext on loopback with a free port: the only plaintext the server accepts."""
-    values: dict[str, object] = {"host": "127.0.0.1", "port": 0, "insecure": True, "grace_seconds": 2.0}
+    """Plaintext on loopback with a free port: the only plaintext the server accepts (and, unless
+    ``api_keys_file`` is given, without keys: allowed on loopback only, with the explicit flag)."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "insecure": True,
+        "allow_no_auth": True,
+        "grace_seconds": 2.0,
+    }
     values.update(overrides)
     return ServerSettings(**values)
 

@@ -46,12 +46,15 @@ def _one_line_error(args: list[str], expected: str) -> None:
 
 def test_bad_configuration_is_one_line(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
-    _one_line_error(["serve", "--tls-cert", missing, "--tls-key", missing], "missing.pem")
+    _one_line_error(["serve", "--allow-no-auth", "--tls-cert", missing, "--tls-key", missing], "missing.pem")
     _one_line_error(["serve", "--insecure", "--api-keys-file", str(tmp_path / "keys.json")], "keys.json")
     (tmp_path / "bad.json").write_text("{not json")
     _one_line_error(["serve", "--insecure", "--api-keys-file", str(tmp_path / "bad.json")], "not valid JSON")
     _one_line_error(["serve"], "TLS is off")
     _one_line_error(["serve", "--insecure", "--host", "0.0.0.0"], "loopback")
+    certs = ["--tls-cert", missing, "--tls-key", missing]
+    _one_line_error(["serve", "--host", "0.0.0.0", *certs], "no --api-keys-file")  # finding 3
+    _one_line_error(["serve", "--host", "0.0.0.0", "--allow-no-auth", *certs], "only on a loopback host")
     _one_line_error(["serve", "--port", "70000"], "--port")
     _one_line_error(["info", "--model", str(tmp_path / "no-model")], "could not be loaded")
 
@@ -94,6 +97,7 @@ def test_info_and_convert_model(model_dir: Path) -> None:
 
 def test_serve_end_to_end_and_stop_on_sigterm(model_dir: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "cbpt.server.cli", "serve", "--model", str(model_dir), "--insecure"]
+    command += ["--allow-no-auth"]
     command += [
         "--port",
         "0",

@@ -30,7 +30,7 @@ def test_defaults() -> None:
         "smollm2",
         "auto",
     )
-    assert settings.insecure is False and settings.reflection is False
+    assert settings.insecure is False and settings.reflection is False and settings.allow_no_auth is False
     assert (settings.bbt_dimension, settings.prompt_length, settings.projection_seed) == (500, 10, 0)
     assert (settings.requests_per_minute, settings.max_concurrent_per_key, settings.grace_seconds) == (
         600,
