@@ -109,16 +109,26 @@ def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
     )
 
 
-async def graceful_stop(parts: _Parts, grace: float) -> None:
-    """Health -> NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
-    log.info("shutting down", extra={"grace_seconds": grace})
+async def graceful_stop(parts: _Parts, grace: float, hurry: asyncio.Event | None = None) -> None:
+    """Drain honestly: health NOT_SERVING while the port stays open (a probe gets an answer), new
+    calls refused as retryable, in-flight calls given up to ``grace`` seconds (or until ``hurry``);
+    calls still running then are stopped at their next chunk and answered UNAVAILABLE with a retry
+    delay, so a client's retries resend them after the restart. Returns as soon as nothing is left."""
+    in_flight = parts.servicer.in_flight
+    log.info("shutting down", extra={"grace_seconds": grace, "num_calls": in_flight})
     await parts.health.enter_graceful_shutdown()
-    await parts.server.stop(grace)
+    if not await parts.servicer.drain(grace, hurry):
+        log.warning(
+            "grace over: stopping the calls still running at their next chunk",
+            extra={"grace_seconds": grace, "num_calls": parts.servicer.in_flight},
+        )
     await parts.servicer.close()
+    await parts.server.stop(1.0)
+    log.info("stopped")
 
 
 async def serve(engine: ScoringEngine, settings: ServerSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Serve until SIGTERM or SIGINT, then drain (a second signal ends the grace at once)."""
     parts = await _build(engine, settings)
     await parts.server.start()
     info = engine.info()
@@ -130,16 +140,22 @@ async def serve(engine: ScoringEngine, settings: ServerSettings) -> None:
             "fingerprint": info.fingerprint[:16],
         },
     )
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
+        await graceful_stop(parts, settings.grace_seconds, hurry)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await graceful_stop(parts, settings.grace_seconds)
 
 
 class BackgroundServer:

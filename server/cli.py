@@ -146,7 +146,12 @@ def serve(
     max_queued_requests: Annotated[
         int | None, typer.Option(help="Calls that may wait for the engine before new ones are refused.")
     ] = None,
-    grace_seconds: Annotated[float | None, typer.Option(help="Time in-flight calls get on shutdown.")] = None,
+    grace_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds in-flight calls get on shutdown; calls still running then get UNAVAILABLE."
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--no-log-json")] = None,
 ) -> None:

@@ -112,6 +112,7 @@ class Scheduler:
         self._observer: Observer = observer or _NoObserver()
         self._waiting: deque[_Pending] = deque()
         self._running: deque[_Running] = deque()
+        self._current: _Running | None = None  # the job whose step runs now (not in _running meanwhile)
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -152,7 +153,7 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + (self._current is not None)
 
     def _abandon(self, pending: _Pending, reason: str) -> None:
         """The caller went away: drop its request from the queue, or from its job's next chunks."""
@@ -184,7 +185,8 @@ class Scheduler:
         stopped = 0
         while self._waiting:
             stopped += _fail(self._waiting.popleft(), ServerShuttingDown())
-        for running in self._running:
+        current = [self._current] if self._current is not None else []
+        for running in [*current, *self._running]:
             running.job.cancel_all()
             for member in running.members:
                 stopped += _fail(member, ServerShuttingDown("server is shutting down: the call was stopped"))
@@ -208,7 +210,7 @@ class Scheduler:
             self._admit(loop.time())
             if not self._running:
                 continue
-            running = self._running.popleft()
+            running = self._current = self._running.popleft()
             started = loop.time()
             try:
                 more = await loop.run_in_executor(self._executor, running.job.step)
@@ -217,6 +219,7 @@ class Scheduler:
                     _fail(member, error)
                 continue
             finally:
+                self._current = None
                 self._report_queue()
             if more:
                 self.steps_run += 1
@@ -247,7 +250,8 @@ class Scheduler:
 
     def _admit(self, now: float) -> None:
         """Form jobs from the waiting requests of tenants that have none running."""
-        busy = {tenant for running in self._running for tenant in running.tenants}
+        jobs = [*self._running, *([self._current] if self._current is not None else [])]
+        busy = {tenant for running in jobs for tenant in running.tenants}
         while True:
             eligible = [pending for pending in self._waiting if pending.tenant not in busy]
             batch = take_batch(eligible, self.settings.max_sequences)
@@ -280,7 +284,7 @@ class Scheduler:
                 member.future.set_result(outcome)
 
     def _report_queue(self) -> None:
-        self._observer.queue(len(self._waiting), len(self._running))
+        self._observer.queue(len(self._waiting), self.running)
 
 
 def _fail(pending: _Pending, error: BaseException) -> int:

@@ -53,15 +53,23 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
     def limits(self) -> Limits:
         return self._limits
 
-    async def drain(self, grace: float) -> bool:
-        """Refuse new calls (UNAVAILABLE, retryable) and wait up to ``grace`` seconds for the calls in
-        flight; True when they all finished."""
+    @property
+    def in_flight(self) -> int:
+        return self._active
+
+    async def drain(self, grace: float, hurry: asyncio.Event | None = None) -> bool:
+        """Refuse new calls (UNAVAILABLE, retryable) and wait up to ``grace`` seconds, or until ``hurry``
+        is set, for the calls in flight; True when they all finished."""
         self._draining = True
+        waits = [asyncio.ensure_future(self._idle.wait())]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
         try:
-            await asyncio.wait_for(self._idle.wait(), grace)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return self._idle.is_set()
 
     async def close(self) -> None:
         """Stop the calls still running at their next chunk (answered UNAVAILABLE), then the engine thread."""

@@ -126,7 +126,12 @@ class ServerSettings(BaseSettings):
         512, ge=1, description="sequences merged into one job (a merged call waits for all of them)"
     )
     max_queued_requests: int = Field(64, ge=1, description="calls waiting for the engine before refusing")
-    grace_seconds: float = Field(10.0, ge=0)
+    grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="how long in-flight calls may run on shutdown; calls still running then are stopped "
+        "at their next chunk and answered UNAVAILABLE with a retry delay",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 

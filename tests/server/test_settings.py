@@ -35,7 +35,7 @@ def test_defaults() -> None:
     assert (settings.requests_per_minute, settings.max_concurrent_per_key, settings.grace_seconds) == (
         600,
         4,
-        10,
+        30,
     )
     assert settings.limits() == Limits()
 

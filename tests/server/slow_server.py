@@ -1,0 +1,66 @@
+"""A real ``cbpt-server``-style process on the tiny model, slowed down, for signal and restart tests.
+
+``python -m tests.server.slow_server --port P --grace G [--keys FILE]`` serves with the same
+``serve()`` the CLI runs (signal handling included), on a tiny model that runs one row per chunk
+and sleeps ``--pass-seconds`` in every forward pass, so that a call takes long enough to be
+interrupted. Logs are JSON lines on stderr, as with ``--log-json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import time
+from pathlib import Path
+
+from cbpt.server.app import serve
+from cbpt.server.engine.limits import Limits
+from cbpt.server.logs import configure_logging
+from cbpt.server.settings import ServerSettings
+from cbpt.server.testing import tiny_engine
+
+log = logging.getLogger("slow_server")
+LIMITS = Limits(
+    max_candidates=8,
+    max_examples=16,
+    max_choices=4,
+    max_text_tokens=48,
+    max_text_chars=300,
+    max_choice_tokens=4,
+    max_sequences=128,
+    max_message_bytes=64 * 1024,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument("--pass-seconds", type=float, default=0.02)
+    parser.add_argument("--keys", type=Path, default=None)
+    args = parser.parse_args()
+    configure_logging("INFO", json_lines=True)
+    engine = tiny_engine(limits=LIMITS, bbt_dimension=16, with_cbp=False, batch_sequences=1)
+    passes = itertools.count(1)
+
+    def slow_pass(*_: object) -> None:
+        time.sleep(args.pass_seconds)
+        log.info("forward pass", extra={"steps": next(passes)})  # so a test can see the engine work
+
+    engine.bundle.model.base_model.register_forward_hook(slow_pass)
+    settings = ServerSettings(
+        host="127.0.0.1",
+        port=args.port,
+        insecure=True,
+        allow_no_auth=args.keys is None,
+        api_keys_file=args.keys,
+        grace_seconds=args.grace,
+        merge_window_ms=0,
+    )
+    asyncio.run(serve(engine, settings))
+
+
+if __name__ == "__main__":
+    main()
