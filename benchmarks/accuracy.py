@@ -95,7 +95,7 @@ def build_engine(
                         prompt_length=prompt_length)
         )  # fmt: skip
     specs += shipped_generator_specs(bundle.fingerprint) + generator_specs(generators)
-    cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20)
+    cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
     return ScoringEngine(bundle, build_adapters(bundle, specs), text_states=cache)
 
 

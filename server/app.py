@@ -95,6 +95,8 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
             "mtls": settings.client_ca is not None,
             "auth": settings.api_keys_file is not None,
             "reflection": settings.reflection,
+            "text_cache_mb": settings.text_cache_mb,
+            "text_cache_mb_per_key": settings.text_cache_mb_per_key,
         },
     )
     return parts

@@ -93,6 +93,7 @@ def _build_engine(settings: ServerSettings):
         threads=settings.threads,
         quantize=settings.quantize,
         limits=settings.limits(),
+        text_states=settings.text_state_cache(),
     )
 
 
@@ -146,6 +147,13 @@ def serve(
     max_queued_requests: Annotated[
         int | None, typer.Option(help="Calls that may wait for the engine before new ones are refused.")
     ] = None,
+    text_cache_mb_per_key: Annotated[
+        int | None, typer.Option(help="MB of cached text states one API key may hold (default 256).")
+    ] = None,
+    text_cache_mb: Annotated[
+        int | None, typer.Option(help="MB of cached text states all keys together may hold (default 1024).")
+    ] = None,
+    text_cache_keys: Annotated[int | None, typer.Option(help="API keys whose text states are kept.")] = None,
     grace_seconds: Annotated[
         float | None,
         typer.Option(

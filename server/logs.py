@@ -49,6 +49,9 @@ ALLOWED_FIELDS = frozenset(
         "stage",
         "steps",
         "num_calls",
+        "cache_bytes",
+        "text_cache_mb",
+        "text_cache_mb_per_key",
     }
 )
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:/\-\[\]]{1,128}")

@@ -44,6 +44,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         self._server_info = serde.server_info_message(info)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
         self.scheduler = Scheduler(engine, self._executor, merge, observer)
+        self._text_states = getattr(engine, "text_states", None)  # reported per call (memory)
         self._active = 0  # calls being handled (queued, running or answering)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,6 +144,8 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         }
         if tokens is not None:
             fields["tokens"] = tokens
+        if self._text_states is not None:
+            fields["cache_bytes"] = self._text_states.total_bytes
         if isinstance(error, InvalidRequest):
             fields["field"] = error.field
         elif error is not None:

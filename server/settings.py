@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field
@@ -20,6 +20,9 @@ from cbpt.server.adapters.spec import AdapterSpec
 from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
 from cbpt.server.merging import MergeSettings
+
+if TYPE_CHECKING:  # settings validate before the model loads: no torch at import
+    from cbpt.server.engine.kv import TextStateCache
 
 _LIMITS = Limits()
 LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
@@ -126,6 +129,11 @@ class ServerSettings(BaseSettings):
         512, ge=1, description="sequences merged into one job (a merged call waits for all of them)"
     )
     max_queued_requests: int = Field(64, ge=1, description="calls waiting for the engine before refusing")
+    text_cache_mb_per_key: int = Field(
+        256, ge=0, description="memory for one API key's cached text states (after-text adapters)"
+    )
+    text_cache_mb: int = Field(1024, ge=0, description="memory for all keys' cached text states together")
+    text_cache_keys: int = Field(8, ge=1, description="API keys whose text states are kept at once")
     grace_seconds: float = Field(
         30.0,
         ge=0,
@@ -160,6 +168,14 @@ class ServerSettings(BaseSettings):
             prompt_length=self.prompt_length,
             projection_seed=self.projection_seed,
             generators=self.generators,
+        )
+
+    def text_state_cache(self) -> TextStateCache:
+        """The engine's text-state cache with the configured bounds (imports torch)."""
+        from cbpt.server.engine.kv import TextStateCache
+
+        return TextStateCache(
+            self.text_cache_mb_per_key << 20, self.text_cache_keys, self.text_cache_mb << 20
         )
 
     def limits(self) -> Limits:
