@@ -154,6 +154,31 @@ def serve(
         int | None, typer.Option(help="MB of cached text states all keys together may hold (default 1024).")
     ] = None,
     text_cache_keys: Annotated[int | None, typer.Option(help="API keys whose text states are kept.")] = None,
+    score_decimals: Annotated[
+        int | None, typer.Option(help="Round returned log-probs to this many decimals (0-7).")
+    ] = None,
+    score_noise: Annotated[
+        float | None, typer.Option(help="Std of Gaussian noise added to returned log-probs (nats).")
+    ] = None,
+    score_noise_seed: Annotated[int | None, typer.Option(help="Seed of that noise (benchmarks).")] = None,
+    evaluations_per_day: Annotated[
+        int | None, typer.Option(help="Default per-key budget of candidates scored per UTC day.")
+    ] = None,
+    evaluations_total: Annotated[
+        int | None, typer.Option(help="Default per-key budget of candidates scored in total.")
+    ] = None,
+    usage_file: Annotated[
+        Path | None, typer.Option(help="JSON file that keeps budget usage across restarts.")
+    ] = None,
+    keys_reload_seconds: Annotated[
+        float | None, typer.Option(help="Check the keys file for changes this often (0: only on SIGHUP).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (off unless given).")
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option(help="Interface of the metrics endpoint (default 127.0.0.1).")
+    ] = None,
     grace_seconds: Annotated[
         float | None,
         typer.Option(
@@ -205,12 +230,37 @@ def add_key(
     keys_file: Annotated[Path, typer.Option(help="JSON keys file (created if absent).")],
     requests_per_minute: Annotated[int | None, typer.Option(help="This key's rate limit.")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="This key's concurrency limit.")] = None,
+    evaluations_per_day: Annotated[
+        int | None, typer.Option(help="This key's budget of candidates scored per UTC day.")
+    ] = None,
+    evaluations_total: Annotated[
+        int | None, typer.Option(help="This key's budget of candidates in total.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="When the key stops working: an ISO date or time, UTC (2027-01-31).")
+    ] = None,
 ) -> None:
-    """Create an API key, store only its hash, and print the key once."""
+    """Create an API key, store only its hash, and print the key once (a running server picks it up)."""
+    from cbpt.server.errors import KeyFileError
     from cbpt.server.keys import add_key as store_key
+    from cbpt.server.keys import parse_expiry
 
     with _one_line_errors():
-        key = store_key(keys_file, name, requests_per_minute, max_concurrent)
+        try:
+            until = parse_expiry(expires)
+        except ValueError:
+            raise KeyFileError(
+                f"--expires {expires!r}: expected an ISO date or time such as 2027-01-31"
+            ) from None
+        key = store_key(
+            keys_file,
+            name,
+            requests_per_minute,
+            max_concurrent,
+            evaluations_per_day=evaluations_per_day,
+            evaluations_total=evaluations_total,
+            expires=until,
+        )
     errors.print(f"added key {name!r} to {keys_file}; it is shown only this once:", highlight=False)
     print(key)
 

@@ -54,6 +54,10 @@ class ServerBusy(QuotaExceeded):
     """The engine's queue is full; the client should retry after ``retry_after`` seconds."""
 
 
+class BudgetExhausted(QuotaExceeded):
+    """A key has scored all the candidates its budget allows (for today, or in total)."""
+
+
 class AuthenticationFailed(ServerError, PermissionError):
     """Missing, unknown or expired API key."""
 

@@ -52,6 +52,9 @@ ALLOWED_FIELDS = frozenset(
         "cache_bytes",
         "text_cache_mb",
         "text_cache_mb_per_key",
+        "score_decimals",
+        "score_noise",
+        "num_keys",
     }
 )
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:/\-\[\]]{1,128}")

@@ -61,7 +61,6 @@ class Observer(Protocol):
 
     def step(self, sequences: int, seconds: float) -> None: ...
     def cancelled(self, reason: str) -> None: ...
-    def refused(self, reason: str) -> None: ...
     def queue(self, waiting: int, running: int) -> None: ...
 
 
@@ -70,9 +69,6 @@ class _NoObserver:
         pass
 
     def cancelled(self, reason: str) -> None:
-        pass
-
-    def refused(self, reason: str) -> None:
         pass
 
     def queue(self, waiting: int, running: int) -> None:
@@ -126,10 +122,8 @@ class Scheduler:
     ) -> ScoreResult:
         """The request's scores once its job ends; ``reason()`` names why, should the caller cancel."""
         if self._closing:
-            self._observer.refused("shutting_down")
             raise ServerShuttingDown()
         if len(self._waiting) >= self.settings.max_queued:
-            self._observer.refused("queue_full")
             raise ServerBusy(
                 f"server busy: {len(self._waiting)} requests are queued; retry shortly",
                 retry_after=self._last_job_seconds,

@@ -18,32 +18,51 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from cbpt.server import serde
+from cbpt.server.budgets import EvaluationBudgets
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
-from cbpt.server.errors import InvalidRequest, ServerShuttingDown
+from cbpt.server.engine.types import ScoreRequest, ScoreResult
+from cbpt.server.errors import BudgetExhausted, InvalidRequest, ServerBusy, ServerShuttingDown
 from cbpt.server.logs import current_key_id
 from cbpt.server.merging import MergeSettings
-from cbpt.server.scheduler import Observer, Scheduler
+from cbpt.server.metrics import Metrics
+from cbpt.server.protection import ScoreProtection
+from cbpt.server.scheduler import Scheduler
 from cbpt.server.status import error_status
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = tuning_pb2.DESCRIPTOR.services_by_name["Tuning"].full_name
+_REFUSALS = (
+    (BudgetExhausted, "budget"),
+    (ServerBusy, "queue_full"),
+    (ServerShuttingDown, "draining"),
+    (InvalidRequest, "invalid"),
+)
 
 
 class TuningServicer(tuning_pb2_grpc.TuningServicer):
     """Converts, schedules on the engine thread and maps every failure through ``error_status``."""
 
     def __init__(
-        self, engine: ScoringEngine, merge: MergeSettings | None = None, observer: Observer | None = None
+        self,
+        engine: ScoringEngine,
+        merge: MergeSettings | None = None,
+        *,
+        budgets: EvaluationBudgets | None = None,
+        protection: ScoreProtection | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         info = engine.info()
         self._limits = info.limits
         self._adapters = frozenset(a.name for a in info.adapters)
         self._server_info = serde.server_info_message(info)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
-        self.scheduler = Scheduler(engine, self._executor, merge, observer)
+        self.scheduler = Scheduler(engine, self._executor, merge, metrics)
+        self._budgets = budgets
+        self._protection = protection or ScoreProtection()
+        self._metrics = metrics
         self._text_states = getattr(engine, "text_states", None)  # reported per call (memory)
         self._active = 0  # calls being handled (queued, running or answering)
         self._idle = asyncio.Event()
@@ -109,17 +128,39 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
             if self._draining:
                 raise _draining()
             score_request = serde.to_score_request(request, self._limits, scope=key_id or "")
-            # Fair shares go to API keys; without keys, to each connection.
-            tenant = key_id or f"peer:{context.peer()}"
-            result = await self.scheduler.score(score_request, tenant, reason=lambda: _cancel_reason(context))
-            response = serde.to_response(result)
+            result = await self._score(score_request, key_id, context)
+            response = serde.to_response(self._protection.apply(result))
         except Exception as exc:  # every failure leaves through error_status
             status = error_status(exc)
+            self._count_refusal(exc)
             self._log_call(request, started, status.code.name, exc)
             await context.abort_with_status(status)
             raise  # not reached: abort_with_status ends the call by raising
         self._log_call(request, started, "OK", tokens=result.tokens_processed)
         return response
+
+    async def _score(
+        self, request: ScoreRequest, key_id: str | None, context: grpc.aio.ServicerContext
+    ) -> ScoreResult:
+        """Charge the key's budget, take a turn on the engine, and refund a call that is not answered."""
+        candidates = len(request.candidates)
+        if self._budgets is not None:
+            self._budgets.charge(key_id, candidates)
+        tenant = key_id or f"peer:{context.peer()}"  # fair shares go to API keys; without keys, connections
+        try:
+            return await self.scheduler.score(request, tenant, reason=lambda: _cancel_reason(context))
+        except BaseException:
+            if self._budgets is not None:
+                self._budgets.refund(key_id, candidates)
+            raise
+
+    def _count_refusal(self, error: Exception) -> None:
+        if self._metrics is None:
+            return
+        for kind, reason in _REFUSALS:
+            if isinstance(error, kind):
+                self._metrics.refused(reason)
+                return
 
     def _log_call(
         self,
@@ -150,6 +191,8 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
             fields["field"] = error.field
         elif error is not None:
             fields["error_type"] = type(error).__name__
+        if self._metrics is not None:
+            self._metrics.call(code, time.perf_counter() - started, request.num_candidates)
         if code == "INTERNAL":
             log.error("evaluate failed", exc_info=error, extra=fields)
         else:

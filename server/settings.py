@@ -134,6 +134,27 @@ class ServerSettings(BaseSettings):
     )
     text_cache_mb: int = Field(1024, ge=0, description="memory for all keys' cached text states together")
     text_cache_keys: int = Field(8, ge=1, description="API keys whose text states are kept at once")
+    score_decimals: int | None = Field(
+        None, ge=0, le=7, description="round returned log-probs to this many decimals (provider protection)"
+    )
+    score_noise: float = Field(
+        0.0, ge=0, description="std of Gaussian noise added to returned log-probs, renormalised (nats)"
+    )
+    score_noise_seed: int | None = Field(None, description="seed of that noise; unset: fresh entropy")
+    evaluations_per_day: int | None = Field(
+        None, ge=1, description="default per-key budget of candidates scored per UTC day"
+    )
+    evaluations_total: int | None = Field(
+        None, ge=1, description="default per-key budget of candidates in total"
+    )
+    usage_file: Path | None = Field(None, description="where budget usage persists across restarts (JSON)")
+    keys_reload_seconds: float = Field(
+        5.0, ge=0, description="how often to check the keys file for changes (0: only on SIGHUP)"
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics on this port"
+    )
+    metrics_host: str = Field("127.0.0.1", description="interface of the metrics endpoint")
     grace_seconds: float = Field(
         30.0,
         ge=0,
@@ -154,6 +175,9 @@ class ServerSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         init_kwargs = getattr(init_settings, "init_kwargs", {})
         return init_settings, env_settings, _ConfigFileSource(settings_cls, init_kwargs)
+
+    def budgets_configured(self) -> bool:
+        return self.evaluations_per_day is not None or self.evaluations_total is not None
 
     def merge_settings(self) -> MergeSettings:
         return MergeSettings(self.merge_window_ms / 1000, self.merge_max_sequences, self.max_queued_requests)

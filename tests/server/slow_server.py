@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=30.0)
     parser.add_argument("--pass-seconds", type=float, default=0.02)
     parser.add_argument("--keys", type=Path, default=None)
+    parser.add_argument("--keys-reload", type=float, default=5.0)
     args = parser.parse_args()
     configure_logging("INFO", json_lines=True)
     engine = tiny_engine(limits=LIMITS, bbt_dimension=16, with_cbp=False, batch_sequences=1)
@@ -57,6 +58,7 @@ def main() -> None:
         allow_no_auth=args.keys is None,
         api_keys_file=args.keys,
         grace_seconds=args.grace,
+        keys_reload_seconds=args.keys_reload,
         merge_window_ms=0,
     )
     asyncio.run(serve(engine, settings))

@@ -142,3 +142,14 @@ def _serving_address(process: subprocess.Popen, lines: list[str]) -> str:
         if line.startswith("{") and json.loads(line)["message"] == "serving":
             return json.loads(line)["address"]
     raise AssertionError("server did not report its address in time")
+
+
+def test_add_key_with_a_budget_and_an_expiry(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    args = ["add-key", "bob", "--keys-file", str(keys), "--evaluations-per-day", "100"]
+    result = runner.invoke(app, [*args, "--evaluations-total", "1000", "--expires", "2027-01-31"])
+    assert result.exit_code == 0, result.output
+    (stored,) = json.loads(keys.read_text())["keys"]
+    assert (stored["evaluations_per_day"], stored["evaluations_total"]) == (100, 1000)
+    assert stored["expires"] == "2027-01-31T00:00:00Z"
+    _one_line_error(["add-key", "carol", "--keys-file", str(keys), "--expires", "soon"], "--expires 'soon'")
