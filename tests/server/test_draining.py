@@ -28,7 +28,7 @@ def start() -> Iterator:
     started: list[ServerProcess] = []
 
     def run(grace: float) -> ServerProcess:
-        server = ServerProcess("tests.server.slow_server", "--grace", str(grace))
+        server = ServerProcess("tests.server.tiny_server", "--grace", str(grace))
         started.append(server)
         return server
 

@@ -82,7 +82,7 @@ def test_an_expired_key_is_refused(engine: ScoringEngine, tmp_path: Path) -> Non
 def test_sighup_reloads_the_keys_file(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     add_key(path, "alice")
-    server = ServerProcess("tests.server.slow_server", "--keys", str(path), "--keys-reload", "0")
+    server = ServerProcess("tests.server.tiny_server", "--keys", str(path), "--keys-reload", "0")
     try:
         with grpc.insecure_channel(server.address()) as channel:
             stub = tuning_pb2_grpc.TuningStub(channel)
