@@ -60,6 +60,19 @@ class ServerProcess:
                     raise AssertionError(f"the engine ran {self.passes() - start} of {count} passes")
                 self._changed.wait(0.5)
 
+    def wait_for_more(self, message: str, count: int, timeout: float = 120) -> None:
+        """Until ``count`` more lines with this message are logged than when called."""
+        start = self.count(message)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.count(message) < start + count:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise AssertionError(f"{self.count(message) - start} of {count} more {message!r} lines")
+                self._changed.wait(0.5)
+
+    def count(self, message: str) -> int:
+        return sum(line["message"] == message for line in self.lines)
+
     def passes(self) -> int:
         steps = [line["steps"] for line in self.lines if line["message"] == "forward pass"]
         return max(steps, default=0)
