@@ -212,13 +212,18 @@ def gen_certs(
     ] = ("localhost,127.0.0.1"),
     client: Annotated[bool, typer.Option("--client", help="Also issue a client certificate (mTLS).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    ca_key: Annotated[
+        Path | None,
+        typer.Option(help="Where the CA's private key goes (default: <out>-ca-key.pem, beside --out)."),
+    ] = None,
 ) -> None:
-    """Write a development CA, a server certificate and optionally a client certificate."""
+    """Write a development CA, a server certificate and optionally a client certificate into --out,
+    and the CA key outside it (--out is what a deployment mounts as secrets)."""
     from cbpt.server.certs import generate_dev_certificates
 
     with _one_line_errors():
         names = [h.strip() for h in hosts.split(",") if h.strip()]
-        paths = generate_dev_certificates(out, names, client=client, force=force)
+        paths = generate_dev_certificates(out, names, client=client, force=force, ca_key=ca_key)
     for label, path in vars(paths).items():
         if path is not None:
             console.print(f"{label:12} {path}", highlight=False)

@@ -63,8 +63,20 @@ def test_gen_certs(tmp_path: Path) -> None:
     out = tmp_path / "certs"
     result = runner.invoke(app, ["gen-certs", "--out", str(out), "--hosts", "localhost,10.1.2.3", "--client"])
     assert result.exit_code == 0, result.output
-    for name in ("ca-key.pem", "server-key.pem", "client-key.pem"):
-        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
+    for key in (tmp_path / "certs-ca-key.pem", out / "server-key.pem", out / "client-key.pem"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # Finding 10: the CA key was written into the folder a deployment mounts as secrets.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ca.pem",
+        "client-key.pem",
+        "client.pem",
+        "server-key.pem",
+        "server.pem",
+    ]
+    _one_line_error(
+        ["gen-certs", "--out", str(tmp_path / "c2"), "--ca-key", str(tmp_path / "c2" / "k.pem")],
+        "keep the CA key out",
+    )
     server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
