@@ -57,16 +57,16 @@ def generate_dev_certificates(
         raise CertificateError(f"{existing[0]} already exists; pass --force to replace the certificates")
     out.mkdir(parents=True, exist_ok=True)
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_private = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("cbp-tuning development CA")
     ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key())
+        _builder(ca_name, ca_name, ca_private.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca_private, hashes.SHA256())
     )
     _write(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(paths.ca_key, _key_pem(ca_key), private=True)
+    _write(paths.ca_key, _key_pem(ca_private), private=True)
 
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
@@ -75,7 +75,7 @@ def generate_dev_certificates(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca_private, hashes.SHA256())
     )
     _write(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False)
     _write(paths.server_key, _key_pem(server_key), private=True)
@@ -88,7 +88,7 @@ def generate_dev_certificates(
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
-            .sign(ca_key, hashes.SHA256())
+            .sign(ca_private, hashes.SHA256())
         )
         _write(paths.client_cert, client_cert.public_bytes(serialization.Encoding.PEM), private=False)
         _write(paths.client_key, _key_pem(client_key), private=True)

@@ -195,32 +195,45 @@ class Scheduler:
 
     # -- the engine's side ------------------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._closing:
-            if not self._running:
-                await self._wait_for_work()
-                if self._closing:
-                    break
-            self._admit(loop.time())
-            if not self._running:
-                continue
-            running = self._current = self._running.popleft()
-            started = loop.time()
             try:
-                more = await loop.run_in_executor(self._executor, running.job.step)
-            except Exception as error:  # an engine failure fails every call the job carried
-                for member in running.members:
+                await self._turn()
+            except Exception as error:  # a bug here must fail the calls, never leave them hanging
+                log.error("scheduler failed; failing the calls it held", exc_info=error)
+                jobs = [*self._running, *([self._current] if self._current is not None else [])]
+                pending = [*self._waiting, *(member for running in jobs for member in running.members)]
+                self._waiting.clear()
+                self._running.clear()
+                for member in pending:
                     _fail(member, error)
-                continue
-            finally:
-                self._current = None
-                self._report_queue()
-            if more:
-                self.steps_run += 1
-                self._observer.step(running.job.last_step_sequences, loop.time() - started)
-                self._running.append(running)
-            else:
-                self._finish(running, loop.time())
+
+    async def _turn(self) -> None:
+        """Admit what can start, then run one step of the next job in turn."""
+        loop = asyncio.get_running_loop()
+        if not self._running:
+            await self._wait_for_work()
+            if self._closing:
+                return
+        self._admit(loop.time())
+        if not self._running:
+            return
+        running = self._current = self._running.popleft()
+        started = loop.time()
+        try:
+            more = await loop.run_in_executor(self._executor, running.job.step)
+        except Exception as error:  # an engine failure fails every call the job carried
+            for member in running.members:
+                _fail(member, error)
+            return
+        finally:
+            self._current = None
+            self._report_queue()
+        if more:
+            self.steps_run += 1
+            self._observer.step(running.job.last_step_sequences, loop.time() - started)
+            self._running.append(running)
+        else:
+            self._finish(running, loop.time())
 
     async def _wait_for_work(self) -> None:
         """Sleep until a request waits; then, for an idle engine, up to the window for company."""

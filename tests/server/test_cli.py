@@ -165,3 +165,14 @@ def test_add_key_with_a_budget_and_an_expiry(tmp_path: Path) -> None:
     assert (stored["evaluations_per_day"], stored["evaluations_total"]) == (100, 1000)
     assert stored["expires"] == "2027-01-31T00:00:00Z"
     _one_line_error(["add-key", "carol", "--keys-file", str(keys), "--expires", "soon"], "--expires 'soon'")
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    """Each setting is a flag, a CBPT_* variable and a settings-file key (the last two by pydantic)."""
+    import inspect
+
+    from cbpt.server.cli import serve
+    from cbpt.server.settings import ServerSettings
+
+    flags = set(inspect.signature(serve).parameters)
+    assert set(ServerSettings.model_fields) - flags == {"adapters"}  # adapter specs: settings file only
