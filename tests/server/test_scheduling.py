@@ -71,7 +71,7 @@ def slow_engine() -> ScoringEngine:
 
 @pytest.fixture
 def passes(slow_engine: ScoringEngine) -> Iterator[CountingModel]:
-    counter = CountingModel(slow_engine, seconds=0.01)
+    counter = CountingModel(slow_engine, seconds=0.02)
     yield counter
     counter.remove()
 
