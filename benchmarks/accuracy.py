@@ -4,7 +4,7 @@
         [--seeds 0,1,2] [--budgets 0,50,100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
         [--sigma0 1.0] [--generator DIR ...] [--text-cache-mb 256] [--output accuracy]
         [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--white-box-lr 0.1]
-        [--white-box-dev-every 5]
+        [--white-box-dev-every 5] [--score-noise 0.0] [--score-decimals N]
 
 Methods and their derived reports are in accuracy_methods.py; the report (accuracy_report.py)
 chooses each method's budget on the dev split and reads the test split for that choice only.
@@ -12,7 +12,9 @@ chooses each method's budget on the dev split and reads the test split for that 
 Everything black-box goes through the product: an in-process engine behind the real gRPC server on
 loopback, the real ``TuningClient`` and ``Tuner``. One Tuner per (task, method, seed) runs to the
 largest budget; the best-on-dev vector is scored on the test set whenever the calls used reach a
-budget. Writes <output>.json (a list of runs, appended as each (task, method, seed) finishes, so an
+budget. ``--score-noise`` / ``--score-decimals`` turn on the server's protection of its log-probs
+(a fixed noise seed, so a run is repeatable): what it costs the tuner, against a run without, same
+seeds; give such a run its own ``--output``. Writes <output>.json (a list of runs, appended as each (task, method, seed) finishes, so an
 interrupted run resumes where it stopped), <output>.md and <output>-<task>.png.
 
 A run is ``{task, method, seed, calls, accuracy, macro_f1, predicted_class_counts, seconds}`` plus
@@ -41,13 +43,15 @@ from cbpt.client.sdk import TuningClient
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.kv import TextStateCache
+from cbpt.server.settings import ServerSettings
 
 
 class Results:
     """The JSON list of runs: read once, rewritten atomically after each finished (task, method, seed)."""
 
-    def __init__(self, path: Path, model: str) -> None:
+    def __init__(self, path: Path, model: str, extras: dict[str, object] | None = None) -> None:
         self.path = path
+        self.extras = extras or {}  # stamped on every run added (the server's protection, when on)
         self.runs: list[Run] = json.loads(path.read_text()) if path.is_file() else []
         if other := sorted({r.get("model") for r in self.runs if r.get("model") not in (None, model)}):
             raise SystemExit(f"{path} holds runs of model {other[0]}, not {model}; choose another --output")
@@ -56,7 +60,7 @@ class Results:
         return any((r["task"], r["method"], r["seed"]) == (task, method, seed) for r in self.runs)
 
     def add(self, runs: Sequence[Run]) -> None:
-        self.runs.extend(runs)
+        self.runs.extend({**run, **self.extras} for run in runs)  # type: ignore[misc]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".json.partial")
         partial.write_text("[\n" + ",\n".join(json.dumps(run) for run in self.runs) + "\n]\n")  # a run a line
@@ -95,7 +99,7 @@ def build_engine(
                         prompt_length=prompt_length)
         )  # fmt: skip
     specs += shipped_generator_specs(bundle.fingerprint) + generator_specs(generators)
-    cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20)
+    cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
     return ScoringEngine(bundle, build_adapters(bundle, specs), text_states=cache)
 
 
@@ -138,6 +142,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--white-box-lr", type=float, default=WhiteBoxConfig.learning_rate)
     parser.add_argument("--white-box-dev-every", type=int, default=WhiteBoxConfig.dev_every)
+    parser.add_argument(
+        "--score-noise", type=float, default=0.0, help="the server's --score-noise (std of log-prob noise)"
+    )
+    parser.add_argument("--score-decimals", type=int, default=None, help="the server's --score-decimals")
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.tasks) - set(TASKS)):
         parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
@@ -164,9 +172,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             continue
         print(f"task {name}: test per class {datas[name].test_class_counts()}", flush=True)
     engine = build_engine(args.model, white_box.prompt_length, args.generator, args.text_cache_mb)
-    results = Results(out / f"{args.output}.json", engine.bundle.model_id)
+    protection = {"score_noise": args.score_noise} if args.score_noise else {}
+    if args.score_decimals is not None:
+        protection["score_decimals"] = args.score_decimals
+    results = Results(out / f"{args.output}.json", engine.bundle.model_id, protection)
     zero_shot: dict[str, tuple[np.ndarray, float]] = {}
-    with serve_in_background(engine) as target, TuningClient(target, timeout=3600) as client:
+    with (
+        serve_in_background(engine, server_settings(args)) as target,
+        TuningClient(target, timeout=3600) as client,
+    ):
         for seed in args.seeds:
             for data in datas.values():
                 task = data.task(seed)
@@ -186,6 +200,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for method in args.methods:
                     run_one(context, method, results)
     report(results.runs, args, out)
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    """The loopback server the benchmark tunes through, with the provider protection asked for."""
+    return ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        insecure=True,
+        allow_no_auth=True,
+        score_noise=args.score_noise,
+        score_noise_seed=0,
+        score_decimals=args.score_decimals,
+    )
 
 
 def run_one(context: Context, method: str, results: Results) -> None:
