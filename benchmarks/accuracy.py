@@ -27,6 +27,7 @@ time to score the test set.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 from collections.abc import Sequence
@@ -47,24 +48,46 @@ from cbpt.server.settings import ServerSettings
 
 
 class Results:
-    """The JSON list of runs: read once, rewritten atomically after each finished (task, method, seed)."""
+    """The JSON list of runs, rewritten atomically after each finished (task, method, seed).
+
+    Several benchmark processes may share one file (e.g. one thread each on different methods):
+    each write takes a lock, re-reads the file and adds only runs it does not hold yet.
+    """
 
     def __init__(self, path: Path, model: str, extras: dict[str, object] | None = None) -> None:
         self.path = path
         self.extras = extras or {}  # stamped on every run added (the server's protection, when on)
-        self.runs: list[Run] = json.loads(path.read_text()) if path.is_file() else []
-        if other := sorted({r.get("model") for r in self.runs if r.get("model") not in (None, model)}):
-            raise SystemExit(f"{path} holds runs of model {other[0]}, not {model}; choose another --output")
+        self.model = model
+        self.runs: list[Run] = self._read()
+
+    def _read(self) -> list[Run]:
+        runs: list[Run] = json.loads(self.path.read_text()) if self.path.is_file() else []
+        if other := sorted({r.get("model") for r in runs if r.get("model") not in (None, self.model)}):
+            raise SystemExit(
+                f"{self.path} holds runs of model {other[0]}, not {self.model}; choose another --output"
+            )
+        return runs
 
     def done(self, task: str, method: str, seed: int) -> bool:
+        self.runs = self._read()
         return any((r["task"], r["method"], r["seed"]) == (task, method, seed) for r in self.runs)
 
     def add(self, runs: Sequence[Run]) -> None:
-        self.runs.extend({**run, **self.extras} for run in runs)  # type: ignore[misc]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text("[\n" + ",\n".join(json.dumps(run) for run in self.runs) + "\n]\n")  # a run a line
-        os.replace(partial, self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.runs = self._read()
+            held = {_key(run) for run in self.runs}
+            self.runs.extend({**run, **self.extras} for run in runs if _key(run) not in held)  # type: ignore[misc]
+            partial = self.path.with_suffix(".json.partial")
+            partial.write_text(
+                "[\n" + ",\n".join(json.dumps(run) for run in self.runs) + "\n]\n"
+            )  # a run a line
+            os.replace(partial, self.path)
+
+
+def _key(run: Run) -> tuple[str, str, int, int]:
+    return run["task"], run["method"], run["seed"], run["calls"]
 
 
 def _summary(run: Run) -> str:
@@ -75,7 +98,11 @@ def _summary(run: Run) -> str:
 
 
 def build_engine(
-    model: str, prompt_length: int, generators: Sequence[Path] = (), text_cache_mb: int = 256
+    model: str,
+    prompt_length: int,
+    generators: Sequence[Path] = (),
+    text_cache_mb: int = 256,
+    threads: int | None = None,
 ) -> ScoringEngine:
     """The server's default adapters, one BBT adapter per dimension variant in TUNED, and one CBP
     adapter per generator folder (the shipped ones for this model included), all from specs."""
@@ -89,7 +116,7 @@ def build_engine(
     else:
         from cbpt.server.model import load_model
 
-        bundle, dimension_scale = load_model(model), 1.0
+        bundle, dimension_scale = load_model(model, threads=threads), 1.0
     specs = default_specs(round(500 * dimension_scale), prompt_length)
     placements = {spec.name: spec.placement for spec in specs}
     for tuned in sorted({t for t in TUNED.values() if t.dimension is not None}, key=lambda t: t.served):
@@ -171,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"skipping task {name}: {error}", flush=True)
             continue
         print(f"task {name}: test per class {datas[name].test_class_counts()}", flush=True)
-    engine = build_engine(args.model, white_box.prompt_length, args.generator, args.text_cache_mb)
+    engine = build_engine(
+        args.model, white_box.prompt_length, args.generator, args.text_cache_mb, args.threads
+    )
     protection = {"score_noise": args.score_noise} if args.score_noise else {}
     if args.score_decimals is not None:
         protection["score_decimals"] = args.score_decimals
