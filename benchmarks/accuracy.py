@@ -167,6 +167,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--text-cache-mb", type=int, default=256, help="per-scope text-state cache of the engine"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--white-box-lr", type=float, default=WhiteBoxConfig.learning_rate)
     parser.add_argument("--white-box-dev-every", type=int, default=WhiteBoxConfig.dev_every)
     parser.add_argument(
