@@ -9,7 +9,6 @@ lies; only the pools cut out of it are written, under ``work`` (never into the r
 from __future__ import annotations
 
 import importlib.util
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from cbpt.client.loaders import load_jsonl
 from cbpt.client.task import Examples, Task
+from cbpt.common.files import write_jsonl
 
 SHOTS_PER_CLASS = 16
 DEV_PER_CLASS = 8
@@ -69,13 +70,7 @@ class BenchmarkData:
 def read_jsonl(path: Path) -> list[Row]:
     if not path.is_file():
         raise MissingData(f"{path} not found")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list[Row]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return load_jsonl(path)
 
 
 def balanced_counts(available: dict[str, int], total: int) -> dict[str, int]:

@@ -8,9 +8,7 @@ The main names are importable from here (loaded on first use)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from cbpt.common.lazy import lazy_exports
 from cbpt.common.version import __version__
 
 _EXPORTS = {
@@ -31,7 +29,4 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'cbpt.client' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

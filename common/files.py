@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
@@ -33,3 +37,18 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks (model files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """One JSON object per line (UTF-8, non-ASCII kept), atomically."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), mode=0o644)
+    return Path(path)

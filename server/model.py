@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from cbpt.common.files import file_sha256
 from cbpt.server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -180,18 +181,10 @@ def _bundled_gguf(entry: BundledModel) -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str]:
     """Return the converted safetensors folder for a bundled GGUF, converting it once."""
     gguf = _bundled_gguf(entry)
-    source_hash = _file_sha256(gguf)
+    source_hash = file_sha256(gguf)
     folder = cache / "models" / f"{entry.model_id}-{source_hash[:16]}"
     meta_path = folder / "cbpt.json"
     if meta_path.is_file():

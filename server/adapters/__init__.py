@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from cbpt.common.lazy import lazy_exports
+
 _EXPORTS = {
     "Adapter": "cbpt.server.adapters.base",
     "random_projection": "cbpt.server.adapters.base",
@@ -26,10 +28,12 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
+_lazy = lazy_exports(__name__, _EXPORTS)
+
+
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        if name == "ADAPTER_METHODS":
-            module.load_builtin_methods()
-        return getattr(module, name)
-    raise AttributeError(f"module 'cbpt.server.adapters' has no attribute {name!r}")
+    """The registry of methods is looked up with the built-in methods registered."""
+    value = _lazy(name)
+    if name == "ADAPTER_METHODS":
+        importlib.import_module("cbpt.server.adapters.registry").load_builtin_methods()
+    return value

@@ -15,8 +15,7 @@ The names below load lazily, so ``cbpt.server.engine.types`` stays importable wi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cbpt.common.lazy import lazy_exports
 
 _EXPORTS = {
     "ScoringEngine": "cbpt.server.engine.scoring",
@@ -31,7 +30,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'cbpt.server.engine' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

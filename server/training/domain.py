@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cbpt.client.loaders import read_rows
 from cbpt.client.task import Examples, TaskFormat
+from cbpt.common.files import file_sha256
 from cbpt.server.errors import ConfigError
 
 _FORMAT_FIELDS = tuple(TaskFormat.model_fields)
@@ -41,14 +42,6 @@ _FORMAT_FIELDS = tuple(TaskFormat.model_fields)
 def text_digest(text: str) -> str:
     """sha256 of a text with its whitespace collapsed: how excluded and training texts are compared."""
     return hashlib.sha256(" ".join(str(text).split()).encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DomainTask(BaseModel):
@@ -83,6 +76,7 @@ class TrainingTask:
     data_file: str
     data_sha256: str
     dropped: int  # rows dropped because their text is in an excluded file
+    text_digests: frozenset[str]  # of every kept row's text fields: what a disjointness check compares
 
     @property
     def num_choices(self) -> int:
@@ -192,6 +186,7 @@ def load_domain(path: Path, seed: int = 0) -> Domain:
         ]
         examples = task_format.examples(kept, str(data))
         train, dev = _split(examples, entry.dev_per_class, entry.max_examples, seed)
+        digests = frozenset(text_digest(str(row.get(name, ""))) for row in kept for name in fields)
         tasks.append(
             TrainingTask(
                 entry.name,
@@ -202,6 +197,7 @@ def load_domain(path: Path, seed: int = 0) -> Domain:
                 data.name,
                 file_sha256(data),
                 len(rows) - len(kept),
+                digests,
             )
         )
     source = hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -48,7 +48,8 @@ def test_unavailable_is_retried_for_the_window_once_the_server_has_answered(engi
 
     port = free_port()
     server = BackgroundServer(
-        engine, ServerSettings(host="127.0.0.1", port=port, insecure=True, grace_seconds=0)
+        engine,
+        ServerSettings(host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=0),
     )
     now = [0.0]
     waits: list[float] = []
@@ -86,7 +87,7 @@ class ServerProcess:
     def __init__(self, model_dir: Path, port: int, log: Path) -> None:
         self.log = log
         command = [sys.executable, "-m", "cbpt.server.cli", "serve", "--model", str(model_dir), "--insecure",
-                   "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+                   "--allow-no-auth", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         self._log_file = log.open("w")
         self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT)
         self.port = port

@@ -24,7 +24,12 @@ def tls_server(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     own = certs.generate_dev_certificates(folder / "own", ["localhost", "127.0.0.1"])
     other = certs.generate_dev_certificates(folder / "other", ["localhost", "127.0.0.1"])
     settings = ServerSettings(
-        host="127.0.0.1", port=0, tls_cert=own.server_cert, tls_key=own.server_key, grace_seconds=1
+        host="127.0.0.1",
+        port=0,
+        tls_cert=own.server_cert,
+        tls_key=own.server_key,
+        allow_no_auth=True,
+        grace_seconds=1,
     )
     with serve_in_background(engine, settings) as target:
         yield target, own.ca_cert, other.ca_cert
