@@ -47,7 +47,11 @@ def run(*command: str | Path, env: dict[str, str] | None = None, capture: bool =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo")
-    parser.add_argument("--adapter", default="bbt-cue")
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="Default: cbp-opinion (the generator shipped for the bundled model) when the server serves it, else bbt-cue.",
+    )
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--popsize", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="The seed of a single run.")
@@ -86,6 +90,10 @@ def main() -> None:
         env = os.environ | {"CBPT_API_KEY": api_key, "CBPT_SERVER": target}
         connect = ["--ca-cert", certs / "ca.pem"]
         run(BIN / "cbpt", "info", *connect, env=env)
+        if args.adapter is None:
+            args.adapter = default_adapter(
+                json.loads(run(BIN / "cbpt", "info", "--json", *connect, env=env, capture=True))
+            )
         zero = json.loads(
             run(BIN / "cbpt", "evaluate", "--zero-shot", "--task", TASK, TEST, "--json", *connect,
                 env=env, capture=True)
@@ -124,6 +132,15 @@ def main() -> None:
     print(f"tuned ({args.adapter}, {args.budget} calls{seeds_note}) {summary['tuned_accuracy']:.1%}{spread}")
     print(f"tuning took {summary['tuning_seconds']:.0f} s; the whole demo {summary['total_seconds']:.0f} s")
     print(f"artifacts: {tuned_dir}  (vector.safetensors, task.json, history.jsonl, curve.png)")
+
+
+def default_adapter(info: dict) -> str:
+    """CBP-Tuning with the provider's opinion generator when this model has one, else BBT on the answer cue."""
+    served = {adapter["name"] for adapter in info["adapters"]}
+    if "cbp-opinion" in served:
+        return "cbp-opinion"
+    print("demo: this server has no cbp-opinion generator for its model; tuning bbt-cue instead", flush=True)
+    return "bbt-cue"
 
 
 def summarise(

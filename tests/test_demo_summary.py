@@ -36,3 +36,12 @@ def test_a_sweep_over_seeds_is_summarised_as_mean_and_sample_std() -> None:
         argparse.Namespace(**{**vars(args), "seeds": None}), zero, [_figures(0.5)], 1.0, 2.0
     )
     assert single["seeds"] == [0] and single["tuned_accuracy"] == 0.5 and single["tuned_accuracy_std"] == 0.0
+
+
+def test_the_main_job_tunes_the_shipped_generator_when_the_server_serves_it(capsys) -> None:
+    demo = _demo()
+    shipped = {"adapters": [{"name": "none"}, {"name": "bbt-cue"}, {"name": "cbp-opinion"}]}
+    assert demo.default_adapter(shipped) == "cbp-opinion"
+    other_model = {"adapters": [{"name": "none"}, {"name": "bbt-cue"}]}
+    assert demo.default_adapter(other_model) == "bbt-cue"
+    assert "no cbp-opinion generator" in capsys.readouterr().out
