@@ -1,26 +1,30 @@
-"""The grpc.aio servicer for ``cbpt.v1.Tuning``: serde -> merger -> engine -> serde, errors -> statuses.
+"""The grpc.aio servicer for ``cbpt.v1.Tuning``: serde -> backend -> serde, errors -> statuses.
 
-The engine runs on one worker thread (the model is single-tenant) so the event loop stays free
-for health checks; calls that arrive together are merged into shared forward passes
-(merging.py). Logs carry sizes, timings and the key id, never texts or choices.
+The backend (backends.py) scores validated engine requests: by default the engine on one worker
+thread behind the merger (merging.py), so the event loop stays free for health checks and calls
+that arrive together share forward passes; or replicas elsewhere (deploy/). Logs carry sizes,
+timings and the key id, never texts or choices.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 
 from cbpt.server import serde
+from cbpt.server.backends import ScoringBackend, as_backend
 from cbpt.server.engine.limits import Limits
-from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.logs import current_key_id
-from cbpt.server.merging import MergeSettings, RequestMerger
+from cbpt.server.merging import MergeSettings
 from cbpt.server.status import error_status
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+
+if TYPE_CHECKING:
+    from cbpt.server.engine.scoring import ScoringEngine
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +34,19 @@ SERVICE_NAME = tuning_pb2.DESCRIPTOR.services_by_name["Tuning"].full_name
 class TuningServicer(tuning_pb2_grpc.TuningServicer):
     """Converts, scores on the engine thread and maps every failure through ``error_status``."""
 
-    def __init__(self, engine: ScoringEngine, merge: MergeSettings | None = None) -> None:
-        info = engine.info()
+    def __init__(self, engine: ScoringEngine | ScoringBackend, merge: MergeSettings | None = None) -> None:
+        self._backend = as_backend(engine, merge)  # an engine runs in process, behind the merger
+        info = self._backend.info()
         self._limits = info.limits
         self._adapters = frozenset(a.name for a in info.adapters)
         self._server_info = serde.server_info_message(info)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
-        self._merger = RequestMerger(engine, self._executor, merge)
 
     @property
     def limits(self) -> Limits:
         return self._limits
 
     async def close(self) -> None:
-        await self._merger.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._backend.close()
 
     async def GetServerInfo(
         self, request: tuning_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
@@ -58,7 +60,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         started = time.perf_counter()
         try:
             score_request = serde.to_score_request(request, self._limits, scope=current_key_id.get() or "")
-            result = await self._merger.score(score_request)
+            result = await self._backend.score(score_request)
             response = serde.to_response(result)
         except Exception as exc:  # every failure leaves through error_status
             status = error_status(exc)
