@@ -45,6 +45,7 @@ ALLOWED_FIELDS = frozenset(
         "grace_seconds",
         "retry_after",
         "request_bytes",
+        "replicas",
     }
 )
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:/\-\[\]]{1,128}")
