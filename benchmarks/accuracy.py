@@ -4,7 +4,7 @@
         [--seeds 0,1,2] [--budgets 0,50,100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
         [--sigma0 1.0] [--generator DIR ...] [--text-cache-mb 256] [--output accuracy]
         [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--white-box-lr 0.1]
-        [--white-box-dev-every 5]
+        [--white-box-dev-every 5] [--score-noise 0.0] [--score-decimals N]
 
 Methods and their derived reports are in accuracy_methods.py; the report (accuracy_report.py)
 chooses each method's budget on the dev split and reads the test split for that choice only.
@@ -12,7 +12,9 @@ chooses each method's budget on the dev split and reads the test split for that 
 Everything black-box goes through the product: an in-process engine behind the real gRPC server on
 loopback, the real ``TuningClient`` and ``Tuner``. One Tuner per (task, method, seed) runs to the
 largest budget; the best-on-dev vector is scored on the test set whenever the calls used reach a
-budget. Writes <output>.json (a list of runs, appended as each (task, method, seed) finishes, so an
+budget. ``--score-noise`` / ``--score-decimals`` turn on the server's protection of its log-probs
+(a fixed noise seed, so a run is repeatable): what it costs the tuner, against a run without, same
+seeds; give such a run its own ``--output``. Writes <output>.json (a list of runs, appended as each (task, method, seed) finishes, so an
 interrupted run resumes where it stopped), <output>.md and <output>-<task>.png.
 
 A run is ``{task, method, seed, calls, accuracy, macro_f1, predicted_class_counts, seconds}`` plus
@@ -25,6 +27,7 @@ time to score the test set.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 from collections.abc import Sequence
@@ -41,26 +44,50 @@ from cbpt.client.sdk import TuningClient
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.kv import TextStateCache
+from cbpt.server.settings import ServerSettings
 
 
 class Results:
-    """The JSON list of runs: read once, rewritten atomically after each finished (task, method, seed)."""
+    """The JSON list of runs, rewritten atomically after each finished (task, method, seed).
 
-    def __init__(self, path: Path, model: str) -> None:
+    Several benchmark processes may share one file (e.g. one thread each on different methods):
+    each write takes a lock, re-reads the file and adds only runs it does not hold yet.
+    """
+
+    def __init__(self, path: Path, model: str, extras: dict[str, object] | None = None) -> None:
         self.path = path
-        self.runs: list[Run] = json.loads(path.read_text()) if path.is_file() else []
-        if other := sorted({r.get("model") for r in self.runs if r.get("model") not in (None, model)}):
-            raise SystemExit(f"{path} holds runs of model {other[0]}, not {model}; choose another --output")
+        self.extras = extras or {}  # stamped on every run added (the server's protection, when on)
+        self.model = model
+        self.runs: list[Run] = self._read()
+
+    def _read(self) -> list[Run]:
+        runs: list[Run] = json.loads(self.path.read_text()) if self.path.is_file() else []
+        if other := sorted({r.get("model") for r in runs if r.get("model") not in (None, self.model)}):
+            raise SystemExit(
+                f"{self.path} holds runs of model {other[0]}, not {self.model}; choose another --output"
+            )
+        return runs
 
     def done(self, task: str, method: str, seed: int) -> bool:
+        self.runs = self._read()
         return any((r["task"], r["method"], r["seed"]) == (task, method, seed) for r in self.runs)
 
     def add(self, runs: Sequence[Run]) -> None:
-        self.runs.extend(runs)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text("[\n" + ",\n".join(json.dumps(run) for run in self.runs) + "\n]\n")  # a run a line
-        os.replace(partial, self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.runs = self._read()
+            held = {_key(run) for run in self.runs}
+            self.runs.extend({**run, **self.extras} for run in runs if _key(run) not in held)  # type: ignore[misc]
+            partial = self.path.with_suffix(".json.partial")
+            partial.write_text(
+                "[\n" + ",\n".join(json.dumps(run) for run in self.runs) + "\n]\n"
+            )  # a run a line
+            os.replace(partial, self.path)
+
+
+def _key(run: Run) -> tuple[str, str, int, int]:
+    return run["task"], run["method"], run["seed"], run["calls"]
 
 
 def _summary(run: Run) -> str:
@@ -71,7 +98,11 @@ def _summary(run: Run) -> str:
 
 
 def build_engine(
-    model: str, prompt_length: int, generators: Sequence[Path] = (), text_cache_mb: int = 256
+    model: str,
+    prompt_length: int,
+    generators: Sequence[Path] = (),
+    text_cache_mb: int = 256,
+    threads: int | None = None,
 ) -> ScoringEngine:
     """The server's default adapters, one BBT adapter per dimension variant in TUNED, and one CBP
     adapter per generator folder (the shipped ones for this model included), all from specs."""
@@ -85,7 +116,7 @@ def build_engine(
     else:
         from cbpt.server.model import load_model
 
-        bundle, dimension_scale = load_model(model), 1.0
+        bundle, dimension_scale = load_model(model, threads=threads), 1.0
     specs = default_specs(round(500 * dimension_scale), prompt_length)
     placements = {spec.name: spec.placement for spec in specs}
     for tuned in sorted({t for t in TUNED.values() if t.dimension is not None}, key=lambda t: t.served):
@@ -95,7 +126,7 @@ def build_engine(
                         prompt_length=prompt_length)
         )  # fmt: skip
     specs += shipped_generator_specs(bundle.fingerprint) + generator_specs(generators)
-    cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20)
+    cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
     return ScoringEngine(bundle, build_adapters(bundle, specs), text_states=cache)
 
 
@@ -136,8 +167,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--text-cache-mb", type=int, default=256, help="per-scope text-state cache of the engine"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--white-box-lr", type=float, default=WhiteBoxConfig.learning_rate)
     parser.add_argument("--white-box-dev-every", type=int, default=WhiteBoxConfig.dev_every)
+    parser.add_argument(
+        "--score-noise", type=float, default=0.0, help="the server's --score-noise (std of log-prob noise)"
+    )
+    parser.add_argument("--score-decimals", type=int, default=None, help="the server's --score-decimals")
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.tasks) - set(TASKS)):
         parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
@@ -163,10 +199,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"skipping task {name}: {error}", flush=True)
             continue
         print(f"task {name}: test per class {datas[name].test_class_counts()}", flush=True)
-    engine = build_engine(args.model, white_box.prompt_length, args.generator, args.text_cache_mb)
-    results = Results(out / f"{args.output}.json", engine.bundle.model_id)
+    engine = build_engine(
+        args.model, white_box.prompt_length, args.generator, args.text_cache_mb, args.threads
+    )
+    protection = {"score_noise": args.score_noise} if args.score_noise else {}
+    if args.score_decimals is not None:
+        protection["score_decimals"] = args.score_decimals
+    results = Results(out / f"{args.output}.json", engine.bundle.model_id, protection)
     zero_shot: dict[str, tuple[np.ndarray, float]] = {}
-    with serve_in_background(engine) as target, TuningClient(target, timeout=3600) as client:
+    with (
+        serve_in_background(engine, server_settings(args)) as target,
+        TuningClient(target, timeout=3600) as client,
+    ):
         for seed in args.seeds:
             for data in datas.values():
                 task = data.task(seed)
@@ -186,6 +230,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for method in args.methods:
                     run_one(context, method, results)
     report(results.runs, args, out)
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    """The loopback server the benchmark tunes through, with the provider protection asked for."""
+    return ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        insecure=True,
+        allow_no_auth=True,
+        score_noise=args.score_noise,
+        score_noise_seed=0,
+        score_decimals=args.score_decimals,
+    )
 
 
 def run_one(context: Context, method: str, results: Results) -> None:

@@ -7,7 +7,7 @@ Sections (``--sections``):
 - ``clients``: 1, 2, 4 and 8 concurrent tuning clients, each sending ``--generations`` calls of
   ``--popsize`` candidates x ``--examples`` texts of its own (as the tuner does: the next call
   after the answer), through the real gRPC front to: the in-process engine; Ray with 1 replica; Ray
-  with 2 replicas; Ray with 1 replica gathering batches with ``@serve.batch`` instead of the merger.
+  with 2 replicas; Ray with 1 replica gathering batches with ``@serve.batch`` instead of the scheduler.
   Throughput, p50/p99 latency, requests per engine call, and the Ray hop (a generation-sized
   request carried to a replica and back without scoring). Each client's first call (text
   encoding, warm-up) is not timed.
@@ -139,8 +139,8 @@ def backends(
     owns_ray = connect(address, num_cpus=cores)
     made: dict[str, Any] = {"in-process": engine}
     layouts = {  # name: (replicas, batching, app)
-        BACKENDS[1]: (1, "merger", "scale-1"),
-        BACKENDS[2]: (2, "merger", "scale-2"),
+        BACKENDS[1]: (1, "scheduler", "scale-1"),
+        BACKENDS[2]: (2, "scheduler", "scale-2"),
         BACKENDS[3]: (1, "serve-batch", "scale-batch"),
     }
     try:

@@ -306,7 +306,7 @@ def merged_clients(
     results = []
     variants = (("merged (default: 5 ms window)", {}), ("one call at a time", {"merge_max_sequences": 1}))
     for label, merge in variants:
-        settings = ServerSettings(host="127.0.0.1", port=0, insecure=True, **merge)
+        settings = ServerSettings(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, **merge)
         with serve_in_background(build(bundle), settings) as target, ThreadPoolExecutor(clients) as pool:
             start = threading.Barrier(clients + 1)
             futures = [

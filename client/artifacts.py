@@ -1,36 +1,43 @@
 """The tuned-task folder: everything needed to predict later, and nothing a server could use.
 
     vector.safetensors    tensors "vector" (float32) and optional "bias" (float64, applied client-side)
-                          (or vector.safetensors.enc: the same bytes sealed with AES-GCM)
+                          (or vector.safetensors.enc: the same bytes sealed with AES-GCM), written
+                          deterministically: identical runs give byte-identical files
     task.json             format_version, adapter, model id and fingerprint, template, choices, dev
-                          metrics, calls used, optimizer, seed (peft-style: unknown keys load with a warning)
-    history.jsonl         one row per generation
+                          metrics, calls used, optimizer, seed, the sha256 of the vector file, and
+                          ``partial`` (true while a run is still going, or was killed) (peft-style:
+                          unknown keys load with a warning)
+    history.jsonl         one row per generation (appended while the run goes)
     curve.png             train loss and dev accuracy against calls (needs matplotlib)
 
 A tuned vector only means something on the model it was tuned on, so scoring
-against a server with another model fingerprint raises FingerprintMismatch.
+against a server with another model fingerprint raises FingerprintMismatch; a vector
+file that is not the one task.json recorded (a flipped bit, an edit) raises ArtifactModified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as load_tensors
-from safetensors.numpy import save as save_tensors
 
+from cbpt.client.batches import predict_in_batches
 from cbpt.client.crypto import KeySpec, resolve_key, seal, unseal
-from cbpt.client.errors import ArtifactError, ArtifactWarning, FingerprintMismatch
+from cbpt.client.errors import ArtifactError, ArtifactModified, ArtifactWarning, FingerprintMismatch
 from cbpt.client.info import ServerInfo
 from cbpt.client.losses import apply_bias
 from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Examples, TaskFormat
+from cbpt.client.tensor_file import tensor_bytes
 from cbpt.common.files import write_atomic
 from cbpt.common.version import __version__
 
@@ -39,6 +46,7 @@ KIND = "cbpt.tuned-task"
 VECTOR_FILE = "vector.safetensors"
 SEALED_VECTOR_FILE = "vector.safetensors.enc"
 VECTOR_MAGIC = b"CBPTVEC\x00"
+HISTORY_FILE = "history.jsonl"
 _REQUIRED = ("format_version", "adapter", "model_id", "model_fingerprint", "task_format", "dimension")
 _KNOWN = frozenset(
     (
@@ -54,26 +62,36 @@ _KNOWN = frozenset(
             "calls_used",
         ),
         *("optimizer", "seed", "settings", "stop_reason", "vector_file", "vector_encrypted", "has_bias"),
-        *("task", "created_at", "client_version"),
+        *("task", "created_at", "client_version", "vector_sha256", "partial"),
     )
 )
 
 
 def save_tuned(
-    folder: Path, result: TuningResult, task_format: TaskFormat, *, encrypt: bool = False, key: KeySpec = None
+    folder: Path,
+    result: TuningResult,
+    task_format: TaskFormat,
+    *,
+    encrypt: bool = False,
+    key: KeySpec = None,
+    partial: bool = False,
 ) -> list[str]:
-    """Write the tuned-task folder; return notes for the user (e.g. a skipped plot)."""
+    """Write the tuned-task folder; return notes for the user (e.g. a skipped plot).
+
+    ``partial=True`` is the best-so-far save a running tuner makes after each generation: the
+    vector and task.json (marked ``partial``) only, since history.jsonl is appended row by row
+    (``RunRecorder``) and the curve is drawn once, at the end.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"vector": np.asarray(result.vector, dtype=np.float32)}
     if result.bias is not None:
         tensors["bias"] = np.asarray(result.bias, dtype=np.float64)
     metadata = {"format": "cbpt", "adapter": result.adapter, "model_fingerprint": result.model_fingerprint}
-    payload = save_tensors(tensors, metadata=metadata)
+    payload = tensor_bytes(tensors, metadata)
     if encrypt:
-        write_atomic(
-            folder / SEALED_VECTOR_FILE, seal(payload, resolve_key(key), VECTOR_MAGIC, FORMAT_VERSION)
-        )
+        payload = seal(payload, resolve_key(key), VECTOR_MAGIC, FORMAT_VERSION)
+        write_atomic(folder / SEALED_VECTOR_FILE, payload)
         (folder / VECTOR_FILE).unlink(missing_ok=True)
     else:
         write_atomic(folder / VECTOR_FILE, payload, mode=0o644)
@@ -101,13 +119,21 @@ def save_tuned(
         "vector_file": SEALED_VECTOR_FILE if encrypt else VECTOR_FILE,
         "vector_encrypted": encrypt,
         "has_bias": result.bias is not None,
+        "vector_sha256": hashlib.sha256(payload).hexdigest(),
+        "partial": partial,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "client_version": __version__,
     }
     write_atomic(folder / "task.json", (json.dumps(card, indent=2) + "\n").encode("utf-8"), mode=0o644)
-    lines = "".join(json.dumps(row.to_json()) + "\n" for row in result.history)
-    write_atomic(folder / "history.jsonl", lines.encode("utf-8"), mode=0o644)
+    if partial:
+        return []
+    write_atomic(folder / HISTORY_FILE, history_lines(result.history).encode("utf-8"), mode=0o644)
     return _plot_curve(folder / "curve.png", result.history)
+
+
+def history_lines(rows: tuple[HistoryRow, ...] | list[HistoryRow]) -> str:
+    """history.jsonl's text: one JSON object per generation."""
+    return "".join(json.dumps(row.to_json()) + "\n" for row in rows)
 
 
 def _plot_curve(path: Path, history: tuple[HistoryRow, ...]) -> list[str]:
@@ -167,13 +193,26 @@ class TunedTask:
             )
         return info
 
-    def log_probs(self, client: TuningClient, examples: Examples) -> np.ndarray:
-        """Log-probs [e, c] of every choice, the bias applied and renormalised on the client."""
+    @property
+    def partial(self) -> bool:
+        """The best-so-far vector of a run that has not finished (still going, or killed)."""
+        return bool(self.card.get("partial"))
+
+    def log_probs(
+        self, client: TuningClient, examples: Examples, *, on_rows: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Log-probs [e, c] of every choice, the bias applied and renormalised on the client
+        (``on_rows`` hears of each batch of rows scored)."""
         self.check_server(client)
-        raw = client.predict(
-            self.adapter, self.vector, examples.texts, examples.choices, self.format.mode, examples.cue
+        raw = predict_in_batches(
+            client, self.adapter, self.vector, examples, self.format.mode, on_rows=on_rows
         )
         return apply_bias(raw, self.bias)
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """A tuned folder's task.json (no key needed: it holds metrics and the format, never data)."""
+    return _read_card(Path(folder) / "task.json")
 
 
 def read_task_format(folder: Path) -> TaskFormat:
@@ -185,8 +224,13 @@ def read_task_format(folder: Path) -> TaskFormat:
         raise ArtifactError(f"{folder}/task.json: task_format is invalid ({error})") from None
 
 
-def load_tuned(folder: Path, *, key: KeySpec = None) -> TunedTask:
-    """Read a tuned-task folder; ``key`` opens an encrypted vector (default: the default key file)."""
+def load_tuned(folder: Path, *, key: KeySpec = None, verify: bool = True) -> TunedTask:
+    """Read a tuned-task folder; ``key`` opens an encrypted vector (default: the default key file).
+
+    The vector file must have the sha256 task.json recorded (ArtifactModified otherwise), so a
+    flipped bit is refused rather than scored; ``verify=False`` loads it anyway. A folder from a
+    client that recorded no digest loads with an ArtifactWarning.
+    """
     folder = Path(folder)
     card = _read_card(folder / "task.json")
     name = card.get("vector_file") or (SEALED_VECTOR_FILE if card.get("vector_encrypted") else VECTOR_FILE)
@@ -195,6 +239,8 @@ def load_tuned(folder: Path, *, key: KeySpec = None) -> TunedTask:
         payload = path.read_bytes()
     except OSError as error:
         raise ArtifactError(f"{folder}: cannot read {path.name} ({error.strerror})") from None
+    if verify:
+        _check_digest(path, payload, card.get("vector_sha256"))
     if path.name.endswith(".enc"):
         _, payload = unseal(
             payload, resolve_key(key), VECTOR_MAGIC, FORMAT_VERSION, f"encrypted vector {path}"
@@ -223,6 +269,22 @@ def load_tuned(folder: Path, *, key: KeySpec = None) -> TunedTask:
     )
 
 
+def _check_digest(path: Path, payload: bytes, recorded: object) -> None:
+    if recorded is None:
+        warnings.warn(
+            f"{path.parent}/task.json records no vector digest (an older client wrote it); "
+            f"{path.name} cannot be checked",
+            ArtifactWarning,
+            stacklevel=3,
+        )
+        return
+    if hashlib.sha256(payload).hexdigest() != recorded:
+        raise ArtifactModified(
+            f"{path} is not the file task.json recorded (sha256 differs): it was modified or replaced; "
+            "re-run tuning, or pass --no-verify-vector to use it anyway"
+        )
+
+
 def _read_card(path: Path) -> dict[str, Any]:
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
@@ -247,8 +309,20 @@ def _read_card(path: Path) -> dict[str, Any]:
 def _read_history(path: Path) -> tuple[HistoryRow, ...]:
     if not path.exists():
         return ()
+    return read_history(path)
+
+
+def read_history(path: Path) -> tuple[HistoryRow, ...]:
+    """The rows of a history.jsonl; a last line cut short by a killed run is skipped."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
             rows.append(HistoryRow.from_json(json.loads(line)))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ArtifactError(f"{path}:{number}: not valid JSON") from None
     return tuple(rows)

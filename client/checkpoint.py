@@ -96,9 +96,12 @@ def load_checkpoint(path: Path, key: KeySpec = None) -> Checkpoint:
     return Checkpoint.from_json(content, what)
 
 
-def check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a run whose settings differ, naming the first setting that does."""
-    for name in sorted(set(saved) | set(current)):
+def check_config(
+    saved: dict[str, Any], current: dict[str, Any], path: Path, *, ignore: tuple[str, ...] = ()
+) -> None:
+    """Refuse to resume a run whose settings differ, naming the first setting that does (``ignore``:
+    settings a resume may change, such as the budget)."""
+    for name in sorted((set(saved) | set(current)) - set(ignore)):
         if saved.get(name) != current.get(name):
             raise CheckpointError(
                 f"checkpoint {path} was written for another {name} "

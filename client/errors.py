@@ -64,6 +64,10 @@ class ServerFailure(ClientError, RuntimeError):
     """The server failed in a way the client cannot fix (INTERNAL, UNIMPLEMENTED, ...)."""
 
 
+class NotSupported(ServerFailure):
+    """The server does not offer the call (UNIMPLEMENTED): an older server, e.g. without CountTokens."""
+
+
 class CheckpointError(ClientError, ValueError):
     """A checkpoint or encrypted artifact that is missing, tampered, foreign, or for another config."""
 
@@ -78,6 +82,10 @@ class ConfigError(ClientError, ValueError):
 
 class ArtifactError(ClientError, ValueError):
     """A tuned-task folder that is missing files or holds malformed ones."""
+
+
+class ArtifactModified(ArtifactError):
+    """A vector file whose sha256 is not the one its task.json recorded: modified, corrupted or swapped."""
 
 
 # -- warnings ---------------------------------------------------------------------------------------

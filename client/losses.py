@@ -9,10 +9,13 @@ with the result and is applied on the client at prediction, never sent.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from cbpt.client.errors import TunerWarning
 
 # Floor for a log-prob, so a choice the model rules out costs a large but finite loss.
 _LOGP_FLOOR = -1e4
@@ -141,6 +144,27 @@ def apply_prior(log_probs: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
         return normalise(log_probs)
     prior = np.asarray(prior, dtype=np.float64)
     return normalise(np.asarray(log_probs, dtype=np.float64) + np.log(prior)[: np.shape(log_probs)[-1]])
+
+
+# A loss the optimizer can digest when the model rules a label out entirely.
+_LOSS_CEILING = 1e6
+
+
+def clip_losses(losses: np.ndarray, generation: int) -> np.ndarray:
+    """Losses every optimizer can rank: NaN and +inf become a large finite loss, with a TunerWarning.
+
+    A clipped candidate is still told to the optimizer (as a very bad one), so the run goes on;
+    the warning says it happened, since many clipped candidates mean the loss is not measuring much.
+    """
+    clipped = int(np.count_nonzero(~np.isfinite(losses)))
+    if clipped:
+        warnings.warn(
+            f"generation {generation}: clipped the non-finite losses of {clipped} of {len(losses)} "
+            f"candidates (NaN and +inf to {_LOSS_CEILING:g}, -inf to the lowest float)",
+            TunerWarning,
+            stacklevel=3,
+        )
+    return np.nan_to_num(losses, nan=_LOSS_CEILING, posinf=_LOSS_CEILING)
 
 
 # -- metrics ---------------------------------------------------------------------------------------

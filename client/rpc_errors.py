@@ -16,6 +16,7 @@ from cbpt.client.errors import (
     AuthError,
     ClientError,
     FieldViolation,
+    NotSupported,
     QuotaExceeded,
     RequestRejected,
     ServerFailure,
@@ -78,12 +79,40 @@ def code_of(error: grpc.RpcError) -> grpc.StatusCode:
     return error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
 
 
-def to_client_error(error: grpc.RpcError, *, target: str, method: str, timeout: float | None) -> ClientError:
-    """The client error for a failed call, its message naming the server, field or limit."""
+# What a channel reports when its TLS setting does not match the server's (grpc's own wording).
+_PLAINTEXT_TO_TLS = ("Socket closed", "Connection reset")
+_TLS_FAILED = ("handshake", "ssl", "certificate")
+
+
+def tls_hint(details: str, tls: bool | None) -> str:
+    """Why an UNAVAILABLE may be a TLS mismatch, and the flag that fixes it ("" when it looks unrelated)."""
+    if tls is False and any(marker in details for marker in _PLAINTEXT_TO_TLS):
+        return (
+            " (this client spoke plaintext; if the server uses TLS, give --ca-cert CA.pem, the CA that "
+            "signed its certificate)"
+        )
+    if tls and "wrong_version_number" in details.lower():
+        return " (the server does not answer TLS: it may be plaintext; use --insecure on loopback)"
+    if tls and any(marker in details.lower() for marker in _TLS_FAILED):
+        return (
+            " (the TLS handshake failed: check that --ca-cert names the CA that signed the server's "
+            "certificate, or use --insecure if the server is plaintext on loopback)"
+        )
+    return ""
+
+
+def to_client_error(
+    error: grpc.RpcError, *, target: str, method: str, timeout: float | None, tls: bool | None = None
+) -> ClientError:
+    """The client error for a failed call, its message naming the server, field or limit.
+
+    ``tls`` says whether the channel used TLS, so that a refused handshake or a plaintext
+    attempt on a TLS port (which grpc reports as a closed socket) comes with the fix.
+    """
     code = code_of(error)
     details = _one_line(error.details() if hasattr(error, "details") else "") or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailable(f"server {target} is unavailable: {details}")
+        return ServerUnavailable(f"server {target} is unavailable: {details}{tls_hint(details, tls)}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServerUnavailable(f"server {target} gave no answer to {method} within {timeout} s")
     if code in _AUTH:
@@ -96,4 +125,6 @@ def to_client_error(error: grpc.RpcError, *, target: str, method: str, timeout: 
         delay = retry_delay(error)
         hint = f"; retry after {delay:g} s" if delay is not None else ""
         return QuotaExceeded(f"server {target} quota exceeded: {details}{hint}", delay)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return NotSupported(f"server {target} does not offer {method} (an older server?): {details}")
     return ServerFailure(f"server {target} failed {method} ({code.name}): {details}")

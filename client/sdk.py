@@ -5,7 +5,10 @@ returns log-probabilities; the messages themselves are built and read in
 ``serde``. Labels and losses have no parameter here, so they cannot reach the
 wire. Around each call it adds the API key, a deadline, retries with jittered
 exponential backoff (honouring the server's RetryInfo), and splitting to the
-server's stated limits.
+server's stated limits. Once a server has answered, an UNAVAILABLE is retried for
+``retry_window`` seconds rather than a count of times, so a long run rides out a
+server restart (tens of seconds); before that, a few quick retries say soon that
+nothing is listening (or that TLS does not match).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import numpy as np
 from google.protobuf.message import Message
 
 from cbpt.client import serde
-from cbpt.client.errors import ClientError, FieldViolation, RequestRejected
+from cbpt.client.errors import ClientError, ConfigError, FieldViolation, RequestRejected
 from cbpt.client.info import ServerInfo
 from cbpt.client.rpc_errors import RETRYABLE, code_of, retry_delay, to_client_error
 from cbpt.client.scoring import SCORING_MODES, ScoringModeName
-from cbpt.client.splitting import Chunk, Workload, plan_chunks
+from cbpt.client.splitting import Chunk, Workload, plan_chunks, text_parts
+from cbpt.client.tls import TLSConfig
 from cbpt.common.choices import Choices
 from cbpt.common.net import is_loopback_target
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
@@ -36,34 +40,6 @@ from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 ChoicesLike: TypeAlias = Choices | Sequence[str] | Sequence[Sequence[str]]
 # The client's own ceiling on message size; requests are split to the server's smaller limit.
 _CHANNEL_MESSAGE_BYTES = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """Certificates for a TLS channel; each is a PEM path or PEM bytes. Client cert + key give mTLS."""
-
-    root_certificates: Path | bytes | None = None
-    client_cert: Path | bytes | None = None
-    client_key: Path | bytes | None = None
-    server_name: str | None = None  # when the certificate names another host than the target
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ClientError("mTLS needs both a client certificate and a client key")
-        return grpc.ssl_channel_credentials(
-            root_certificates=_pem(self.root_certificates, "root certificates"),
-            private_key=_pem(self.client_key, "client key"),
-            certificate_chain=_pem(self.client_cert, "client certificate"),
-        )
-
-
-def _pem(source: Path | bytes | str | None, what: str) -> bytes | None:
-    if source is None or isinstance(source, bytes):
-        return source
-    try:
-        return Path(source).expanduser().read_bytes()
-    except OSError as error:
-        raise ClientError(f"cannot read {what} {source}: {error.strerror}") from error
 
 
 @dataclass
@@ -178,12 +154,19 @@ class TuningClient:
         backoff_base: float = 0.25,
         backoff_max: float = 10.0,
         max_retry_wait: float = 60.0,
+        retry_window: float = 60.0,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if retry_window < 0:
+            raise ConfigError(f"retry_window must be at least 0 seconds, got {retry_window}")
         self.target = target
         self.timeout = timeout
         self.max_retries = max_retries
+        self.retry_window = retry_window
+        self._clock = clock
+        self._answered = False  # has this server answered a call yet (then UNAVAILABLE means a restart)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_wait = max_retry_wait
@@ -195,6 +178,7 @@ class TuningClient:
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
         tls_config = self._tls_config(tls, target, root_certificates, client_cert, client_key)
+        self.uses_tls = tls_config is not None
         if tls_config is None and api_key and not is_loopback_target(target):
             raise ClientError(
                 f"refusing to send an API key in plaintext to {target}; use TLS (a CA certificate)"
@@ -253,23 +237,37 @@ class TuningClient:
         ceiling = min(self.backoff_max, self.backoff_base * 2**attempt)
         return ceiling * self._jitter.uniform(0.5, 1.0)
 
+    def _retry_wait(self, error: grpc.RpcError, attempt: int, first_failure: float) -> float | None:
+        """Seconds to wait before retrying a failed call, or None to give up on it."""
+        code, delay = code_of(error), retry_delay(error)
+        if code not in RETRYABLE or (delay is not None and delay > self.max_retry_wait):
+            return None
+        wait = self._backoff(attempt, delay)
+        if attempt < self.max_retries:
+            return wait
+        if code == grpc.StatusCode.UNAVAILABLE and self._answered:  # a restart: wait for it
+            left = self.retry_window - (self._clock() - first_failure)
+            return min(wait, left) if left > 0 else None
+        return None
+
     def _call(self, method: str, request: Message) -> Message:
         rpc = getattr(self._stub, method)
-        attempt = 0
+        attempt, first_failure = 0, 0.0
         while True:
             try:
                 response = rpc(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
-                delay = retry_delay(error)
-                retryable = code_of(error) in RETRYABLE and attempt < self.max_retries
-                if retryable and (delay is None or delay <= self.max_retry_wait):
-                    self._sleep(self._backoff(attempt, delay))
+                first_failure = first_failure if attempt else self._clock()
+                wait = self._retry_wait(error, attempt, first_failure)
+                if wait is not None:
+                    self._sleep(wait)
                     attempt += 1
                     self.stats.retries += 1
                     continue
                 raise to_client_error(
-                    error, target=self.target, method=method, timeout=self.timeout
+                    error, target=self.target, method=method, timeout=self.timeout, tls=self.uses_tls
                 ) from error
+            self._answered = True
             self.stats.calls += 1
             self.stats.bytes_sent += request.ByteSize()
             self.stats.bytes_received += response.ByteSize()
@@ -333,6 +331,22 @@ class TuningClient:
     ) -> np.ndarray:
         """Log-probs [num_examples, max_choices] for one vector: ``evaluate`` with one candidate."""
         return self.evaluate(adapter, np.asarray(vector).reshape(1, -1), texts, choices, mode, cue)[0]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens the server's tokenizer makes of each text (as Evaluate would tokenise it).
+
+        The client has no tokenizer; this is what lets it fit long texts to ``max_text_tokens``
+        before scoring. Split to the server's ``max_examples`` and ``max_message_bytes``. A
+        server without the call raises NotSupported.
+        """
+        limits = self.info().limits
+        texts = list(texts)
+        counts: list[int] = []
+        for part in text_parts(serde.text_bytes(texts), limits.max_examples, limits.max_message_bytes):
+            response = self._call("CountTokens", serde.count_tokens_request(texts[part]))
+            reply = cast(tuning_pb2.CountTokensResponse, response)
+            counts += serde.counts_from_response(reply, part.stop - part.start)
+        return counts
 
     def _evaluate_chunk(self, batch: _Batch, chunk: Chunk) -> np.ndarray:
         rows, columns = chunk.candidates, chunk.examples

@@ -138,3 +138,19 @@ def scores_from_response(
     scores = np.full((num_candidates, len(counts), int(counts.max())), -np.inf, dtype=np.float32)
     scores[:, np.arange(scores.shape[2])[None, :] < counts[:, None]] = flat
     return Scores(scores, int(response.tokens_processed), float(response.server_seconds))
+
+
+# -- token counts ----------------------------------------------------------------------------------
+def count_tokens_request(texts: Sequence[str]) -> tuning_pb2.CountTokensRequest:
+    return tuning_pb2.CountTokensRequest(texts=list(texts))
+
+
+def text_bytes(texts: Sequence[str]) -> list[int]:
+    """Bytes each text adds to a CountTokens request (for splitting to max_message_bytes)."""
+    return [tuning_pb2.CountTokensRequest(texts=[text]).ByteSize() for text in texts]
+
+
+def counts_from_response(response: tuning_pb2.CountTokensResponse, num_texts: int) -> list[int]:
+    if len(response.counts) != num_texts:
+        raise ClientError(f"counts: server answered {len(response.counts)} counts for {num_texts} texts")
+    return [int(count) for count in response.counts]

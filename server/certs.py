@@ -1,8 +1,9 @@
 """Development certificates: a private CA, a server certificate and an optional client certificate (mTLS).
 
 For a laptop, CI or a compose demo. A production deployment should use
-certificates from its own CA; these keys are written 0600 and never leave
-``--out``.
+certificates from its own CA. Keys are written 0600. The CA's private key is written beside
+``--out``, not into it (``<out>-ca-key.pem`` unless ``ca_key`` says where): ``--out`` is the
+folder a deployment mounts as secrets, and the server never needs the key that signs certificates.
 """
 
 from __future__ import annotations
@@ -34,14 +35,18 @@ class CertificatePaths:
 
 
 def generate_dev_certificates(
-    out: Path, hosts: list[str], client: bool = False, force: bool = False
+    out: Path, hosts: list[str], client: bool = False, force: bool = False, ca_key: Path | None = None
 ) -> CertificatePaths:
-    """Write ca.pem, server.pem (SAN = hosts) and optionally client.pem, each with a 0600 key."""
+    """Write ca.pem, server.pem (SAN = hosts) and optionally client.pem, each with a 0600 key, into
+    ``out``; the CA key goes to ``ca_key`` (default ``<out>-ca-key.pem``, outside ``out``)."""
     if not hosts:
         raise CertificateError("--hosts needs at least one name or address")
+    ca_key_path = ca_key if ca_key is not None else out.parent / f"{out.name}-ca-key.pem"
+    if ca_key_path.resolve().parent == out.resolve():
+        raise CertificateError(f"--ca-key {ca_key_path}: keep the CA key out of --out, the secrets folder")
     paths = CertificatePaths(
         ca_cert=out / "ca.pem",
-        ca_key=out / "ca-key.pem",
+        ca_key=ca_key_path,
         server_cert=out / "server.pem",
         server_key=out / "server-key.pem",
         client_cert=out / "client.pem" if client else None,
@@ -52,16 +57,16 @@ def generate_dev_certificates(
         raise CertificateError(f"{existing[0]} already exists; pass --force to replace the certificates")
     out.mkdir(parents=True, exist_ok=True)
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_private = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("cbp-tuning development CA")
     ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key())
+        _builder(ca_name, ca_name, ca_private.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca_private, hashes.SHA256())
     )
     _write(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(paths.ca_key, _key_pem(ca_key), private=True)
+    _write(paths.ca_key, _key_pem(ca_private), private=True)
 
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
@@ -70,7 +75,7 @@ def generate_dev_certificates(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca_private, hashes.SHA256())
     )
     _write(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False)
     _write(paths.server_key, _key_pem(server_key), private=True)
@@ -83,7 +88,7 @@ def generate_dev_certificates(
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
-            .sign(ca_key, hashes.SHA256())
+            .sign(ca_private, hashes.SHA256())
         )
         _write(paths.client_cert, client_cert.public_bytes(serialization.Encoding.PEM), private=False)
         _write(paths.client_key, _key_pem(client_key), private=True)

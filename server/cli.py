@@ -29,6 +29,25 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cbpt.common.version import __version__
+
+        console.print(f"cbpt-server {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Serve a frozen LLM for privacy-preserving black-box prompt tuning."""
+
+
 # Options shared by every command that loads the model; None means "not given on the command line".
 Config = Annotated[Path | None, typer.Option("--config", help="YAML or TOML settings file (or CBPT_CONFIG).")]
 Model = Annotated[str | None, typer.Option(help="Bundled name, Hugging Face id or local folder.")]
@@ -102,6 +121,10 @@ def serve(
         bool | None, typer.Option("--insecure/--no-insecure", help="Plaintext, allowed on loopback only.")
     ] = None,
     api_keys_file: Annotated[Path | None, typer.Option(help="JSON file of hashed API keys.")] = None,
+    allow_no_auth: Annotated[
+        bool | None,
+        typer.Option("--allow-no-auth/--no-allow-no-auth", help="Serve without API keys (loopback only)."),
+    ] = None,
     reflection: Annotated[bool | None, typer.Option("--reflection/--no-reflection")] = None,
     bbt_dimension: BbtDimension = None,
     prompt_length: PromptLength = None,
@@ -116,6 +139,9 @@ def serve(
     max_choice_tokens: Annotated[int | None, typer.Option()] = None,
     max_sequences: Annotated[int | None, typer.Option()] = None,
     max_message_bytes: Annotated[int | None, typer.Option()] = None,
+    max_candidate_abs: Annotated[
+        float | None, typer.Option(help="Largest absolute value a candidate may hold (refused beyond).")
+    ] = None,
     requests_per_minute: Annotated[int | None, typer.Option(help="Default per-key rate limit.")] = None,
     max_concurrent_per_key: Annotated[int | None, typer.Option(help="Default per-key concurrency.")] = None,
     merge_window_ms: Annotated[
@@ -128,7 +154,44 @@ def serve(
     max_queued_requests: Annotated[
         int | None, typer.Option(help="Calls that may wait for the engine before new ones are refused.")
     ] = None,
-    grace_seconds: Annotated[float | None, typer.Option(help="Time in-flight calls get on shutdown.")] = None,
+    text_cache_mb_per_key: Annotated[
+        int | None, typer.Option(help="MB of cached text states one API key may hold (default 256).")
+    ] = None,
+    text_cache_mb: Annotated[
+        int | None, typer.Option(help="MB of cached text states all keys together may hold (default 1024).")
+    ] = None,
+    text_cache_keys: Annotated[int | None, typer.Option(help="API keys whose text states are kept.")] = None,
+    score_decimals: Annotated[
+        int | None, typer.Option(help="Round returned log-probs to this many decimals (0-7).")
+    ] = None,
+    score_noise: Annotated[
+        float | None, typer.Option(help="Std of Gaussian noise added to returned log-probs (nats).")
+    ] = None,
+    score_noise_seed: Annotated[int | None, typer.Option(help="Seed of that noise (benchmarks).")] = None,
+    evaluations_per_day: Annotated[
+        int | None, typer.Option(help="Default per-key budget of candidates scored per UTC day.")
+    ] = None,
+    evaluations_total: Annotated[
+        int | None, typer.Option(help="Default per-key budget of candidates scored in total.")
+    ] = None,
+    usage_file: Annotated[
+        Path | None, typer.Option(help="JSON file that keeps budget usage across restarts.")
+    ] = None,
+    keys_reload_seconds: Annotated[
+        float | None, typer.Option(help="Check the keys file for changes this often (0: only on SIGHUP).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (off unless given).")
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option(help="Interface of the metrics endpoint (default 127.0.0.1).")
+    ] = None,
+    grace_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds in-flight calls get on shutdown; calls still running then get UNAVAILABLE."
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--no-log-json")] = None,
     backend: Annotated[
@@ -147,7 +210,7 @@ def serve(
         int | None, typer.Option(help="Load CBP generators on demand, this many per replica (Ray; 0: all).")
     ] = None,
     ray_batching: Annotated[
-        str | None, typer.Option(help="merger (default) or serve-batch: how a replica gathers a batch.")
+        str | None, typer.Option(help="scheduler (default) or serve-batch: how a replica gathers a batch.")
     ] = None,
 ) -> None:
     """Serve the Tuning service until SIGTERM/SIGINT, then drain gracefully."""
@@ -179,13 +242,18 @@ def gen_certs(
     ] = ("localhost,127.0.0.1"),
     client: Annotated[bool, typer.Option("--client", help="Also issue a client certificate (mTLS).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    ca_key: Annotated[
+        Path | None,
+        typer.Option(help="Where the CA's private key goes (default: <out>-ca-key.pem, beside --out)."),
+    ] = None,
 ) -> None:
-    """Write a development CA, a server certificate and optionally a client certificate."""
+    """Write a development CA, a server certificate and optionally a client certificate into --out,
+    and the CA key outside it (--out is what a deployment mounts as secrets)."""
     from cbpt.server.certs import generate_dev_certificates
 
     with _one_line_errors():
         names = [h.strip() for h in hosts.split(",") if h.strip()]
-        paths = generate_dev_certificates(out, names, client=client, force=force)
+        paths = generate_dev_certificates(out, names, client=client, force=force, ca_key=ca_key)
     for label, path in vars(paths).items():
         if path is not None:
             console.print(f"{label:12} {path}", highlight=False)
@@ -197,12 +265,37 @@ def add_key(
     keys_file: Annotated[Path, typer.Option(help="JSON keys file (created if absent).")],
     requests_per_minute: Annotated[int | None, typer.Option(help="This key's rate limit.")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="This key's concurrency limit.")] = None,
+    evaluations_per_day: Annotated[
+        int | None, typer.Option(help="This key's budget of candidates scored per UTC day.")
+    ] = None,
+    evaluations_total: Annotated[
+        int | None, typer.Option(help="This key's budget of candidates in total.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="When the key stops working: an ISO date or time, UTC (2027-01-31).")
+    ] = None,
 ) -> None:
-    """Create an API key, store only its hash, and print the key once."""
+    """Create an API key, store only its hash, and print the key once (a running server picks it up)."""
+    from cbpt.server.errors import KeyFileError
     from cbpt.server.keys import add_key as store_key
+    from cbpt.server.keys import parse_expiry
 
     with _one_line_errors():
-        key = store_key(keys_file, name, requests_per_minute, max_concurrent)
+        try:
+            until = parse_expiry(expires)
+        except ValueError:
+            raise KeyFileError(
+                f"--expires {expires!r}: expected an ISO date or time such as 2027-01-31"
+            ) from None
+        key = store_key(
+            keys_file,
+            name,
+            requests_per_minute,
+            max_concurrent,
+            evaluations_per_day=evaluations_per_day,
+            evaluations_total=evaluations_total,
+            expires=until,
+        )
     errors.print(f"added key {name!r} to {keys_file}; it is shown only this once:", highlight=False)
     print(key)
 

@@ -27,6 +27,13 @@ class InvalidRequest(ServerError, ValueError):
         self.description = message
 
 
+class MalformedRequest(InvalidRequest):
+    """Request bytes that do not parse as the method's message (a broken or hostile client)."""
+
+    def __init__(self, message_name: str, size: int) -> None:
+        super().__init__("request", f"{size} bytes that are not a valid {message_name} message")
+
+
 class UnknownAdapter(InvalidRequest):
     """An adapter name the server does not serve."""
 
@@ -56,8 +63,29 @@ class BackendUnavailable(ServerError, ConnectionError):
         self.retry_after = retry_after
 
 
+class BudgetExhausted(QuotaExceeded):
+    """A key has scored all the candidates its budget allows (for today, or in total)."""
+
+
 class AuthenticationFailed(ServerError, PermissionError):
-    """Missing or unknown API key."""
+    """Missing, unknown or expired API key."""
+
+
+# -- calls that end before their scores: CANCELLED, UNAVAILABLE -----------------------------------
+class CallCancelled(ServerError):
+    """The caller went away (cancelled, or its deadline passed) before the call was scored."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(f"call {reason} before it was scored")
+        self.reason = reason
+
+
+class ServerShuttingDown(ServerError, ConnectionError):
+    """The server is draining or stopping; the client should retry, here after a restart or elsewhere."""
+
+    def __init__(self, message: str = "server is shutting down; retry shortly", retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # -- the operator's fault: refused at start-up ----------------------------------------------------

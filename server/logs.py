@@ -46,6 +46,16 @@ ALLOWED_FIELDS = frozenset(
         "retry_after",
         "request_bytes",
         "replicas",
+        "reason",
+        "stage",
+        "steps",
+        "num_calls",
+        "cache_bytes",
+        "text_cache_mb",
+        "text_cache_mb_per_key",
+        "score_decimals",
+        "score_noise",
+        "num_keys",
     }
 )
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:/\-\[\]]{1,128}")

@@ -16,6 +16,7 @@ from cbpt.server.adapters.spec import AdapterSpec
 from cbpt.server.engine.limits import Limits
 
 if TYPE_CHECKING:
+    from cbpt.server.engine.kv import TextStateCache
     from cbpt.server.engine.scoring import ScoringEngine
     from cbpt.server.model import ModelBundle
 
@@ -31,6 +32,16 @@ class EngineRecipe:
     quantize: str = "none"
     limits: Limits = field(default_factory=Limits)
     batch_sequences: int = 64
+    text_cache: tuple[int, int, int] | None = None  # bytes per key, keys, bytes in all; None: defaults
+
+    def text_states(self) -> TextStateCache | None:
+        """The engine's bounded text-state cache (imports torch)."""
+        if self.text_cache is None:
+            return None
+        from cbpt.server.engine.kv import TextStateCache
+
+        per_key, keys, total = self.text_cache
+        return TextStateCache(per_key, keys, total)
 
     def build(self) -> ScoringEngine:
         """Load the model and build the adapters (the slow step: seconds with a warm cache)."""
@@ -46,6 +57,7 @@ class EngineRecipe:
             quantize=self.quantize,
             limits=self.limits,
             batch_sequences=self.batch_sequences,
+            text_states=self.text_states(),
         )
 
     def load_model(self) -> ModelBundle:

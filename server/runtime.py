@@ -11,6 +11,7 @@ from typing import Any
 from cbpt.server.adapters import Adapter, AdapterSpec, build_adapters
 from cbpt.server.adapters.generator import CONFIG_FILE
 from cbpt.server.adapters.spec import served_specs
+from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
@@ -58,11 +59,13 @@ def build_engine(
     quantize: str = "none",
     limits: Limits | None = None,
     batch_sequences: int = 64,
+    text_states: TextStateCache | None = None,
 ) -> ScoringEngine:
-    """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine."""
+    """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
+    (``text_states``: the bounded text-state cache; the default bounds when None)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
     adapters = build_adapters(bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators))
-    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences)
+    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences, text_states=text_states)
 
 
 def chosen_specs(

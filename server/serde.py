@@ -7,14 +7,18 @@ other server module touches a protobuf message's fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from cbpt.common.choices import Choices
 from cbpt.common.version import __version__
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult, ScoringMode
-from cbpt.server.errors import InvalidRequest
+from cbpt.server.errors import InvalidRequest, MalformedRequest
 from cbpt.v1 import tuning_pb2
 
 MODES = {
@@ -22,6 +26,20 @@ MODES = {
     tuning_pb2.SCORING_MODE_FIRST_TOKEN: ScoringMode.FIRST_TOKEN,
     tuning_pb2.SCORING_MODE_FULL_CHOICE: ScoringMode.FULL_CHOICE,
 }
+
+
+def safe_parser(parse: Callable[[bytes], Any], message_name: str) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: bytes that do not parse become a ``MalformedRequest``
+    in place of the message, for the handler to answer INVALID_ARGUMENT (grpc would answer UNKNOWN
+    and log a traceback)."""
+
+    def parse_or_error(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return MalformedRequest(message_name, len(data))
+
+    return parse_or_error
 
 
 def server_info_message(info: EngineInfo) -> tuning_pb2.ServerInfo:
@@ -79,6 +97,20 @@ def to_score_request(request: tuning_pb2.EvaluateRequest, limits: Limits, scope:
         cue=request.cue,
         scope=scope,
     )
+
+
+def to_count_texts(request: tuning_pb2.CountTokensRequest, limits: Limits) -> list[str]:
+    """The texts of a CountTokens request, after the same size check as Evaluate's."""
+    size = request.ByteSize()
+    if size > limits.max_message_bytes:
+        raise InvalidRequest(
+            "request", f"message size {size} bytes exceeds max_message_bytes {limits.max_message_bytes}"
+        )
+    return list(request.texts)
+
+
+def to_count_response(counts: list[int]) -> tuning_pb2.CountTokensResponse:
+    return tuning_pb2.CountTokensResponse(counts=counts)
 
 
 def choices_of(request: tuning_pb2.EvaluateRequest) -> Choices:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field
@@ -22,6 +22,9 @@ from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
 from cbpt.server.merging import MergeSettings
 from cbpt.server.recipe import EngineRecipe
+
+if TYPE_CHECKING:  # settings validate before the model loads: no torch at import
+    from cbpt.server.engine.kv import TextStateCache
 
 _LIMITS = Limits()
 LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
@@ -88,6 +91,9 @@ class ServerSettings(BaseSettings):
     client_ca: Path | None = Field(None, description="CA that signs client certificates; enables mTLS")
     insecure: bool = Field(False, description="allow plaintext, and only on a loopback host")
     api_keys_file: Path | None = None
+    allow_no_auth: bool = Field(
+        False, description="serve without API keys (or mTLS) at all, and only on a loopback host"
+    )
     reflection: bool = False
 
     bbt_dimension: int = Field(500, ge=1)
@@ -110,6 +116,9 @@ class ServerSettings(BaseSettings):
     max_choice_tokens: int = Field(_LIMITS.max_choice_tokens, ge=1)
     max_sequences: int = Field(_LIMITS.max_sequences, ge=1)
     max_message_bytes: int = Field(_LIMITS.max_message_bytes, ge=1024)
+    max_candidate_abs: float = Field(
+        _LIMITS.max_candidate_abs, gt=0, description="largest absolute value a candidate may hold"
+    )
 
     requests_per_minute: int = Field(
         600, ge=1, description="default per-key rate; a key's entry may override"
@@ -118,9 +127,42 @@ class ServerSettings(BaseSettings):
     merge_window_ms: float = Field(
         5.0, ge=0, le=1000, description="how long an idle engine waits to merge concurrent calls"
     )
-    merge_max_sequences: int = Field(4096, ge=1, description="sequences merged into one engine call")
+    merge_max_sequences: int = Field(
+        512, ge=1, description="sequences merged into one job (a merged call waits for all of them)"
+    )
     max_queued_requests: int = Field(64, ge=1, description="calls waiting for the engine before refusing")
-    grace_seconds: float = Field(10.0, ge=0)
+    text_cache_mb_per_key: int = Field(
+        256, ge=0, description="memory for one API key's cached text states (after-text adapters)"
+    )
+    text_cache_mb: int = Field(1024, ge=0, description="memory for all keys' cached text states together")
+    text_cache_keys: int = Field(8, ge=1, description="API keys whose text states are kept at once")
+    score_decimals: int | None = Field(
+        None, ge=0, le=7, description="round returned log-probs to this many decimals (provider protection)"
+    )
+    score_noise: float = Field(
+        0.0, ge=0, description="std of Gaussian noise added to returned log-probs, renormalised (nats)"
+    )
+    score_noise_seed: int | None = Field(None, description="seed of that noise; unset: fresh entropy")
+    evaluations_per_day: int | None = Field(
+        None, ge=1, description="default per-key budget of candidates scored per UTC day"
+    )
+    evaluations_total: int | None = Field(
+        None, ge=1, description="default per-key budget of candidates in total"
+    )
+    usage_file: Path | None = Field(None, description="where budget usage persists across restarts (JSON)")
+    keys_reload_seconds: float = Field(
+        5.0, ge=0, description="how often to check the keys file for changes (0: only on SIGHUP)"
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics on this port"
+    )
+    metrics_host: str = Field("127.0.0.1", description="interface of the metrics endpoint")
+    grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="how long in-flight calls may run on shutdown; calls still running then are stopped "
+        "at their next chunk and answered UNAVAILABLE with a retry delay",
+    )
 
     backend: Literal["in-process", "ray"] = Field(
         "in-process", description="where requests are scored: this process, or Ray Serve replicas"
@@ -135,8 +177,8 @@ class ServerSettings(BaseSettings):
     generators_per_replica: int = Field(
         0, ge=0, description="0: replicas load every generator at start; N: on demand, N each (LRU)"
     )
-    ray_batching: Literal["merger", "serve-batch"] = Field(
-        "merger", description="how a replica merges requests: the merger (default) or @serve.batch"
+    ray_batching: Literal["scheduler", "serve-batch"] = Field(
+        "scheduler", description="how a replica merges requests: the scheduler (default) or @serve.batch"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
@@ -153,6 +195,9 @@ class ServerSettings(BaseSettings):
         init_kwargs = getattr(init_settings, "init_kwargs", {})
         return init_settings, env_settings, _ConfigFileSource(settings_cls, init_kwargs)
 
+    def budgets_configured(self) -> bool:
+        return self.evaluations_per_day is not None or self.evaluations_total is not None
+
     def merge_settings(self) -> MergeSettings:
         return MergeSettings(self.merge_window_ms / 1000, self.merge_max_sequences, self.max_queued_requests)
 
@@ -167,6 +212,7 @@ class ServerSettings(BaseSettings):
             threads=self.threads,
             quantize=self.quantize,
             limits=self.limits(),
+            text_cache=(self.text_cache_mb_per_key << 20, self.text_cache_keys, self.text_cache_mb << 20),
         )
 
     def adapter_specs(self) -> list[AdapterSpec]:
@@ -179,6 +225,12 @@ class ServerSettings(BaseSettings):
             generators=self.generators,
         )
 
+    def text_state_cache(self) -> TextStateCache:
+        """The engine's text-state cache with the configured bounds (imports torch)."""
+        cache = self.engine_recipe().text_states()
+        assert cache is not None
+        return cache
+
     def limits(self) -> Limits:
         return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
@@ -187,7 +239,9 @@ class ServerSettings(BaseSettings):
         return self.tls_cert is not None
 
     def check_serving(self) -> None:
-        """Refuse unsafe or unreadable transport settings before the (slow) model load."""
+        """Refuse unsafe or unreadable transport and authentication settings before the (slow) model
+        load: plaintext only on loopback, and no authentication (neither API keys nor mTLS) only on
+        loopback and only when asked for with --allow-no-auth."""
         self.check_backend()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
@@ -204,6 +258,17 @@ class ServerSettings(BaseSettings):
                 raise ConfigError(
                     f"--insecure serves plaintext and is allowed only on a loopback host, not {self.host!r}; "
                     "use --tls-cert/--tls-key to listen on other interfaces"
+                )
+        if self.api_keys_file is None and self.client_ca is None:
+            if not self.allow_no_auth:
+                raise ConfigError(
+                    "no --api-keys-file: the server would answer anyone who reaches it; create keys with "
+                    "`cbpt-server add-key`, or pass --allow-no-auth to serve without keys on a loopback host"
+                )
+            if not is_loopback_host(self.host):
+                raise ConfigError(
+                    f"--allow-no-auth serves without API keys and is allowed only on a loopback host, not "
+                    f"{self.host!r}; give --api-keys-file (or --client-ca for mTLS) to listen on other interfaces"
                 )
         for flag, path in (
             ("--tls-cert", self.tls_cert),

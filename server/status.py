@@ -1,9 +1,10 @@
 """The one mapping from server errors to gRPC statuses, with grpcio-status rich details.
 
 ``InvalidRequest`` -> INVALID_ARGUMENT with a ``BadRequest`` field violation; ``QuotaExceeded``
--> RESOURCE_EXHAUSTED with ``RetryInfo``; ``BackendUnavailable`` -> UNAVAILABLE with ``RetryInfo``
-(both retried by the client); ``AuthenticationFailed`` -> UNAUTHENTICATED; anything else ->
-INTERNAL with a fixed message (the log has the type and frames, never the text).
+-> RESOURCE_EXHAUSTED with ``RetryInfo``; ``AuthenticationFailed`` -> UNAUTHENTICATED;
+``ServerShuttingDown`` and ``BackendUnavailable`` -> UNAVAILABLE with ``RetryInfo`` (a retry finds
+the restarted server or replica); ``CallCancelled`` -> CANCELLED; anything else -> INTERNAL with a
+fixed message (the log has the type and frames, never the text).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from cbpt.server.errors import AuthenticationFailed, BackendUnavailable, InvalidRequest, QuotaExceeded
+from cbpt.server.errors import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    CallCancelled,
+    InvalidRequest,
+    QuotaExceeded,
+    ServerShuttingDown,
+)
 
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
@@ -31,10 +39,12 @@ def error_status(error: BaseException) -> grpc.Status:
         _set(status, code_pb2.INVALID_ARGUMENT, str(error), detail)
     elif isinstance(error, QuotaExceeded):
         _set(status, code_pb2.RESOURCE_EXHAUSTED, str(error), _retry_info(error.retry_after))
-    elif isinstance(error, BackendUnavailable):
+    elif isinstance(error, (ServerShuttingDown, BackendUnavailable)):
         _set(status, code_pb2.UNAVAILABLE, str(error), _retry_info(error.retry_after))
     elif isinstance(error, AuthenticationFailed):
         _set(status, code_pb2.UNAUTHENTICATED, str(error))
+    elif isinstance(error, CallCancelled):
+        _set(status, code_pb2.CANCELLED, str(error))
     else:
         _set(status, code_pb2.INTERNAL, INTERNAL_MESSAGE)
     return rpc_status.to_status(status)

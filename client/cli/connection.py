@@ -1,4 +1,4 @@
-"""How ``cbpt`` reaches a server: eight options, declared once, for every command that talks to one.
+"""How ``cbpt`` reaches a server: nine options, declared once, for every command that talks to one.
 
 ``@connection_options()`` puts them in place of a command's ``connection: Connection``
 parameter; ``info`` waits less and retries less than the long-running commands.
@@ -50,6 +50,13 @@ class Connection:
     retries: Annotated[
         int, typer.Option("--retries", help="Retries on UNAVAILABLE / RESOURCE_EXHAUSTED.")
     ] = 4
+    retry_window: Annotated[
+        float,
+        typer.Option(
+            "--retry-window",
+            help="Seconds to keep retrying a server that answered before and then went away (a restart).",
+        ),
+    ] = 60.0
 
     def client(self) -> TuningClient:
         return TuningClient(
@@ -61,6 +68,7 @@ class Connection:
             client_key=self.client_key,
             timeout=self.timeout,
             max_retries=self.retries,
+            retry_window=self.retry_window,
         )
 
     def resumed_options(self) -> list[tuple[str, object]]:

@@ -1,57 +1,43 @@
-"""``cbpt evaluate`` and ``cbpt predict``: a tuned vector (or zero-shot) on a data file; labels stay here."""
+"""``cbpt evaluate`` and ``cbpt predict``: a tuned vector (or zero-shot) on a data file; labels stay here.
+
+``evaluate`` scores once and reports both the plain and the mean-centred calibrated figures
+(``--calibrate`` picks which one leads the output and the top-level ``--json`` keys).
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cbpt.client.artifacts import load_tuned, read_task_format
-from cbpt.client.cli.app import friendly_errors
+from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
-from cbpt.client.crypto import KeySpec
-from cbpt.client.errors import ConfigError
+from cbpt.client.cli.scoring import Scored, resolve_inputs, score
+from cbpt.client.errors import TaskError
 from cbpt.client.losses import calibrate, metrics
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Examples, Task
 from cbpt.common.files import write_atomic
 
-
-def _score(
-    client: TuningClient, examples: Examples, tuned_dir: Path | None, task: Task | None, key: KeySpec
-) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    if tuned_dir is not None:
-        tuned = load_tuned(tuned_dir, key=key)
-        return tuned.log_probs(client, examples), tuned.format.class_names
-    assert task is not None
-    empty = np.zeros(0, dtype=np.float32)
-    return client.predict(
-        "none", empty, examples.texts, examples.choices, task.mode, examples.cue
-    ), task.class_names
+NoVerify = Annotated[
+    bool,
+    typer.Option(
+        "--no-verify-vector", help="Use a vector file even if it is not the one task.json recorded."
+    ),
+]
 
 
-def _inputs(
-    first: Path | None, second: Path | None, zero_shot: bool, task_file: Path | None, *, labels: bool
-) -> tuple[Path | None, Task | None, Examples]:
-    if zero_shot:
-        if task_file is None or second is not None:
-            raise ConfigError(
-                "--zero-shot takes --task TASK and at most one FILE (default: the task's test file)"
-            )
-        task = Task.from_file(task_file)
-        if first is None:
-            return None, task, task.test()
-        return None, task, task.load_examples(first, require_labels=labels, field="FILE")
-    if first is None or second is None:
-        raise ConfigError("give TUNED_DIR and FILE (or --zero-shot --task TASK [FILE])")
-    tuned_format = read_task_format(first)
-    return first, None, tuned_format.load_examples(second, require_labels=labels, field="FILE")
+def _vector_document(scored: Scored) -> dict[str, Any] | None:
+    tuned = scored.tuned
+    if tuned is None:
+        return None
+    return {"folder": str(tuned.folder), "adapter": tuned.adapter, "partial": tuned.partial,
+            "calls_used": tuned.card.get("calls_used")}  # fmt: skip
 
 
 @friendly_errors
@@ -61,34 +47,61 @@ def evaluate(
     tuned_dir: Annotated[Path | None, typer.Argument(metavar="TUNED_DIR", help="Tuned-task folder.")] = None,
     file: Annotated[Path | None, typer.Argument(metavar="FILE", help="Labelled data file.")] = None,
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="No vector: adapter 'none'.")] = False,
-    task_file: Annotated[Path | None, typer.Option("--task", help="Task file for --zero-shot.")] = None,
-    calibrated: Annotated[bool, typer.Option("--calibrate", help="Mean-centred calibration.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    task_file: Annotated[
+        Path | None, typer.Option("--task", help="Task file (for --zero-shot or --holdout).")
+    ] = None,
+    calibrated: Annotated[
+        bool, typer.Option("--calibrate", help="Lead with the calibrated figures (both are reported).")
+    ] = False,
+    holdout: Annotated[
+        float | None,
+        typer.Option(help="Score this fraction of the task's training file, disjoint from the shots."),
+    ] = None,
+    holdout_seed: Annotated[int, typer.Option(help="Seed of the hold-out sample.")] = 0,
+    no_verify_vector: NoVerify = False,
+    as_json: JsonOutput = False,
     *,
     keys: KeySource,
     connection: Connection,
 ) -> None:
-    """Accuracy, macro-F1 and confusion matrix on FILE, computed here from the server's log-probs."""
-    folder, task, examples = _inputs(tuned_dir, file, zero_shot, task_file, labels=True)
-    assert examples.labels is not None  # read with labels=True
+    """Accuracy, macro-F1 and confusion matrix on FILE (plain and calibrated), computed here."""
+    inputs = resolve_inputs(
+        tuned_dir, file, zero_shot=zero_shot, task_file=task_file, holdout=holdout,
+        holdout_seed=holdout_seed, labels=True,
+    )  # fmt: skip
     with connection.client() as client:
-        log_probs, class_names = _score(client, examples, folder, task, keys.key())
-    if calibrated:
-        log_probs = calibrate(log_probs)
-    result = metrics(log_probs, examples.labels, examples.num_choices)
+        scored = score(
+            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="evaluating"
+        )
+    labels = scored.examples.labels
+    assert labels is not None  # read with labels=True
+    width = scored.examples.num_choices
+    plain = metrics(scored.log_probs, labels, width)
+    centred = metrics(calibrate(scored.log_probs), labels, width)
+    lead = centred if calibrated else plain
     if as_json:
-        typer.echo(json.dumps(result))
+        print_json(
+            {**lead, "calibration": "mean-centred" if calibrated else "none", "plain": plain,
+             "calibrated": centred, "source": inputs.source, "truncated": scored.truncated,
+             "vector": _vector_document(scored)}
+        )  # fmt: skip
         return
-    names = list(class_names) if class_names else [f"option {i}" for i in range(examples.num_choices)]
+    class_names = inputs.task_format.class_names
+    names = list(class_names) if class_names else [f"option {i}" for i in range(width)]
     console = Console()
-    console.print(
-        f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   examples {result['num_examples']}"
-    )
-    table = Table("true \\ predicted", *names, title="confusion matrix")
-    confusion: list[list[int]] = result["confusion_matrix"]
+    for title, figures in (("plain", plain), ("calibrated", centred)):
+        console.print(
+            f"{title:<11} accuracy {figures['accuracy']:.4f}   macro-F1 {figures['macro_f1']:.4f}   "
+            f"examples {figures['num_examples']}"
+        )
+    which = "calibrated" if calibrated else "plain"
+    table = Table("true \\ predicted", *names, title=f"confusion matrix ({which})")
+    confusion: list[list[int]] = lead["confusion_matrix"]
     for name, row in zip(names, confusion, strict=True):
         table.add_row(name, *(str(count) for count in row))
     console.print(table)
+    if scored.truncated:
+        Console(stderr=True).print(f"note: shortened {scored.truncated} texts to the server's token limit")
 
 
 @friendly_errors
@@ -98,25 +111,52 @@ def predict(
     tuned_dir: Annotated[Path, typer.Argument(metavar="TUNED_DIR", help="Tuned-task folder.")],
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Data file (labels not needed).")],
     out: Annotated[Path, typer.Option("--out", help="Predictions as JSON lines.")] = Path("preds.jsonl"),
+    id_field: Annotated[
+        str, typer.Option(help="Field of FILE copied to each prediction as 'id' (when rows have it).")
+    ] = "id",
+    with_text: Annotated[
+        bool, typer.Option("--with-text", help="Also write each input as the model saw it ('text').")
+    ] = False,
+    no_verify_vector: NoVerify = False,
+    as_json: JsonOutput = False,
     *,
     keys: KeySource,
     connection: Connection,
 ) -> None:
-    """Predict FILE with a tuned vector; write one line per row with the prediction and probabilities."""
-    folder, _, examples = _inputs(tuned_dir, file, False, None, labels=False)
+    """Predict FILE with a tuned vector; one line per row: row, id, prediction, probabilities."""
+    inputs = resolve_inputs(
+        tuned_dir, file, zero_shot=False, task_file=None, holdout=None, holdout_seed=0, labels=False
+    )
+    assert inputs.rows is not None  # read from FILE
+    ids = [row.get(id_field) for row in inputs.rows]
+    if id_field != "id" and (missing := [n for n, value in enumerate(ids) if value is None]):
+        raise TaskError(f"{file} row {missing[0] + 1}: no field {id_field!r} for --id-field")
     with connection.client() as client:
-        log_probs, class_names = _score(client, examples, folder, None, keys.key())
+        scored = score(
+            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="predicting"
+        )
+    examples, log_probs = scored.examples, scored.log_probs
+    class_names = inputs.task_format.class_names
     probabilities = np.exp(log_probs)
-    lines = []
+    lines, counts = [], Counter[str]()
     for index, row in enumerate(probabilities):
         names = list(class_names) if class_names else list(examples.choices.of_example(index))
         best = int(np.argmax(log_probs[index]))
-        record = {
-            "row": examples.rows[index],
-            "prediction": names[best],
-            "index": best,
-            "probabilities": {name: round(float(p), 6) for name, p in zip(names, row, strict=False)},
-        }
+        record: dict[str, Any] = {"row": examples.rows[index]}
+        if ids[index] is not None:
+            record["id"] = ids[index]
+        if with_text:
+            record["text"] = examples.texts[index]
+        record.update(
+            prediction=names[best],
+            index=best,
+            probabilities={name: round(float(p), 6) for name, p in zip(names, row, strict=False)},
+        )
+        counts[names[best]] += 1
         lines.append(json.dumps(record) + "\n")
     write_atomic(out, "".join(lines).encode("utf-8"), mode=0o644)
+    if as_json:
+        print_json({"out": str(out), "predictions": len(lines), "counts": dict(counts),
+                    "truncated": scored.truncated, "vector": _vector_document(scored)})  # fmt: skip
+        return
     typer.echo(f"wrote {len(lines)} predictions to {out}")

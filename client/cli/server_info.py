@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
-from cbpt.client.cli.app import friendly_errors
+from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
+from cbpt.client.info import ServerInfo
+
+
+def info_document(server: str, details: ServerInfo) -> dict[str, Any]:
+    """The ``cbpt info --json`` shape: the server's self-description, field names as on the wire."""
+    return {
+        "server": server,
+        "model_id": details.model_id,
+        "model_fingerprint": details.model_fingerprint,
+        "hidden_size": details.hidden_size,
+        "server_version": details.server_version,
+        "adapters": [asdict(adapter) for adapter in details.adapters],
+        "limits": asdict(details.limits),
+    }
 
 
 @friendly_errors
 @connection_options(timeout=30.0, retries=2)
-def info(connection: Connection) -> None:
+def info(connection: Connection, as_json: JsonOutput = False) -> None:
     """Show the server's model, fingerprint, adapters and limits."""
     with connection.client() as client:
         details = client.info()
+    if as_json:
+        print_json(info_document(connection.server, details))
+        return
     console = Console()
     model = Table(title=f"cbpt server {connection.server}", show_header=False)
     model.add_column("field", no_wrap=True)

@@ -1,38 +1,40 @@
-"""``cbpt tune``: one ``TunerSettings`` from the flags, a run with a progress bar, Ctrl-C that can be resumed.
+"""``cbpt tune``: one ``TunerSettings`` from the flags, one run (or a sweep over seeds) with a summary.
 
-The tuner's settings become options here from ``TunerSettings`` itself (this module adds
-only their help), and the resume command printed after Ctrl-C is read back from the same
-settings object, so a new setting cannot be forgotten in either place.
+The tuner's settings become options here from ``TunerSettings`` itself (this module adds only
+their help), and the resume command is read back from the same settings object
+(``tune_session``), so a new setting cannot be forgotten in either place. ``--seed`` seeds both
+the sample of shots and the optimizer (``--shots-seed`` and ``--optimizer-seed`` set each);
+``--seeds 0,1,2`` runs one folder per seed and reports dev mean ± std.
 """
 
 from __future__ import annotations
 
 import inspect
-import shlex
-from dataclasses import fields
+import statistics
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Annotated, get_type_hints
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cbpt.client.artifacts import save_tuned
-from cbpt.client.cli.app import EXIT_INTERRUPTED, friendly_errors
+from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
 from cbpt.client.cli.options import flag, option_group
-from cbpt.client.errors import CheckpointError
+from cbpt.client.cli.tune_session import RunRequest, check_folder, resume_command, run_in_folder
+from cbpt.client.errors import ConfigError
+from cbpt.client.results import TuningResult
 from cbpt.client.settings import TunerSettings
 from cbpt.client.task import Task
 
-CHECKPOINT_FILE = "checkpoint.cbpt"
-
-# The help of each setting's option; the names, types and defaults are TunerSettings' own.
+# The help of each setting's option; the names, types and defaults are TunerSettings' own. The
+# optimizer's ``seed`` is not among them: --seed, --shots-seed and --optimizer-seed set it.
 _SETTING_OPTIONS = {
     "adapter": typer.Option(help="Server adapter to tune (see `cbpt info`)."),
     "optimizer": typer.Option(help="cma, or ng:<name> for any nevergrad optimizer."),
-    "budget": typer.Option(help="Candidate evaluations on the train set."),
+    "budget": typer.Option(help="Candidate evaluations on the train set (with --resume: may grow)."),
     "popsize": typer.Option(help="Candidates per generation (one request)."),
     "sigma0": typer.Option(help="Initial step size."),
     "loss": typer.Option(help="ce, hinge or error."),
@@ -44,8 +46,21 @@ _SETTING_OPTIONS = {
     ),
     "dev_every": typer.Option(help="Evaluate on dev every N generations."),
     "patience": typer.Option(help="Stop after N dev evaluations without gain."),
-    "seed": typer.Option(help="Optimizer seed."),
 }
+Seed = Annotated[int | None, typer.Option(help="Seed of both the shots sample and the optimizer.")]
+ShotsSeed = Annotated[
+    int | None,
+    typer.Option("--shots-seed", help="Seed of the shots and dev sample [default: the task's seed]."),
+]
+OptimizerSeed = Annotated[
+    int | None, typer.Option("--optimizer-seed", help="Seed of the optimizer [default: 0].")
+]
+Seeds = Annotated[
+    str | None,
+    typer.Option(
+        help="Sweep: comma-separated seeds (e.g. 0,1,2), one run each in OUT/seed-N; dev mean ± std."
+    ),
+]
 
 
 def _setting_parameters() -> list[inspect.Parameter]:
@@ -58,31 +73,46 @@ def _setting_parameters() -> list[inspect.Parameter]:
             default=field.default,
         )
         for field in fields(TunerSettings)
+        if field.name in _SETTING_OPTIONS
     ]
 
 
-def resume_command(
-    task: Path,
-    out: Path,
-    settings: TunerSettings,
-    encrypt_vector: bool,
-    keys: KeySource,
-    connection: Connection,
-) -> str:
-    """The command that continues this run: same settings, secrets left to the environment."""
-    words = ["cbpt", "tune", str(task), flag("server"), connection.server, "--out", str(out)]
-    repeated = [
-        *((flag(name), value) for name, value in settings.to_json().items()),
-        (flag("encrypt_vector"), encrypt_vector),
-        (flag("key_file"), keys.key_file),
-        *connection.resumed_options(),
-    ]
-    for option, value in repeated:
-        if value is True:
-            words.append(option)
-        elif value not in (None, False):
-            words += [option, str(value)]
-    return shlex.join([*words, "--resume"])
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs distinct seeds such as 0,1,2, got {text!r}")
+    return seeds
+
+
+def summary_document(request: RunRequest, result: TuningResult, notes: list[str]) -> dict[str, Any]:
+    """The ``cbpt tune --json`` shape for one run (a sweep lists these under ``runs``)."""
+    return {
+        "task": request.task.name,
+        "out": str(request.out),
+        "model_id": result.model_id,
+        "adapter": result.adapter,
+        "optimizer": result.optimizer,
+        "shots_seed": request.task.seed,
+        "optimizer_seed": request.settings.seed,
+        "budget": request.settings.budget,
+        "calls_used": result.calls_used,
+        "stop_reason": result.stop_reason,
+        "dev_metrics": result.dev_metrics,
+        "train_loss": result.train_loss,
+        "notes": notes,
+    }
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (as the benchmarks report them)."""
+    return {
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+        "values": values,
+    }
 
 
 @friendly_errors
@@ -93,74 +123,114 @@ def tune(
     task_file: Annotated[Path, typer.Argument(metavar="TASK", help="Task file (.yaml, .toml or .json).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the tuned task and its checkpoint.")],
     settings: TunerSettings,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
+    seed: Seed = None,
+    shots_seed: ShotsSeed = None,
+    optimizer_seed: OptimizerSeed = None,
+    seeds: Seeds = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out (also to a larger --budget).")
+    ] = False,
     encrypt_vector: Annotated[
         bool, typer.Option(flag("encrypt_vector"), help="Seal vector.safetensors.")
     ] = False,
+    as_json: JsonOutput = False,
     *,
     keys: KeySource,
     connection: Connection,
 ) -> None:
-    """Tune a vector for TASK; Ctrl-C keeps the checkpoint and prints how to resume."""
-    from cbpt.client.progress import TuningProgress  # rich progress; only this command needs it
-    from cbpt.client.tuner import Tuner
-
+    """Tune a vector for TASK; Ctrl-C, SIGTERM or a lost server keep the checkpoint and print how to resume."""
     task = Task.from_file(task_file)
-    task.load()  # data errors surface here, as one line, before any connection or progress bar
-    key = keys.key()
-    console = Console(stderr=True)
-    checkpoint = out / CHECKPOINT_FILE
-    if checkpoint.exists() and not resume:
-        raise CheckpointError(
-            f"a checkpoint exists at {checkpoint}; add --resume to continue, or use another --out"
-        )
-    if resume and not checkpoint.exists():
-        raise CheckpointError(f"no checkpoint at {checkpoint}; nothing to resume")
-    with connection.client() as client:
-        client.info()  # fail fast, before the progress bar, on an unreachable server or a refused key
-        tuner = Tuner(client, task, settings=settings, checkpoint=checkpoint, checkpoint_key=key)
-        with TuningProgress(console, budget=tuner.generations * settings.popsize) as progress:
-            tuner.on_generation = progress.update
-            try:
-                result = tuner.run(resume=resume)
-            except KeyboardInterrupt:
-                progress.stop()
-                if not checkpoint.exists():
-                    typer.echo(
-                        "interrupted before the first generation finished; nothing to resume", err=True
-                    )
-                    raise typer.Exit(EXIT_INTERRUPTED) from None
-                done = progress.generations_done
-                where = f" (generation {done - 1} done)" if done else ""
-                typer.echo(f"interrupted; checkpoint saved at {checkpoint}{where}", err=True)
-                command = resume_command(task_file, out, settings, encrypt_vector, keys, connection)
-                typer.echo(f"resume with: {command}", err=True)
-                secrets = [
-                    name
-                    for name, value in (
-                        ("CBPT_API_KEY", connection.api_key),
-                        ("CBPT_PASSPHRASE", keys.passphrase),
-                    )
-                    if value
-                ]
-                if secrets:
-                    typer.echo(
-                        f"(secrets are not repeated: set {' and '.join(secrets)} in the environment)",
-                        err=True,
-                    )
-                raise typer.Exit(EXIT_INTERRUPTED) from None
-    notes = save_tuned(out, result, task.format_only(), encrypt=encrypt_vector, key=key)
-    summary = Table(title=f"tuned {task.name} on {result.model_id}", show_header=False)
+    base = RunRequest(task_file, task, out, settings, encrypt_vector, keys, connection)
+    if seeds is not None:
+        if (seed, shots_seed, optimizer_seed) != (None, None, None):
+            raise ConfigError("--seeds sets every seed; leave out --seed, --shots-seed and --optimizer-seed")
+        _sweep(base, parse_seeds(seeds), seeds, resume=resume, as_json=as_json)
+        return
+    shots = shots_seed if shots_seed is not None else seed if seed is not None else task.seed
+    chosen = optimizer_seed if optimizer_seed is not None else seed if seed is not None else 0
+    request = replace(base, task=task.with_seed(shots), settings=replace(settings, seed=chosen))
+    request.task.load()  # data errors surface here, as one line, before any connection or progress bar
+    check_folder(request, resume)
+    result, notes = run_in_folder(request, resume=resume, quiet=as_json)
+    if as_json:
+        print_json(summary_document(request, result, notes))
+        return
+    summary = Table(title=f"tuned {request.task.name} on {result.model_id}", show_header=False)
     dev = result.dev_metrics or {}
     for name, value in (
         ("dev accuracy", f"{dev['accuracy']:.4f}" if dev else "n/a (no dev split)"),
         ("dev macro-F1", f"{dev['macro_f1']:.4f}" if dev else "n/a"),
         ("train loss", f"{result.train_loss:.4f}"),
-        ("calls used", f"{result.calls_used} of {settings.budget}"),
+        ("calls used", f"{result.calls_used} of {request.settings.budget}"),
         ("stopped by", result.stop_reason),
+        ("seeds", f"shots {request.task.seed}, optimizer {request.settings.seed}"),
         ("saved to", str(out)),
     ):
         summary.add_row(name, value)
     Console().print(summary)
     for note in notes:
-        console.print(f"note: {note}")
+        Console(stderr=True).print(f"note: {note}")
+
+
+def _sweep(base: RunRequest, seeds: list[int], spelled: str, *, resume: bool, as_json: bool) -> None:
+    """One run per seed (shots and optimizer both seeded), in OUT/seed-N; with --resume each
+    seed's run continues if it has a checkpoint and starts otherwise."""
+    requests = [
+        replace(
+            base,
+            task=base.task.with_seed(s),
+            out=base.out / f"seed-{s}",
+            settings=replace(base.settings, seed=s),
+        )
+        for s in seeds
+    ]
+    for request in requests:
+        request.task.load()  # every seed's sample is checked before the first run starts
+        if not resume:
+            check_folder(request, resume=False)
+    sweep_hint = resume_command(replace(requests[0], out=base.out), sweep=spelled)
+    finished = []
+    for request in requests:
+        again = resume and request.checkpoint.exists()
+        result, notes = run_in_folder(request, resume=again, quiet=as_json, resume_hint=sweep_hint)
+        finished.append(summary_document(request, result, notes))
+    accuracy = [run["dev_metrics"]["accuracy"] for run in finished if run["dev_metrics"]]
+    macro_f1 = [run["dev_metrics"]["macro_f1"] for run in finished if run["dev_metrics"]]
+    if as_json:
+        print_json(
+            {
+                "task": base.task.name,
+                "out": str(base.out),
+                "seeds": seeds,
+                "runs": finished,
+                "dev_accuracy": _spread(accuracy),
+                "dev_macro_f1": _spread(macro_f1),
+            }
+        )
+        return
+    table = Table(
+        "seed",
+        "dev accuracy",
+        "dev macro-F1",
+        "train loss",
+        "calls",
+        "folder",
+        title=f"sweep {base.task.name}",
+    )
+    for s, run in zip(seeds, finished, strict=True):
+        dev = run["dev_metrics"] or {}
+        table.add_row(
+            str(s),
+            f"{dev['accuracy']:.4f}" if dev else "n/a",
+            f"{dev['macro_f1']:.4f}" if dev else "n/a",
+            f"{run['train_loss']:.4f}",
+            str(run["calls_used"]),
+            run["out"],
+        )
+    console = Console()
+    console.print(table)
+    if accuracy:
+        spread = _spread(accuracy)
+        console.print(
+            f"dev accuracy over seeds {spelled}: {spread['mean']:.4f} ± {spread['std']:.4f} (mean ± sample std)"
+        )

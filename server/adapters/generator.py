@@ -98,6 +98,7 @@ class PromptGenerator(nn.Module):
             name: tensor.detach().cpu().float().contiguous() for name, tensor in self.state_dict().items()
         }
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "cbpt-generator"})
+        (folder / WEIGHTS_FILE).chmod(0o644)  # served by the image's non-root user from package data
         card: dict[str, Any] = dataclasses.asdict(self.config)
         if training is not None:
             card[TRAINING_KEY] = training

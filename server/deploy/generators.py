@@ -50,7 +50,9 @@ def build_engine_on_demand(
     bundle = recipe.load_model()
     specs = recipe.adapter_specs(bundle.fingerprint)
     eager = build_adapters(bundle, [spec for spec in specs if not is_generator(spec)])
-    engine = ScoringEngine(bundle, eager, recipe.limits, batch_sequences=recipe.batch_sequences)
+    engine = ScoringEngine(
+        bundle, eager, recipe.limits, batch_sequences=recipe.batch_sequences, text_states=recipe.text_states()
+    )
     generators = OnDemandGenerators(bundle, [spec for spec in specs if is_generator(spec)], engine.adapters)
     info = engine.info()
     loaded, described = iter(info.adapters), iter(generators.descriptions())

@@ -19,20 +19,25 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
+)
 
-from cbpt.server.backends import ScoringBackend
+from cbpt.server.backends import Reason, ScoringBackend
 from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStats, Served
 from cbpt.server.deploy.replica import EngineReplica, ReplicaOptions
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
-from cbpt.server.errors import BackendUnavailable, ServerBusy
+from cbpt.server.errors import BackendUnavailable, ServerBusy, ServerShuttingDown
 from cbpt.server.recipe import EngineRecipe
 
 if TYPE_CHECKING:
@@ -106,18 +111,31 @@ class RayServeBackend(ScoringBackend):
         self._on_demand = description.on_demand
         self._on_close = on_close
         self._last_call_seconds = 1.0
+        self._closing = False
+        self._responses: set[Any] = set()  # calls out on replicas, stopped on close
         self.served: dict[str, Served] = {}  # each replica's latest answer: who served, its counts
 
     def info(self) -> EngineInfo:
         return self._info
 
-    async def score(self, request: ScoreRequest) -> ScoreResult:
+    async def score(
+        self, request: ScoreRequest, tenant: str = "", reason: Reason = lambda: "cancelled"
+    ) -> ScoreResult:
+        if self._closing:
+            raise ServerShuttingDown()
         handle = self.handle
         if request.adapter in self._on_demand:  # to a replica that holds this generator, if any
             handle = handle.options(multiplexed_model_id=request.adapter)
         started = time.perf_counter()
+        response = handle.score.remote(request, tenant)
+        self._responses.add(response)
         try:
-            served: Served = await handle.score.remote(request)
+            served: Served = await response
+        except asyncio.CancelledError:  # the client went away: the replica drops it at its next chunk
+            response.cancel()
+            raise
+        except RequestCancelledError:  # close() stopped it
+            raise ServerShuttingDown("server is shutting down: the call was stopped") from None
         except BackPressureError:
             raise ServerBusy(
                 "server busy: every replica and the queue are full; retry shortly",
@@ -126,11 +144,23 @@ class RayServeBackend(ScoringBackend):
         except _UNAVAILABLE as error:
             log.warning("replica unavailable", extra={"error_type": type(error).__name__})
             raise BackendUnavailable("a scoring replica is unavailable; retry shortly") from None
+        finally:
+            self._responses.discard(response)
         self._last_call_seconds = max(0.05, time.perf_counter() - started)
         self.served[served.replica] = served
         if isinstance(served.outcome, Refusal):
             raise served.outcome.error()
         return served.outcome
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if self._closing:
+            raise ServerShuttingDown()
+        try:
+            return list(await self.handle.count_tokens.remote(list(texts)))
+        except BackPressureError:
+            raise ServerBusy("server busy: every replica and the queue are full; retry shortly") from None
+        except _UNAVAILABLE:
+            raise BackendUnavailable("a scoring replica is unavailable; retry shortly") from None
 
     async def ping(self, request: ScoreRequest) -> int:
         """One round trip to a replica carrying ``request``, without scoring it (the hop's cost)."""
@@ -143,6 +173,11 @@ class RayServeBackend(ScoringBackend):
         return {stats.replica: stats for stats in answers}
 
     async def close(self) -> None:
+        """Stop the calls still out on replicas (each leaves its job at the next chunk, answered
+        UNAVAILABLE), then stop a Ray this server started."""
+        self._closing = True
+        for response in list(self._responses):
+            response.cancel()
         if self._on_close is not None:
             await asyncio.to_thread(self._on_close)
             self._on_close = None

@@ -1,21 +1,23 @@
 """One Ray Serve replica of the scoring engine (``pip install 'cbp-tuning[ray]'``).
 
 Each replica builds the engine once from the front's recipe and scores the requests Serve routes
-to it, whatever API key sent them: requests that arrive together share forward passes through
-``ScoringEngine.score_many``, which merges those with one adapter, mode and cue (scores equal to
-unmerged ones within 1e-4), while each request's ``scope`` keeps cached text states per key.
+to it, whatever API key sent them: requests that arrive together share forward passes (merged
+when they have one adapter, mode and cue; scores equal to unmerged ones within 1e-4), while each
+request's ``scope`` keeps cached text states per key.
 
-Two ways to gather a batch: the project's own merger (default), which takes everything waiting
-whenever the engine is free, so calls that arrive during a forward pass join the next one; or
-``@serve.batch``, which closes a batch ``merge_window_ms`` after its first request and, while
-the engine is busy, queues such small batches one behind the other (benchmarks/scale.py measures
-the difference). Refusals come back as values (``messages.Refusal``), not exceptions.
+Two ways to gather a batch: the server's own scheduler (default, scheduler.py), the in-process
+backend's behaviour on every replica: tenants take turns one forward pass at a time, calls that
+arrive during a pass join the next jobs, and a call cancelled by its front leaves its job at the
+next chunk; or ``@serve.batch``, which closes a batch ``merge_window_ms`` after its first request
+and, while the engine is busy, queues such batches one behind the other, each run to its end
+(benchmarks/scale.py measures the difference). Refusals come back as values
+(``messages.Refusal``), not exceptions.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,18 +30,20 @@ from cbpt.server.deploy.generators import LoadedGenerator, build_engine_on_deman
 from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStats, Served
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import InvalidRequest, QuotaExceeded, UnknownAdapter
-from cbpt.server.merging import MergeSettings, RequestMerger
+from cbpt.server.merging import MergeSettings
 from cbpt.server.recipe import EngineRecipe
+from cbpt.server.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from cbpt.server.engine.jobs import ScoringJob
     from cbpt.server.engine.scoring import ScoringEngine
 
-Batching = Literal["merger", "serve-batch"]
+Batching = Literal["scheduler", "serve-batch"]
 
 
 @dataclass(frozen=True)
 class ReplicaOptions:
-    batching: Batching = "merger"
+    batching: Batching = "scheduler"
     merge: MergeSettings = field(default_factory=MergeSettings)
     generators_per_replica: int = 0  # 0: every generator loaded at start
     log_level: str = "INFO"
@@ -47,7 +51,7 @@ class ReplicaOptions:
 
 
 class _CountingEngine:
-    """The engine as the merger sees it, counting its calls and the requests they carried."""
+    """The engine as the scheduler sees it, counting its jobs (or calls) and the requests they carried."""
 
     def __init__(self, engine: ScoringEngine) -> None:
         self.engine = engine
@@ -61,6 +65,11 @@ class _CountingEngine:
         self.calls += 1
         self.requests += len(requests)
         return self.engine.score_many(requests)
+
+    def job(self, requests: Sequence[ScoreRequest]) -> ScoringJob:
+        self.calls += 1
+        self.requests += len(requests)
+        return self.engine.job(requests)
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ class EngineReplica:
         self._name = ray.get_runtime_context().get_actor_name() or ""
         self._known = [adapter.name for adapter in self._info.adapters]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
-        self._merger = RequestMerger(self._engine, self._executor, options.merge)
+        self._scheduler = Scheduler(self._engine, self._executor, options.merge)
         self._budget = options.merge.max_sequences
         # Serve's decorators are applied per replica, to plain functions, so that the operator's
         # settings size them (the multiplexer keeps its state on the function it wraps).
@@ -115,15 +124,20 @@ class EngineReplica:
         on_demand = self._generators.names if self._generators is not None else frozenset()
         return ReplicaDescription(self._info, on_demand)
 
-    async def score(self, request: ScoreRequest) -> Served:
-        outcome = await self._outcome(request)
+    async def score(self, request: ScoreRequest, tenant: str = "") -> Served:
+        """``tenant`` (the front's API key id) gets its fair share of this replica's passes."""
+        outcome = await self._outcome(request, tenant)
         return Served(outcome, self._name, self._engine.calls, self._engine.requests)
 
-    async def _outcome(self, request: ScoreRequest) -> ScoreResult | Refusal:
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        loop = asyncio.get_running_loop()  # the tokenizer and its cache are the engine thread's
+        return await loop.run_in_executor(self._executor, self._engine.engine.count_tokens, texts)
+
+    async def _outcome(self, request: ScoreRequest, tenant: str) -> ScoreResult | Refusal:
         try:
             async with self._adapter_held(request.adapter):
                 if self._batched is None:
-                    return await self._merger.score(request)
+                    return await self._scheduler.score(request, tenant or request.scope)
                 outcome = await self._batched(_Queued(request, min(request.sequences, self._budget)))
             if isinstance(outcome, InvalidRequest):
                 raise outcome

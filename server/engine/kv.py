@@ -7,8 +7,8 @@ by all its examples. ``forward_after`` runs new positions after such states; it 
 code, so serving runs it under ``inference_mode`` and generator training with gradients.
 
 The text-state cache lives only in memory, is scoped to one API key (keys never share entries),
-and evicts least recently used entries once a scope's byte budget or the number of scopes is
-exceeded.
+and evicts least recently used entries once a scope's byte budget, the total budget across keys
+or the number of scopes is exceeded.
 """
 
 from __future__ import annotations
@@ -116,11 +116,20 @@ def forward_after(
 
 
 class TextStateCache:
-    def __init__(self, max_bytes_per_scope: int = 256 << 20, max_scopes: int = 8) -> None:
+    """Text states by scope (API key): at most ``max_bytes_per_scope`` for one key, ``max_bytes`` for
+    all keys together and ``max_scopes`` keys. Past a scope's bound its least recently used entries
+    go; past the total bound, the least recently used entries of the largest scope go first, so
+    a heavy key gives up its own states before it can push out everyone else's."""
+
+    def __init__(
+        self, max_bytes_per_scope: int = 256 << 20, max_scopes: int = 8, max_bytes: int = 1 << 30
+    ) -> None:
         self.max_bytes_per_scope = max_bytes_per_scope
         self.max_scopes = max_scopes
+        self.max_bytes = max_bytes
         self._scopes: OrderedDict[str, OrderedDict[tuple[int, ...], KVState]] = OrderedDict()
         self._bytes: dict[str, int] = {}
+        self._total = 0
         self._lock = threading.Lock()
 
     def get(self, scope: str, tokens: tuple[int, ...]) -> KVState | None:
@@ -133,27 +142,40 @@ class TextStateCache:
             return entries[tokens]
 
     def put(self, scope: str, tokens: tuple[int, ...], state: KVState) -> None:
-        if state.nbytes > self.max_bytes_per_scope:
+        if state.nbytes > min(self.max_bytes_per_scope, self.max_bytes):
             return
         with self._lock:
             entries = self._scopes.setdefault(scope, OrderedDict())
             self._scopes.move_to_end(scope)
             if tokens in entries:
-                self._bytes[scope] -= entries.pop(tokens).nbytes
+                self._forget(scope, entries.pop(tokens))
             entries[tokens] = state
             self._bytes[scope] = self._bytes.get(scope, 0) + state.nbytes
+            self._total += state.nbytes
             while self._bytes[scope] > self.max_bytes_per_scope:
-                _, evicted = entries.popitem(last=False)
-                self._bytes[scope] -= evicted.nbytes
+                self._forget(scope, entries.popitem(last=False)[1])
             while len(self._scopes) > self.max_scopes:
                 dropped, _ = self._scopes.popitem(last=False)
-                del self._bytes[dropped]
+                self._total -= self._bytes.pop(dropped)
+            while self._total > self.max_bytes:
+                largest = max(self._scopes, key=lambda name: self._bytes[name])  # earliest used on ties
+                self._forget(largest, self._scopes[largest].popitem(last=False)[1])
+
+    def _forget(self, scope: str, state: KVState) -> None:
+        self._bytes[scope] -= state.nbytes
+        self._total -= state.nbytes
 
     def drop(self, scope: str) -> None:
         """Forget everything cached for one key (its session ended)."""
         with self._lock:
             self._scopes.pop(scope, None)
-            self._bytes.pop(scope, None)
+            self._total -= self._bytes.pop(scope, 0)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held for all keys together: what memory metrics report."""
+        with self._lock:
+            return self._total
 
     def scope_bytes(self, scope: str) -> int:
         with self._lock:

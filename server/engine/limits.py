@@ -16,3 +16,6 @@ class Limits:
     # candidates x examples (x choices in full-choice mode) in one request.
     max_sequences: int = 16384
     max_message_bytes: int = 16 * 1024 * 1024
+    # Largest |value| in a candidate. CMA-ES from sigma0 = 1 stays within about +-10; a vector at
+    # 1e3 already swamps the embeddings it is added to, so anything beyond is a broken optimizer.
+    max_candidate_abs: float = 1000.0

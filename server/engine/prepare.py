@@ -108,11 +108,21 @@ class Preparer:
         counts = tuple(request.choices.counts(len(request.texts)))
         return Prepared(adapter, candidates, encoded, mode, request.scope, counts)
 
-    def tokens(self, text: str, field: str, limit: int, allow_empty: bool = False) -> Tokens:
+    def count(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` as ``__call__`` would tokenise them (validated like Evaluate's
+        texts, but never refused for their token count: telling it is the point)."""
+        check_texts(texts, self.limits)
+        return [len(self._tokenise(text)) for text in texts]
+
+    def _tokenise(self, text: str) -> Tokens:
         tokens = self._cache.get(text)
         if tokens is None:
             tokens = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             self._cache.put(text, tokens)
+        return tokens
+
+    def tokens(self, text: str, field: str, limit: int, allow_empty: bool = False) -> Tokens:
+        tokens = self._tokenise(text)
         if not tokens and not allow_empty:
             raise InvalidRequest(field, "encodes to no tokens")
         if len(tokens) > limit:

@@ -3,21 +3,23 @@
 Every (candidate, example[, choice]) sequence runs batched in length-sorted chunks, and the LM
 head is applied only where a choice token is read. Whatever does not depend on the row is
 computed once (see strategies.py). ``score_many`` lays several requests end to end in the same
-chunks, which is how concurrent calls share forward passes. ``log_probs`` is the same
-computation as differentiable tensors: generator training calls it with gradients on, so a
-trained generator is scored while training exactly as ``Evaluate`` scores it when served.
+chunks, which is how concurrent calls share forward passes; ``job`` is the same call cut into
+steps of one forward pass each, so that a scheduler can interleave calls and stop abandoned ones
+between chunks (jobs.py). ``log_probs`` is the same computation as differentiable tensors:
+generator training calls it with gradients on, so a trained generator is scored while training
+exactly as ``Evaluate`` scores it when served.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 import torch
 
 from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.engine.jobs import Outcome, ScoringJob, run_to_end
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
@@ -35,6 +37,8 @@ from cbpt.server.engine.strategies import (
 from cbpt.server.engine.types import AdapterDescription, EngineInfo, ScoreRequest, ScoreResult, ScoringMode
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.model import ModelBundle
+
+GroupScores = list[tuple[torch.Tensor, int]]  # per request of a group: log-probs, tokens run
 
 
 class ScoringEngine:
@@ -78,7 +82,7 @@ class ScoringEngine:
             batch_sequences=batch_sequences,
         )
         self.prepare = Preparer(bundle.tokenizer, self.adapters, self.limits, token_cache_size)
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # one step at a time, whichever thread drives the jobs
 
     def info(self) -> EngineInfo:
         adapters = tuple(
@@ -90,37 +94,36 @@ class ScoringEngine:
         bundle = self.bundle
         return EngineInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, adapters, self.limits)
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of texts as scoring tokenises them (``CountTokens``); raises InvalidRequest."""
+        with self.lock:
+            return self.prepare.count(list(texts))
+
     def score(self, request: ScoreRequest) -> ScoreResult:
         outcome = self.score_many([request])[0]
         if isinstance(outcome, InvalidRequest):
             raise outcome
         return outcome
 
-    def score_many(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult | InvalidRequest]:
+    def score_many(
+        self, requests: Sequence[ScoreRequest], stop: Callable[[], bool] | None = None
+    ) -> list[Outcome]:
         """Score several requests, sharing forward passes among those with one adapter, mode and cue.
 
         Each request is validated on its own: a bad one gets its error back in its slot and the
         others are still scored. Merged scores equal those of scoring each request alone.
+        ``stop`` is asked before every forward pass; once it answers True the call ends there and
+        every request not yet scored gets ``CallCancelled`` in its slot.
         """
-        started = time.perf_counter()
-        outcomes: list[ScoreResult | InvalidRequest | None] = [None] * len(requests)
-        with self._lock, torch.inference_mode():
-            groups: dict[tuple[str, ScoringMode, tuple[int, ...]], list[tuple[int, Prepared]]] = {}
-            for index, request in enumerate(requests):
-                try:
-                    prepared = self.prepare(request)
-                except InvalidRequest as error:
-                    outcomes[index] = error
-                    continue
-                groups.setdefault(prepared.group_key, []).append((index, prepared))
-            for members in groups.values():
-                group = [prepared for _, prepared in members]
-                scored = self.log_probs(group)
-                for (index, prepared), (log_probs, tokens) in zip(members, scored, strict=True):
-                    array = log_probs.numpy().astype(np.float32, copy=False)
-                    seconds = time.perf_counter() - started
-                    outcomes[index] = ScoreResult(array, prepared.choice_counts, tokens, seconds)
-        return [outcome for outcome in outcomes if outcome is not None]
+        job = self.job(requests)
+        while job.step():
+            if stop is not None and stop():
+                job.cancel_all()
+        return job.outcomes()
+
+    def job(self, requests: Sequence[ScoreRequest]) -> ScoringJob:
+        """``score_many`` as a job of steps, one forward pass each, for a scheduler to interleave."""
+        return ScoringJob(self, requests)
 
     def pooled_inputs(self, texts: Sequence[Sequence[int]]) -> torch.Tensor:
         """Mean input embedding per tokenised text [texts, hidden]: what a generator reads, once per request."""
@@ -137,15 +140,26 @@ class ScoringEngine:
             return PrefixStates
         return FullSequence
 
-    def log_probs(
-        self, group: list[Prepared], z: torch.Tensor | None = None
-    ) -> list[tuple[torch.Tensor, int]]:
+    def log_probs(self, group: list[Prepared], z: torch.Tensor | None = None) -> GroupScores:
         """Per request of a group (one adapter, mode and cue): log-probs [candidates, examples, choices]
         normalised over each example's choices (-inf pads), and the tokens run.
 
         ``z`` replaces the requests' own candidates (all of them, laid end to end): training passes
         a tensor that requires grad. The caller chooses the grad mode; ``score_many`` serves under
         ``inference_mode``.
+        """
+        return run_to_end(self.group_steps(group, z))
+
+    def group_steps(
+        self,
+        group: list[Prepared],
+        z: torch.Tensor | None = None,
+        skip: Callable[[int], bool] | None = None,
+    ) -> Generator[int, None, GroupScores]:
+        """``log_probs`` one forward pass at a time: yields each pass's sequences, returns the scores.
+
+        ``skip(owner)`` is asked before every chunk: rows of a request it names are left out from
+        then on (its scores are then incomplete; the caller discards them).
         """
         _, mode, cue = group[0].group_key
         adapter = group[0].adapter
@@ -167,14 +181,18 @@ class ScoringEngine:
         )
         kind = self.strategy(adapter)
         strategy = kind(parts, inputs, self.text_states) if kind is TextStates else kind(parts, inputs)
+        yield from strategy.setup()
         tokens = list(strategy.tokens)
         scores = [
             torch.full((len(p.candidates), len(p.encoded.texts), max(p.choice_counts)), -torch.inf)
             for p in group
         ]
-        for chunk in length_sorted_chunks(
+        for planned in length_sorted_chunks(
             rows, self.batch_sequences, self.batch_tokens, strategy.width, sort=self.sort_by_length
         ):
+            chunk = planned if skip is None else [row for row in planned if not skip(row.owner)]
+            if not chunk:
+                continue
             hidden, ends = strategy.forward(chunk)
             for row in chunk:
                 tokens[row.owner] += row.length
@@ -183,6 +201,7 @@ class ScoringEngine:
             else:
                 values = read_first_tokens(self._head, hidden, ends, chunk, choices)
             _scatter(chunk, values, offsets, scores)
+            yield len(chunk)
         return [
             (owner_scores.log_softmax(dim=-1), owner_tokens)
             for owner_scores, owner_tokens in zip(scores, tokens, strict=True)

@@ -1,8 +1,10 @@
 """How a group's rows run through the model: one class per execution strategy.
 
-Every strategy answers the same two questions: how wide a row is for planning chunks
-(``width``), and the forward pass of one chunk (``forward``: last hidden states and, per row,
-the position to read the choices at). Which one runs depends on the adapter alone:
+Every strategy answers the same questions: the passes that encode its cached states
+(``setup``, a generator that yields after each pass, so a scheduler can interleave them with
+other work), how wide a row is for planning chunks (``width``), and the forward pass of one
+chunk (``forward``: last hidden states and, per row, the position to read the choices at).
+Which one runs depends on the adapter alone:
 
 - ``FullSequence``: every row in full, left-padded: [pad][bos][head][soft prompt][tail].
 - ``PrefixStates``: an input-independent prefix prompt (BBT): each candidate's [bos][prompt] is
@@ -14,7 +16,7 @@ the position to read the choices at). Which one runs depends on the adapter alon
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from cbpt.server.engine.plan import Row
 from cbpt.server.engine.prepare import Prepared, Tokens
 
 Forward = tuple[torch.Tensor, torch.Tensor]  # hidden [rows, width, d], read positions [rows]
+Passes = Iterator[int]  # yields the sequences of each forward pass as it completes
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Strategy(ABC):
     """Runs the rows of one group (requests sharing adapter, mode and cue).
 
     ``tokens`` holds, per request of the group, the tokens spent before any chunk (cached states
-    computed for it); the constructor also sets each row's ``length``.
+    computed for it); the constructor, or ``setup`` where lengths depend on cached states, sets
+    each row's ``length``. ``width`` and ``forward`` are valid once ``setup`` is exhausted.
     """
 
     def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
@@ -105,6 +109,10 @@ class Strategy(ABC):
         self.adapter = inputs.adapter
         self.slots = inputs.slots
         self.tokens = [0] * len(inputs.group)
+
+    def setup(self) -> Passes:
+        """The passes that encode cached states, one yield per pass (none by default)."""
+        return iter(())
 
     @abstractmethod
     def width(self, row: Row) -> int:
@@ -190,19 +198,14 @@ class FullSequence(Strategy):
 
 
 class PrefixStates(Strategy):
-    """Each candidate's [bos][soft prompt] encoded once, in one batched pass, reused by its examples."""
+    """Each candidate's [bos][soft prompt] encoded once, in batched passes, reused by its examples."""
 
     def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
         super().__init__(parts, inputs)
-        self.prefixes = self._encode_prefixes()
-        for owner, prepared in enumerate(inputs.group):
-            self.tokens[owner] = len(prepared.candidates) * self.prefixes[0].length
-        for row in inputs.rows:
-            row.length = len(row.tokens)
+        self.prefixes: list[KVState] = []
 
-    def _encode_prefixes(self) -> list[KVState]:
+    def setup(self) -> Passes:
         parts, z = self.parts, self.inputs.z
-        states: list[KVState] = []
         bos = torch.tensor(parts.bos, dtype=torch.long, device=parts.device)
         for start in range(0, len(z), parts.batch_sequences):
             batch = z[start : start + parts.batch_sequences]
@@ -211,8 +214,12 @@ class PrefixStates(Strategy):
             positions = torch.arange(embeds.shape[1], device=parts.device).expand(len(batch), -1)
             output = parts.backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True)
             layers = cache_layers(output)
-            states += [KVState(tuple((k[i], v[i]) for k, v in layers)) for i in range(len(batch))]
-        return states
+            self.prefixes += [KVState(tuple((k[i], v[i]) for k, v in layers)) for i in range(len(batch))]
+            yield len(batch)
+        for owner, prepared in enumerate(self.inputs.group):
+            self.tokens[owner] = len(prepared.candidates) * self.prefixes[0].length
+        for row in self.inputs.rows:
+            row.length = len(row.tokens)
 
     def width(self, row: Row) -> int:
         return row.length + self.prefixes[0].length
@@ -223,19 +230,25 @@ class PrefixStates(Strategy):
 
 
 class TextStates(Strategy):
-    """Each text's [bos][text] from the scope's cache or one batched pass; the prompt and cue after it."""
+    """Each text's [bos][text] from the scope's cache or batched passes; the prompt and cue after it."""
 
     def __init__(self, parts: ModelParts, inputs: GroupInputs, cache: TextStateCache) -> None:
         super().__init__(parts, inputs)
         self.cache = cache
         self.states: list[KVState] = []
-        for owner, prepared in enumerate(inputs.group):
-            owner_states, self.tokens[owner] = self._text_states(prepared.encoded.texts, prepared.scope)
-            self.states += owner_states
         for row in inputs.rows:
             row.length = self.slots.inserted + len(row.tokens)
 
-    def _text_states(self, texts: list[Tokens], scope: str) -> tuple[list[KVState], int]:
+    def setup(self) -> Passes:
+        for owner, prepared in enumerate(self.inputs.group):
+            owner_states, self.tokens[owner] = yield from self._text_states(
+                prepared.encoded.texts, prepared.scope
+            )
+            self.states += owner_states
+
+    def _text_states(
+        self, texts: list[Tokens], scope: str
+    ) -> Generator[int, None, tuple[list[KVState], int]]:
         parts = self.parts
         states: list[KVState | None] = [self.cache.get(scope, parts.bos + text) for text in texts]
         missing = sorted({text for text, state in zip(texts, states, strict=True) if state is None}, key=len)
@@ -249,6 +262,7 @@ class TextStates(Strategy):
             for text, state in zip(batch, split_states(layers, mask), strict=True):
                 computed[text] = state
                 self.cache.put(scope, parts.bos + text, state)
+            yield len(batch)
         result = [
             state if state is not None else computed[text] for text, state in zip(texts, states, strict=True)
         ]

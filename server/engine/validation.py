@@ -35,6 +35,16 @@ def check_candidates(candidates: np.ndarray, adapter: Adapter, limits: Limits) -
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise InvalidRequest(f"candidates[{row}]", "contains NaN or inf")
+    if array.size:
+        largest = np.abs(array).max(axis=1)
+        beyond = np.flatnonzero(largest > limits.max_candidate_abs)
+        if beyond.size:
+            row = int(beyond[0])
+            raise InvalidRequest(
+                f"candidates[{row}]",
+                f"value {largest[row]:.6g} exceeds the bound of {limits.max_candidate_abs:g} in absolute value "
+                "(max_candidate_abs): the soft prompt would only saturate the model",
+            )
     return array
 
 

@@ -96,7 +96,9 @@ class GeneratorTrainer:
         limits = Limits(
             max_candidates=max(64, settings.z_samples), max_examples=widest, max_sequences=1 << 30
         )
-        self.engine = ScoringEngine(bundle, [self.adapter], limits, text_states=TextStateCache(1 << 30, 2))
+        self.engine = ScoringEngine(
+            bundle, [self.adapter], limits, text_states=TextStateCache(1 << 30, 2, 2 << 30)
+        )
         self.task_vectors = torch.nn.Parameter(torch.zeros(len(domain.tasks), settings.dimension))
         self.parameters: dict[str, torch.nn.Parameter] = {
             **{f"generator.{name}": p for name, p in self.generator.named_parameters()},

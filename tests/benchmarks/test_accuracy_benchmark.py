@@ -236,3 +236,25 @@ def test_white_box_scores_exactly_as_the_engine_places_bbt_suffix() -> None:
         )[0]
     scorer = white_box.SoftPromptScorer(bundle, cue, choices)
     np.testing.assert_allclose(scorer.log_probs(prompt, texts), served, atol=1e-5)
+
+
+def test_score_noise_runs_the_same_tuning_through_a_protected_server(
+    accuracy: ModuleType, datasets: Path, tmp_path: Path
+) -> None:
+    """--score-noise: the same seeds and budgets, the server blurring its log-probs (tiny model)."""
+    common = [
+        *("--model", "tiny", "--tasks", "sst2", "--methods", "bbt-cue-bias", "--seeds", "0"),
+        *("--budgets", "8,16", "--popsize", "4", "--test-size", "12", "--datasets", str(datasets)),
+    ]
+    settings = accuracy.server_settings(accuracy.parse_args([*common, "--score-noise", "0.5"]))
+    assert (settings.score_noise, settings.score_noise_seed, settings.score_decimals) == (0.5, 0, None)
+    assert accuracy.server_settings(accuracy.parse_args(common)).score_noise == 0.0
+    runs = {}
+    for name, extra in (("off", []), ("noise", ["--score-noise", "0.5"])):
+        accuracy.main([*common, *extra, "--output", name, "--output-dir", str(tmp_path)])
+        runs[name] = [
+            r for r in json.loads((tmp_path / f"{name}.json").read_text()) if r["method"] == "bbt-cue-bias"
+        ]
+    assert [r["calls"] for r in runs["off"]] == [r["calls"] for r in runs["noise"]] == [8, 16]
+    assert all(r["score_noise"] == 0.5 for r in runs["noise"])  # each run says it was tuned through noise
+    assert not any("score_noise" in r for r in runs["off"])

@@ -64,7 +64,14 @@ def _serve(engine: Any, **settings: Any) -> Iterator[str]:
     app = pytest.importorskip("cbpt.server.app")
     from cbpt.server.settings import ServerSettings
 
-    values = {"host": "127.0.0.1", "port": 0, "insecure": True, "grace_seconds": 1.0, **settings}
+    values = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "insecure": True,
+        "allow_no_auth": True,
+        "grace_seconds": 1.0,
+        **settings,
+    }
     with app.serve_in_background(engine, ServerSettings(**values)) as target:
         yield target
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from cbpt.client.artifacts import ArtifactError, load_tuned, save_tuned
 from cbpt.client.errors import ArtifactError as ArtifactErrorInErrors
-from cbpt.client.errors import ArtifactWarning, CheckpointError
+from cbpt.client.errors import ArtifactModified, ArtifactWarning, CheckpointError
 from cbpt.client.results import HistoryRow, TuningResult
 from cbpt.client.task import TaskFormat
 
@@ -96,5 +99,52 @@ def test_broken_folders(tmp_path: Path) -> None:
         load_tuned(tmp_path)
     save_tuned(tmp_path, _result(), FORMAT)
     (tmp_path / "vector.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ArtifactError, match=r"not the file task\.json recorded"):
+        load_tuned(tmp_path)  # the digest check comes first ...
     with pytest.raises(ArtifactError, match="not a valid safetensors"):
+        load_tuned(tmp_path, verify=False)  # ... and the parser still refuses garbage
+
+
+# -- authenticated, deterministic vector files (Trust #6) ------------------------------------------
+def test_a_flipped_bit_in_the_vector_file_is_refused(tmp_path: Path) -> None:
+    save_tuned(tmp_path, _result(), FORMAT)
+    path = tmp_path / "vector.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one bit of the bias: still a valid safetensors file, silently scored before
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactModified, match=r"vector\.safetensors is not the file task\.json recorded"):
         load_tuned(tmp_path)
+    assert load_tuned(tmp_path, verify=False).bias is not None  # the explicit opt-out
+
+
+def test_a_folder_without_a_digest_loads_with_a_warning(tmp_path: Path) -> None:
+    save_tuned(tmp_path, _result(), FORMAT)
+    card = json.loads((tmp_path / "task.json").read_text())
+    del card["vector_sha256"], card["partial"]  # as clients before the digest wrote it
+    (tmp_path / "task.json").write_text(json.dumps(card))
+    with pytest.warns(ArtifactWarning, match="records no vector digest"):
+        load_tuned(tmp_path)
+
+
+_WRITE_ONE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.client.test_artifacts import FORMAT, _result
+from cbpt.client.artifacts import save_tuned
+save_tuned(Path(sys.argv[1]), _result(), FORMAT)
+"""
+
+
+def test_identical_saves_in_separate_processes_give_identical_bytes(tmp_path: Path) -> None:
+    """safetensors' own writer ordered the metadata differently from one process to the next."""
+    root = str(Path(__file__).resolve().parents[2])
+    files = []
+    for index in range(6):
+        folder = tmp_path / f"run{index}"
+        subprocess.run([sys.executable, "-c", _WRITE_ONE.format(root=root), str(folder)], check=True)
+        files.append((folder / "vector.safetensors").read_bytes())
+    assert all(data == files[0] for data in files)
+    assert load_file(tmp_path / "run0" / "vector.safetensors")["vector"].dtype == np.float32
+    with safe_open(str(tmp_path / "run0" / "vector.safetensors"), "np") as handle:
+        assert handle.metadata() == {"adapter": "bbt", "format": "cbpt", "model_fingerprint": "f" * 64}

@@ -15,8 +15,9 @@ from cbpt.client import progress as progress_module
 from cbpt.client.cli import app
 from cbpt.client.cli.connection import Connection
 from cbpt.client.cli.keys import KeySource
-from cbpt.client.cli.tuning import resume_command
+from cbpt.client.cli.tune_session import RunRequest, resume_command
 from cbpt.client.settings import TunerSettings
+from cbpt.client.task import Task
 from cbpt.common.net import free_port
 from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
@@ -145,7 +146,8 @@ def test_server_rejection_and_fingerprint_mismatch(
     task_path = make_task()
     long_text = write_jsonl(tmp_path / "long.jsonl", [{"text": "very " * 40, "label": "LABEL_SECRET_A"}])
     result = cbpt("evaluate", "--zero-shot", "--task", task_path, long_text, "--server", limited_server)
-    assert_one_line_error(result, 1, "texts[0]")
+    # Refused by the pre-flight check, before scoring, as input to fix (it was the server's texts[0]).
+    assert_one_line_error(result, 2, "long.jsonl row 1: 208 characters exceed the server's limit of 120")
 
     out = tmp_path / "tuned"
     assert (
@@ -169,6 +171,7 @@ CONNECTION_OPTIONS = (
     "--insecure",
     "--timeout",
     "--retries",
+    "--retry-window",
 )
 CLI_SOURCE = Path(__file__).resolve().parents[2] / "client" / "cli"
 
@@ -243,10 +246,17 @@ def test_the_resume_command_reads_back_as_the_same_settings(tmp_path: Path) -> N
     )
     connection = Connection(server="example.com:443", api_key="cbpt_secret", ca_cert=tmp_path / "ca.pem")
     keys = KeySource(passphrase="not echoed", key_file=tmp_path / "k.key")
-    line = resume_command(tmp_path / "task.yaml", tmp_path / "out", settings, True, keys, connection)
+    task = Task.from_dict(
+        {"name": "t", "data": {"train": str(tmp_path / "train.jsonl")}, "template": "{text}:", "seed": 4,
+         "choices": {"a": " a", "b": " b"}}
+    )  # fmt: skip
+    request = RunRequest(tmp_path / "task.yaml", task, tmp_path / "out", settings, True, keys, connection)
+    line = resume_command(request)
     assert "cbpt_secret" not in line and "not echoed" not in line
     words = shlex.split(line)
     parsed = _tune_command().make_context("tune", words[2:]).params
-    assert TunerSettings(**{name: parsed[name] for name in TunerSettings.names()}) == settings
+    names = [name for name in TunerSettings.names() if name != "seed"]  # --optimizer-seed sets it
+    resumed = TunerSettings(**{name: parsed[name] for name in names}, seed=parsed["optimizer_seed"])
+    assert resumed == settings and parsed["shots_seed"] == 4 and parsed["seed"] is None
     assert parsed["resume"] and parsed["encrypt_vector"] and parsed["server"] == "example.com:443"
     assert parsed["ca_cert"] == tmp_path / "ca.pem" and parsed["key_file"] == tmp_path / "k.key"

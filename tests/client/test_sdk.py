@@ -91,7 +91,8 @@ def test_retry_succeeds_once_the_server_is_up(engine) -> None:
 
     port = free_port()
     late = BackgroundServer(
-        engine, ServerSettings(host="127.0.0.1", port=port, insecure=True, grace_seconds=1)
+        engine,
+        ServerSettings(host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=1),
     )
     waits: list[float] = []
 

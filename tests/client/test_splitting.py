@@ -71,3 +71,21 @@ def test_balanced_candidate_chunks() -> None:
 def test_an_example_too_large_alone_is_named() -> None:
     with pytest.raises(RequestRejected, match=r"texts\[0\]"):
         plan_chunks(_work(2, 3, counts=[9, 1, 1], full=True), ServerLimits(max_sequences=8))
+
+
+def test_text_parts_respect_the_count_and_the_byte_limit() -> None:
+    from cbpt.client.splitting import text_parts
+
+    assert text_parts([10] * 7, 3, 0) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert text_parts([10] * 7, 0, 64 + 25) == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 7)]
+    assert text_parts([500], 0, 100) == [slice(0, 1)]  # one text too large alone: the server names it
+    assert text_parts([], 3, 0) == []
+
+
+def test_count_tokens_splits_to_the_servers_limits(client, limited_server: str) -> None:
+    from cbpt.client.sdk import TuningClient
+
+    texts = [f"Review: film number {i}" for i in range(12)]  # max_examples 5 on the limited server
+    with TuningClient(limited_server) as limited:
+        assert limited.count_tokens(texts) == client.count_tokens(texts)
+        assert limited.stats.calls == 1 + 3

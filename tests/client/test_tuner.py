@@ -46,8 +46,9 @@ def test_tuning_end_to_end(client: TuningClient, task: Task, optimizer: str) -> 
     assert [row.calls_used for row in result.history] == [4, 8, 12, 16] and result.calls_used == 16
     assert result.vector.shape == (16,) and result.vector.dtype == np.float32 and result.bias is None
     assert result.model_fingerprint == client.info().model_fingerprint and result.stop_reason == "budget"
-    # One request per generation for the whole population, plus one dev request per generation.
-    assert client.stats.calls == 1 + 4 + 4 and client.stats.candidate_evaluations == 16 + 4
+    # Info, the pre-flight token counts of train and dev, then one request per generation for the
+    # whole population, plus one dev request per generation.
+    assert client.stats.calls == 1 + 2 + 4 + 4 and client.stats.candidate_evaluations == 16 + 4
     best_dev = max(row.dev_accuracy for row in result.history)
     assert result.dev_accuracy == best_dev
     rescored = client.predict("bbt", result.vector, task.dev.texts, task.dev.choices, cue=task.dev.cue)
@@ -71,7 +72,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
         Tuner(client, task, checkpoint=path, on_generation=crash_after_generation_2, **settings).run()
     with TuningClient(server) as client:
         resumed = Tuner(client, task, checkpoint=path, **settings).run(resume=True)
-        assert client.stats.calls == 1 + 2 + 2  # only generations 3 and 4 were scored again
+        assert client.stats.calls == 1 + 2 + 2 + 2  # pre-flight, then only generations 3 and 4
     np.testing.assert_array_equal(resumed.vector, whole.vector)
     np.testing.assert_array_equal(resumed.bias, whole.bias)
     assert _untimed(resumed.history) == _untimed(whole.history)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cbpt.server.adapters import Placement
 from cbpt.server.adapters.bbt import BlackBoxTuning
@@ -156,3 +157,31 @@ def test_on_cue_needs_a_cue():
 
     with pytest.raises(InvalidRequest, match=r"^cue: "):
         _on_cue_engine().score(ScoreRequest("on-cue", np.zeros((1, 8), np.float32), TEXTS, CHOICES))
+
+
+def _state(nbytes: int) -> KVState:
+    """A one-layer state of exactly ``nbytes`` (keys and values of float32)."""
+    half = torch.zeros(1, nbytes // 8, 1)
+    return KVState(((half, half.clone()),))
+
+
+def test_the_cache_is_bounded_in_total_across_keys_largest_key_first() -> None:
+    """Finding 9: the bound was 256 MB per key and 8 keys (2 GB), not configurable nor global."""
+    cache = TextStateCache(max_bytes_per_scope=4000, max_scopes=8, max_bytes=1000)
+    for key, entries in (("alice", 5), ("bob", 3), ("carol", 3)):
+        for i in range(entries):
+            cache.put(key, (i,), _state(80))
+    assert cache.total_bytes == 880
+    cache.put("alice", (9,), _state(160))  # 1040 in total: over the bound
+    assert cache.total_bytes == 960
+    assert cache.scope_bytes("bob") == cache.scope_bytes("carol") == 240  # the heavy key paid
+    assert cache.scope_bytes("alice") == 480 and cache.get("alice", (0,)) is None
+    assert cache.get("alice", (9,)) is not None
+    cache.drop("bob")
+    assert cache.total_bytes == 720
+
+
+def test_an_entry_larger_than_any_bound_is_not_kept() -> None:
+    cache = TextStateCache(max_bytes_per_scope=1000, max_bytes=100)
+    cache.put("alice", (1,), _state(200))
+    assert cache.total_bytes == 0

@@ -42,6 +42,18 @@ def z(n=1, dim=16):
         ({"candidates": z(5)}, "num_candidates", "limit of 4"),
         ({"candidates": np.array([[0.0] * 16, [np.nan] + [0.0] * 15], np.float32)}, "candidates[1]", "NaN"),
         ({"candidates": np.array([[np.inf] * 16], np.float32)}, "candidates[0]", "inf"),
+        # Finding 8: saturating vectors were scored (identically) instead of being refused.
+        (
+            {"candidates": np.array([[0.5] * 16, [0.0] * 15 + [1e30]], np.float32)},
+            "candidates[1]",
+            "1e+30 exceeds",
+        ),
+        ({"candidates": np.full((1, 16), 3e38, np.float32)}, "candidates[0]", "bound of 1000"),
+        (
+            {"candidates": np.array([[0.0] * 15 + [-1000.5]], np.float32)},
+            "candidates[0]",
+            "max_candidate_abs",
+        ),
         ({"texts": []}, "texts", "at least one"),
         ({"texts": ["a", "b", "c", "d"]}, "texts", "limit of 3"),
         ({"texts": ["ok", "  "]}, "texts[1]", "empty"),
@@ -82,3 +94,9 @@ def test_unknown_adapter_lists_known_ones(engine):
 def test_errors_are_also_builtins(engine):
     with pytest.raises(ValueError):
         engine.score(ScoreRequest("bbt", z(1, 3), OK_TEXTS, OK_CHOICES))
+
+
+def test_the_candidate_bound_is_inclusive_and_stated(engine):
+    at_bound = np.full((1, 16), -engine.limits.max_candidate_abs, np.float32)
+    assert engine.score(ScoreRequest("bbt", at_bound, OK_TEXTS, OK_CHOICES)).log_probs.shape == (1, 2, 2)
+    assert engine.info().limits.max_candidate_abs == 1000.0

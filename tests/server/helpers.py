@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -13,9 +15,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from cbpt.common.wire import pack_floats
-from cbpt.server.engine import EngineInfo, ScoreRequest, ScoreResult, ScoringEngine
+from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
+from cbpt.server.engine.jobs import ScoringJob
 from cbpt.server.engine.limits import Limits
-from cbpt.server.errors import InvalidRequest
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2
 
@@ -36,8 +38,15 @@ CHOICES = [" positive", " negative"]
 
 
 def plain_settings(**overrides: object) -> ServerSettings:
-    """Plaintext on loopback with a free port: the only plaintext the server accepts."""
-    values: dict[str, object] = {"host": "127.0.0.1", "port": 0, "insecure": True, "grace_seconds": 2.0}
+    """Plaintext on loopback with a free port: the only plaintext the server accepts (and, unless
+    ``api_keys_file`` is given, without keys: allowed on loopback only, with the explicit flag)."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "insecure": True,
+        "allow_no_auth": True,
+        "grace_seconds": 2.0,
+    }
     values.update(overrides)
     return ServerSettings(**values)
 
@@ -113,23 +122,50 @@ def tls_channel(target: str, ca: Path, cert: Path | None = None, key: Path | Non
 
 
 class GatedEngine:
-    """The real engine, held at a gate inside ``score_many`` so a test can keep a call in flight.
+    """The real engine, held at a gate before each job's first step so a test can keep a call in flight.
 
-    Only the timing is controlled: every call is still scored by the real engine.
+    Only the timing is controlled: every call is still scored by the real engine, step by step.
     """
 
     def __init__(self, engine: ScoringEngine) -> None:
         self._engine = engine
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.calls: list[int] = []  # requests carried by each engine call
+        self.calls: list[int] = []  # requests carried by each engine job
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
 
     def info(self) -> EngineInfo:
         return self._engine.info()
 
-    def score_many(self, requests: list[ScoreRequest]) -> list[ScoreResult | InvalidRequest]:
-        self.entered.set()
-        if not self.release.wait(timeout=30):
-            raise TimeoutError("the test never opened the gate")
+    def job(self, requests: Sequence[ScoreRequest]) -> GatedJob:
         self.calls.append(len(requests))
-        return self._engine.score_many(requests)
+        return GatedJob(self, self._engine.job(requests))
+
+
+class GatedJob:
+    """An engine job whose first step waits at its engine's gate."""
+
+    def __init__(self, gate: GatedEngine, job: ScoringJob) -> None:
+        self._gate = gate
+        self._job = job
+        self._opened = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
+
+    def step(self) -> bool:
+        if not self._opened:
+            self._gate.entered.set()
+            if not self._gate.release.wait(timeout=30):
+                raise TimeoutError("the test never opened the gate")
+            self._opened = True
+        return self._job.step()
+
+
+def serde_request(request: tuning_pb2.EvaluateRequest, scope: str = "") -> ScoreRequest:
+    """The engine request the server makes of a wire request (limits wide open)."""
+    from cbpt.server import serde
+
+    return serde.to_score_request(request, Limits(max_candidates=1 << 20), scope=scope)

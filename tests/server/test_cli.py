@@ -46,12 +46,15 @@ def _one_line_error(args: list[str], expected: str) -> None:
 
 def test_bad_configuration_is_one_line(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
-    _one_line_error(["serve", "--tls-cert", missing, "--tls-key", missing], "missing.pem")
+    _one_line_error(["serve", "--allow-no-auth", "--tls-cert", missing, "--tls-key", missing], "missing.pem")
     _one_line_error(["serve", "--insecure", "--api-keys-file", str(tmp_path / "keys.json")], "keys.json")
     (tmp_path / "bad.json").write_text("{not json")
     _one_line_error(["serve", "--insecure", "--api-keys-file", str(tmp_path / "bad.json")], "not valid JSON")
     _one_line_error(["serve"], "TLS is off")
     _one_line_error(["serve", "--insecure", "--host", "0.0.0.0"], "loopback")
+    certs = ["--tls-cert", missing, "--tls-key", missing]
+    _one_line_error(["serve", "--host", "0.0.0.0", *certs], "no --api-keys-file")  # finding 3
+    _one_line_error(["serve", "--host", "0.0.0.0", "--allow-no-auth", *certs], "only on a loopback host")
     _one_line_error(["serve", "--port", "70000"], "--port")
     _one_line_error(["info", "--model", str(tmp_path / "no-model")], "could not be loaded")
 
@@ -60,8 +63,20 @@ def test_gen_certs(tmp_path: Path) -> None:
     out = tmp_path / "certs"
     result = runner.invoke(app, ["gen-certs", "--out", str(out), "--hosts", "localhost,10.1.2.3", "--client"])
     assert result.exit_code == 0, result.output
-    for name in ("ca-key.pem", "server-key.pem", "client-key.pem"):
-        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
+    for key in (tmp_path / "certs-ca-key.pem", out / "server-key.pem", out / "client-key.pem"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # Finding 10: the CA key was written into the folder a deployment mounts as secrets.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ca.pem",
+        "client-key.pem",
+        "client.pem",
+        "server-key.pem",
+        "server.pem",
+    ]
+    _one_line_error(
+        ["gen-certs", "--out", str(tmp_path / "c2"), "--ca-key", str(tmp_path / "c2" / "k.pem")],
+        "keep the CA key out",
+    )
     server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
@@ -94,6 +109,7 @@ def test_info_and_convert_model(model_dir: Path) -> None:
 
 def test_serve_end_to_end_and_stop_on_sigterm(model_dir: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "cbpt.server.cli", "serve", "--model", str(model_dir), "--insecure"]
+    command += ["--allow-no-auth"]
     command += [
         "--port",
         "0",
@@ -138,3 +154,25 @@ def _serving_address(process: subprocess.Popen, lines: list[str]) -> str:
         if line.startswith("{") and json.loads(line)["message"] == "serving":
             return json.loads(line)["address"]
     raise AssertionError("server did not report its address in time")
+
+
+def test_add_key_with_a_budget_and_an_expiry(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    args = ["add-key", "bob", "--keys-file", str(keys), "--evaluations-per-day", "100"]
+    result = runner.invoke(app, [*args, "--evaluations-total", "1000", "--expires", "2027-01-31"])
+    assert result.exit_code == 0, result.output
+    (stored,) = json.loads(keys.read_text())["keys"]
+    assert (stored["evaluations_per_day"], stored["evaluations_total"]) == (100, 1000)
+    assert stored["expires"] == "2027-01-31T00:00:00Z"
+    _one_line_error(["add-key", "carol", "--keys-file", str(keys), "--expires", "soon"], "--expires 'soon'")
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    """Each setting is a flag, a CBPT_* variable and a settings-file key (the last two by pydantic)."""
+    import inspect
+
+    from cbpt.server.cli import serve
+    from cbpt.server.settings import ServerSettings
+
+    flags = set(inspect.signature(serve).parameters)
+    assert set(ServerSettings.model_fields) - flags == {"adapters"}  # adapter specs: settings file only

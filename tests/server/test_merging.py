@@ -14,7 +14,8 @@ from cbpt.common.wire import unpack_floats
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import InvalidRequest
-from cbpt.server.merging import MergeSettings, RequestMerger
+from cbpt.server.merging import MergeSettings
+from cbpt.server.scheduler import Scheduler
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import TEXTS, GatedEngine, call_fails, candidates, evaluate_request, plain_settings
 
@@ -93,7 +94,7 @@ def test_merge_budget_bounds_each_engine_call(engine, max_sequences, expected_ca
 
     async def run() -> list:
         with ThreadPoolExecutor(1) as executor:
-            merger = RequestMerger(gated, executor, MergeSettings(0.2, max_sequences, 16))  # type: ignore[arg-type]
+            merger = Scheduler(gated, executor, MergeSettings(0.2, max_sequences, 16))
             results = await asyncio.gather(*(merger.score(r) for r in _score_requests(4)))
             await merger.close()
             return results
@@ -109,7 +110,7 @@ def test_a_bad_request_fails_alone(engine) -> None:
 
     async def run() -> list:
         with ThreadPoolExecutor(1) as executor:
-            merger = RequestMerger(engine, executor, MergeSettings(0.2))
+            merger = Scheduler(engine, executor, MergeSettings(0.2))
             outcomes = await asyncio.gather(
                 *(merger.score(r) for r in [*_score_requests(1), bad]), return_exceptions=True
             )

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from cbpt.server.app import serve_in_background
-from cbpt.server.engine import EngineInfo, ScoreRequest, ScoreResult, ScoringEngine
+from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
 from cbpt.server.logs import JsonLineFormatter, TextFormatter
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
@@ -37,8 +37,12 @@ class ExplodingEngine:
     def info(self) -> EngineInfo:
         return self._engine.info()
 
-    def score_many(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        request = requests[0]
+    def job(self, requests: list[ScoreRequest]) -> ExplodingEngine:
+        self._request = requests[0]
+        return self
+
+    def step(self) -> bool:
+        request = self._request
         raise RuntimeError(f"tokenizer exploded on {request.texts[0]!r} / {request.choices.lists[0][0]!r}")
 
 

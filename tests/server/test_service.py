@@ -29,6 +29,7 @@ def test_server_info_describes_engine(stub: tuning_pb2_grpc.TuningStub, engine: 
     assert info.limits.max_candidates == TEST_LIMITS.max_candidates
     assert info.limits.max_message_bytes == TEST_LIMITS.max_message_bytes
     assert info.limits.max_sequences == TEST_LIMITS.max_sequences
+    assert info.limits.max_candidate_abs == TEST_LIMITS.max_candidate_abs  # the stated bound (finding 8)
 
 
 def test_ragged_per_example_choices_match_engine(
@@ -105,3 +106,13 @@ def test_cue_reaches_the_engine(stub: tuning_pb2_grpc.TuningStub, engine: Scorin
     scores = unpack_floats(with_cue.log_probs, (2, 2, 2), "log_probs")
     np.testing.assert_allclose(scores, direct.log_probs, rtol=1e-5, atol=1e-6)
     assert with_cue.log_probs != without.log_probs
+
+
+def test_each_call_reports_the_text_state_cache_bytes(stub, caplog) -> None:
+    """Finding 9: the memory the cache holds was reported nowhere."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    stub.Evaluate(evaluate_request(), timeout=20)
+    (line,) = [r for r in caplog.records if r.getMessage() == "evaluate" and r.__dict__.get("code") == "OK"]
+    assert isinstance(line.cache_bytes, int)  # type: ignore[attr-defined]

@@ -30,12 +30,12 @@ def test_defaults() -> None:
         "smollm2",
         "auto",
     )
-    assert settings.insecure is False and settings.reflection is False
+    assert settings.insecure is False and settings.reflection is False and settings.allow_no_auth is False
     assert (settings.bbt_dimension, settings.prompt_length, settings.projection_seed) == (500, 10, 0)
     assert (settings.requests_per_minute, settings.max_concurrent_per_key, settings.grace_seconds) == (
         600,
         4,
-        10,
+        30,
     )
     assert settings.limits() == Limits()
 
@@ -113,3 +113,11 @@ def test_a_settings_file_lists_the_adapters_to_serve(tmp_path: Path) -> None:
     config.write_text("adapters:\n  - {method: bbt, placement: sideways}\n")
     with pytest.raises(ValidationError, match="placement"):
         ServerSettings(config=config)
+
+
+def test_the_text_state_cache_bounds_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = ServerSettings().text_state_cache()
+    assert (defaults.max_bytes_per_scope, defaults.max_bytes, defaults.max_scopes) == (256 << 20, 1 << 30, 8)
+    monkeypatch.setenv("CBPT_TEXT_CACHE_MB", "64")
+    cache = ServerSettings(text_cache_mb_per_key=16, text_cache_keys=3).text_state_cache()
+    assert (cache.max_bytes_per_scope, cache.max_bytes, cache.max_scopes) == (16 << 20, 64 << 20, 3)

@@ -26,6 +26,7 @@ def tls_settings(certs: CertificatePaths, **overrides: object) -> ServerSettings
         "port": 0,
         "tls_cert": certs.server_cert,
         "tls_key": certs.server_key,
+        "allow_no_auth": True,
     }
     values.update(overrides)
     return ServerSettings(**values)
@@ -94,6 +95,12 @@ def test_mtls_accepts_a_client_certificate(mtls_target: str, certs: CertificateP
         (lambda c: ServerSettings(port=0, tls_cert=c.server_cert), "both --tls-cert and --tls-key"),
         (lambda c: ServerSettings(port=0, insecure=True, client_ca=c.ca_cert), "mTLS"),
         (lambda c: tls_settings(c, tls_key=c.server_cert.parent / "missing.pem"), "missing.pem"),
+        # Finding 3: TLS on every interface with no keys file answered anyone (only "auth=False" said so).
+        (lambda c: tls_settings(c, host="0.0.0.0", allow_no_auth=False), "no --api-keys-file"),
+        (lambda c: tls_settings(c, allow_no_auth=False), "pass --allow-no-auth"),
+        (lambda c: tls_settings(c, host="0.0.0.0"), "--allow-no-auth serves without API keys"),
+        (lambda c: tls_settings(c, host="::"), "only on a loopback host, not '::'"),
+        (lambda c: ServerSettings(port=0, insecure=True), "no --api-keys-file"),
     ],
 )
 def test_unsafe_or_broken_transport_is_refused(
@@ -123,3 +130,12 @@ def test_tls_with_api_keys(engine: ScoringEngine, certs: CertificatePaths, tmp_p
         stub = tuning_pb2_grpc.TuningStub(channel)
         assert stub.GetServerInfo(INFO, metadata=[("authorization", f"Bearer {key}")], timeout=20).model_id
         assert call_fails(stub.GetServerInfo, INFO).code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_beyond_loopback_needs_tls_and_keys_or_mtls(certs: CertificatePaths) -> None:
+    """Listening on other interfaces: TLS always, and API keys or client certificates."""
+    keys = certs.ca_cert  # any readable file stands for a keys file here: only the settings are checked
+    tls_settings(certs, host="0.0.0.0", allow_no_auth=False, api_keys_file=keys).check_serving()
+    tls_settings(certs, host="0.0.0.0", allow_no_auth=False, client_ca=certs.ca_cert).check_serving()
+    with pytest.raises(ConfigError, match="loopback"):
+        ServerSettings(host="10.0.0.5", port=0, insecure=True, api_keys_file=keys).check_serving()

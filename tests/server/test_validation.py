@@ -60,6 +60,10 @@ CASES: dict[str, tuple[Callable[[], tuning_pb2.EvaluateRequest], str]] = {
     "dimension not the adapter's": (lambda: evaluate_request(candidates(2, DIMENSION - 1)), "dimension"),
     "NaN in a candidate": (_nan, "candidates[1]"),
     "inf in a candidate": (_inf, "candidates[0]"),
+    "a candidate value beyond max_candidate_abs": (
+        lambda: evaluate_request(np.array([[0.1] * DIMENSION, [1e30] * DIMENSION], np.float32)),
+        "candidates[1]",
+    ),
     "zero candidates": (_zero_candidates, "num_candidates"),
     "too many candidates": (
         lambda: evaluate_request(candidates(TEST_LIMITS.max_candidates + 1)),

@@ -39,7 +39,7 @@ class AdapterInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., dimension: _Optional[int] = ..., prompt_length: _Optional[int] = ..., domain: _Optional[str] = ..., description: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_candidates", "max_examples", "max_choices", "max_text_tokens", "max_text_chars", "max_choice_tokens", "max_sequences", "max_message_bytes")
+    __slots__ = ("max_candidates", "max_examples", "max_choices", "max_text_tokens", "max_text_chars", "max_choice_tokens", "max_sequences", "max_message_bytes", "max_candidate_abs")
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHOICES_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Limits(_message.Message):
     MAX_CHOICE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CANDIDATE_ABS_FIELD_NUMBER: _ClassVar[int]
     max_candidates: int
     max_examples: int
     max_choices: int
@@ -56,7 +57,8 @@ class Limits(_message.Message):
     max_choice_tokens: int
     max_sequences: int
     max_message_bytes: int
-    def __init__(self, max_candidates: _Optional[int] = ..., max_examples: _Optional[int] = ..., max_choices: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_choice_tokens: _Optional[int] = ..., max_sequences: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_candidate_abs: float
+    def __init__(self, max_candidates: _Optional[int] = ..., max_examples: _Optional[int] = ..., max_choices: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_choice_tokens: _Optional[int] = ..., max_sequences: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_candidate_abs: _Optional[float] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("model_id", "model_fingerprint", "hidden_size", "adapters", "limits", "server_version")
@@ -115,3 +117,15 @@ class EvaluateResponse(_message.Message):
     tokens_processed: int
     server_seconds: float
     def __init__(self, num_candidates: _Optional[int] = ..., num_examples: _Optional[int] = ..., log_probs: _Optional[bytes] = ..., tokens_processed: _Optional[int] = ..., server_seconds: _Optional[float] = ...) -> None: ...
+
+class CountTokensRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CountTokensResponse(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, counts: _Optional[_Iterable[int]] = ...) -> None: ...

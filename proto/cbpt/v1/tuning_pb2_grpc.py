@@ -44,6 +44,11 @@ class TuningStub:
                 request_serializer=cbpt_dot_v1_dot_tuning__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=cbpt_dot_v1_dot_tuning__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/cbpt.v1.Tuning/CountTokens',
+                request_serializer=cbpt_dot_v1_dot_tuning__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=cbpt_dot_v1_dot_tuning__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class TuningServicer:
@@ -64,6 +69,15 @@ class TuningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """Token counts of texts, tokenised exactly as Evaluate tokenises them; nothing is scored.
+        The client has no tokenizer: this lets it fit long texts to max_text_tokens (truncating
+        on its own side, never the answer cue) and refuse a text before any scoring starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TuningServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_TuningServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=cbpt_dot_v1_dot_tuning__pb2.EvaluateRequest.FromString,
                     response_serializer=cbpt_dot_v1_dot_tuning__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=cbpt_dot_v1_dot_tuning__pb2.CountTokensRequest.FromString,
+                    response_serializer=cbpt_dot_v1_dot_tuning__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +151,33 @@ class Tuning:
             '/cbpt.v1.Tuning/Evaluate',
             cbpt_dot_v1_dot_tuning__pb2.EvaluateRequest.SerializeToString,
             cbpt_dot_v1_dot_tuning__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbpt.v1.Tuning/CountTokens',
+            cbpt_dot_v1_dot_tuning__pb2.CountTokensRequest.SerializeToString,
+            cbpt_dot_v1_dot_tuning__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,
