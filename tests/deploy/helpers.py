@@ -39,8 +39,26 @@ class Gate:
         self.opened.set()
 
 
+class GatedJob:
+    """The engine's job; its first step reports to the gate (which may hold it)."""
+
+    def __init__(self, job: Any, gate: Any) -> None:
+        self._job = job
+        self._gate = gate
+        self._arrived = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
+
+    def step(self) -> bool:
+        if not self._arrived:
+            self._arrived = True
+            ray.get(self._gate.arrive.remote(ray.get_runtime_context().get_actor_name() or ""))
+        return bool(self._job.step())
+
+
 class GatedEngine:
-    """The real engine; each ``score_many`` first reports to the gate (which may hold it)."""
+    """The real engine; each call (a scheduler's job, or ``score_many``) first reports to the gate."""
 
     def __init__(self, engine: ScoringEngine, gate: Any) -> None:
         self._engine = engine
@@ -48,6 +66,9 @@ class GatedEngine:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
+
+    def job(self, requests: list) -> GatedJob:
+        return GatedJob(self._engine.job(requests), self._gate)
 
     def score_many(self, requests: list) -> list:
         ray.get(self._gate.arrive.remote(ray.get_runtime_context().get_actor_name() or ""))

@@ -21,7 +21,7 @@ from cbpt.server.deploy.ray_serve import RayServeBackend
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.keys import add_key
 from cbpt.server.recipe import EngineRecipe
-from cbpt.v1 import tuning_pb2_grpc
+from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.deploy.builders import make_task
 from tests.deploy.conftest import deployed
 from tests.server.helpers import DIMENSION, TEXTS, call_fails, candidates, evaluate_request, plain_settings
@@ -76,6 +76,18 @@ def test_refusals_keep_their_status_and_field(one_replica_target: str) -> None:
     assert wrong.code == grpc.StatusCode.INVALID_ARGUMENT and wrong.field_violations[0][0] == "dimension"
     assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT and unknown.field_violations[0][0] == "adapter"
     assert "known: none, bbt, bbt-suffix, cbp-alpha, cbp-beta" in unknown.message
+
+
+def test_tokens_are_counted_on_the_replicas_as_in_process(
+    one_replica_target: str, reference: ScoringEngine
+) -> None:
+    texts = [*TEXTS, "word " * 40]
+    with grpc.insecure_channel(one_replica_target) as channel:
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        counts = stub.CountTokens(tuning_pb2.CountTokensRequest(texts=texts), timeout=60).counts
+        empty = call_fails(stub.CountTokens, tuning_pb2.CountTokensRequest(texts=[]))
+    assert list(counts) == reference.count_tokens(texts)
+    assert empty.code == grpc.StatusCode.INVALID_ARGUMENT  # validated at the front, as in process
 
 
 def _scores(backend: RayServeBackend, requests: list[ScoreRequest], concurrently: bool) -> list[np.ndarray]:

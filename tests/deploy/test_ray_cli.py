@@ -27,7 +27,7 @@ def test_serve_on_a_ray_cluster_end_to_end(ray_session: Any, model_folder: Path,
     command = [sys.executable, "-m", "cbpt.server.cli", "serve", "--model", str(model_folder / "model")]
     command += ["--insecure", "--port", "0", "--bbt-dimension", "8", "--prompt-length", "2", "--log-json"]
     command += ["--backend", "ray", "--ray-address", address, "--replicas", "1", "--replica-cpus", "0.25"]
-    command += ["--no-shipped-generators", "--grace-seconds", "5"]
+    command += ["--no-shipped-generators", "--grace-seconds", "5", "--allow-no-auth"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBPT_")}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     lines: list[str] = []
