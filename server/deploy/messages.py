@@ -49,6 +49,7 @@ class ReplicaStats:
     resident_generators: tuple[str, ...]
     generator_loads: int
     cached_texts: dict[str, int]  # per scope (API key id)
+    cancelled: int = 0  # calls its fronts cancelled (client gone, deadline, shutdown)
 
 
 @dataclass(frozen=True)

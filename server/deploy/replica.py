@@ -72,6 +72,22 @@ class _CountingEngine:
         return self.engine.job(requests)
 
 
+class _Cancellations:
+    """The replica scheduler's observer: it counts the calls cancelled from the front."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def step(self, sequences: int, seconds: float) -> None:
+        pass
+
+    def cancelled(self, reason: str) -> None:
+        self.count += 1
+
+    def queue(self, waiting: int, running: int) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class _Queued:
     request: ScoreRequest
@@ -96,7 +112,8 @@ class EngineReplica:
         self._name = ray.get_runtime_context().get_actor_name() or ""
         self._known = [adapter.name for adapter in self._info.adapters]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
-        self._scheduler = Scheduler(self._engine, self._executor, options.merge)
+        self._cancellations = _Cancellations()
+        self._scheduler = Scheduler(self._engine, self._executor, options.merge, self._cancellations)
         self._budget = options.merge.max_sequences
         # Serve's decorators are applied per replica, to plain functions, so that the operator's
         # settings size them (the multiplexer keeps its state on the function it wraps).
@@ -158,6 +175,7 @@ class EngineReplica:
             resident_generators=tuple(generators.resident()) if generators else (),
             generator_loads=generators.loads if generators else 0,
             cached_texts=self._engine.engine.text_states.entries_per_scope(),
+            cancelled=self._cancellations.count,
         )
 
     async def _score_batch(self, items: list[_Queued]) -> list[ScoreResult | InvalidRequest]:

@@ -25,7 +25,7 @@ from cbpt.v1 import tuning_pb2_grpc
 from tests.deploy.builders import make_task, wait_until
 from tests.deploy.conftest import deployed
 from tests.deploy.helpers import Gate, gated
-from tests.server.helpers import call_fails, candidates, evaluate_request, plain_settings
+from tests.server.helpers import RpcFailure, call_fails, candidates, evaluate_request, failure, plain_settings
 
 TUNING = {"adapter": "bbt-suffix", "budget": 16, "popsize": 4, "seed": 0}
 
@@ -91,3 +91,44 @@ def test_a_full_queue_is_refused_with_a_retry_delay(ray_session: Any, recipe: En
     assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "busy" in refused.message and refused.retry_seconds is not None
     assert answers == (2, 1)
+
+
+def test_a_call_whose_client_leaves_is_cancelled_on_its_replica(
+    ray_session: Any, recipe: EngineRecipe
+) -> None:
+    """The in-process scheduler's cancellation holds across the hop: the deadline passes while the
+    replica is held in the call's first step, and the replica's scheduler drops the call."""
+    from ray import serve
+
+    gate = Gate.remote(hold_call=1)
+    backend = deployed(gated(recipe, gate), "cbpt-cancel")
+    try:
+        with (
+            serve_in_background(backend, plain_settings()) as target,
+            grpc.insecure_channel(target) as channel,
+        ):
+            stub = tuning_pb2_grpc.TuningStub(channel)
+            with ThreadPoolExecutor(1) as pool:
+                call = pool.submit(_expires, stub, evaluate_request(candidates(2, seed=1)), 10.0)
+                wait_until(lambda: ray.get(gate.held.remote()), "the call held on the replica")
+                left = call.result()  # its deadline passed while held
+            gate.release.remote()
+            stats = backend_replicas_stats(backend)
+            cancelled = wait_until(lambda: sum(s.cancelled for s in stats().values()), "the replica's cancel")
+            answered = stub.Evaluate(evaluate_request(candidates(1, seed=2)), timeout=120)  # still serving
+    finally:
+        serve.delete("cbpt-cancel")
+    assert left.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cancelled == 1 and answered.num_candidates == 1
+
+
+def _expires(stub: tuning_pb2_grpc.TuningStub, request: Any, deadline: float) -> RpcFailure:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(request, timeout=deadline)
+    return failure(caught.value)
+
+
+def backend_replicas_stats(backend: Any) -> Any:
+    import asyncio
+
+    return lambda: asyncio.run(backend.replica_stats(calls=2))
