@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import SHARED, machine, sst2_texts, write_json, write_text
+from benchmarks.harness import RESULTS, SHARED, machine, sst2_texts, write_json, write_text
 from benchmarks.scale_report import render
 from cbpt.client.sdk import TuningClient
 from cbpt.server.adapters.spec import default_specs
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", default="clients,mixing")
     parser.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start one)")
     parser.add_argument("--output", default="scale", help="file stem under benchmarks/results, or a path")
+    parser.add_argument("--note", default="", help="what the report should say about this run's machine")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     started = time.perf_counter()
@@ -281,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         payload: dict[str, Any] = {
             "machine": machine(),
             "model": info.model_id,
-            "settings": {k: v for k, v in vars(args).items() if k not in ("output", "sections")},
+            "settings": {k: v for k, v in vars(args).items() if k not in ("output", "sections", "note")},
+            "note": args.note,
         }
         if "mixing" in sections:
             payload["mixing"] = mixing_section(args, engine)
@@ -291,6 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     payload["total_seconds"] = time.perf_counter() - started
     write_json(f"{args.output}.json", payload)
     write_text(f"{args.output}.md", render(payload))
+
+
+def rerender(stem: str = "scale") -> None:
+    """The Markdown again from the JSON (after a change to the report, or to its note)."""
+    write_text(f"{stem}.md", render(json.loads((RESULTS / f"{stem}.json").read_text())))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ def render(payload: dict[str, Any]) -> str:
         " speed-up; on a cluster each replica brings its own cores (or GPU).",
         "",
     ]
+    if payload.get("note"):
+        lines += [f"**Reliability.** {payload['note']}", ""]
     if "clients" in payload:
         lines += _clients(payload["clients"], settings)
     if "mixing" in payload:
