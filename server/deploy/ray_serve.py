@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -151,11 +153,14 @@ class RayServeBackend(ScoringBackend):
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         try:
-            return list(await self.handle.count_tokens.remote(list(texts)))
+            counts: list[int] | Refusal = await self.handle.count_tokens.remote(list(texts))
         except BackPressureError:
             raise ServerBusy("server busy: every replica and the queue are full; retry shortly") from None
         except _UNAVAILABLE:
             raise BackendUnavailable("a scoring replica is unavailable; retry shortly") from None
+        if isinstance(counts, Refusal):
+            raise counts.error()
+        return counts
 
     async def ping(self, request: ScoreRequest) -> int:
         """One round trip to a replica carrying ``request``, without scoring it (the hop's cost)."""
@@ -202,14 +207,33 @@ def connect(
     address: str | None = None, *, num_cpus: int | None = None, object_store_bytes: int | None = None
 ) -> bool:
     """Join the Ray cluster at ``address``, or start a local instance on loopback; True when this
-    call started Ray (so the caller stops it). Serve starts without its HTTP proxy: ours is the door."""
+    call started Ray (so the caller stops it). Serve starts without its HTTP proxy: ours is the door.
+
+    ``ray.init`` installs a SIGTERM handler that exits the process at once; the front's own handlers
+    (drain, then stop) are put back, so SIGTERM still drains."""
     started = not ray.is_initialized()
-    if started and address:
-        ray.init(address=address, log_to_driver=False)
-    elif started:
-        _start_local(num_cpus or os.cpu_count() or 1, object_store_bytes)
+    handlers = _signal_handlers()
+    try:
+        if started and address:
+            ray.init(address=address, log_to_driver=False)
+        elif started:
+            _start_local(num_cpus or os.cpu_count() or 1, object_store_bytes)
+    finally:
+        _restore(handlers)
     serve.start(proxy_location="Disabled")
     return started and not address
+
+
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread sets handlers, Ray's included
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict[signal.Signals, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _start_local(num_cpus: int, object_store_bytes: int | None, attempts: int = 3) -> None:

@@ -146,9 +146,13 @@ class EngineReplica:
         outcome = await self._outcome(request, tenant)
         return Served(outcome, self._name, self._engine.calls, self._engine.requests)
 
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    async def count_tokens(self, texts: Sequence[str]) -> list[int] | Refusal:
+        """Counts, or the engine's refusal of the texts (empty, too many, too long) as a value."""
         loop = asyncio.get_running_loop()  # the tokenizer and its cache are the engine thread's
-        return await loop.run_in_executor(self._executor, self._engine.engine.count_tokens, texts)
+        try:
+            return await loop.run_in_executor(self._executor, self._engine.engine.count_tokens, texts)
+        except InvalidRequest as error:
+            return Refusal.of(error)
 
     async def _outcome(self, request: ScoreRequest, tenant: str) -> ScoreResult | Refusal:
         try:
