@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cbpt.common.cli import version_option
 from cbpt.common.errors import CbptError
 from cbpt.server.settings import ServerSettings
 from cbpt.server.training.command import settings_options
@@ -30,21 +31,8 @@ console = Console()
 errors = Console(stderr=True)
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        from cbpt.common.version import __version__
-
-        console.print(f"cbpt-server {__version__}", highlight=False)
-        raise typer.Exit()
-
-
 @app.callback()
-def _main(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
-    ] = False,
-) -> None:
+def _main(version: Annotated[bool, version_option("cbpt-server")] = False) -> None:
     """Serve a frozen LLM for privacy-preserving black-box prompt tuning."""
 
 

@@ -17,7 +17,7 @@ import typer
 
 from cbpt.client.cli.options import Command, R
 from cbpt.client.errors import ArtifactError, ClientError, ConfigError, TaskError
-from cbpt.common.version import __version__
+from cbpt.common.cli import version_option
 
 app = typer.Typer(
     name="cbpt",
@@ -35,19 +35,8 @@ EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON document (see the README).")]
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"cbpt {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
-def _main(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
-    ] = False,
-) -> None:
+def _main(version: Annotated[bool, version_option("cbpt")] = False) -> None:
     """Privacy-preserving black-box prompt tuning: labels and losses never leave this machine."""
 
 

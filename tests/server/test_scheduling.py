@@ -20,22 +20,12 @@ import pytest
 from cbpt.common.wire import unpack_floats
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.engine.limits import Limits
 from cbpt.server.keys import add_key
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import GatedEngine, candidates, evaluate_request, plain_settings, serde_request
+from tests.server.tiny_server import LIMITS
 
-LIMITS = Limits(
-    max_candidates=8,
-    max_examples=16,
-    max_choices=4,
-    max_text_tokens=48,
-    max_text_chars=300,
-    max_choice_tokens=4,
-    max_sequences=128,
-    max_message_bytes=64 * 1024,
-)
 TEXTS = [f"Review: film number {i} was fine\nSentiment:" for i in range(16)]
 BIG = evaluate_request(candidates(8, seed=7), texts=TEXTS)  # 8 prefixes + 128 rows: 136 passes
 SMALL = evaluate_request(candidates(1, seed=8), texts=TEXTS[:1])  # 2 passes
