@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,9 +19,9 @@ from grpc_reflection.v1alpha import reflection
 
 from cbpt.common.net import is_loopback_host, listen_address
 from cbpt.server.auth import ApiKeyInterceptor
+from cbpt.server.backends import ScoringBackend
 from cbpt.server.budgets import EvaluationBudgets
 from cbpt.server.decoding import RequestDecodingInterceptor
-from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.errors import ConfigError
 from cbpt.server.keys import KeyStore
 from cbpt.server.metrics import Metrics
@@ -28,6 +29,9 @@ from cbpt.server.protection import ScoreProtection
 from cbpt.server.service import SERVICE_NAME, TuningServicer
 from cbpt.server.settings import ServerSettings, read_file
 from cbpt.v1 import tuning_pb2_grpc
+
+if TYPE_CHECKING:  # a front whose backend is elsewhere loads no model (nor torch)
+    from cbpt.server.engine.scoring import ScoringEngine
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +53,12 @@ class _Parts:
     watcher: asyncio.Task[None] | None = None
 
 
-async def build_server(engine: ScoringEngine, settings: ServerSettings) -> grpc.aio.Server:
+async def build_server(engine: ScoringEngine | ScoringBackend, settings: ServerSettings) -> grpc.aio.Server:
     """A bound, not yet started server; call it on the event loop that will run the server."""
     return (await _build(engine, settings)).server
 
 
-async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
+async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSettings) -> _Parts:
     settings.check_serving()
     metrics = Metrics()
     keys = KeyStore.from_file(settings.api_keys_file) if settings.api_keys_file is not None else None
@@ -77,7 +81,7 @@ async def _build(engine: ScoringEngine, settings: ServerSettings) -> _Parts:
     servicer = TuningServicer(
         engine, settings.merge_settings(), budgets=budgets, protection=protection, metrics=metrics
     )
-    cache = getattr(engine, "text_states", None)
+    cache = servicer.backend.text_states
     if cache is not None:
         metrics.watch_cache(lambda: cache.total_bytes)
     message_limit = servicer.limits.max_message_bytes + MESSAGE_HEADROOM
@@ -194,7 +198,7 @@ async def graceful_stop(parts: _Parts, grace: float, hurry: asyncio.Event | None
     log.info("stopped")
 
 
-async def serve(engine: ScoringEngine, settings: ServerSettings) -> None:
+async def serve(engine: ScoringEngine | ScoringBackend, settings: ServerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain (a second signal ends the grace at once)."""
     parts = await _build(engine, settings)
     await parts.server.start()
@@ -230,7 +234,9 @@ async def serve(engine: ScoringEngine, settings: ServerSettings) -> None:
 class BackgroundServer:
     """The aio server on a daemon thread with its own event loop, for tests, benchmarks and notebooks."""
 
-    def __init__(self, engine: ScoringEngine, settings: ServerSettings | None = None) -> None:
+    def __init__(
+        self, engine: ScoringEngine | ScoringBackend, settings: ServerSettings | None = None
+    ) -> None:
         self._engine = engine
         self.settings = settings or ServerSettings(
             host="127.0.0.1", port=0, insecure=True, allow_no_auth=True
@@ -296,7 +302,9 @@ class BackgroundServer:
 
 
 @contextlib.contextmanager
-def serve_in_background(engine: ScoringEngine, settings: ServerSettings | None = None) -> Iterator[str]:
+def serve_in_background(
+    engine: ScoringEngine | ScoringBackend, settings: ServerSettings | None = None
+) -> Iterator[str]:
     """Run a server for the ``with`` block and yield its target, e.g. ``"127.0.0.1:41234"``.
 
     ``settings`` defaults to plaintext without API keys on 127.0.0.1 with a free port (``port=0``

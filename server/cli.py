@@ -89,19 +89,7 @@ def _settings(**flags: Any) -> ServerSettings:
 
 def _build_engine(settings: ServerSettings):
     """Load the model and adapters the settings name (the slow step: seconds with a warm cache)."""
-    from cbpt.server.runtime import build_engine
-
-    return build_engine(
-        settings.model,
-        specs=settings.adapter_specs(),
-        shipped_generators=settings.shipped_generators,
-        cache_dir=settings.model_cache_dir,
-        device=settings.device,
-        threads=settings.threads,
-        quantize=settings.quantize,
-        limits=settings.limits(),
-        text_states=settings.text_state_cache(),
-    )
+    return settings.engine_recipe().build()
 
 
 @app.command()
@@ -194,6 +182,24 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--no-log-json")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="in-process (default), or ray: engine replicas on Ray Serve.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (ray://head:10001); unset: a local Ray.")
+    ] = None,
+    replicas: Annotated[int | None, typer.Option(help="Engine replicas (Ray backend).")] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option(help="Autoscale up to this many replicas (Ray).")
+    ] = None,
+    replica_cpus: Annotated[float | None, typer.Option(help="CPUs reserved per replica (Ray).")] = None,
+    replica_gpus: Annotated[float | None, typer.Option(help="GPUs per replica (Ray; 1: a GPU each).")] = None,
+    generators_per_replica: Annotated[
+        int | None, typer.Option(help="Load CBP generators on demand, this many per replica (Ray; 0: all).")
+    ] = None,
+    ray_batching: Annotated[
+        str | None, typer.Option(help="scheduler (default) or serve-batch: how a replica gathers a batch.")
+    ] = None,
 ) -> None:
     """Serve the Tuning service until SIGTERM/SIGINT, then drain gracefully."""
     flags = dict(locals())
@@ -207,7 +213,12 @@ def serve(
         settings.check_serving()  # before the slow model load
         if settings.api_keys_file is not None:
             KeyStore.from_file(settings.api_keys_file)
-        engine = _build_engine(settings)
+        if settings.backend == "ray":  # the front loads no model: the replicas do
+            from cbpt.server.deploy.ray_serve import start as start_ray_backend
+
+            engine = start_ray_backend(settings)
+        else:
+            engine = _build_engine(settings)
         asyncio.run(run_server(engine, settings))
 
 

@@ -41,7 +41,7 @@ class UnknownAdapter(InvalidRequest):
         super().__init__("adapter", f"unknown adapter {name!r}; known: {', '.join(known)}")
 
 
-# -- limits and keys: RESOURCE_EXHAUSTED, UNAUTHENTICATED -----------------------------------------
+# -- limits, keys and replicas: RESOURCE_EXHAUSTED, UNAVAILABLE, UNAUTHENTICATED ------------------
 class QuotaExceeded(ServerError, RuntimeError):
     """A per-key limit was hit; the client should back off for ``retry_after`` seconds."""
 
@@ -52,6 +52,15 @@ class QuotaExceeded(ServerError, RuntimeError):
 
 class ServerBusy(QuotaExceeded):
     """The engine's queue is full; the client should retry after ``retry_after`` seconds."""
+
+
+class BackendUnavailable(ServerError, ConnectionError):
+    """The replicas that score requests are unreachable (one died, or none is up yet); the client
+    should retry after ``retry_after`` seconds, by which time the backend may have restarted one."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BudgetExhausted(QuotaExceeded):

@@ -45,6 +45,7 @@ ALLOWED_FIELDS = frozenset(
         "grace_seconds",
         "retry_after",
         "request_bytes",
+        "replicas",
         "reason",
         "stage",
         "steps",

@@ -8,31 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cbpt.server.adapters import Adapter, AdapterSpec, build_adapters, default_specs, generator_specs
+from cbpt.server.adapters import Adapter, AdapterSpec, build_adapters
 from cbpt.server.adapters.generator import CONFIG_FILE
+from cbpt.server.adapters.spec import served_specs
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
 
+__all__ = ["build_engine", "chosen_specs", "default_adapters", "served_specs", "shipped_generator_specs"]
+
 log = logging.getLogger(__name__)
 
 # Generators trained by the provider for the default model, shipped as package data.
 SHIPPED_GENERATORS = Path(__file__).resolve().parent / "generators"
-
-
-def served_specs(
-    adapters: Sequence[AdapterSpec] | None = None,
-    *,
-    bbt_dimension: int = 500,
-    prompt_length: int = 10,
-    projection_seed: int = 0,
-    generators: Sequence[Path] = (),
-) -> list[AdapterSpec]:
-    """The operator's specs (or the defaults: zero-shot and BBT in three placements), then one
-    ``cbp`` adapter per generator folder."""
-    base = list(adapters) if adapters else default_specs(bbt_dimension, prompt_length, projection_seed)
-    return base + generator_specs(generators)
 
 
 def default_adapters(bundle: ModelBundle, **specs: Any) -> list[Adapter]:
@@ -75,13 +64,19 @@ def build_engine(
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
     (``text_states``: the bounded text-state cache; the default bounds when None)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
+    adapters = build_adapters(bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators))
+    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences, text_states=text_states)
+
+
+def chosen_specs(
+    fingerprint: str, specs: Sequence[AdapterSpec] | None = None, shipped_generators: bool = True
+) -> list[AdapterSpec]:
+    """``specs`` (default: ``served_specs()``), then the shipped generators for these weights that
+    ``specs`` does not already name: what ``build_engine`` serves, and what a replica serves."""
     chosen = served_specs() if specs is None else list(specs)
     if shipped_generators:
         given = {Path(spec.generator).resolve() for spec in chosen if spec.generator is not None}
         chosen += [
-            s
-            for s in shipped_generator_specs(bundle.fingerprint)
-            if Path(s.generator or "").resolve() not in given
+            s for s in shipped_generator_specs(fingerprint) if Path(s.generator or "").resolve() not in given
         ]
-    adapters = build_adapters(bundle, chosen)
-    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences, text_states=text_states)
+    return chosen

@@ -1,10 +1,12 @@
-"""The grpc.aio servicer for ``cbpt.v1.Tuning``: serde -> scheduler -> engine -> serde, errors -> statuses.
+"""The grpc.aio servicer for ``cbpt.v1.Tuning``: serde -> backend -> serde, errors -> statuses.
 
-The engine runs on one worker thread (the model is single-tenant) so the event loop stays free
-for health checks; the scheduler takes turns among API keys one forward pass at a time, merges
-calls that arrive together (scheduler.py, merging.py) and stops calls whose client went away.
-While draining, new calls are refused as retryable. Logs carry sizes, timings and the key id,
-never texts or choices.
+The backend (backends.py) scores validated engine requests: by default the engine on one worker
+thread (the model is single-tenant) so the event loop stays free for health checks, behind the
+scheduler, which takes turns among API keys one forward pass at a time, merges calls that arrive
+together (scheduler.py, merging.py) and stops calls whose client went away; or replicas elsewhere
+(deploy/). Budgets, score protection and draining stay here, whatever the backend. While
+draining, new calls are refused as retryable. Logs carry sizes, timings and the key id, never
+texts or choices.
 """
 
 from __future__ import annotations
@@ -13,23 +15,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 
 from cbpt.server import serde
+from cbpt.server.backends import ScoringBackend, as_backend
 from cbpt.server.budgets import EvaluationBudgets
 from cbpt.server.engine.limits import Limits
-from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
 from cbpt.server.errors import BudgetExhausted, InvalidRequest, ServerBusy, ServerShuttingDown
 from cbpt.server.logs import current_key_id
 from cbpt.server.merging import MergeSettings
 from cbpt.server.metrics import Metrics
 from cbpt.server.protection import ScoreProtection
-from cbpt.server.scheduler import Scheduler
 from cbpt.server.status import error_status
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+
+if TYPE_CHECKING:
+    from cbpt.server.engine.scoring import ScoringEngine
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +47,26 @@ _REFUSALS = (
 
 
 class TuningServicer(tuning_pb2_grpc.TuningServicer):
-    """Converts, schedules on the engine thread and maps every failure through ``error_status``."""
+    """Converts, scores on the backend and maps every failure through ``error_status``."""
 
     def __init__(
         self,
-        engine: ScoringEngine,
+        engine: ScoringEngine | ScoringBackend,
         merge: MergeSettings | None = None,
         *,
         budgets: EvaluationBudgets | None = None,
         protection: ScoreProtection | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        info = engine.info()
+        self._backend = as_backend(engine, merge, metrics)  # an engine runs in process, scheduled
+        info = self._backend.info()
         self._limits = info.limits
         self._adapters = frozenset(a.name for a in info.adapters)
         self._server_info = serde.server_info_message(info)
-        self._engine = engine
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
-        self.scheduler = Scheduler(engine, self._executor, merge, metrics)
         self._budgets = budgets
         self._protection = protection or ScoreProtection()
         self._metrics = metrics
-        self._text_states = getattr(engine, "text_states", None)  # reported per call (memory)
+        self._text_states = self._backend.text_states  # reported per call (memory)
         self._active = 0  # calls being handled (queued, running or answering)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -73,6 +75,10 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
     @property
     def limits(self) -> Limits:
         return self._limits
+
+    @property
+    def backend(self) -> ScoringBackend:
+        return self._backend
 
     @property
     def in_flight(self) -> int:
@@ -95,10 +101,9 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
     async def close(self) -> None:
         """Stop the calls still running at their next chunk (answered UNAVAILABLE), then the engine thread."""
         self._draining = True
-        await self.scheduler.close()
+        await self._backend.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 5.0)  # let the stopped calls send their status
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def GetServerInfo(
         self, request: tuning_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
@@ -143,7 +148,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
     async def CountTokens(
         self, request: tuning_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> tuning_pb2.CountTokensResponse:
-        """Tokenising only, on the engine thread (the tokenizer and its cache are the engine's)."""
+        """Tokenising only, on the backend (the tokenizer and its cache are the engine's)."""
         started = time.perf_counter()
         fields: dict[str, object] = {
             "key_id": current_key_id.get(),
@@ -155,8 +160,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
             if self._draining:
                 raise _draining()
             texts = serde.to_count_texts(request, self._limits)
-            loop = asyncio.get_running_loop()
-            counts = await loop.run_in_executor(self._executor, self._engine.count_tokens, texts)
+            counts = await self._backend.count_tokens(texts)
         except Exception as exc:  # every failure leaves through error_status
             status = error_status(exc)
             self._count_refusal(exc)
@@ -178,7 +182,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
             self._budgets.charge(key_id, candidates)
         tenant = key_id or f"peer:{context.peer()}"  # fair shares go to API keys; without keys, connections
         try:
-            return await self.scheduler.score(request, tenant, reason=lambda: _cancel_reason(context))
+            return await self._backend.score(request, tenant, lambda: _cancel_reason(context))
         except BaseException:
             if self._budgets is not None:
                 self._budgets.refund(key_id, candidates)

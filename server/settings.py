@@ -6,6 +6,7 @@ Precedence is flags > environment > file > defaults. The file is named by
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,10 +17,11 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cbpt.common.net import is_loopback_host
-from cbpt.server.adapters.spec import AdapterSpec
+from cbpt.server.adapters.spec import AdapterSpec, served_specs
 from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
 from cbpt.server.merging import MergeSettings
+from cbpt.server.recipe import EngineRecipe
 
 if TYPE_CHECKING:  # settings validate before the model loads: no torch at import
     from cbpt.server.engine.kv import TextStateCache
@@ -161,6 +163,23 @@ class ServerSettings(BaseSettings):
         description="how long in-flight calls may run on shutdown; calls still running then are stopped "
         "at their next chunk and answered UNAVAILABLE with a retry delay",
     )
+
+    backend: Literal["in-process", "ray"] = Field(
+        "in-process", description="where requests are scored: this process, or Ray Serve replicas"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (ray://head:10001, auto); unset: start a local Ray instance"
+    )
+    replicas: int = Field(1, ge=1, description="engine replicas (Ray); the minimum when autoscaling")
+    max_replicas: int | None = Field(None, ge=1, description="autoscale up to this many replicas (Ray)")
+    replica_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs for each replica (1: a GPU each)")
+    generators_per_replica: int = Field(
+        0, ge=0, description="0: replicas load every generator at start; N: on demand, N each (LRU)"
+    )
+    ray_batching: Literal["scheduler", "serve-batch"] = Field(
+        "scheduler", description="how a replica merges requests: the scheduler (default) or @serve.batch"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
@@ -182,10 +201,22 @@ class ServerSettings(BaseSettings):
     def merge_settings(self) -> MergeSettings:
         return MergeSettings(self.merge_window_ms / 1000, self.merge_max_sequences, self.max_queued_requests)
 
+    def engine_recipe(self) -> EngineRecipe:
+        """What the engine is built from, here or on every replica."""
+        return EngineRecipe(
+            model=self.model,
+            specs=tuple(self.adapter_specs()),
+            shipped_generators=self.shipped_generators,
+            cache_dir=self.model_cache_dir,
+            device=self.device,
+            threads=self.threads,
+            quantize=self.quantize,
+            limits=self.limits(),
+            text_cache=(self.text_cache_mb_per_key << 20, self.text_cache_keys, self.text_cache_mb << 20),
+        )
+
     def adapter_specs(self) -> list[AdapterSpec]:
         """What the server serves: the given specs or the defaults, then one per generator folder."""
-        from cbpt.server.runtime import served_specs
-
         return served_specs(
             self.adapters,
             bbt_dimension=self.bbt_dimension,
@@ -196,11 +227,9 @@ class ServerSettings(BaseSettings):
 
     def text_state_cache(self) -> TextStateCache:
         """The engine's text-state cache with the configured bounds (imports torch)."""
-        from cbpt.server.engine.kv import TextStateCache
-
-        return TextStateCache(
-            self.text_cache_mb_per_key << 20, self.text_cache_keys, self.text_cache_mb << 20
-        )
+        cache = self.engine_recipe().text_states()
+        assert cache is not None
+        return cache
 
     def limits(self) -> Limits:
         return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
@@ -213,6 +242,7 @@ class ServerSettings(BaseSettings):
         """Refuse unsafe or unreadable transport and authentication settings before the (slow) model
         load: plaintext only on loopback, and no authentication (neither API keys nor mTLS) only on
         loopback and only when asked for with --allow-no-auth."""
+        self.check_backend()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.client_ca is not None and not self.tls:
@@ -248,6 +278,27 @@ class ServerSettings(BaseSettings):
         ):
             if path is not None:
                 read_file(path, flag)
+
+    def check_backend(self) -> None:
+        """Ray options only with the Ray backend, and the Ray backend only with Ray installed."""
+        if self.backend != "ray":
+            given = [
+                flag
+                for flag, value, default in (
+                    ("--ray-address", self.ray_address, None),
+                    ("--replicas", self.replicas, 1),
+                    ("--max-replicas", self.max_replicas, None),
+                    ("--generators-per-replica", self.generators_per_replica, 0),
+                )
+                if value != default
+            ]
+            if given:
+                raise ConfigError(f"{', '.join(given)} need --backend ray")
+            return
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--backend ray needs Ray: pip install 'cbp-tuning[ray]'")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ConfigError(f"--max-replicas {self.max_replicas} is below --replicas {self.replicas}")
 
 
 def read_file(path: Path, what: str) -> bytes:

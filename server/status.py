@@ -2,9 +2,9 @@
 
 ``InvalidRequest`` -> INVALID_ARGUMENT with a ``BadRequest`` field violation; ``QuotaExceeded``
 -> RESOURCE_EXHAUSTED with ``RetryInfo``; ``AuthenticationFailed`` -> UNAUTHENTICATED;
-``ServerShuttingDown`` -> UNAVAILABLE with ``RetryInfo`` (a retry finds the restarted server);
-``CallCancelled`` -> CANCELLED; anything else -> INTERNAL with a fixed message (the log has the
-type and frames, never the text).
+``ServerShuttingDown`` and ``BackendUnavailable`` -> UNAVAILABLE with ``RetryInfo`` (a retry finds
+the restarted server or replica); ``CallCancelled`` -> CANCELLED; anything else -> INTERNAL with a
+fixed message (the log has the type and frames, never the text).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from cbpt.server.errors import (
     AuthenticationFailed,
+    BackendUnavailable,
     CallCancelled,
     InvalidRequest,
     QuotaExceeded,
@@ -38,7 +39,7 @@ def error_status(error: BaseException) -> grpc.Status:
         _set(status, code_pb2.INVALID_ARGUMENT, str(error), detail)
     elif isinstance(error, QuotaExceeded):
         _set(status, code_pb2.RESOURCE_EXHAUSTED, str(error), _retry_info(error.retry_after))
-    elif isinstance(error, ServerShuttingDown):
+    elif isinstance(error, (ServerShuttingDown, BackendUnavailable)):
         _set(status, code_pb2.UNAVAILABLE, str(error), _retry_info(error.retry_after))
     elif isinstance(error, AuthenticationFailed):
         _set(status, code_pb2.UNAUTHENTICATED, str(error))

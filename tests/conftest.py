@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,17 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray instance (and Serve, without its HTTP proxy) for every Ray test: its start
+    costs seconds. ``RAY_ADDRESS`` names a running cluster to use instead (left running). Skips when
+    the ``[ray]`` extra is not installed."""
+    ray = pytest.importorskip("ray", reason="the Ray backend needs the [ray] extra")
+    from cbpt.server.deploy.ray_serve import connect, stop_local_ray
+
+    started = connect(os.environ.get("RAY_ADDRESS"), num_cpus=2, object_store_bytes=128 << 20)
+    yield ray
+    if started:
+        stop_local_ray()

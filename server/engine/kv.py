@@ -184,3 +184,8 @@ class TextStateCache:
     def scope_entries(self, scope: str) -> int:
         with self._lock:
             return len(self._scopes.get(scope, ()))
+
+    def entries_per_scope(self) -> dict[str, int]:
+        """Cached texts per scope (API key id): what a replica reports, never the texts themselves."""
+        with self._lock:
+            return {scope: len(entries) for scope, entries in self._scopes.items()}

@@ -1,0 +1,117 @@
+"""The backend seam and the Ray backend's Ray-free parts: settings, statuses, refusals across the hop,
+and generators that load on demand (none of this needs Ray installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from cbpt.server.backends import InProcessBackend, ScoringBackend, as_backend
+from cbpt.server.deploy.generators import OnDemandGenerators, build_engine_on_demand
+from cbpt.server.deploy.messages import Refusal
+from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.errors import BackendUnavailable, ConfigError, InvalidRequest, ServerBusy
+from cbpt.server.recipe import EngineRecipe
+from cbpt.server.settings import ServerSettings
+from cbpt.server.status import error_status
+from tests.deploy.builders import DOMAINS, save_tiny_model, tiny_recipe
+from tests.server.helpers import TEXTS, candidates
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> EngineRecipe:
+    return tiny_recipe(save_tiny_model(tmp_path_factory.mktemp("on-demand")))
+
+
+def test_an_engine_is_served_in_process_and_a_backend_as_given(engine: ScoringEngine) -> None:
+    backend = as_backend(engine)
+    assert isinstance(backend, InProcessBackend) and backend.info() == engine.info()
+    assert as_backend(backend) is backend and isinstance(backend, ScoringBackend)
+
+
+def test_an_unavailable_backend_is_unavailable_with_a_retry_delay() -> None:
+    mapped = error_status(BackendUnavailable("a scoring replica is unavailable", retry_after=1.5))
+    assert mapped.code == grpc.StatusCode.UNAVAILABLE
+    details = [detail for key, detail in mapped.trailing_metadata if key == "grpc-status-details-bin"]
+    rich = status_pb2.Status.FromString(details[0])
+    assert rich.code == code_pb2.UNAVAILABLE
+    info = error_details_pb2.RetryInfo()
+    assert rich.details[0].Unpack(info) and info.retry_delay.ToMilliseconds() == 1500
+
+
+@pytest.mark.parametrize(
+    "error", [InvalidRequest("candidates[3]", "contains NaN or inf"), ServerBusy("server busy", 0.25)]
+)
+def test_a_refusal_crosses_the_hop_as_the_same_error(error: Exception) -> None:
+    again = pickle.loads(pickle.dumps(Refusal.of(error))).error()  # type: ignore[arg-type]
+    assert type(again) is type(error) and str(again) == str(error)
+    assert getattr(again, "field", None) == getattr(error, "field", None)
+    assert getattr(again, "retry_after", None) == getattr(error, "retry_after", None)
+
+
+def test_ray_options_need_the_ray_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="--ray-address, --replicas need --backend ray"):
+        ServerSettings(replicas=2, ray_address="auto", insecure=True).check_backend()
+    with pytest.raises(ConfigError, match="below --replicas"):
+        ServerSettings(backend="ray", replicas=3, max_replicas=2).check_backend()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'cbp-tuning\[ray\]'"):
+        ServerSettings(backend="ray").check_backend()
+    ServerSettings().check_backend()  # the default backend needs nothing
+
+
+def test_the_recipe_is_what_the_settings_serve(recipe: EngineRecipe) -> None:
+    settings = ServerSettings(model=recipe.model, bbt_dimension=8, threads=1, max_candidates=5)
+    made = settings.engine_recipe()
+    assert (made.model, made.threads, made.limits.max_candidates) == (recipe.model, 1, 5)
+    assert made.specs is not None and [spec.dimension for spec in made.specs][1:] == [8, 8, 8]
+    assert pickle.loads(pickle.dumps(made)) == made  # it travels to replicas as it is
+
+
+def _score(engine: ScoringEngine, adapter: str) -> np.ndarray:
+    request = ScoreRequest(adapter, candidates(2), TEXTS, [" positive", " negative"])
+    return engine.score(request).log_probs
+
+
+def test_generators_on_demand_are_described_at_start_and_score_as_if_loaded(recipe: EngineRecipe) -> None:
+    eager = recipe.build()
+    engine, generators, info = build_engine_on_demand(recipe, on_demand=True)
+    assert info == eager.info()  # every adapter advertised, in the specs' order
+    assert generators is not None and generators.names == {f"cbp-{domain}" for domain in DOMAINS}
+    assert generators.resident() == [] and "cbp-alpha" not in engine.adapters
+    with generators.hold(generators.load("cbp-alpha")):
+        np.testing.assert_array_equal(_score(engine, "cbp-alpha"), _score(eager, "cbp-alpha"))
+
+
+def test_an_evicted_generator_stays_until_no_request_holds_it(recipe: EngineRecipe) -> None:
+    engine, generators, _ = build_engine_on_demand(recipe, on_demand=True)
+    assert isinstance(generators, OnDemandGenerators)
+    first = generators.load("cbp-alpha")
+    with generators.hold(first):
+        generators.evict(first)  # the multiplexer's LRU dropped it while a request still needs it
+        assert generators.resident() == ["cbp-alpha"]
+    assert generators.resident() == []
+    second = generators.load("cbp-alpha")
+    with generators.hold(second):
+        generators.evict(first)  # a late eviction of the old copy leaves the reloaded one alone
+        assert engine.adapters["cbp-alpha"] is second.adapter
+    assert generators.loads == 2 and generators.resident() == ["cbp-alpha"]
+
+
+def test_a_generator_for_other_weights_is_refused_at_start(recipe: EngineRecipe, tmp_path: Path) -> None:
+    from cbpt.server.errors import ModelMismatch
+
+    other = save_tiny_model(tmp_path / "other")  # the same tiny model: rewrite one card's fingerprint
+    card = other / DOMAINS[0] / "generator.json"
+    card.write_text(card.read_text().replace('"base_model_fingerprint": "', '"base_model_fingerprint": "0'))
+    with pytest.raises(ModelMismatch, match="generator was built for model"):
+        build_engine_on_demand(tiny_recipe(other), on_demand=True)
