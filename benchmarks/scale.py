@@ -13,7 +13,8 @@ Sections (``--sections``):
   encoding, warm-up) is not timed.
 - ``mixing``: ``--tenants`` tenants, each with its own vectors, texts and key scope, in one engine
   call, against one tenant's pass of the same size and against the same requests one at a time;
-  and tenants on two adapters (``bbt-cue`` and ``bbt-suffix``) mixed in one call.
+  and tenants on two adapters mixed in one call: ``bbt-cue`` and the shipped ``cbp-opinion`` generator
+  (both on the answer cue, so they can share passes) where the model has it, else ``bbt-suffix``.
 
 Replicas split the cores (2 replicas: ``cores // 2`` torch threads each). Writes
 benchmarks/results/scale.json and scale.md.
@@ -46,7 +47,7 @@ from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.recipe import EngineRecipe
 from cbpt.server.settings import ServerSettings
 
-ADAPTER, OTHER_ADAPTER = "bbt-cue", "bbt-suffix"
+ADAPTER, FALLBACK_ADAPTER = "bbt-cue", "bbt-suffix"
 CHOICES = [" negative", " positive"]
 CUE = "\nSentiment:"
 SETTINGS = {"host": "127.0.0.1", "port": 0, "insecure": True, "allow_no_auth": True, "grace_seconds": 1.0}
@@ -83,7 +84,7 @@ def recipe_for(model: str, folder: Path, dimension: int, prompt_length: int) -> 
         bundle.tokenizer.save_pretrained(folder)
         model = str(folder)
     specs = tuple(default_specs(dimension, prompt_length))
-    return EngineRecipe(model=model, specs=specs, shipped_generators=False)
+    return EngineRecipe(model=model, specs=specs, shipped_generators=True)  # cbp-opinion where it matches
 
 
 # -- concurrent clients ------------------------------------------------------------------------------
@@ -204,13 +205,26 @@ def clients_section(args: argparse.Namespace, recipe: EngineRecipe, engine: Scor
 
 
 # -- tenants mixed in one engine call --------------------------------------------------------------
+def second_adapter(engine: ScoringEngine) -> str:
+    """An adapter whose rows can share ``ADAPTER``'s passes (same placement and prompt length), else
+    one that cannot."""
+    first = engine.adapters[ADAPTER]
+    for name, adapter in engine.adapters.items():
+        if name != ADAPTER and (adapter.placement, adapter.prompt_length) == (
+            first.placement,
+            first.prompt_length,
+        ):
+            return name
+    return FALLBACK_ADAPTER
+
+
 def mixing_section(args: argparse.Namespace, engine: ScoringEngine) -> dict[str, Any]:
     tenants, popsize, examples, dimension = args.tenants, args.popsize, args.examples, args.dimension
     pool = texts_pool(tenants * examples)
     rng = np.random.default_rng(1)
 
     def tenant(index: int, adapter: str = ADAPTER) -> ScoreRequest:
-        z = rng.normal(size=(popsize, dimension)).astype(np.float32)
+        z = rng.normal(size=(popsize, engine.adapters[adapter].dimension)).astype(np.float32)
         own = pool[index * examples : (index + 1) * examples]
         return ScoreRequest(adapter, z, own, CHOICES, cue=CUE, scope=f"tenant-{index}")
 
@@ -225,7 +239,8 @@ def mixing_section(args: argparse.Namespace, engine: ScoringEngine) -> dict[str,
 
     arms: dict[str, list[float]] = {"single": [], "mixed": [], "one_at_a_time": [], "mixed_adapters": []}
     alone_latencies: list[list[float]] = []
-    adapters = [ADAPTER if i % 2 == 0 else OTHER_ADAPTER for i in range(tenants)]
+    other = second_adapter(engine)
+    adapters = [ADAPTER if i % 2 == 0 else other for i in range(tenants)]
     timed([single()])  # warm caches: steady-state tuning reuses each text's states
     timed([tenant(i, a) for i, a in enumerate(adapters)])
     for _ in range(args.repeats):  # interleaved arms, fresh vectors each time
@@ -243,6 +258,8 @@ def mixing_section(args: argparse.Namespace, engine: ScoringEngine) -> dict[str,
     return {
         "tenants": tenants,
         "sequences": sequences,
+        "mixed_adapters": [ADAPTER, other],
+        "adapters_share_passes": engine.adapters[other].placement is engine.adapters[ADAPTER].placement,
         "seconds": median,
         "ms_per_sequence": {name: 1000 * seconds / sequences for name, seconds in median.items()},
         "mixed_over_single": median["mixed"] / median["single"],

@@ -65,6 +65,14 @@ def _mixing(section: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     tenants = section["tenants"]
     within = section["mixed_over_single"] <= 1.05
     latency = section["tenant_latency_ms"]
+    pair = section.get("mixed_adapters", ["bbt-cue", "bbt-suffix"])
+    adapters_note = (
+        "Adapters with one placement and prompt length share forward passes (each row takes its own"
+        " adapter's prompt), so the two-adapter mix runs as one pass."
+        if section.get("adapters_share_passes")
+        else "Adapters placed differently do not share a forward pass: mixed, they run one pass per adapter"
+        " in the same call."
+    )
     return [
         "## Tenants mixed in one forward pass",
         "",
@@ -80,14 +88,12 @@ def _mixing(section: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         f"| {tenants} tenants mixed (`bbt-cue`) | {ms['mixed']:.3f} | {section['mixed_over_single']:.3f}x |",
         f"| the same requests one at a time | {ms['one_at_a_time']:.3f} |"
         f" {ms['one_at_a_time'] / ms['single']:.3f}x |",
-        f"| tenants on `bbt-cue` and `bbt-suffix` mixed | {ms['mixed_adapters']:.3f} |"
+        f"| tenants on {' and '.join(f'`{name}`' for name in pair)} mixed | {ms['mixed_adapters']:.3f} |"
         f" {ms['mixed_adapters'] / ms['single']:.3f}x |",
         "",
         f"Mixing costs {100 * (section['mixed_over_single'] - 1):+.1f}% per sequence against one tenant's pass"
         f" of the same size: {'within' if within else 'outside'} the 5% target. One at a time takes"
-        f" {section['one_at_a_time_over_mixed']:.2f}x as long as mixed. Requests on different adapters do not"
-        " share a forward pass (the engine groups by adapter, mode and cue): mixed, they run one pass per"
-        " adapter in the same call.",
+        f" {section['one_at_a_time_over_mixed']:.2f}x as long as mixed. {adapters_note}",
         "",
         "Each tenant's latency (ms): mixed, every tenant gets its answer when the one pass ends; one at a"
         " time, tenant k waits for the k before it.",

@@ -65,9 +65,15 @@ class Prepared:
     choice_counts: tuple[int, ...]
 
     @property
-    def group_key(self) -> tuple[str, ScoringMode, Tokens]:
-        """Requests with equal keys share chunks: same adapter, mode and cue."""
-        return self.adapter.name, self.mode, self.encoded.cue
+    def group_key(self) -> tuple[object, ScoringMode, Tokens]:
+        """Requests with equal keys share chunks: same mode and cue, and the same adapter; or, for prompts
+        placed after the text, any adapters with that placement and prompt length. Those rows differ only in
+        their prompt, which each row takes from its own adapter, so tenants tuning different adapters (a
+        domain generator and BBT, say) still share one forward pass."""
+        adapter = self.adapter
+        if adapter.prompt_length and adapter.placement is not Placement.PREFIX:
+            return ("after-text", adapter.placement, adapter.prompt_length), self.mode, self.encoded.cue
+        return adapter.name, self.mode, self.encoded.cue
 
 
 def leading_special_tokens(tokenizer: Any) -> Tokens:

@@ -162,22 +162,23 @@ class ScoringEngine:
         then on (its scores are then incomplete; the caller discards them).
         """
         _, mode, cue = group[0].group_key
-        adapter = group[0].adapter
+        adapters = tuple(prepared.adapter for prepared in group)
+        adapter = adapters[0]  # the group shares its placement and prompt length (``group_key``)
         parts = self.parts
         full = mode is ScoringMode.FULL_CHOICE
         after_text = adapter.placement is not Placement.PREFIX
         texts = [text for prepared in group for text in prepared.encoded.texts]
         choices = [options for prepared in group for options in prepared.encoded.choices]
         if z is None:
-            z = torch.from_numpy(np.concatenate([prepared.candidates for prepared in group]))
+            z = torch.from_numpy(_candidates_end_to_end(group))
         z = z.to(parts.device, self.bundle.dtype)
-        if adapter.reads_inputs:
+        if any(member.reads_inputs for member in adapters):
             pooled = self.pooled_inputs(texts)
         else:  # the adapter ignores pooled inputs: skip the lookups
             pooled = z.new_zeros(len(texts), parts.hidden_size)
         offsets, rows = plan_group(group, after_text, full)
         inputs = GroupInputs(
-            adapter, PromptSlots.of(adapter, len(cue)), z, pooled, group, rows, texts, after_text
+            adapter, adapters, PromptSlots.of(adapter, len(cue)), z, pooled, group, rows, texts, after_text
         )
         kind = self.strategy(adapter)
         strategy = kind(parts, inputs, self.text_states) if kind is TextStates else kind(parts, inputs)
@@ -206,6 +207,13 @@ class ScoringEngine:
             (owner_scores.log_softmax(dim=-1), owner_tokens)
             for owner_scores, owner_tokens in zip(scores, tokens, strict=True)
         ]
+
+
+def _candidates_end_to_end(group: list[Prepared]) -> np.ndarray:
+    """Every request's candidates in one [candidates, widest dimension] array; adapters of a smaller
+    dimension read only their own leading columns, so the zero padding is never used."""
+    width = max(prepared.candidates.shape[1] for prepared in group)
+    return np.concatenate([np.pad(p.candidates, ((0, 0), (0, width - p.candidates.shape[1]))) for p in group])
 
 
 def _scatter(

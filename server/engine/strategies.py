@@ -85,9 +85,10 @@ class PromptSlots:
 class GroupInputs:
     """One group's requests laid end to end: candidate and example indices of ``rows`` are group-wide."""
 
-    adapter: Adapter
+    adapter: Adapter  # the first request's; the others share its placement and prompt length
+    adapters: tuple[Adapter, ...]  # each request's own (one per entry of ``group``)
     slots: PromptSlots
-    z: torch.Tensor  # [candidates, dimension]
+    z: torch.Tensor  # [candidates, widest dimension]: each request's candidates, zero-padded
     pooled: torch.Tensor  # [examples, d]: mean input embeddings (zeros when the adapter ignores them)
     group: list[Prepared]
     rows: list[Row]
@@ -129,7 +130,19 @@ class Strategy(ABC):
             return pooled.new_zeros(len(chunk), 0, pooled.shape[-1])
         candidates = torch.tensor([row.candidate for row in chunk], device=z.device)
         examples = torch.tensor([row.example for row in chunk], device=z.device)
-        return self.adapter.soft_prompts(z[candidates], pooled[examples])
+        adapters = self.inputs.adapters
+        if all(adapter is self.adapter for adapter in adapters):
+            return self.adapter.soft_prompts(z[candidates], pooled[examples])
+        owners = [adapters[row.owner] for row in chunk]
+        prompts: torch.Tensor | None = None
+        for adapter in dict.fromkeys(owners):  # each adapter once, its rows together
+            picked = torch.tensor([i for i, owner in enumerate(owners) if owner is adapter], device=z.device)
+            own = adapter.soft_prompts(z[candidates[picked], : adapter.dimension], pooled[examples[picked]])
+            if prompts is None:
+                prompts = own.new_empty((len(chunk), *own.shape[1:]))
+            prompts[picked] = own
+        assert prompts is not None  # a chunk has rows
+        return prompts
 
     def forward_after_states(
         self, chunk: list[Row], pasts: Sequence[KVState], prompts: torch.Tensor | None, slots: PromptSlots

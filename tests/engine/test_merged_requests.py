@@ -69,3 +69,52 @@ def test_a_bad_request_fails_alone_and_different_cues_are_grouped_apart(engine):
     assert isinstance(outcomes[3], UnknownAdapter)
     for index, request in ((0, good[0]), (2, other_cue), (4, good[2])):
         np.testing.assert_allclose(outcomes[index].log_probs, engine.score(request).log_probs, atol=1e-4)
+
+
+def _on_cue_engine() -> ScoringEngine:
+    """BBT on the cue and a CBP generator on the cue (another dimension, a non-zero L_U)."""
+    import dataclasses
+
+    import torch
+
+    from cbpt.server.adapters.generator import PromptGenerator
+
+    bundle = tiny_bundle(3)
+    bbt_cue = next(
+        a for a in default_adapters(bundle, bbt_dimension=8, prompt_length=3) if a.name == "bbt-cue"
+    )
+    config = dataclasses.replace(
+        tiny_generator(bundle, dimension=12, prompt_length=3).config, placement="on_cue"
+    )
+    torch.manual_seed(5)
+    generator = PromptGenerator(config)
+    torch.nn.init.normal_(generator.up.weight, std=0.5)  # a prompt that moves the scores
+    return ScoringEngine(
+        bundle, [bbt_cue, CustomizedBlackBoxPrompt(generator, name="cbp-cue")], batch_sequences=64
+    )
+
+
+def _passes(engine: ScoringEngine, requests: list[ScoreRequest]) -> int:
+    job = engine.job(requests)
+    while job.step():
+        pass
+    return job.steps_done
+
+
+def test_tenants_on_different_adapters_with_one_placement_share_a_forward_pass():
+    engine = _on_cue_engine()
+    rng = np.random.default_rng(0)
+    requests = [
+        ScoreRequest("bbt-cue", rng.standard_normal((3, 8)).astype(np.float32), TEXTS[:3], [" yes", " no"],
+                     cue=CUE, scope="alice"),
+        ScoreRequest("cbp-cue", rng.standard_normal((2, 12)).astype(np.float32), TEXTS[:3], [" yes", " no"],
+                     cue=CUE, scope="bob"),
+    ]  # fmt: skip
+    alone = [engine.score(request) for request in requests]  # also warms each scope's text states
+    assert not np.allclose(alone[0].log_probs[:2], alone[1].log_probs)  # the adapters differ
+    merged = engine.score_many(requests)
+    for single, together in zip(alone, merged, strict=True):
+        assert not isinstance(together, Exception)
+        np.testing.assert_allclose(together.log_probs, single.log_probs, atol=1e-4)
+    separate = sum(_passes(engine, [request]) for request in requests)
+    assert _passes(engine, requests) < separate  # one chunk for both tenants, not one each
