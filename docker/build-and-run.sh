@@ -76,9 +76,19 @@ else  # the demo client waits for `server`, which holds the same port: the host'
   CBPT_API_KEY=$(cat deploy/client.key) .venv/bin/cbpt evaluate --zero-shot --task examples/tweets/task.yaml \
     --holdout 0.002 --server localhost:50051 --ca-cert deploy/certs/ca.pem
   echo "evaluated in $(( $(date +%s) - started )) s"
+  say "6b. where it ran: the cluster's nodes and resources, the front's deploy line, the replicas' logs"
+  "${COMPOSE[@]}" --profile ray exec -T ray-head ray status
+  docker logs "$container" 2>&1 | grep -E '"ray backend ready"|replica' | tail -5 || true
+  echo "replicas' log lines about loading the model (a first start converts it once, under a lock):"
+  "${COMPOSE[@]}" --profile ray exec -T ray-head \
+    grep -r "converting the bundled model" /tmp/ray/session_latest/logs | cut -c1-240 || true
 fi
 
 say "7. stop (SIGTERM: drain, then exit)"
 started=$(date +%s)
-"${COMPOSE[@]}" --profile demo --profile "$PROFILE" down
+"${COMPOSE[@]}" --profile "$PROFILE" stop
 echo "stopped in $(( $(date +%s) - started )) s"
+for id in $("${COMPOSE[@]}" --profile "$PROFILE" ps -q); do
+  docker inspect -f '{{.Name}} exited {{.State.ExitCode}}' "$id"
+done
+"${COMPOSE[@]}" --profile demo --profile "$PROFILE" down
