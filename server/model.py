@@ -7,6 +7,7 @@ so that every later start takes seconds.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -182,15 +183,37 @@ def _bundled_gguf(entry: BundledModel) -> Path:
 
 
 def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str]:
-    """Return the converted safetensors folder for a bundled GGUF, converting it once."""
+    """Return the converted safetensors folder for a bundled GGUF, converting it once.
+
+    Processes sharing the cache (Ray replicas starting together on one volume) take turns under a
+    lock file: the first converts, the others wait and then find its folder, never replacing it
+    while someone loads from it."""
     gguf = _bundled_gguf(entry)
     source_hash = file_sha256(gguf)
     folder = cache / "models" / f"{entry.model_id}-{source_hash[:16]}"
+    found = _converted_meta(folder, source_hash)
+    if found is not None:
+        return folder, entry.model_id, found
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        found = _converted_meta(folder, source_hash)
+        if found is not None:
+            return folder, entry.model_id, found
+        return folder, entry.model_id, _convert_bundled(entry, gguf, source_hash, folder)
+
+
+def _converted_meta(folder: Path, source_hash: str) -> str | None:
+    """The fingerprint of a finished conversion of this GGUF in ``folder``, or None."""
     meta_path = folder / "cbpt.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("format") == CONVERSION_FORMAT and meta.get("source_sha256") == source_hash:
-            return folder, entry.model_id, meta["fingerprint"]
+            return str(meta["fingerprint"])
+    return None
+
+
+def _convert_bundled(entry: BundledModel, gguf: Path, source_hash: str, folder: Path) -> str:
     log.info(
         "converting the bundled model to safetensors (one-off, about 30 s)",
         extra={"model_id": entry.model_id},
@@ -201,7 +224,6 @@ def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     fingerprint = weights_fingerprint(model)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
         model.save_pretrained(staging)
@@ -213,4 +235,4 @@ def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder, entry.model_id, fingerprint
+    return fingerprint

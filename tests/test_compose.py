@@ -163,6 +163,12 @@ def test_the_build_and_run_script_builds_offline() -> None:
     assert script.stat().st_mode & 0o111
     assert "pip wheel" in text and "PIP_ARGS=--no-index" in text and "mmdebstrap --variant=minbase" in text
     assert "Health.Status" in text and "--profile demo run --rm client" in text
+    # PROFILE=ray: the same steps for the profile "ray", and a real client call against its front.
+    assert (
+        "ray) IMAGE=cbp-tuning-ray:latest EXTRAS=server,ray" in text
+        and '--build-arg WITH_RAY="$WITH_RAY"' in text
+    )
+    assert '--profile "$PROFILE" up -d "${SERVICES[@]}"' in text and "cbpt evaluate --zero-shot" in text
 
 
 def _compose_tool() -> list[str] | None:
@@ -216,3 +222,15 @@ def test_ray_profile_runs_a_head_and_the_same_tls_front(compose: dict) -> None:
     }
     assert "/data" in mounts  # one model cache for the front's settings and the replicas
     assert 'if [ "$WITH_RAY" = 1 ]; then extras=server,ray; fi' in DOCKERFILE.read_text()
+    # Run for real (PROFILE=ray docker/build-and-run.sh): the head makes Ray's token on the shared volume
+    # before `ray start` (which wants one under RAY_AUTH_MODE=token and makes none), and the front joins
+    # as a Ray node that takes no work, since a driver reaches a cluster only through a local raylet.
+    assert head["environment"]["RAY_AUTH_MODE"] == front["environment"]["RAY_AUTH_MODE"] == "token"
+    assert "ray get-auth-token --generate" in " ".join(head["entrypoint"])
+    join = " ".join(front["entrypoint"])
+    assert "ray start --address=ray-head:6379 --num-cpus=0" in join and 'exec cbpt-server "$$@"' in join
+    assert head["init"] is True and front["init"] is True  # PID 1 reaps Ray's processes
+    assert head["mem_limit"] and front["mem_limit"]
+    assert float(str(front["stop_grace_period"]).rstrip("s")) > float(
+        next(f.split("=")[1] for f in flags if f.startswith("--grace-seconds="))
+    )
