@@ -2,7 +2,7 @@
 
 Each replica builds the engine once from the front's recipe and scores the requests Serve routes
 to it, whatever API key sent them: requests that arrive together share forward passes (merged
-when they have one adapter, mode and cue; scores equal to unmerged ones within 1e-4), while each
+when they have one mode and cue and one adapter, or adapters placing one prompt length after the text; scores equal to unmerged ones within 1e-4), while each
 request's ``scope`` keeps cached text states per key.
 
 Two ways to gather a batch: the server's own scheduler (default, scheduler.py), the in-process

@@ -108,7 +108,7 @@ class ScoringEngine:
     def score_many(
         self, requests: Sequence[ScoreRequest], stop: Callable[[], bool] | None = None
     ) -> list[Outcome]:
-        """Score several requests, sharing forward passes among those with one adapter, mode and cue.
+        """Score several requests, sharing forward passes among those of one group (``Prepared.group_key``).
 
         Each request is validated on its own: a bad one gets its error back in its slot and the
         others are still scored. Merged scores equal those of scoring each request alone.
@@ -141,7 +141,7 @@ class ScoringEngine:
         return FullSequence
 
     def log_probs(self, group: list[Prepared], z: torch.Tensor | None = None) -> GroupScores:
-        """Per request of a group (one adapter, mode and cue): log-probs [candidates, examples, choices]
+        """Per request of a group (one mode and cue; one adapter, or adapters of one after-text slot): log-probs [candidates, examples, choices]
         normalised over each example's choices (-inf pads), and the tokens run.
 
         ``z`` replaces the requests' own candidates (all of them, laid end to end): training passes
