@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cbpt.client.sdk import TuningClient
-from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
+from tests.client.helpers import TaskFactory, write_task
 
 
 @pytest.fixture(autouse=True)
@@ -35,26 +33,9 @@ def make_task(tmp_path: Path) -> TaskFactory:
         rows: list[dict[str, Any]] | None = None,
         **overrides: Any,
     ) -> Path:
-        folder = tmp_path / "project"
-        write_jsonl(folder / "data" / "train.jsonl", rows if rows is not None else labelled_rows(per_class))
-        write_jsonl(folder / "data" / "test.jsonl", labelled_rows(4, offset=100))
-        spec: dict[str, Any] = {
-            "name": "secret-sentiment",
-            "data": {"train": "data/train.jsonl", "test": "data/test.jsonl"},
-            "template": "Review: {text}\nSentiment:",
-            "label_field": "label",
-            "choices": dict(LABELS),
-            "shots_per_class": shots,
-            "dev_per_class": dev,
-            "seed": 0,
-        }
-        spec.update(overrides)
-        path = folder / name
-        if name.endswith(".json"):
-            path.write_text(json.dumps(spec), encoding="utf-8")
-        else:
-            path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-        return path
+        return write_task(
+            tmp_path / "project", name, per_class=per_class, shots=shots, dev=dev, rows=rows, **overrides
+        )
 
     return make
 

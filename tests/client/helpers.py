@@ -33,3 +33,40 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def write_task(
+    folder: Path,
+    name: str = "task.yaml",
+    *,
+    task_name: str = "secret-sentiment",
+    per_class: int = 12,
+    test_per_class: int = 4,
+    shots: int = 4,
+    dev: int = 2,
+    rows: list[dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> Path:
+    """data/train.jsonl, data/test.jsonl and a task file (YAML, or JSON by its suffix) naming them
+    relative to itself, in ``folder``; returns the task file's path."""
+    import yaml
+
+    write_jsonl(folder / "data" / "train.jsonl", rows if rows is not None else labelled_rows(per_class))
+    write_jsonl(folder / "data" / "test.jsonl", labelled_rows(test_per_class, offset=100))
+    spec: dict[str, Any] = {
+        "name": task_name,
+        "data": {"train": "data/train.jsonl", "test": "data/test.jsonl"},
+        "template": "Review: {text}\nSentiment:",
+        "label_field": "label",
+        "choices": dict(LABELS),
+        "shots_per_class": shots,
+        "dev_per_class": dev,
+        "seed": 0,
+        **overrides,
+    }
+    path = folder / name
+    if name.endswith(".json"):
+        path.write_text(json.dumps(spec), encoding="utf-8")
+    else:
+        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path

@@ -12,7 +12,7 @@ from cbpt.client.task import Task
 from cbpt.server.adapters.placement import Placement
 from cbpt.server.adapters.spec import AdapterSpec
 from cbpt.server.recipe import EngineRecipe
-from tests.client.helpers import LABELS, labelled_rows, write_jsonl
+from tests.client.helpers import write_task
 from tests.server.helpers import DIMENSION
 
 PROMPT_LENGTH = 4
@@ -60,23 +60,9 @@ def tiny_recipe(folder: Path, **fields: Any) -> EngineRecipe:
 
 
 def make_task(folder: Path, per_class: int = 8, shots: int = 4, dev: int = 2) -> Task:
-    import yaml
-
-    write_jsonl(folder / "data" / "train.jsonl", labelled_rows(per_class))
-    write_jsonl(folder / "data" / "test.jsonl", labelled_rows(4, offset=100))
-    spec = {
-        "name": "scale-out",
-        "data": {"train": "data/train.jsonl", "test": "data/test.jsonl"},
-        "template": "Review: {text}\nSentiment:",
-        "label_field": "label",
-        "choices": dict(LABELS),
-        "shots_per_class": shots,
-        "dev_per_class": dev,
-        "seed": 0,
-    }
-    path = folder / "task.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return Task.from_file(path)
+    return Task.from_file(
+        write_task(folder, task_name="scale-out", per_class=per_class, shots=shots, dev=dev)
+    )
 
 
 def wait_until(condition: Callable[[], Any], what: str, limit: float = 300.0) -> Any:

@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import grpc
-import yaml
 from safetensors.numpy import load_file
 
 from cbpt.common.net import free_port
 from cbpt.v1 import tuning_pb2_grpc
-from tests.client.helpers import LABELS, labelled_rows, write_jsonl
+from tests.client.helpers import write_task
 from tests.server.helpers import candidates, evaluate_request
 from tests.server.processes import ROOT, ServerProcess
 
@@ -29,21 +28,7 @@ TUNE = ["--adapter", "bbt-cue", "--budget", "48", "--popsize", "4", "--seed", "3
 
 
 def _task(folder: Path) -> Path:
-    write_jsonl(folder / "data" / "train.jsonl", labelled_rows(8))
-    write_jsonl(folder / "data" / "test.jsonl", labelled_rows(2, offset=100))
-    spec = {
-        "name": "faults",
-        "data": {"train": "data/train.jsonl", "test": "data/test.jsonl"},
-        "template": "Review: {text}\nSentiment:",
-        "label_field": "label",
-        "choices": dict(LABELS),
-        "shots_per_class": 4,
-        "dev_per_class": 2,
-        "seed": 0,
-    }
-    path = folder / "task.yaml"
-    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
-    return path
+    return write_task(folder, task_name="faults", per_class=8, test_per_class=2)
 
 
 def _cbpt(*args: object, env: dict[str, str]) -> subprocess.Popen:
