@@ -178,7 +178,7 @@ class ScoringEngine:
             pooled = z.new_zeros(len(texts), parts.hidden_size)
         offsets, rows = plan_group(group, after_text, full)
         inputs = GroupInputs(
-            adapter, adapters, PromptSlots.of(adapter, len(cue)), z, pooled, group, rows, texts, after_text
+            adapters, PromptSlots.of(adapter, len(cue)), z, pooled, group, rows, texts, after_text
         )
         kind = self.strategy(adapter)
         strategy = kind(parts, inputs, self.text_states) if kind is TextStates else kind(parts, inputs)

@@ -85,7 +85,6 @@ class PromptSlots:
 class GroupInputs:
     """One group's requests laid end to end: candidate and example indices of ``rows`` are group-wide."""
 
-    adapter: Adapter  # the first request's; the others share its placement and prompt length
     adapters: tuple[Adapter, ...]  # each request's own (one per entry of ``group``)
     slots: PromptSlots
     z: torch.Tensor  # [candidates, widest dimension]: each request's candidates, zero-padded
@@ -94,6 +93,11 @@ class GroupInputs:
     rows: list[Row]
     texts: list[Tokens]  # [examples]
     after_text: bool  # the prompt sits after the text (before or on the cue)
+
+    @property
+    def adapter(self) -> Adapter:
+        """The first request's adapter; the others share its placement and prompt length (``group_key``)."""
+        return self.adapters[0]
 
 
 class Strategy(ABC):
