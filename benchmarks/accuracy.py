@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.accuracy [--tasks tweets,sst2,fpb,fpb-natural] [--methods zero-shot,...]
         [--seeds 0,1,2] [--budgets 0,50,100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
-        [--sigma0 1.0] [--generator DIR ...] [--text-cache-mb 256] [--output accuracy]
+        [--sigma0 1.0] [--generator [NAME=]DIR ...] [--text-cache-mb 256] [--output accuracy]
         [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--white-box-lr 0.1]
         [--white-box-dev-every 5] [--score-noise 0.0] [--score-decimals N]
 
@@ -100,13 +100,13 @@ def _summary(run: Run) -> str:
 def build_engine(
     model: str,
     prompt_length: int,
-    generators: Sequence[Path] = (),
+    generators: Sequence[tuple[str | None, Path]] = (),
     text_cache_mb: int = 256,
     threads: int | None = None,
 ) -> ScoringEngine:
     """The server's default adapters, one BBT adapter per dimension variant in TUNED, and one CBP
     adapter per generator folder (the shipped ones for this model included), all from specs."""
-    from cbpt.server.adapters import AdapterSpec, build_adapters, default_specs, generator_specs
+    from cbpt.server.adapters import AdapterSpec, build_adapters, default_specs
     from cbpt.server.runtime import shipped_generator_specs
 
     if model == "tiny":
@@ -125,7 +125,8 @@ def build_engine(
             AdapterSpec(method="bbt", name=tuned.served, placement=placements[tuned.adapter], dimension=dimension,
                         prompt_length=prompt_length)
         )  # fmt: skip
-    specs += shipped_generator_specs(bundle.fingerprint) + generator_specs(generators)
+    specs += shipped_generator_specs(bundle.fingerprint)
+    specs += [AdapterSpec(method="cbp", name=name, generator=folder) for name, folder in generators]
     cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
     return ScoringEngine(bundle, build_adapters(bundle, specs), text_states=cache)
 
@@ -140,6 +141,12 @@ def _source(name: str) -> str:
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _generator(text: str) -> tuple[str | None, Path]:
+    """``DIR`` or ``NAME=DIR``: a name serves two generators of one domain side by side."""
+    name, separator, folder = text.rpartition("=")
+    return (name, Path(folder)) if separator and name else (None, Path(text))
 
 
 def _names(text: str) -> list[str]:
@@ -162,7 +169,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--datasets", type=Path, default=SHARED, help="the shared datasets folder")
     parser.add_argument(
-        "--generator", type=Path, action="append", default=[], help="a CBP generator folder to serve"
+        "--generator",
+        type=_generator,
+        action="append",
+        default=[],
+        help="a CBP generator folder to serve, as DIR (named cbp-<domain>) or NAME=DIR",
     )
     parser.add_argument(
         "--text-cache-mb", type=int, default=256, help="per-scope text-state cache of the engine"

@@ -84,6 +84,13 @@ TUNED = {
     "cbp-opinion-bias": Tuned("cbp-opinion", BIAS),
     "cbp-opinion-no-tweets": Tuned("cbp-opinion-no-tweets"),
     "cbp-opinion-no-tweets-bias": Tuned("cbp-opinion-no-tweets", BIAS),
+    # The same recipe trained with z = 0 (only z0 learns) or with a learned z per training task, served
+    # as --generator cbp-opinion-zmode-zero=DIR / cbp-opinion-zmode-task=DIR (the shipped one: z noise).
+    **{
+        f"cbp-opinion-zmode-{mode}{suffix}": Tuned(f"cbp-opinion-zmode-{mode}", overrides)
+        for mode in ("zero", "task")
+        for suffix, overrides in (("", {}), ("-bias", BIAS))
+    },
 }
 BASELINES = ("majority", "zero-shot", "zero-shot-calibrated", "zero-shot-calibrated" + PRIOR, "icl")
 METHODS = (

@@ -258,3 +258,28 @@ def test_score_noise_runs_the_same_tuning_through_a_protected_server(
     assert [r["calls"] for r in runs["off"]] == [r["calls"] for r in runs["noise"]] == [8, 16]
     assert all(r["score_noise"] == 0.5 for r in runs["noise"])  # each run says it was tuned through noise
     assert not any("score_noise" in r for r in runs["off"])
+
+
+def test_a_named_generator_is_served_beside_one_of_the_same_domain(
+    accuracy: ModuleType, datasets: Path, generator: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--generator NAME=DIR`` serves a second 'opinion' generator (a z-mode variant) under its own name."""
+    assert accuracy.parse_args(["--generator", f"cbp-opinion-zmode-zero={generator}"]).generator == [
+        ("cbp-opinion-zmode-zero", generator)
+    ]
+    assert accuracy.parse_args(["--generator", str(generator)]).generator == [(None, generator)]
+    out = tmp_path / "results"
+    methods = ["cbp-opinion-bias", "cbp-opinion-zmode-zero-bias", "cbp-opinion-zmode-task-bias"]
+    args = _args(datasets, out, generator, methods)
+    args[args.index("--tasks") + 1] = "sst2"
+    accuracy.main([*args, "--generator", f"cbp-opinion-zmode-zero={generator}"])
+    runs = [run for run in json.loads((out / "acc.json").read_text()) if run["calls"] == 16]
+    by_method = {run["method"]: run for run in runs}
+    assert {"cbp-opinion-bias", "cbp-opinion-zmode-zero-bias"} <= set(by_method)
+    assert not any(method.startswith("cbp-opinion-zmode-task") for method in by_method)
+    assert "no adapter 'cbp-opinion-zmode-task'" in capsys.readouterr().out
+    # One generator under two names, one seed: the same tuning, the same scores.
+    same = ("accuracy", "macro_f1", "predicted_class_counts", "dev_accuracy")
+    assert [by_method["cbp-opinion-bias"][key] for key in same] == [
+        by_method["cbp-opinion-zmode-zero-bias"][key] for key in same
+    ]
