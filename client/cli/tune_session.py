@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -150,7 +150,27 @@ def run_in_folder(
                 progress.stop()
                 _leave(error, request, tuner, recorder, resume_hint)
     shortened = [f"shortened {tuner.truncated} train/dev texts to fit the server"] if tuner.truncated else []
-    return result, shortened + recorder.finish(result)
+    unpredicted = unpredicted_classes_note(
+        result.dev_metrics, request.task.format_only().class_names, fit_bias=request.settings.fit_bias
+    )
+    return result, shortened + unpredicted + recorder.finish(result)
+
+
+def unpredicted_classes_note(
+    dev_metrics: dict[str, Any] | None, class_names: tuple[str, ...] | None, *, fit_bias: bool
+) -> list[str]:
+    """A note when the tuned vector never predicts some class on dev: the accuracy can look fine while
+    a class is lost (a generator trained on other label sets does this), and the bias is the remedy."""
+    confusion = (dev_metrics or {}).get("confusion_matrix")
+    if not confusion or class_names is None:
+        return []
+    predicted = [sum(column) for column in zip(*confusion, strict=True)]
+    never = [name for name, count in zip(class_names, predicted, strict=False) if count == 0]
+    if not never:
+        return []
+    remedy = "" if fit_bias else "; --fit-bias often brings it back"
+    listed = ", ".join(repr(name) for name in never)
+    return [f"on dev the tuned vector never predicts {listed}{remedy}"]
 
 
 def _leave(

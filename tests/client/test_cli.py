@@ -260,3 +260,20 @@ def test_the_resume_command_reads_back_as_the_same_settings(tmp_path: Path) -> N
     assert resumed == settings and parsed["shots_seed"] == 4 and parsed["seed"] is None
     assert parsed["resume"] and parsed["encrypt_vector"] and parsed["server"] == "example.com:443"
     assert parsed["ca_cert"] == tmp_path / "ca.pem" and parsed["key_file"] == tmp_path / "k.key"
+
+
+def test_a_class_never_predicted_on_dev_gets_a_note_naming_it_and_the_remedy() -> None:
+    from cbpt.client.cli.tune_session import unpredicted_classes_note
+
+    names = ("negative", "neutral", "positive")
+    lost = {"confusion_matrix": [[5, 0, 1], [3, 0, 3], [1, 0, 5]]}  # rows true, columns predicted
+    assert unpredicted_classes_note(lost, names, fit_bias=False) == [
+        "on dev the tuned vector never predicts 'neutral'; --fit-bias often brings it back"
+    ]
+    assert unpredicted_classes_note(lost, names, fit_bias=True) == [
+        "on dev the tuned vector never predicts 'neutral'"
+    ]
+    every = {"confusion_matrix": [[5, 1, 0], [1, 4, 1], [0, 1, 5]]}
+    assert unpredicted_classes_note(every, names, fit_bias=False) == []
+    assert unpredicted_classes_note(None, names, fit_bias=False) == []  # no dev split
+    assert unpredicted_classes_note(lost, None, fit_bias=False) == []  # per-example choices: no classes
