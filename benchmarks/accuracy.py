@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy_data import TASKS, BenchmarkData, MissingData, load
-from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, Context, Run
+from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODES, Context, Run
 from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
@@ -286,8 +286,16 @@ def report(runs: list[Run], args: argparse.Namespace, out: Path) -> None:
     for task in sorted({run["task"] for run in runs}):
         path = plot(runs, task, out / f"{args.output}-{task}.png", METHODS)
         print(f"wrote {path}", flush=True)
-        if any(run["method"].startswith("cbp") for run in runs if run["task"] == task):
-            path = plot_families(runs, task, out / f"{args.output}-{task}-cbp-vs-bbt.png", ("bbt", "cbp"))
+        methods = {run["method"] for run in runs if run["task"] == task}
+        if any(method.startswith("cbp") for method in methods):
+            path = plot_families(
+                runs, task, out / f"{args.output}-{task}-cbp-vs-bbt.png", ("bbt", "cbp"), exclude=(ZMODES,)
+            )
+            print(f"wrote {path}", flush=True)
+        if any(method.startswith(ZMODES) for method in methods):  # the shipped recipe against its z modes
+            path = plot_families(
+                runs, task, out / f"{args.output}-{task}-zmode.png", ("cbp-opinion-bias", ZMODES)
+            )
             print(f"wrote {path}", flush=True)
 
 

@@ -65,6 +65,7 @@ class Tuned:
 
 
 BIAS = {"fit_bias": True}
+ZMODES = "cbp-opinion-zmode-"
 TUNED = {
     "bbt": Tuned("bbt"),
     "bbt-suffix": Tuned("bbt-suffix"),
@@ -84,11 +85,12 @@ TUNED = {
     "cbp-opinion-bias": Tuned("cbp-opinion", BIAS),
     "cbp-opinion-no-tweets": Tuned("cbp-opinion-no-tweets"),
     "cbp-opinion-no-tweets-bias": Tuned("cbp-opinion-no-tweets", BIAS),
-    # The same recipe trained with z = 0 (only z0 learns) or with a learned z per training task, served
-    # as --generator cbp-opinion-zmode-zero=DIR / cbp-opinion-zmode-task=DIR (the shipped one: z noise).
+    # The shipped recipe retrained with each --z-mode: z = 0 (only z0 learns), z drawn around z0 (the
+    # shipped mode, a second training run) or a learned z per training task; served as
+    # --generator cbp-opinion-zmode-<mode>=DIR.
     **{
-        f"cbp-opinion-zmode-{mode}{suffix}": Tuned(f"cbp-opinion-zmode-{mode}", overrides)
-        for mode in ("zero", "task")
+        f"{ZMODES}{mode}{suffix}": Tuned(f"{ZMODES}{mode}", overrides)
+        for mode in ("zero", "noise", "task")
         for suffix, overrides in (("", {}), ("-bias", BIAS))
     },
 }

@@ -194,15 +194,19 @@ def chosen_on_dev(runs: Sequence[Run], tasks: Sequence[str]) -> list[str]:
     return lines
 
 
-def plot_families(runs: Sequence[Run], task: str, path: Path, prefixes: Sequence[str]) -> Path:
-    """Accuracy against calls of the methods whose names start with ``prefixes`` (e.g. bbt against cbp),
-    their biased reports only, with calibrated zero-shot and the majority class as horizontal lines."""
+def plot_families(
+    runs: Sequence[Run], task: str, path: Path, prefixes: Sequence[str], exclude: Sequence[str] = ()
+) -> Path:
+    """Accuracy against calls of the methods whose names start with ``prefixes`` (e.g. bbt against cbp)
+    and not with ``exclude``, their biased reports only, with calibrated zero-shot and the majority class
+    as horizontal lines."""
     keep = [
         run
         for run in runs
         if run["task"] == task
         and (run["method"] in ("zero-shot-calibrated", "majority")
-             or (run["method"].startswith(tuple(prefixes)) and _family(run["method"]) == run["method"]))
+             or (run["method"].startswith(tuple(prefixes)) and not run["method"].startswith(tuple(exclude))
+                 and _family(run["method"]) == run["method"]))
     ]  # fmt: skip
     methods = list(dict.fromkeys(run["method"] for run in keep))
     return plot(keep, task, path, methods)

@@ -278,6 +278,8 @@ def test_a_named_generator_is_served_beside_one_of_the_same_domain(
     assert {"cbp-opinion-bias", "cbp-opinion-zmode-zero-bias"} <= set(by_method)
     assert not any(method.startswith("cbp-opinion-zmode-task") for method in by_method)
     assert "no adapter 'cbp-opinion-zmode-task'" in capsys.readouterr().out
+    assert (out / "acc-sst2-zmode.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # beside cbp-vs-bbt
+    assert "| cbp-opinion-zmode-zero-bias | " in (out / "acc.md").read_text()
     # One generator under two names, one seed: the same tuning, the same scores.
     same = ("accuracy", "macro_f1", "predicted_class_counts", "dev_accuracy")
     assert [by_method["cbp-opinion-bias"][key] for key in same] == [
