@@ -292,7 +292,10 @@ def report(runs: list[Run], args: argparse.Namespace, out: Path) -> None:
                 runs, task, out / f"{args.output}-{task}-cbp-vs-bbt.png", ("bbt", "cbp"), exclude=(ZMODES,)
             )
             print(f"wrote {path}", flush=True)
-        if any(method.startswith(ZMODES) for method in methods):  # the shipped recipe against its z modes
+        tuned_zmodes = any(
+            run["method"].startswith(ZMODES) and run["calls"] for run in runs if run["task"] == task
+        )
+        if tuned_zmodes:  # the shipped recipe against its z modes, where they were tuned (not z0 only)
             path = plot_families(
                 runs, task, out / f"{args.output}-{task}-zmode.png", ("cbp-opinion-bias", ZMODES)
             )
