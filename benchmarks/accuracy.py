@@ -284,7 +284,8 @@ def report(runs: list[Run], args: argparse.Namespace, out: Path) -> None:
     md.write_text(render(runs, tasks=TASKS, methods=METHODS))
     print(f"wrote {out / f'{args.output}.json'} and {md}", flush=True)
     for task in sorted({run["task"] for run in runs}):
-        path = plot(runs, task, out / f"{args.output}-{task}.png", METHODS)
+        overview = [run for run in runs if not run["method"].startswith(ZMODES)]  # they have their own plot
+        path = plot(overview, task, out / f"{args.output}-{task}.png", METHODS)
         print(f"wrote {path}", flush=True)
         methods = {run["method"] for run in runs if run["task"] == task}
         if any(method.startswith("cbp") for method in methods):

@@ -91,8 +91,9 @@ def render(runs: Sequence[Run], *, tasks: Sequence[str], methods: Sequence[str])
         "of the user's own label prior (the class mix of the task's training file, computed on the client) added.",
         "- `cbp-opinion`: CBP-Tuning with the provider's opinion generator (trained on SST-2 train and tweets, "
         "never on a test text and never on Financial PhraseBank); `cbp-opinion-no-tweets`: the generator trained "
-        "on SST-2 alone. Budget 0 is z = 0, i.e. z0: the domain prompt before any user call (with `-bias`, the "
-        "bias fitted there on the train shots).",
+        "on SST-2 alone; `cbp-opinion-zmode-noise`, `-zero`, `-task`: the shipped recipe trained again with "
+        "each `--z-mode` (noise is the shipped mode; see generators/README.md). Budget 0 is z = 0, i.e. z0: the "
+        "domain prompt before any user call (with `-bias`, the bias fitted there on the train shots).",
         "- `majority`: always the test split's most frequent class.",
         "",
     ]
