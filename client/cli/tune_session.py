@@ -151,7 +151,7 @@ def run_in_folder(
                 _leave(error, request, tuner, recorder, resume_hint)
     shortened = [f"shortened {tuner.truncated} train/dev texts to fit the server"] if tuner.truncated else []
     unpredicted = unpredicted_classes_note(
-        result.dev_metrics, request.task.format_only().class_names, fit_bias=request.settings.fit_bias
+        result.dev_metrics, recorder.task_format.class_names, fit_bias=request.settings.fit_bias
     )
     return result, shortened + unpredicted + recorder.finish(result)
 
