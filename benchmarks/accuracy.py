@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy_data import TASKS, BenchmarkData, MissingData, load
-from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODES, Context, Run
+from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODE_PREFIX, Context, Run
 from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
@@ -283,22 +283,26 @@ def report(runs: list[Run], args: argparse.Namespace, out: Path) -> None:
     md = out / f"{args.output}.md"
     md.write_text(render(runs, tasks=TASKS, methods=METHODS))
     print(f"wrote {out / f'{args.output}.json'} and {md}", flush=True)
+    overview = [run for run in runs if not run["method"].startswith(ZMODE_PREFIX)]  # they have their own plot
     for task in sorted({run["task"] for run in runs}):
-        overview = [run for run in runs if not run["method"].startswith(ZMODES)]  # they have their own plot
         path = plot(overview, task, out / f"{args.output}-{task}.png", METHODS)
         print(f"wrote {path}", flush=True)
         methods = {run["method"] for run in runs if run["task"] == task}
         if any(method.startswith("cbp") for method in methods):
             path = plot_families(
-                runs, task, out / f"{args.output}-{task}-cbp-vs-bbt.png", ("bbt", "cbp"), exclude=(ZMODES,)
+                runs,
+                task,
+                out / f"{args.output}-{task}-cbp-vs-bbt.png",
+                ("bbt", "cbp"),
+                exclude=(ZMODE_PREFIX,),
             )
             print(f"wrote {path}", flush=True)
         tuned_zmodes = any(
-            run["method"].startswith(ZMODES) and run["calls"] for run in runs if run["task"] == task
+            run["method"].startswith(ZMODE_PREFIX) and run["calls"] for run in runs if run["task"] == task
         )
         if tuned_zmodes:  # the shipped recipe against its z modes, where they were tuned (not z0 only)
             path = plot_families(
-                runs, task, out / f"{args.output}-{task}-zmode.png", ("cbp-opinion-bias", ZMODES)
+                runs, task, out / f"{args.output}-{task}-zmode.png", ("cbp-opinion-bias", ZMODE_PREFIX)
             )
             print(f"wrote {path}", flush=True)
 

@@ -65,7 +65,7 @@ class Tuned:
 
 
 BIAS = {"fit_bias": True}
-ZMODES = "cbp-opinion-zmode-"
+ZMODE_PREFIX = "cbp-opinion-zmode-"
 TUNED = {
     "bbt": Tuned("bbt"),
     "bbt-suffix": Tuned("bbt-suffix"),
@@ -89,7 +89,7 @@ TUNED = {
     # shipped mode, a second training run) or a learned z per training task; served as
     # --generator cbp-opinion-zmode-<mode>=DIR.
     **{
-        f"{ZMODES}{mode}{suffix}": Tuned(f"{ZMODES}{mode}", overrides)
+        f"{ZMODE_PREFIX}{mode}{suffix}": Tuned(f"{ZMODE_PREFIX}{mode}", overrides)
         for mode in ("zero", "noise", "task")
         for suffix, overrides in (("", {}), ("-bias", BIAS))
     },
