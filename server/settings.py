@@ -295,10 +295,11 @@ class ServerSettings(BaseSettings):
             if given:
                 raise ConfigError(f"{', '.join(given)} need --backend ray")
             return
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError("--backend ray needs Ray: pip install 'cbp-tuning[ray]'")
+        # Flags that contradict each other are wrong whether or not Ray is installed: say so first.
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ConfigError(f"--max-replicas {self.max_replicas} is below --replicas {self.replicas}")
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--backend ray needs Ray: pip install 'cbp-tuning[ray]'")
 
 
 def read_file(path: Path, what: str) -> bytes:

@@ -96,9 +96,10 @@ class GeneratorTrainer:
         limits = Limits(
             max_candidates=max(64, settings.z_samples), max_examples=widest, max_sequences=1 << 30
         )
-        self.engine = ScoringEngine(
-            bundle, [self.adapter], limits, text_states=TextStateCache(1 << 30, 2, 2 << 30)
-        )
+        # No text state outlives its step: a cached state was computed in another step's batch, and
+        # batch shape changes its low bits on some CPUs, so a resumed run (which starts with an empty
+        # cache) would drift from an uninterrupted one. Within a step every z sample still shares it.
+        self.engine = ScoringEngine(bundle, [self.adapter], limits, text_states=TextStateCache(0, 1, 0))
         self.task_vectors = torch.nn.Parameter(torch.zeros(len(domain.tasks), settings.dimension))
         self.parameters: dict[str, torch.nn.Parameter] = {
             **{f"generator.{name}": p for name, p in self.generator.named_parameters()},

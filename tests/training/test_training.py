@@ -158,6 +158,14 @@ def test_an_interrupted_run_resumes_to_the_same_generator(domain_file: Path, tmp
         assert losses == [row["loss"] for row in resumed.state.history if "loss" in row]
 
 
+def test_no_text_state_outlives_its_step(domain_file: Path, tmp_path: Path) -> None:
+    """A step scores only what it encodes itself: a state cached by an earlier step was computed in
+    another batch (other padding, low bits differ on some CPUs), and a resumed run has no such cache."""
+    trainer = GeneratorTrainer(tiny_bundle(0), load_domain(domain_file), _settings(steps=3), tmp_path / "o")
+    trainer.run()
+    assert trainer.engine.text_states.total_bytes == 0
+
+
 def test_resume_with_other_settings_is_refused(domain_file: Path, tmp_path: Path) -> None:
     bundle = tiny_bundle(0)
     domain = load_domain(domain_file)
