@@ -44,9 +44,6 @@ CacheDir = Annotated[
 ]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 Threads = Annotated[int | None, typer.Option(help="Torch CPU threads.")]
-Dtype = Annotated[
-    str | None, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
-]
 Quantize = Annotated[
     str | None,
     typer.Option(help="none, or int8: dynamic int8 Linear layers on CPU (opt-in; see the README)."),
@@ -358,7 +355,6 @@ def train_generator(
     model: Model = None,
     model_cache_dir: CacheDir = None,
     device: Device = None,
-    dtype: Dtype = None,
     threads: Threads = None,
 ) -> None:
     """Train a domain prompt generator (CBP-Tuning's first stage) with the model frozen; resumable."""
@@ -369,20 +365,11 @@ def train_generator(
 
     with _one_line_errors():
         server = _settings(
-            config=config,
-            model=model,
-            model_cache_dir=model_cache_dir,
-            device=device,
-            dtype=dtype,
-            threads=threads,
+            config=config, model=model, model_cache_dir=model_cache_dir, device=device, threads=threads
         )
         configure_logging(server.log_level, server.log_json)
         bundle = load_model(
-            server.model,
-            cache_dir=server.model_cache_dir,
-            device=server.device,
-            dtype=server.torch_dtype,
-            threads=server.threads,
+            server.model, cache_dir=server.model_cache_dir, device=server.device, threads=server.threads
         )
         stderr = Console(stderr=True)
         with TrainingProgress(stderr, settings.steps) as progress:

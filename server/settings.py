@@ -83,9 +83,6 @@ class ServerSettings(BaseSettings):
     model: str = "smollm2"
     model_cache_dir: Path | None = None
     device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 on CPU, bfloat16 on GPUs that have it"
-    )
     threads: int | None = Field(None, ge=1)
     quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic int8 Linear layers (CPU)")
 
@@ -203,13 +200,6 @@ class ServerSettings(BaseSettings):
 
     def merge_settings(self) -> MergeSettings:
         return MergeSettings(self.merge_window_ms / 1000, self.merge_max_sequences, self.max_queued_requests)
-
-    @property
-    def torch_dtype(self) -> Any:
-        """The ``torch.dtype`` that ``dtype`` names, or None for the device's default (torch imported here)."""
-        import torch
-
-        return None if self.dtype == "auto" else getattr(torch, self.dtype)
 
     def engine_recipe(self) -> EngineRecipe:
         """What the engine is built from, here or on every replica."""

@@ -121,12 +121,3 @@ def test_the_text_state_cache_bounds_are_settings(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CBPT_TEXT_CACHE_MB", "64")
     cache = ServerSettings(text_cache_mb_per_key=16, text_cache_keys=3).text_state_cache()
     assert (cache.max_bytes_per_scope, cache.max_bytes, cache.max_scopes) == (16 << 20, 64 << 20, 3)
-
-
-def test_dtype_names_a_torch_dtype_or_the_devices_default() -> None:
-    import torch
-
-    assert ServerSettings().torch_dtype is None  # auto: float32 on CPU, bfloat16 on a GPU with it
-    assert ServerSettings(dtype="float32").torch_dtype is torch.float32
-    with pytest.raises(ValidationError, match="dtype"):
-        ServerSettings(dtype="float64")
