@@ -316,6 +316,8 @@ def info(
     for a in engine_info.adapters:
         table.add_row(a.name, a.method, str(a.dimension), str(a.prompt_length), a.domain, a.description)
     console.print(table)
+    for folder, reason in engine_info.not_served:
+        console.print(f"[bold]not served[/bold]  shipped generator {folder}: {reason}", highlight=False)
     limits = ", ".join(f"{k}={v}" for k, v in vars(engine_info.limits).items())
     console.print(f"[bold]limits[/bold]  {limits}", highlight=False)
 
