@@ -18,7 +18,7 @@ from rich.text import Text
 from cbpt.common.cli import version_option
 from cbpt.common.errors import CbptError
 from cbpt.server.settings import ServerSettings
-from cbpt.server.training.command import settings_options
+from cbpt.server.training.command import TRAIN_DTYPE_HELP, settings_options
 from cbpt.server.training.settings import TrainSettings
 
 app = typer.Typer(
@@ -316,6 +316,8 @@ def info(
     for a in engine_info.adapters:
         table.add_row(a.name, a.method, str(a.dimension), str(a.prompt_length), a.domain, a.description)
     console.print(table)
+    for folder, reason in engine_info.not_served:
+        console.print(f"[bold]not served[/bold]  shipped generator {folder}: {reason}", highlight=False)
     limits = ", ".join(f"{k}={v}" for k, v in vars(engine_info.limits).items())
     console.print(f"[bold]limits[/bold]  {limits}", highlight=False)
 
@@ -356,11 +358,12 @@ def train_generator(
     model_cache_dir: CacheDir = None,
     device: Device = None,
     threads: Threads = None,
+    dtype: Annotated[str, typer.Option(help=TRAIN_DTYPE_HELP)] = "float32",
 ) -> None:
     """Train a domain prompt generator (CBP-Tuning's first stage) with the model frozen; resumable."""
     from cbpt.server.logs import configure_logging
     from cbpt.server.model import load_model
-    from cbpt.server.training.command import TrainingProgress, command_line
+    from cbpt.server.training.command import TrainingProgress, command_line, print_result, train_dtype
     from cbpt.server.training.trainer import train_generator as run_training
 
     with _one_line_errors():
@@ -369,25 +372,18 @@ def train_generator(
         )
         configure_logging(server.log_level, server.log_json)
         bundle = load_model(
-            server.model, cache_dir=server.model_cache_dir, device=server.device, threads=server.threads
+            server.model,
+            cache_dir=server.model_cache_dir,
+            device=server.device,
+            dtype=train_dtype(dtype),
+            threads=server.threads,
         )
         stderr = Console(stderr=True)
         with TrainingProgress(stderr, settings.steps) as progress:
             result = run_training(
                 bundle, domain_file, out, settings, command=command_line(), on_step=progress.update
             )
-    state = "finished" if result.finished else "stopped (run the same command to continue)"
-    best = (
-        "n/a"
-        if result.best_dev_accuracy is None
-        else f"{result.best_dev_accuracy:.4f} at step {result.best_step}"
-    )
-    rate = result.examples_seen / result.train_seconds if result.train_seconds else 0.0
-    console.print(
-        f"{state}: {result.steps} steps, {result.examples_seen} examples, {rate:.1f} examples/s",
-        highlight=False,
-    )
-    console.print(f"best mean dev accuracy (z = 0): {best}; generator in {result.folder}", highlight=False)
+    print_result(console, result)
 
 
 if __name__ == "__main__":

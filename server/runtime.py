@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cbpt.server.adapters import Adapter, AdapterSpec, build_adapters
-from cbpt.server.adapters.generator import CONFIG_FILE
+from cbpt.server.adapters.generator import CONFIG_FILE, WEIGHTS_FILE, mismatch, read_config
 from cbpt.server.adapters.spec import served_specs
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
+from cbpt.server.errors import GeneratorFormatError
 from cbpt.server.model import ModelBundle, load_model
 
 __all__ = ["build_engine", "chosen_specs", "default_adapters", "served_specs", "shipped_generator_specs"]
@@ -29,23 +29,41 @@ def default_adapters(bundle: ModelBundle, **specs: Any) -> list[Adapter]:
     return build_adapters(bundle, served_specs(**specs))
 
 
-def shipped_generator_specs(fingerprint: str, folder: Path = SHIPPED_GENERATORS) -> list[AdapterSpec]:
-    """Specs of the generators shipped in the package that were trained for this model's weights.
+def shipped_generator_specs(
+    fingerprint: str, folder: Path | None = None, hidden_size: int | None = None
+) -> list[AdapterSpec]:
+    """Specs of every generator folder shipped in the package (``<folder>/<domain>/``) that was trained
+    for this model's weights: each is served as ``cbp-<domain>``.
 
-    A shipped generator for other weights is skipped (the server may run any model); one given
-    with ``--generator`` for other weights is refused, as a mistake.
+    A shipped generator for other weights (or an unreadable folder) is skipped, logged, and listed by
+    ``cbpt-server info`` with the reason (``EngineInfo.not_served``): the server may run any model. One
+    given with ``--generator`` for other weights is refused, as a mistake.
     """
-    specs = []
-    for config in sorted(folder.glob(f"*/{CONFIG_FILE}")):
-        card = json.loads(config.read_text(encoding="utf-8"))
-        if card.get("base_model_fingerprint") == fingerprint:
-            specs.append(AdapterSpec(method="cbp", generator=config.parent))
-        else:
-            log.info(
-                "shipped generator skipped: trained for other weights",
-                extra={"fingerprint": fingerprint[:16]},
-            )
-    return specs
+    return _scan_shipped(fingerprint, folder or SHIPPED_GENERATORS, hidden_size)[0]
+
+
+def _scan_shipped(
+    fingerprint: str, folder: Path, hidden_size: int | None
+) -> tuple[list[AdapterSpec], list[tuple[str, str]]]:
+    """(specs served, (folder name, why not) of each skipped): every subfolder holding a generator file."""
+    specs: list[AdapterSpec] = []
+    skipped: list[tuple[str, str]] = []
+    found = {path.parent for name in (CONFIG_FILE, WEIGHTS_FILE) for path in folder.glob(f"*/{name}")}
+    for generator in sorted(found):
+        try:
+            reason = mismatch(read_config(generator), fingerprint, hidden_size)
+            code = "other-model"
+        except GeneratorFormatError as error:
+            reason, code = str(error).removeprefix(f"{generator}: "), "unreadable"
+        if reason is None:
+            specs.append(AdapterSpec(method="cbp", generator=generator))
+            continue
+        skipped.append((generator.name, reason))
+        log.warning(
+            "shipped generator not served",
+            extra={"adapter": f"cbp-{generator.name}", "reason": code, "fingerprint": fingerprint[:16]},
+        )
+    return specs, skipped
 
 
 def build_engine(
@@ -64,12 +82,25 @@ def build_engine(
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
     (``text_states``: the bounded text-state cache; the default bounds when None)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
-    adapters = build_adapters(bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators))
-    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences, text_states=text_states)
+    adapters = build_adapters(
+        bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators, bundle.hidden_size)
+    )
+    not_served = _scan_shipped(bundle.fingerprint, SHIPPED_GENERATORS, bundle.hidden_size)[1]
+    return ScoringEngine(
+        bundle,
+        adapters,
+        limits,
+        batch_sequences=batch_sequences,
+        text_states=text_states,
+        not_served=tuple(not_served) if shipped_generators else (),
+    )
 
 
 def chosen_specs(
-    fingerprint: str, specs: Sequence[AdapterSpec] | None = None, shipped_generators: bool = True
+    fingerprint: str,
+    specs: Sequence[AdapterSpec] | None = None,
+    shipped_generators: bool = True,
+    hidden_size: int | None = None,
 ) -> list[AdapterSpec]:
     """``specs`` (default: ``served_specs()``), then the shipped generators for these weights that
     ``specs`` does not already name: what ``build_engine`` serves, and what a replica serves."""
@@ -77,6 +108,8 @@ def chosen_specs(
     if shipped_generators:
         given = {Path(spec.generator).resolve() for spec in chosen if spec.generator is not None}
         chosen += [
-            s for s in shipped_generator_specs(fingerprint) if Path(s.generator or "").resolve() not in given
+            s
+            for s in shipped_generator_specs(fingerprint, hidden_size=hidden_size)
+            if Path(s.generator or "").resolve() not in given
         ]
     return chosen

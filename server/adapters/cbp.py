@@ -35,8 +35,10 @@ class CustomizedBlackBoxPrompt(Adapter):
         self.generator = generator.eval().requires_grad_(False)
 
     @classmethod
-    def from_folder(cls, folder: Path, fingerprint: str, name: str | None = None) -> CustomizedBlackBoxPrompt:
-        generator = PromptGenerator.load(folder, expected_fingerprint=fingerprint)
+    def from_folder(
+        cls, folder: Path, fingerprint: str, name: str | None = None, hidden_size: int | None = None
+    ) -> CustomizedBlackBoxPrompt:
+        generator = PromptGenerator.load(folder, fingerprint, hidden_size)
         default_name = f"cbp-{generator.config.domain}" if generator.config.domain else "cbp"
         return cls(generator, name=name or default_name)
 
@@ -46,7 +48,7 @@ class CustomizedBlackBoxPrompt(Adapter):
             raise AdapterSpecError(
                 f"adapter {spec.name or cls.method!r}: method 'cbp' needs a generator folder"
             )
-        return cls.from_folder(Path(spec.generator), bundle.fingerprint, name=spec.name)
+        return cls.from_folder(Path(spec.generator), bundle.fingerprint, spec.name, bundle.hidden_size)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> CustomizedBlackBoxPrompt:
         self.generator.to(device=device, dtype=dtype)

@@ -105,23 +105,38 @@ class PromptGenerator(nn.Module):
         write_atomic(folder / CONFIG_FILE, json.dumps(card, indent=2) + "\n", mode=0o644)
 
     @classmethod
-    def load(cls, folder: Path, expected_fingerprint: str | None = None) -> PromptGenerator:
+    def load(
+        cls, folder: Path, expected_fingerprint: str | None = None, expected_hidden_size: int | None = None
+    ) -> PromptGenerator:
         """Load a generator; refuse one trained for a different base model."""
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise GeneratorFormatError(f"{folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        config = GeneratorConfig.from_json(read_card(folder))
-        if expected_fingerprint and config.base_model_fingerprint != expected_fingerprint:
-            raise ModelMismatch(
-                f"{folder}: generator was built for model {config.base_model_fingerprint[:12]}, "
-                f"this server runs {expected_fingerprint[:12]}"
-            )
+        config = read_config(folder)
+        if reason := mismatch(config, expected_fingerprint, expected_hidden_size):
+            raise ModelMismatch(f"{folder}: {reason}")
+        weights_path = folder / WEIGHTS_FILE
         generator = cls(config)
         try:
             generator.load_state_dict(load_file(str(weights_path)), strict=True)
         except (RuntimeError, OSError) as exc:
             raise GeneratorFormatError(f"{folder}: weights do not match the config: {exc}") from None
         return generator
+
+
+def read_config(folder: Path) -> GeneratorConfig:
+    """The config of a complete generator folder (both files present), or GeneratorFormatError."""
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise GeneratorFormatError(f"{folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+    return GeneratorConfig.from_json(read_card(folder))
+
+
+def mismatch(config: GeneratorConfig, fingerprint: str | None, hidden_size: int | None = None) -> str | None:
+    """Why a generator cannot run on a model (other weights, another hidden size), or None if it can."""
+    trained = f"model {config.base_model_fingerprint[:12]} (hidden size {config.hidden_size})"
+    if fingerprint and config.base_model_fingerprint != fingerprint:
+        size = "" if hidden_size is None else f" (hidden size {hidden_size})"
+        return f"generator was built for {trained}, this server runs {fingerprint[:12]}{size}"
+    if hidden_size is not None and config.hidden_size != hidden_size:
+        return f"generator was built for {trained}, this server's model has hidden size {hidden_size}"
+    return None
 
 
 def read_card(folder: Path) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class ScoringEngine:
         reuse_text_states: bool = True,
         reuse_prefix_states: bool = True,
         sort_by_length: bool = True,
+        not_served: tuple[tuple[str, str], ...] = (),
     ) -> None:
         names = [adapter.name for adapter in adapters]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -69,6 +70,7 @@ class ScoringEngine:
         self.reuse_text_states = reuse_text_states
         self.reuse_prefix_states = reuse_prefix_states
         self.sort_by_length = sort_by_length
+        self.not_served = not_served  # shipped generators left out, and why (``info``)
         model = bundle.model
         self._head = model.get_output_embeddings()
         self.parts = ModelParts(
@@ -92,7 +94,9 @@ class ScoringEngine:
             for a in self.adapters.values()
         )
         bundle = self.bundle
-        return EngineInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, adapters, self.limits)
+        return EngineInfo(
+            bundle.model_id, bundle.fingerprint, bundle.hidden_size, adapters, self.limits, self.not_served
+        )
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts of texts as scoring tokenises them (``CountTokens``); raises InvalidRequest."""

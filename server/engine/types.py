@@ -74,3 +74,5 @@ class EngineInfo:
     hidden_size: int
     adapters: tuple[AdapterDescription, ...]
     limits: Limits
+    # Generators shipped in the package but not served here, with why (trained for another model).
+    not_served: tuple[tuple[str, str], ...] = ()

@@ -19,10 +19,32 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from cbpt.server.errors import ConfigError
 from cbpt.server.training.settings import TrainSettings
-from cbpt.server.training.trainer import StepReport
+
+if typing.TYPE_CHECKING:
+    import torch
+
+    from cbpt.server.training.trainer import StepReport, TrainingResult
 
 _PLAIN = (int, float, str, bool)
+
+# fp32 by default, on a GPU too: the served model runs in fp32 on CPU, and the generator trains
+# in the model's dtype (the engine casts adapters to it), so AdamW on bf16 weights is opt-in.
+TRAIN_DTYPES = ("float32", "bfloat16", "float16", "auto")
+TRAIN_DTYPE_HELP = (
+    "float32 (the default, on a GPU too), bfloat16, float16, or auto (the server's own choice: "
+    "bfloat16 on a GPU that supports it, float32 on CPU). The generator trains in this dtype."
+)
+
+
+def train_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype ``--dtype`` names; None for ``auto`` (``load_model``'s default for the device)."""
+    if name not in TRAIN_DTYPES:
+        raise ConfigError(f"--dtype {name!r}: expected one of {', '.join(TRAIN_DTYPES)}")
+    import torch
+
+    return None if name == "auto" else getattr(torch, name)
 
 
 def _option_type(annotation: Any) -> Any:
@@ -124,3 +146,19 @@ def command_line() -> list[str]:
 
 def printable(command: list[str]) -> str:
     return shlex.join(command)
+
+
+def print_result(console: Console, result: TrainingResult) -> None:
+    """The run's last two lines: how far it got, and where the best generator is."""
+    state = "finished" if result.finished else "stopped (run the same command to continue)"
+    best = (
+        "n/a"
+        if result.best_dev_accuracy is None
+        else f"{result.best_dev_accuracy:.4f} at step {result.best_step}"
+    )
+    rate = result.examples_seen / result.train_seconds if result.train_seconds else 0.0
+    console.print(
+        f"{state}: {result.steps} steps, {result.examples_seen} examples, {rate:.1f} examples/s",
+        highlight=False,
+    )
+    console.print(f"best mean dev accuracy (z = 0): {best}; generator in {result.folder}", highlight=False)

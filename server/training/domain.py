@@ -21,6 +21,7 @@ dropped, and the count is recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cbpt.client.errors import TaskError
 from cbpt.client.loaders import read_rows
 from cbpt.client.task import Examples, TaskFormat
 from cbpt.common.files import file_sha256
@@ -80,14 +82,18 @@ class TrainingTask:
 
     @property
     def num_choices(self) -> int:
-        return len(self.train.choices.lists[0]) if self.train.choices.shared else 0
+        """The most choices an example has (the label count for fixed choices)."""
+        return max(self.train.choices.width, self.dev.choices.width)
 
     def record(self) -> dict[str, Any]:
         """What generator.json says about this task (no texts, no paths beyond the file name)."""
+        shape = {"options_field": self.format.options_field, "option_template": self.format.option_template}
         return {
             "name": self.name,
             "template": self.format.template,
             "choices": self.format.choices,
+            **(shape if self.format.options_field is not None else {}),
+            "mode": self.format.mode,
             "data_file": self.data_file,
             "data_sha256": self.data_sha256,
             "train_examples": len(self.train),
@@ -175,16 +181,19 @@ def load_domain(path: Path, seed: int = 0) -> Domain:
     tasks = []
     for entry in spec.tasks:
         task_format, data = _task_format(entry, base)
-        if task_format.choices is None:
-            raise ConfigError(
-                f"task {entry.name!r}: generator training needs choices (label -> choice string)"
-            )
         rows = read_rows(data, field=f"tasks[{entry.name}].data")
         fields = task_format.text_fields
-        kept = [
-            row for row in rows if not any(text_digest(str(row.get(name, ""))) in excluded for name in fields)
+        numbers = [
+            number
+            for number, row in enumerate(rows)
+            if not any(text_digest(str(row.get(name, ""))) in excluded for name in fields)
         ]
-        examples = task_format.examples(kept, str(data))
+        kept = [rows[number] for number in numbers]
+        try:
+            examples = task_format.examples(kept, str(data))
+        except TaskError as error:
+            raise ConfigError(f"task {entry.name!r}: {error}") from None
+        examples = dataclasses.replace(examples, rows=tuple(numbers))  # the file's own row numbers
         train, dev = _split(examples, entry.dev_per_class, entry.max_examples, seed)
         digests = frozenset(text_digest(str(row.get(name, ""))) for row in kept for name in fields)
         tasks.append(

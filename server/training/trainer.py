@@ -35,9 +35,9 @@ from cbpt.server.adapters.placement import Placement
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
-from cbpt.server.engine.types import ScoreRequest
 from cbpt.server.errors import ConfigError
 from cbpt.server.model import ModelBundle
+from cbpt.server.training import shapes
 from cbpt.server.training.domain import Domain, TrainingTask, load_domain
 from cbpt.server.training.report import plot_curve
 from cbpt.server.training.settings import TrainSettings
@@ -100,7 +100,12 @@ class GeneratorTrainer:
         # batch shape changes its low bits on some CPUs, so a resumed run (which starts with an empty
         # cache) would drift from an uninterrupted one. Within a step every z sample still shares it.
         self.engine = ScoringEngine(bundle, [self.adapter], limits, text_states=TextStateCache(0, 1, 0))
-        self.task_vectors = torch.nn.Parameter(torch.zeros(len(domain.tasks), settings.dimension))
+        for task in domain.tasks:  # every choice list fits the engine, or the run is refused now
+            shapes.check_choices(task, bundle.tokenizer, limits)
+        self.device = bundle.device  # every tensor the trainer makes goes there
+        self.task_vectors = torch.nn.Parameter(
+            torch.zeros(len(domain.tasks), settings.dimension, device=self.device)
+        )
         self.parameters: dict[str, torch.nn.Parameter] = {
             **{f"generator.{name}": p for name, p in self.generator.named_parameters()},
             **({"task_vectors": self.task_vectors} if settings.z_mode == "task" else {}),
@@ -196,20 +201,11 @@ class GeneratorTrainer:
         task = self.domain.tasks[index]
         examples = task.train.take(self._next_batch(task))
         z = self._z(index)
-        request = ScoreRequest(
-            self.name,
-            np.zeros((len(z), settings.dimension), np.float32),
-            examples.texts,
-            examples.choices,
-            cue=examples.cue,
-            scope="train",
-        )
-        prepared = self.engine.prepare(request)
-        log_probs, _ = self.engine.log_probs([prepared], z)[0]  # [z samples, batch, choices]
+        zeros = np.zeros((len(z), settings.dimension), np.float32)
+        prepared = self.engine.prepare(shapes.request(self.name, task, examples, zeros, "train"))
+        log_probs, _ = self.engine.log_probs([prepared], z)[0]  # [z samples, batch, choices], -inf pads
         assert examples.labels is not None
-        labels = torch.as_tensor(examples.labels, dtype=torch.long)
-        picked = log_probs.gather(2, labels[None, :, None].expand(len(z), -1, 1))
-        loss = -picked.mean()
+        loss = shapes.label_loss(log_probs, examples.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -258,8 +254,10 @@ class GeneratorTrainer:
     def _z(self, task: int) -> torch.Tensor:
         settings = self.settings
         if settings.z_mode == "zero":
-            return torch.zeros(1, settings.dimension)
+            return torch.zeros(1, settings.dimension, device=self.device)
+        # Drawn on the CPU generator (the same draws on every device, and resumable), then moved.
         noise = torch.randn(settings.z_samples, settings.dimension, generator=self.noise) * settings.z_sigma
+        noise = noise.to(self.device)
         if settings.z_mode == "task":
             return self.task_vectors[task][None, :] + noise
         return noise
@@ -274,10 +272,8 @@ class GeneratorTrainer:
             if not len(task.dev):
                 continue
             dev = task.dev
-            scored = self.engine.score(
-                ScoreRequest(self.name, zero, dev.texts, dev.choices, cue=dev.cue, scope="dev")
-            )
-            predicted = predictions(scored.log_probs[0])
+            scored = self.engine.score(shapes.request(self.name, task, dev, zero, "dev"))
+            predicted = predictions(scored.log_probs[0])  # macro-F1 below: over option positions per row
             assert dev.labels is not None
             results[task.name] = {
                 "accuracy": accuracy(predicted, dev.labels),

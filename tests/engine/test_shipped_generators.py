@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from cbpt.server.adapters import build_adapters
+from cbpt.server.adapters.generator import PromptGenerator
 from cbpt.server.errors import ModelMismatch
 from cbpt.server.runtime import SHIPPED_GENERATORS, served_specs, shipped_generator_specs
 from cbpt.server.testing import tiny_bundle, tiny_generator
@@ -38,3 +40,61 @@ def test_the_shipped_opinion_generator_is_complete_and_small() -> None:
         training["command"] and training["tasks"] and all(task["data_sha256"] for task in training["tasks"])
     )
     assert (folder / "generator.safetensors").stat().st_size < 10 * 1024 * 1024
+
+
+def _shipped(bundle, folder: Path, domain: str) -> None:
+    """Ship a generator for ``bundle`` as ``folder/domain`` (as a provider copies a trained one in)."""
+    config = dataclasses.replace(tiny_generator(bundle, dimension=8, prompt_length=2).config, domain=domain)
+    PromptGenerator(config).save(folder / domain)
+
+
+def test_every_shipped_folder_is_served_or_listed_with_why_not(tmp_path: Path, monkeypatch) -> None:
+    """A new folder under server/generators/ is served as cbp-<domain> with no new flag; one trained
+    for another model (other weights and hidden size) or a broken one is left out, logged and listed."""
+    from typer.testing import CliRunner
+
+    from cbpt.server import runtime
+    from cbpt.server.cli import app
+
+    mine, bigger = tiny_bundle(0), tiny_bundle(1, hidden_size=48)
+    shipped = tmp_path / "generators"
+    _shipped(mine, shipped, "opinion")
+    _shipped(mine, shipped, "medical")  # a new domain: picked up by the scan
+    _shipped(bigger, shipped, "financial")
+    (shipped / "broken").mkdir()
+    (shipped / "broken" / "generator.json").write_text("{}")
+    monkeypatch.setattr(runtime, "SHIPPED_GENERATORS", shipped)
+    model = tmp_path / "model"
+    mine.model.save_pretrained(model)
+    mine.tokenizer.save_pretrained(model)
+
+    engine = runtime.build_engine(str(model), device="cpu")
+    names = [adapter.name for adapter in engine.info().adapters]
+    assert names[-2:] == ["cbp-medical", "cbp-opinion"]
+    not_served = dict(engine.info().not_served)
+    assert set(not_served) == {"financial", "broken"}
+    assert "built for model" in not_served["financial"] and "(hidden size 48)" in not_served["financial"]
+    assert "(hidden size 32)" in not_served["financial"]
+    assert "expected generator.json and generator.safetensors" in not_served["broken"]
+
+    result = CliRunner().invoke(app, ["info", "--model", str(model), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "cbp-medical" in result.output
+        and "not served  shipped generator financial: generator was" in result.output
+    )
+    engine = runtime.build_engine(str(model), device="cpu", shipped_generators=False)
+    assert not any(a.method == "cbp" for a in engine.info().adapters) and not engine.info().not_served
+
+
+def test_a_generator_for_another_hidden_size_is_refused_by_name(tmp_path: Path) -> None:
+    mine, bigger = tiny_bundle(0), tiny_bundle(1, hidden_size=48)
+    _shipped(bigger, tmp_path, "financial")
+    with pytest.raises(ModelMismatch, match=r"financial: generator was built for model \w+ \(hidden size 48\), "
+                       r"this server runs \w+ \(hidden size 32\)"):  # fmt: skip
+        build_adapters(mine, served_specs(generators=[tmp_path / "financial"]))
+    config = dataclasses.replace(tiny_generator(bigger, dimension=8, prompt_length=2).config,
+                                 base_model_fingerprint=mine.fingerprint)  # fmt: skip
+    PromptGenerator(config).save(tmp_path / "same-weights-other-size")  # a forged or corrupted card
+    with pytest.raises(ModelMismatch, match="this server's model has hidden size 32"):
+        build_adapters(mine, served_specs(generators=[tmp_path / "same-weights-other-size"]))
