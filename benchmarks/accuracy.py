@@ -6,7 +6,10 @@
         [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--white-box-lr 0.1]
         [--white-box-dev-every 5] [--score-noise 0.0] [--score-decimals N]
 
-Methods and their derived reports are in accuracy_methods.py; the report (accuracy_report.py)
+``--tasks`` also takes the domain generators' tasks (accuracy_domains.py: piqa, copa, boolq, pubmedqa,
+abstracts, fintweets; read from generators/<domain>/data/ after its prepare.py), for the methods
+cbp-commonsense, cbp-medical and cbp-financial (with -bias). Methods and their derived reports are in
+accuracy_methods.py; the report (accuracy_report.py)
 chooses each method's budget on the dev split and reads the test split for that choice only.
 
 Everything black-box goes through the product: an in-process engine behind the real gRPC server on
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.accuracy_data import TASKS, BenchmarkData, MissingData, load
+from benchmarks.accuracy_data import KNOWN_TASKS, TASKS, BenchmarkData, MissingData, load
 from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODE_PREFIX, Context, Run
 from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
@@ -186,8 +189,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--score-decimals", type=int, default=None, help="the server's --score-decimals")
     args = parser.parse_args(argv)
-    if unknown := sorted(set(args.tasks) - set(TASKS)):
-        parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    if unknown := sorted(set(args.tasks) - set(KNOWN_TASKS)):
+        parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TASKS)}")
     if unknown := sorted(set(args.methods) - set(RUNNERS)):
         derived = [f"{name} (comes with {_source(name)})" for name in unknown if name in METHODS]
         parser.error(f"unknown method(s) {', '.join(derived or unknown)}; known: {', '.join(RUNNERS)}")
@@ -281,7 +284,7 @@ def report(runs: list[Run], args: argparse.Namespace, out: Path) -> None:
         print("no runs to report", flush=True)
         return
     md = out / f"{args.output}.md"
-    md.write_text(render(runs, tasks=TASKS, methods=METHODS))
+    md.write_text(render(runs, tasks=KNOWN_TASKS, methods=METHODS))
     print(f"wrote {out / f'{args.output}.json'} and {md}", flush=True)
     overview = [run for run in runs if not run["method"].startswith(ZMODE_PREFIX)]  # they have their own plot
     for task in sorted({run["task"] for run in runs}):

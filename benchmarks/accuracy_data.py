@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +26,10 @@ DEV_PER_CLASS = 8
 POOL_RESERVE = 2 * (SHOTS_PER_CLASS + DEV_PER_CLASS)
 SPLIT_SEED = 0
 SENTIMENT3 = {"negative": " negative", "neutral": " neutral", "positive": " positive"}
-TASKS = ("tweets", "sst2", "fpb", "fpb-natural")
+TASKS = ("tweets", "sst2", "fpb", "fpb-natural")  # the default run
+# The domain generators' tasks (benchmarks/accuracy_domains.py): run when asked for with --tasks.
+DOMAIN_TASKS = ("piqa", "copa", "boolq", "pubmedqa", "abstracts", "fintweets")
+KNOWN_TASKS = TASKS + DOMAIN_TASKS
 TWEETS_PREPARE = Path(__file__).resolve().parents[1] / "examples" / "tweets" / "prepare.py"
 
 Row = dict[str, Any]
@@ -40,9 +43,24 @@ class MissingData(Exception):
 class BenchmarkData:
     name: str
     template: str
-    choices: dict[str, str]  # label -> choice string, in class order
+    choices: dict[str, str] | None  # label -> choice string, in class order; None: per-row options
     pool: Path  # jsonl the Task samples its train and dev examples from
     test_rows: tuple[Row, ...]
+    # The rest of the task format where it is not fixed choices: options_field, option_template, mode,
+    # truncate. Per-row options are sampled and counted per answer position (label = option index).
+    shape: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[Any]:
+        """The label values in class order: the choices' labels, or the answer positions."""
+        if self.choices is not None:
+            return list(self.choices)
+        field_name = self.shape["options_field"]
+        return list(range(max(len(row[field_name]) for row in self.test_rows)))
+
+    @property
+    def width(self) -> int:
+        return len(self.labels)
 
     def task(self, seed: int) -> Task:
         return Task.from_dict(
@@ -51,7 +69,8 @@ class BenchmarkData:
                 "data": {"train": str(self.pool)},
                 "template": self.template,
                 "label_field": "label",
-                "choices": self.choices,
+                **({"choices": self.choices} if self.choices is not None else {}),
+                **self.shape,
                 "shots_per_class": SHOTS_PER_CLASS,
                 "dev_per_class": DEV_PER_CLASS,
                 "seed": seed,
@@ -64,7 +83,7 @@ class BenchmarkData:
 
     def test_class_counts(self) -> list[int]:
         counts = Counter(row["label"] for row in self.test_rows)
-        return [counts[label] for label in self.choices]
+        return [counts[label] for label in self.labels]
 
 
 def read_jsonl(path: Path) -> list[Row]:
@@ -73,7 +92,7 @@ def read_jsonl(path: Path) -> list[Row]:
     return load_jsonl(path)
 
 
-def balanced_counts(available: dict[str, int], total: int) -> dict[str, int]:
+def balanced_counts(available: dict[Any, int], total: int) -> dict[Any, int]:
     """Per-class counts summing to min(total, sum available), as equal as the availabilities allow."""
     counts = dict.fromkeys(available, 0)
     left = min(total, sum(available.values()))
@@ -89,7 +108,7 @@ def balanced_counts(available: dict[str, int], total: int) -> dict[str, int]:
     return counts
 
 
-def hold_out(rows: list[Row], labels: list[str], total: int, reserve: int) -> tuple[list[Row], list[Row]]:
+def hold_out(rows: list[Row], labels: list[Any], total: int, reserve: int) -> tuple[list[Row], list[Row]]:
     """(pool, test): a fixed shuffle, then a balanced-as-possible test part leaving ``reserve`` per class."""
     shuffled = [row for row in rows if row["label"] in labels]
     random.Random(SPLIT_SEED).shuffle(shuffled)
@@ -170,8 +189,17 @@ def fpb_natural(datasets: Path, work: Path, test_size: int) -> BenchmarkData:
     )
 
 
-def load(name: str, datasets: Path, work: Path, test_size: int) -> BenchmarkData:
-    """The named task's fixed pool and test part; raises MissingData when its data is absent."""
+def load(
+    name: str, datasets: Path, work: Path, test_size: int, generators: Path | None = None
+) -> BenchmarkData:
+    """The named task's fixed pool and test part; raises MissingData when its data is absent.
+    ``generators``: the folder holding each domain's prepared data/ (default: the repository's)."""
+    if name in DOMAIN_TASKS:
+        from benchmarks import accuracy_domains
+
+        return accuracy_domains.load(
+            name, datasets, work, test_size, generators or accuracy_domains.GENERATORS
+        )
     if name == "tweets":
         return tweets(work, test_size)
     if name == "sst2":
@@ -180,4 +208,4 @@ def load(name: str, datasets: Path, work: Path, test_size: int) -> BenchmarkData
         return fpb(datasets, work, test_size)
     if name == "fpb-natural":
         return fpb_natural(datasets, work, test_size)
-    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    raise ValueError(f"unknown task {name!r}; known: {', '.join(KNOWN_TASKS)}")

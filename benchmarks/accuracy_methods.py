@@ -85,6 +85,13 @@ TUNED = {
     "cbp-opinion-bias": Tuned("cbp-opinion", BIAS),
     "cbp-opinion-no-tweets": Tuned("cbp-opinion-no-tweets"),
     "cbp-opinion-no-tweets-bias": Tuned("cbp-opinion-no-tweets", BIAS),
+    # The domain generators (generators/<domain>, served as cbp-<domain>): each tuned on its domain's
+    # unseen tasks (PIQA and COPA, PubMedQA, Financial PhraseBank) and on one task it trained on.
+    **{
+        f"cbp-{domain}{suffix}": Tuned(f"cbp-{domain}", overrides)
+        for domain in ("commonsense", "medical", "financial")
+        for suffix, overrides in (("", {}), ("-bias", BIAS))
+    },
     # The shipped recipe retrained with each --z-mode: z = 0 (only z0 learns), z drawn around z0 (the
     # shipped mode, a second training run) or a learned z per training task; served as
     # --generator cbp-opinion-zmode-<mode>=DIR.
@@ -133,7 +140,7 @@ class Context:
             "method": method,
             "seed": self.seed,
             "calls": calls,
-            **score(log_probs, self.test.labels, len(self.data.choices)),
+            **score(log_probs, self.test.labels, self.data.width),
             "seconds": seconds,
             "model": self.engine.bundle.model_id,
             "test_class_counts": self.data.test_class_counts(),
@@ -156,7 +163,7 @@ def zero_shot_log_probs(ctx: Context) -> tuple[np.ndarray, float]:
 def run_majority(ctx: Context) -> list[Run]:
     """Always the test split's most frequent class: what accuracy alone rewards on a skewed mix."""
     assert ctx.test.labels is not None
-    width = len(ctx.data.choices)
+    width = ctx.data.width
     majority = int(np.bincount(ctx.test.labels, minlength=width).argmax())
     log_probs = np.log(np.full((len(ctx.test), width), 1e-6))
     log_probs[:, majority] = 0.0
@@ -287,6 +294,12 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
 
 
 def run_white_box(ctx: Context) -> list[Run]:
+    if ctx.data.choices is None:  # its scorer takes one fixed choice list
+        print(
+            f"  white-box skipped on {ctx.data.name}: it scores fixed choices, not per-row options",
+            flush=True,
+        )
+        return []
     train, dev = ctx.task.train, ctx.task.dev
     assert train.labels is not None and dev.labels is not None
     records = tune_white_box(
