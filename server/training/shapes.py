@@ -6,13 +6,13 @@ The engine already scores every shape (``ScoringEngine.log_probs``: a list short
 widest is padded with -inf, and the log-softmax runs over each example's own choices), so
 training differs from serving in nothing but the gradient. What this module adds is what the
 trainer needs around that path: the request of a batch in its task's mode, the loss over padded
-lists, and a check, before the first step, that every choice list of every task fits the engine's
-limits, so that a run is refused at its start rather than failing hours in on one row.
+lists, and, before the first step, the rows whose choice lists fit the engine's limits (the others
+are dropped and counted, a task none of whose rows fit is refused), so a run never fails hours in on one row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -52,32 +52,54 @@ def label_loss(log_probs: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     return -picked.mean()
 
 
-def _lists(examples: Examples) -> Iterator[tuple[int, tuple[str, ...]]]:
-    """(source row, choice list) of every example; a shared list once."""
-    if examples.choices.shared:
-        yield (examples.rows[0] if examples.rows else 0), examples.choices.lists[0]
-        return
-    yield from zip(examples.rows, examples.choices.lists, strict=True)
+def _problem(
+    options: tuple[str, ...], tokens: dict[str, tuple[int, ...]], mode: ScoringMode, limits: Limits
+) -> str | None:
+    """Why the engine would refuse this choice list, or None."""
+    if len(options) > limits.max_choices:
+        return f"{len(options)} choices exceed the limit of {limits.max_choices}"
+    for option in options:
+        count = len(tokens[option])
+        if not count or count > limits.max_choice_tokens:
+            return f"choice {option!r} encodes to {count} tokens (1 to {limits.max_choice_tokens} are scored)"
+    firsts = [tokens[option][0] for option in options]
+    if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
+        return "two choices share their first token; use mode: full_choice"
+    return None
 
 
-def check_choices(task: TrainingTask, tokenizer: Any, limits: Limits) -> None:
-    """Refuse a task whose choice lists the engine would refuse: naming the task, the row and why."""
+def scorable(task: TrainingTask, tokenizer: Any, limits: Limits) -> TrainingTask:
+    """The task without the rows whose choice lists the engine would refuse, counted in the record.
+
+    A shared list that does not fit refuses the task (every row would go), naming why; of per-row
+    options only the rows that cannot be scored are dropped (a public multiple-choice set has a few
+    options longer than ``max_choice_tokens``), and a task left with none is refused.
+    """
     mode = ScoringMode(task.format.mode)
-    lists = sorted([*_lists(task.train), *_lists(task.dev)], key=lambda item: item[0])  # file order
-    strings = sorted({option for _, options in lists for option in options})
+    strings = sorted(
+        {o for part in (task.train, task.dev) for options in part.choices.lists for o in options}
+    )
     ids = tokenizer(strings, add_special_tokens=False)["input_ids"] if strings else []
     tokens = dict(zip(strings, (tuple(i) for i in ids), strict=True))
-    for row, options in lists:
-        where = f"task {task.name!r} ({task.data_file} row {row + 1})"
-        if len(options) > limits.max_choices:
-            raise ConfigError(f"{where}: {len(options)} choices exceed the limit of {limits.max_choices}")
-        for option in options:
-            count = len(tokens[option])
-            if not count or count > limits.max_choice_tokens:
-                raise ConfigError(
-                    f"{where}: choice {option!r} encodes to {count} tokens "
-                    f"(1 to {limits.max_choice_tokens} are scored)"
-                )
-        firsts = [tokens[option][0] for option in options]
-        if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
-            raise ConfigError(f"{where}: two choices share their first token; use mode: full_choice")
+    if task.train.choices.shared:
+        if reason := _problem(task.train.choices.lists[0], tokens, mode, limits):
+            raise ConfigError(f"task {task.name!r} ({task.data_file}): {reason}")
+        return task
+    kept: dict[str, list[int]] = {}
+    first: str | None = None
+    for part_name, part in (("train", task.train), ("dev", task.dev)):
+        kept[part_name] = []
+        for index, (row, options) in enumerate(zip(part.rows, part.choices.lists, strict=True)):
+            if (reason := _problem(options, tokens, mode, limits)) is None:
+                kept[part_name].append(index)
+            elif first is None or row < first[0]:
+                first = (row, reason)  # type: ignore[assignment]
+    if not kept["train"]:
+        row, reason = first  # type: ignore[misc]
+        raise ConfigError(
+            f"task {task.name!r}: no row can be scored ({task.data_file} row {row + 1}: {reason})"
+        )
+    dropped = len(task.train) + len(task.dev) - len(kept["train"]) - len(kept["dev"])
+    return replace(
+        task, train=task.train.take(kept["train"]), dev=task.dev.take(kept["dev"]), unscorable=dropped
+    )

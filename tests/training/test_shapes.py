@@ -113,7 +113,8 @@ def test_choice_lists_the_engine_refuses_are_refused_before_training(tmp_path: P
     wide = {"name": "wide", "data": "wide.jsonl", "dev_per_class": 1, **TASKS["options"]}
     (tmp_path / "wide.yaml").write_text(json.dumps({"domain": "toy", "tasks": [wide]}))
     with pytest.raises(
-        ConfigError, match=r"task 'wide' \(wide.jsonl row 1\): 20 choices exceed the limit of 16"
+        ConfigError,
+        match=r"task 'wide': no row can be scored \(wide.jsonl row 1: 20 choices exceed the limit of 16\)",
     ):
         GeneratorTrainer(bundle, load_domain(tmp_path / "wide.yaml"), settings(), tmp_path / "out2")
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "good", "options": ["a", "b"], "answer": 5}])
@@ -121,6 +122,25 @@ def test_choice_lists_the_engine_refuses_are_refused_before_training(tmp_path: P
     (tmp_path / "bad.yaml").write_text(json.dumps({"domain": "toy", "tasks": [bad]}))
     with pytest.raises(ConfigError, match=r"task 'bad': .*row 1: label index 5 is out of range"):
         load_domain(tmp_path / "bad.yaml")
+
+
+def test_rows_whose_options_cannot_be_scored_are_dropped_and_counted(tmp_path: Path) -> None:
+    """A public multiple-choice set has a few options longer than the engine scores: those rows go (the
+    generator card counts them), the rest train."""
+    rows = [
+        {"text": "good fine film", "options": ["yes it is", "no it is not"], "answer": i % 2}
+        for i in range(12)
+    ]
+    rows[3]["options"] = ["yes", "no " + "very " * 40 + "long"]
+    write_jsonl(tmp_path / "some.jsonl", rows)
+    task = {"name": "some", "data": "some.jsonl", "dev_per_class": 1, **TASKS["options"]}
+    (tmp_path / "some.yaml").write_text(json.dumps({"domain": "toy", "tasks": [task]}))
+    trainer = GeneratorTrainer(
+        tiny_bundle(0), load_domain(tmp_path / "some.yaml"), settings(steps=1), tmp_path / "o"
+    )
+    (kept,) = trainer.domain.tasks
+    assert len(kept.train) + len(kept.dev) == 11 and kept.record()["dropped_unscorable"] == 1
+    trainer.run()
 
 
 def test_every_tensor_the_trainer_makes_is_on_the_models_device(tmp_path: Path) -> None:
