@@ -43,10 +43,12 @@ from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODE_PREFIX, C
 from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
+from cbpt.client.fitting import fit_examples
 from cbpt.client.sdk import TuningClient
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.kv import TextStateCache
+from cbpt.server.engine.limits import Limits
 from cbpt.server.settings import ServerSettings
 
 
@@ -100,6 +102,11 @@ def _summary(run: Run) -> str:
     )
 
 
+# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters; the tiny test model's tokenizer takes
+# nearly one a character), scored whole (full_choice); the server's default is 16.
+MAX_CHOICE_TOKENS = 1024
+
+
 def build_engine(
     model: str,
     prompt_length: int,
@@ -131,7 +138,8 @@ def build_engine(
     specs += shipped_generator_specs(bundle.fingerprint)
     specs += [AdapterSpec(method="cbp", name=name, generator=folder) for name, folder in generators]
     cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
-    return ScoringEngine(bundle, build_adapters(bundle, specs), text_states=cache)
+    limits = Limits(max_choice_tokens=MAX_CHOICE_TOKENS)
+    return ScoringEngine(bundle, build_adapters(bundle, specs), limits, text_states=cache)
 
 
 def _source(name: str) -> str:
@@ -233,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     engine=engine,
                     data=data,
                     task=task,
-                    test=data.test(task),
+                    test=fit_examples(client, data.test(task), task.truncate, f"{data.name} test").examples,
                     seed=seed,
                     budgets=args.budgets,
                     popsize=args.popsize,
@@ -256,6 +264,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         score_noise=args.score_noise,
         score_noise_seed=0,
         score_decimals=args.score_decimals,
+        max_choice_tokens=MAX_CHOICE_TOKENS,  # what GetServerInfo states; the engine enforces its own
     )
 
 
