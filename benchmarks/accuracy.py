@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.accuracy [--tasks tweets,sst2,fpb,fpb-natural] [--methods zero-shot,...]
         [--seeds 0,1,2] [--budgets 0,50,100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
         [--sigma0 1.0] [--generator [NAME=]DIR ...] [--text-cache-mb 256] [--output accuracy]
-        [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--white-box-lr 0.1]
+        [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--prepared generators]
+        [--white-box-lr 0.1]
         [--white-box-dev-every 5] [--score-noise 0.0] [--score-decimals N]
 
 ``--tasks`` also takes the domain generators' tasks (accuracy_domains.py: piqa, copa, boolq, pubmedqa,
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy_data import KNOWN_TASKS, TASKS, BenchmarkData, MissingData, load
+from benchmarks.accuracy_domains import GENERATORS
 from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODE_PREFIX, Context, Run
 from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
@@ -180,6 +182,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--datasets", type=Path, default=SHARED, help="the shared datasets folder")
     parser.add_argument(
+        "--prepared",
+        type=Path,
+        default=GENERATORS,
+        help="the folder of the domains' prepared data (<domain>/data/, written by their prepare.py)",
+    )
+    parser.add_argument(
         "--generator",
         type=_generator,
         action="append",
@@ -216,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     datas: dict[str, BenchmarkData] = {}
     for name in args.tasks:
         try:
-            datas[name] = load(name, args.datasets, out / ".data", args.test_size)
+            datas[name] = load(name, args.datasets, out / ".data", args.test_size, args.prepared)
         except MissingData as error:
             print(f"skipping task {name}: {error}", flush=True)
             continue
