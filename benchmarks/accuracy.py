@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.accuracy [--tasks tweets,sst2,fpb,fpb-natural] [--methods zero-shot,...]
         [--seeds 0,1,2] [--budgets 0,50,100,200,400] [--test-size 600] [--model smollm2|tiny] [--popsize 20]
         [--sigma0 1.0] [--generator [NAME=]DIR ...] [--text-cache-mb 256] [--output accuracy]
-        [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--white-box-lr 0.1]
+        [--output-dir benchmarks/results] [--datasets ../shared/datasets] [--prepared generators]
+        [--white-box-lr 0.1]
         [--white-box-dev-every 5] [--score-noise 0.0] [--score-decimals N]
 
 ``--tasks`` also takes the domain generators' tasks (accuracy_domains.py: piqa, copa, boolq, pubmedqa,
@@ -39,14 +40,17 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy_data import KNOWN_TASKS, TASKS, BenchmarkData, MissingData, load
+from benchmarks.accuracy_domains import GENERATORS
 from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODE_PREFIX, Context, Run
 from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
+from cbpt.client.fitting import fit_examples
 from cbpt.client.sdk import TuningClient
 from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.kv import TextStateCache
+from cbpt.server.engine.limits import Limits
 from cbpt.server.settings import ServerSettings
 
 
@@ -100,6 +104,11 @@ def _summary(run: Run) -> str:
     )
 
 
+# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters; the tiny test model's tokenizer takes
+# nearly one a character), scored whole (full_choice); the server's default is 16.
+MAX_CHOICE_TOKENS = 1024
+
+
 def build_engine(
     model: str,
     prompt_length: int,
@@ -131,7 +140,8 @@ def build_engine(
     specs += shipped_generator_specs(bundle.fingerprint)
     specs += [AdapterSpec(method="cbp", name=name, generator=folder) for name, folder in generators]
     cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
-    return ScoringEngine(bundle, build_adapters(bundle, specs), text_states=cache)
+    limits = Limits(max_choice_tokens=MAX_CHOICE_TOKENS)
+    return ScoringEngine(bundle, build_adapters(bundle, specs), limits, text_states=cache)
 
 
 def _source(name: str) -> str:
@@ -172,6 +182,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--datasets", type=Path, default=SHARED, help="the shared datasets folder")
     parser.add_argument(
+        "--prepared",
+        type=Path,
+        default=GENERATORS,
+        help="the folder of the domains' prepared data (<domain>/data/, written by their prepare.py)",
+    )
+    parser.add_argument(
         "--generator",
         type=_generator,
         action="append",
@@ -208,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     datas: dict[str, BenchmarkData] = {}
     for name in args.tasks:
         try:
-            datas[name] = load(name, args.datasets, out / ".data", args.test_size)
+            datas[name] = load(name, args.datasets, out / ".data", args.test_size, args.prepared)
         except MissingData as error:
             print(f"skipping task {name}: {error}", flush=True)
             continue
@@ -233,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     engine=engine,
                     data=data,
                     task=task,
-                    test=data.test(task),
+                    test=fit_examples(client, data.test(task), task.truncate, f"{data.name} test").examples,
                     seed=seed,
                     budgets=args.budgets,
                     popsize=args.popsize,
@@ -256,6 +272,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         score_noise=args.score_noise,
         score_noise_seed=0,
         score_decimals=args.score_decimals,
+        max_choice_tokens=MAX_CHOICE_TOKENS,  # what GetServerInfo states; the engine enforces its own
     )
 
 

@@ -36,6 +36,9 @@ UNSEEN: dict[str, tuple[str, str]] = {  # name -> (domain, template) of the per-
     "copa": ("commonsense", "Premise: {premise}\nQuestion: {question}\nAnswer:"),
 }
 TRAINED = {"boolq": "commonsense", "abstracts": "medical", "fintweets": "financial"}
+# The long field a user's task may cut to the server's limit: prepare.py already cut it to 200 words (within
+# 512 SmolLM2 tokens, so nothing is cut there and the task is templated as trained); finer tokenizers cut.
+LONG_FIELD = {"boolq": "passage", "abstracts": "abstract"}
 _SHAPE_KEYS = ("options_field", "option_template", "mode", "truncate")
 
 
@@ -99,7 +102,8 @@ def trained(name: str, generators: Path, work: Path, test_size: int) -> Benchmar
         entry.get("choices"),
         write_jsonl(work / f"{name}-pool.jsonl", pool),
         tuple(test),
-        {key: entry[key] for key in _SHAPE_KEYS if key in entry},
+        {key: entry[key] for key in _SHAPE_KEYS if key in entry}
+        | ({"truncate": {"field": LONG_FIELD[name]}} if name in LONG_FIELD else {}),
     )
 
 

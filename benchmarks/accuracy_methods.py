@@ -22,6 +22,7 @@ from benchmarks.accuracy_data import BenchmarkData
 from benchmarks.accuracy_report import CALIBRATED, PRIOR
 from benchmarks.white_box import WhiteBoxConfig
 from benchmarks.white_box import tune as tune_white_box
+from cbpt.client.fitting import fit_examples
 from cbpt.client.losses import (
     accuracy,
     apply_bias,
@@ -148,7 +149,9 @@ class Context:
         }
 
     def predict(self, adapter: str, vector: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        return self.client.predict(adapter, vector, texts, self.test.choices, cue=self.test.cue)
+        return self.client.predict(
+            adapter, vector, texts, self.test.choices, self.task.mode, cue=self.test.cue
+        )
 
 
 def zero_shot_log_probs(ctx: Context) -> tuple[np.ndarray, float]:
@@ -197,8 +200,19 @@ def demonstrations(task: Task, seed: int) -> str:
 
 def run_icl(ctx: Context) -> list[Run]:
     prefix = demonstrations(ctx.task, ctx.seed)
+    texts = [prefix + text for text in ctx.test.texts]
+    limits = ctx.client.info().limits
+    longest = max(map(len, texts))
+    if (limits.max_text_chars and longest > limits.max_text_chars) or (
+        limits.max_text_tokens and max(ctx.client.count_tokens(texts)) > limits.max_text_tokens
+    ):  # long passages: no room for a shot per class
+        print(
+            f"  icl skipped on {ctx.data.name}: its demonstrations do not fit the server's text limits",
+            flush=True,
+        )
+        return []
     started = time.perf_counter()
-    log_probs = ctx.predict("none", np.zeros(0, np.float32), [prefix + text for text in ctx.test.texts])
+    log_probs = ctx.predict("none", np.zeros(0, np.float32), texts)
     return [ctx.run("icl", 0, log_probs, time.perf_counter() - started)]
 
 
@@ -219,17 +233,20 @@ def _at_zero(ctx: Context, method: str, settings: TunerSettings, extra: dict[str
     started = time.perf_counter()
     dimension = extra["dimension"]
     zero = np.zeros(dimension, np.float32)
-    train, dev = ctx.task.train, ctx.task.dev
+    truncate = ctx.task.truncate
+    train = fit_examples(ctx.client, ctx.task.train, truncate, f"{ctx.data.name} train").examples
+    dev = fit_examples(ctx.client, ctx.task.dev, truncate, f"{ctx.data.name} dev").examples
+    mode = ctx.task.mode
     bias = None
     if settings.fit_bias:
         train_log_probs = ctx.client.predict(
-            settings.adapter, zero, train.texts, train.choices, cue=train.cue
+            settings.adapter, zero, train.texts, train.choices, mode, cue=train.cue
         )
         assert train.labels is not None
         bias = compute_losses("ce", train_log_probs[None], train.labels, with_bias=True).bias
         bias = None if bias is None else bias[0]
     dev_log_probs = apply_bias(
-        ctx.client.predict(settings.adapter, zero, dev.texts, dev.choices, cue=dev.cue), bias
+        ctx.client.predict(settings.adapter, zero, dev.texts, dev.choices, mode, cue=dev.cue), bias
     )
     assert dev.labels is not None
     dev_metrics = metrics(dev_log_probs, dev.labels, dev.num_choices)

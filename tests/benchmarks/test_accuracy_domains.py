@@ -92,3 +92,41 @@ def test_the_domain_methods_tune_the_generator_served_under_the_domain_name() ->
         assert methods.TUNED[f"cbp-{domain}"].served == f"cbp-{domain}"
         assert methods.TUNED[f"cbp-{domain}-bias"].overrides == {"fit_bias": True}
         assert f"cbp-{domain}-bias-calibrated" in methods.METHODS
+
+
+def test_a_per_row_option_task_runs_end_to_end_scored_as_full_choices(tmp_path: Path) -> None:
+    """Options sharing their first token: scored first-token the server refuses them, so this passes only
+    when every call (zero-shot, the tuner, z = 0 with its bias) scores them in the task's full-choice mode."""
+    accuracy = pytest.importorskip("benchmarks.accuracy")
+    rows = [
+        {
+            "goal": f"how to do thing {i}",
+            "options": [f"the good way {i}", f"the bad way {i}"][:: 1 - 2 * (i % 2)],
+        }
+        | {"label": i % 2}
+        for i in range(120)
+    ]
+    _write(
+        tmp_path / "gen" / "commonsense" / "data" / "copa.jsonl",
+        [
+            {"premise": r["goal"], "question": "Why?", "options": r["options"], "label": r["label"]}
+            for r in rows
+        ],
+    )
+    out = tmp_path / "out"
+    accuracy.main(
+        [
+            *("--model", "tiny", "--tasks", "copa", "--methods", "majority,zero-shot,bbt-cue-bias,white-box"),
+            *("--seeds", "0", "--budgets", "0,4", "--popsize", "4", "--test-size", "12"),
+            *("--output", "acc", "--output-dir", str(out), "--datasets", str(tmp_path / "none")),
+            *("--prepared", str(tmp_path / "gen")),
+        ]
+    )
+    runs = json.loads((out / "acc.json").read_text())
+    assert {(run["method"], run["calls"]) for run in runs} >= {
+        ("zero-shot", 0),
+        ("bbt-cue-bias", 0),
+        ("bbt-cue-bias", 4),
+    }
+    assert all(len(run["predicted_class_counts"]) == 2 and run["test_class_counts"] == [6, 6] for run in runs)
+    assert not [run for run in runs if run["method"].startswith("white-box")]  # fixed choices only
