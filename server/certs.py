@@ -82,17 +82,40 @@ def generate_dev_certificates(
 
     if client:
         assert paths.client_cert is not None and paths.client_key is not None
-        client_key = ec.generate_private_key(ec.SECP256R1())
-        client_cert = (
-            _builder(_name("cbpt-client"), ca_name, client_key.public_key())
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
-            .sign(ca_private, hashes.SHA256())
-        )
-        _write(paths.client_cert, client_cert.public_bytes(serialization.Encoding.PEM), private=False)
-        _write(paths.client_key, _key_pem(client_key), private=True)
+        _client_certificate(ca_cert, ca_private, "cbpt-client", paths.client_cert, paths.client_key)
     return paths
+
+
+def issue_client_certificate(paths: CertificatePaths, name: str, out: Path) -> tuple[Path, Path]:
+    """Another client certificate (subject CN ``name``) from the same development CA: one per tenant
+    under mTLS, where the certificate names the tenant. Returns (certificate, key) in ``out``."""
+    ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    ca_private = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{paths.ca_key}: not the EC key of a cbpt development CA")
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / f"{name}.pem", out / f"{name}-key.pem"
+    _client_certificate(ca_cert, ca_private, name, cert_path, key_path)
+    return cert_path, key_path
+
+
+def _client_certificate(
+    ca_cert: x509.Certificate,
+    ca_private: ec.EllipticCurvePrivateKey,
+    name: str,
+    cert_path: Path,
+    key_path: Path,
+) -> None:
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (
+        _builder(_name(name), ca_cert.subject, client_key.public_key())
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .sign(ca_private, hashes.SHA256())
+    )
+    _write(cert_path, client_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    _write(key_path, _key_pem(client_key), private=True)
 
 
 def _name(common_name: str) -> x509.Name:
