@@ -6,7 +6,7 @@ nats, renormalised over the choices afterwards) make each answer say less, at a 
 accuracy that the accuracy benchmark measures (``--score-noise`` there).
 
 Noise drawn afresh per cell would average away: 512 copies of one text in one call, or one query
-sent 512 times, would cut its error by a factor of about 23. So each cell's noise is a
+sent 512 times, would cut its error by sqrt(512), about 23. So each cell's noise is a
 deterministic function of the tenant, the time window (``window_seconds``, a day by default), the
 adapter, mode and cue, the candidate vector, the text and the choice string, keyed by a server
 secret (HMAC-SHA256; fresh at every start unless ``seed`` fixes it for benchmarks and tests):

@@ -95,6 +95,17 @@ def test_add_key_prints_the_key_once(tmp_path: Path) -> None:
     _one_line_error(["add-key", "alice", "--keys-file", str(keys)], "already exists")
 
 
+def test_add_key_for_a_client_certificate_prints_no_key(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    args = ["add-key", "alice", "--keys-file", str(keys), "--certificate", "alice.example"]
+    result = runner.invoke(app, [*args, "--evaluations-per-day", "50"])
+    assert result.exit_code == 0, result.output
+    assert "cbpt_" not in result.output and "alice.example" in result.output
+    stored = json.loads(keys.read_text())["keys"]
+    assert stored == [{"id": "alice", "certificate": "alice.example", "evaluations_per_day": 50}]
+    _one_line_error(["add-key", "bob", *args[2:]], "already has an entry")
+
+
 def test_info_and_convert_model(model_dir: Path) -> None:
     result = runner.invoke(
         app, ["info", "--model", str(model_dir), "--bbt-dimension", "8", "--prompt-length", "2"]
