@@ -5,43 +5,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
 from cbpt.server.app import serve_in_background
-from cbpt.server.certs import CertificatePaths, issue_client_certificate
+from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import ConfigError
 from cbpt.server.keys import add_certificate, add_key
 from cbpt.server.runtime import default_adapters
-from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import (
     DIMENSION,
     TEST_LIMITS,
+    Identity,
     call_fails,
     evaluate_request,
+    mtls_settings,
     plain_settings,
     tls_channel,
 )
 
 CUE = "\nSentiment:"
-
-
-@dataclass(frozen=True)
-class Identity:
-    cert: Path
-    key: Path
-
-
-@pytest.fixture(scope="module")
-def people(certs: CertificatePaths, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
-    out = tmp_path_factory.mktemp("people")
-    return {name: Identity(*issue_client_certificate(certs, name, out)) for name in ("alice", "bob")}
 
 
 @pytest.fixture
@@ -51,19 +39,6 @@ def engine() -> ScoringEngine:
     return ScoringEngine(
         bundle, default_adapters(bundle, bbt_dimension=DIMENSION, prompt_length=4), TEST_LIMITS
     )
-
-
-def mtls_settings(certs: CertificatePaths, **overrides: object) -> ServerSettings:
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "tls_cert": certs.server_cert,
-        "tls_key": certs.server_key,
-        "client_ca": certs.ca_cert,
-        "grace_seconds": 2.0,
-    }
-    values.update(overrides)
-    return ServerSettings(**values)
 
 
 @contextmanager
