@@ -1,4 +1,4 @@
-"""Provider protection: rounded or noisy log-probs, and per-key budgets of candidate evaluations."""
+"""Provider protection: rounded or keyed-noisy log-probs, and per-tenant budgets of scored sequences."""
 
 from __future__ import annotations
 
