@@ -86,16 +86,28 @@ def generate_dev_certificates(
     return paths
 
 
-def issue_client_certificate(paths: CertificatePaths, name: str, out: Path) -> tuple[Path, Path]:
-    """Another client certificate (subject CN ``name``) from the same development CA: one per tenant
-    under mTLS, where the certificate names the tenant. Returns (certificate, key) in ``out``."""
-    ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-    ca_private = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
-    if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
-        raise CertificateError(f"{paths.ca_key}: not the EC key of a cbpt development CA")
-    out.mkdir(parents=True, exist_ok=True)
+def issue_client_certificate(
+    ca_cert: Path, ca_key: Path, name: str, out: Path, force: bool = False
+) -> tuple[Path, Path]:
+    """Another client certificate (subject CN ``name``) from an existing development CA: one per
+    tenant under mTLS, where the certificate names the tenant. Returns (certificate, key) in ``out``."""
+    from cbpt.server.keys import CERTIFICATE_NAME
+
+    if not CERTIFICATE_NAME.fullmatch(name):
+        raise CertificateError(f"client name {name!r}: use letters, digits, '.', '_', '@' or '-'")
     cert_path, key_path = out / f"{name}.pem", out / f"{name}-key.pem"
-    _client_certificate(ca_cert, ca_private, name, cert_path, key_path)
+    existing = [path for path in (cert_path, key_path) if path.exists()]
+    if existing and not force:
+        raise CertificateError(f"{existing[0]} already exists; pass --force to replace it")
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+        ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    except (OSError, ValueError) as error:
+        raise CertificateError(f"cannot read the CA ({ca_cert}, {ca_key}): {error}") from None
+    if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{ca_key}: not the EC key of a cbpt development CA")
+    out.mkdir(parents=True, exist_ok=True)
+    _client_certificate(ca, ca_private, name, cert_path, key_path)
     return cert_path, key_path
 
 

@@ -247,6 +247,27 @@ def gen_certs(
             console.print(f"{label:12} {path}", highlight=False)
 
 
+@app.command("client-cert")
+def client_cert(
+    name: Annotated[
+        str, typer.Argument(help="The certificate's subject CN: the tenant cert:NAME under mTLS.")
+    ],
+    out: Annotated[Path, typer.Option(help="The --out folder of gen-certs (its ca.pem signs).")],
+    ca_key: Annotated[
+        Path | None, typer.Option(help="The CA's private key (default: <out>-ca-key.pem, beside --out).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Issue one more client certificate from the development CA: NAME.pem and NAME-key.pem in --out."""
+    from cbpt.server.certs import issue_client_certificate
+
+    with _one_line_errors():
+        key_path = ca_key if ca_key is not None else out.parent / f"{out.name}-ca-key.pem"
+        paths = issue_client_certificate(out / "ca.pem", key_path, name, out, force=force)
+    for label, path in zip(("client_cert", "client_key"), paths, strict=True):
+        console.print(f"{label:12} {path}", highlight=False)
+
+
 @app.command("add-key")
 def add_key(
     name: Annotated[str, typer.Argument(help="Key id shown in logs, e.g. alice.")],

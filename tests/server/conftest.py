@@ -56,4 +56,7 @@ def other_certs(tmp_path_factory: pytest.TempPathFactory) -> CertificatePaths:
 def people(certs: CertificatePaths, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
     """Client certificates for alice and bob from the ``certs`` CA: two tenants under mTLS."""
     out = tmp_path_factory.mktemp("people")
-    return {name: Identity(*issue_client_certificate(certs, name, out)) for name in ("alice", "bob")}
+    return {
+        name: Identity(*issue_client_certificate(certs.ca_cert, certs.ca_key, name, out))
+        for name in ("alice", "bob")
+    }
