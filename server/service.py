@@ -2,7 +2,7 @@
 
 The backend (backends.py) scores validated engine requests: by default the engine on one worker
 thread (the model is single-tenant) so the event loop stays free for health checks, behind the
-scheduler, which takes turns among API keys one forward pass at a time, merges calls that arrive
+scheduler, which takes turns among tenants one forward pass at a time, merges calls that arrive
 together (scheduler.py, merging.py) and stops calls whose client went away; or replicas elsewhere
 (deploy/). Budgets, score protection and draining stay here, whatever the backend. While
 draining, new calls are refused as retryable. Logs carry sizes, timings and the key id, never
