@@ -30,7 +30,8 @@ import numpy as np
 from safetensors.numpy import load as load_tensors
 
 from cbpt.client.batches import predict_in_batches
-from cbpt.client.crypto import KeySpec, resolve_key, seal, unseal
+from cbpt.client.crypto import KeySpec, SecretKey, authenticate, resolve_key, seal, unseal
+from cbpt.client.crypto import verify as verify_record
 from cbpt.client.errors import ArtifactError, ArtifactModified, ArtifactWarning, FingerprintMismatch
 from cbpt.client.info import ServerInfo
 from cbpt.client.losses import apply_bias
@@ -47,6 +48,7 @@ VECTOR_FILE = "vector.safetensors"
 SEALED_VECTOR_FILE = "vector.safetensors.enc"
 VECTOR_MAGIC = b"CBPTVEC\x00"
 HISTORY_FILE = "history.jsonl"
+AUTHENTICATION = "authentication"
 _REQUIRED = ("format_version", "adapter", "model_id", "model_fingerprint", "task_format", "dimension")
 _KNOWN = frozenset(
     (
@@ -62,7 +64,7 @@ _KNOWN = frozenset(
             "calls_used",
         ),
         *("optimizer", "seed", "settings", "stop_reason", "vector_file", "vector_encrypted", "has_bias"),
-        *("task", "created_at", "client_version", "vector_sha256", "partial"),
+        *("task", "created_at", "client_version", "vector_sha256", "partial", "authentication"),
     )
 )
 
@@ -89,8 +91,10 @@ def save_tuned(
         tensors["bias"] = np.asarray(result.bias, dtype=np.float64)
     metadata = {"format": "cbpt", "adapter": result.adapter, "model_fingerprint": result.model_fingerprint}
     payload = tensor_bytes(tensors, metadata)
+    secret = resolve_key(key) if encrypt or key is not None else None  # a keyed run
     if encrypt:
-        payload = seal(payload, resolve_key(key), VECTOR_MAGIC, FORMAT_VERSION)
+        assert secret is not None
+        payload = seal(payload, secret, VECTOR_MAGIC, FORMAT_VERSION)
         write_atomic(folder / SEALED_VECTOR_FILE, payload)
         (folder / VECTOR_FILE).unlink(missing_ok=True)
     else:
@@ -124,6 +128,8 @@ def save_tuned(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "client_version": __version__,
     }
+    if secret is not None:  # task.json and the vector, bound together: neither can be swapped alone
+        card[AUTHENTICATION] = authenticate(secret, _card_bytes(card), payload)
     write_atomic(folder / "task.json", (json.dumps(card, indent=2) + "\n").encode("utf-8"), mode=0o644)
     if partial:
         return []
@@ -227,9 +233,13 @@ def read_task_format(folder: Path) -> TaskFormat:
 def load_tuned(folder: Path, *, key: KeySpec = None, verify: bool = True) -> TunedTask:
     """Read a tuned-task folder; ``key`` opens an encrypted vector (default: the default key file).
 
-    The vector file must have the sha256 task.json recorded (ArtifactModified otherwise), so a
-    flipped bit is refused rather than scored; ``verify=False`` loads it anyway. A folder from a
-    client that recorded no digest loads with an ArtifactWarning.
+    A keyed run (an encrypted vector, or a key given when it was saved) carries an HMAC over
+    task.json and the vector file together: it must verify under the key (ArtifactModified
+    otherwise), so neither the vector, nor the choices, nor which file is the vector can be swapped.
+    A folder without one loads only when it claims no encryption and no ``key`` is given (a
+    downgrade of a keyed run to an unkeyed one is refused), and then only with the sha256 of its
+    vector as task.json recorded: a check against accidents, not against someone who can write the
+    folder (docs/security.md). ``verify=False`` skips both checks (AES-GCM still checks a sealed vector).
     """
     folder = Path(folder)
     card = _read_card(folder / "task.json")
@@ -239,12 +249,13 @@ def load_tuned(folder: Path, *, key: KeySpec = None, verify: bool = True) -> Tun
         payload = path.read_bytes()
     except OSError as error:
         raise ArtifactError(f"{folder}: cannot read {path.name} ({error.strerror})") from None
+    sealed = path.name.endswith(".enc")
+    secret = resolve_key(key) if sealed or key is not None or AUTHENTICATION in card else None
     if verify:
-        _check_digest(path, payload, card.get("vector_sha256"))
-    if path.name.endswith(".enc"):
-        _, payload = unseal(
-            payload, resolve_key(key), VECTOR_MAGIC, FORMAT_VERSION, f"encrypted vector {path}"
-        )
+        _check_folder(folder, path, card, payload, secret, key_given=key is not None)
+    if sealed:
+        assert secret is not None
+        _, payload = unseal(payload, secret, VECTOR_MAGIC, FORMAT_VERSION, f"encrypted vector {path}")
     try:
         tensors = load_tensors(payload)
     except Exception as error:  # safetensors raises its own error type for malformed bytes
@@ -256,6 +267,10 @@ def load_tuned(folder: Path, *, key: KeySpec = None, verify: bool = True) -> Tun
         raise ArtifactError(
             f"{path}: vector has {vector.shape[0]} values, task.json says {card['dimension']}"
         )
+    try:
+        task_format = TaskFormat.model_validate(card["task_format"])  # the card just verified, not a re-read
+    except ValueError as error:
+        raise ArtifactError(f"{folder}/task.json: task_format is invalid ({error})") from None
     return TunedTask(
         folder=folder,
         vector=vector,
@@ -263,25 +278,51 @@ def load_tuned(folder: Path, *, key: KeySpec = None, verify: bool = True) -> Tun
         adapter=str(card["adapter"]),
         model_id=str(card["model_id"]),
         model_fingerprint=str(card["model_fingerprint"]),
-        format=read_task_format(folder),
+        format=task_format,
         card=card,
         history=_read_history(folder / "history.jsonl"),
     )
 
 
-def _check_digest(path: Path, payload: bytes, recorded: object) -> None:
-    if recorded is None:
-        warnings.warn(
-            f"{path.parent}/task.json records no vector digest (an older client wrote it); "
-            f"{path.name} cannot be checked",
-            ArtifactWarning,
-            stacklevel=3,
-        )
+def _card_bytes(card: dict[str, Any]) -> bytes:
+    """task.json's content as authenticated: every field but the authentication record, canonical JSON."""
+    fields = {name: value for name, value in card.items() if name != AUTHENTICATION}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _check_folder(
+    folder: Path,
+    path: Path,
+    card: dict[str, Any],
+    payload: bytes,
+    secret: SecretKey | None,
+    *,
+    key_given: bool,
+) -> None:
+    hint = "re-run tuning, or pass --no-verify-vector to use it anyway"
+    if AUTHENTICATION in card:
+        assert secret is not None
+        problem = verify_record(card[AUTHENTICATION], secret, _card_bytes(card), payload)
+        if problem is not None:
+            raise ArtifactModified(f"{folder}: task.json with {path.name}: {problem}; {hint}")
         return
+    encrypted = (
+        path.name.endswith(".enc") or card.get("vector_encrypted") or (folder / SEALED_VECTOR_FILE).exists()
+    )
+    if encrypted or key_given:
+        what = "holds an encrypted vector" if encrypted else "was loaded with a key"
+        raise ArtifactModified(
+            f"{folder} {what} but task.json carries no authentication: a keyed run always does, so this one "
+            f"was written without a key or had its authentication removed (a downgrade); {hint}"
+        )
+    recorded = card.get("vector_sha256")
+    if recorded is None:
+        raise ArtifactModified(
+            f"{folder}/task.json records no vector digest, so {path.name} cannot be checked; {hint}"
+        )
     if hashlib.sha256(payload).hexdigest() != recorded:
         raise ArtifactModified(
-            f"{path} is not the file task.json recorded (sha256 differs): it was modified or replaced; "
-            "re-run tuning, or pass --no-verify-vector to use it anyway"
+            f"{path} is not the file task.json recorded (sha256 differs): it was modified or replaced; {hint}"
         )
 
 

@@ -1,4 +1,5 @@
-"""Sealing files with AES-256-GCM: checkpoints and, optionally, tuned vectors at rest.
+"""Sealing files with AES-256-GCM (checkpoints and, optionally, tuned vectors at rest), and
+authenticating several files together with HMAC-SHA256 under the same key (tuned-task folders).
 
 Layout of a sealed file::
 
@@ -12,6 +13,8 @@ stretched with scrypt over the file's salt.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 import warnings
@@ -153,3 +156,37 @@ def unseal(blob: bytes, key: SecretKey, magic: bytes, max_version: int, what: st
     except InvalidTag:
         raise CheckpointError(f"{what} failed authentication: wrong key, or the file was modified") from None
     return version, plaintext
+
+
+AUTH_SCHEME = "hmac-sha256"
+_AUTH_CONTEXT = b"cbpt authentication key v1"  # the MAC key is derived apart from the AES key
+
+
+def authenticate(key: SecretKey, *parts: bytes) -> dict[str, str]:
+    """A record (scheme, kdf, salt, tag) that binds ``parts`` together under ``key``."""
+    salt = key.salt()
+    kdf = "scrypt" if key.kdf == KDF_SCRYPT else "key-file"
+    return {"scheme": AUTH_SCHEME, "kdf": kdf, "salt": salt.hex(), "tag": _tag(key, salt, parts).hex()}
+
+
+def verify(record: object, key: SecretKey, *parts: bytes) -> str | None:
+    """None when ``record`` authenticates ``parts`` under ``key``; else why not, in a few words."""
+    if not isinstance(record, dict) or record.get("scheme") != AUTH_SCHEME:
+        return "its authentication record is not one this client reads"
+    wanted = KDF_SCRYPT if record.get("kdf") == "scrypt" else KDF_KEY_FILE
+    if wanted != key.kdf:
+        used = "a passphrase" if wanted == KDF_SCRYPT else "a key file"
+        return f"it was authenticated with {used}, but {key.source} was given"
+    try:
+        salt, tag = bytes.fromhex(str(record["salt"])), bytes.fromhex(str(record["tag"]))
+    except (KeyError, ValueError):
+        return "its authentication record is malformed"
+    if len(salt) != SALT_BYTES or not hmac.compare_digest(tag, _tag(key, salt, parts)):
+        return "it failed authentication: wrong key, or it was modified"
+    return None
+
+
+def _tag(key: SecretKey, salt: bytes, parts: tuple[bytes, ...]) -> bytes:
+    mac_key = hmac.new(key.derive(salt), _AUTH_CONTEXT, hashlib.sha256).digest()
+    framed = b"".join(struct.pack(">Q", len(part)) + part for part in parts)  # no two splits collide
+    return hmac.new(mac_key, framed, hashlib.sha256).digest()

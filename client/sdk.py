@@ -53,6 +53,9 @@ class ClientStats:
     server_seconds: float = 0.0
     tokens_processed: int = 0
     candidate_evaluations: int = 0  # candidates x evaluate() calls, before any splitting
+    # What the server's budget was charged for the answered calls: candidates x examples (x choices
+    # in full-choice mode), the unit of --evaluations-per-day / --evaluations-total.
+    budget_used: int = 0
 
     def reset(self) -> None:
         for field in fields(self):
@@ -365,4 +368,6 @@ class TuningClient:
         scores = serde.scores_from_response(evaluated, len(rows), batch.choice_counts(chunk))
         self.stats.server_seconds += scores.server_seconds
         self.stats.tokens_processed += scores.tokens_processed
+        counts = batch.choice_counts(chunk)
+        self.stats.budget_used += len(rows) * (sum(counts) if batch.mode == "full_choice" else len(columns))
         return scores.log_probs

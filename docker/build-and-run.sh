@@ -47,9 +47,9 @@ if [ ! -f deploy/certs/server.pem ]; then
   .venv/bin/cbpt-server gen-certs --out deploy/certs --hosts localhost,127.0.0.1,server
 fi
 if [ ! -f deploy/client.key ]; then
-  .venv/bin/cbpt-server add-key demo --keys-file deploy/keys.json > deploy/client.key
+  .venv/bin/cbpt-server add-key demo --keys-file deploy/keys/keys.json > deploy/client.key
 fi
-chown -R 10001:10001 deploy/certs deploy/keys.json deploy/client.key
+chown -R 10001:10001 deploy/certs deploy/keys deploy/client.key
 
 say "5. docker-compose up, until the healthcheck reports healthy"
 started=$(date +%s)

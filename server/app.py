@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,13 +64,15 @@ async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSetting
     keys = KeyStore.from_file(settings.api_keys_file) if settings.api_keys_file is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = []
     budgets = None
-    if keys is not None:
+    mtls = settings.client_ca is not None
+    if keys is not None or mtls:  # every API key and every client certificate is a tenant
         interceptors.append(
             ApiKeyInterceptor(
                 keys,
                 settings.requests_per_minute,
                 settings.max_concurrent_per_key,
                 on_refusal=metrics.refused,
+                mtls=mtls,
             )
         )
         budgets = EvaluationBudgets(
@@ -114,6 +116,8 @@ async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSetting
         await servicer.close()
         raise ConfigError(f"cannot listen on {address}: address in use or not available")
     parts = _Parts(server, health, servicer, port, metrics, keys, budgets)
+    if keys is not None:
+        keys.on_reload = _keys_reload_reporter(parts)
     if settings.metrics_port is not None:
         try:
             parts.metrics_port = _serve_metrics(metrics, settings)
@@ -164,6 +168,22 @@ async def _watch_keys(keys: KeyStore, interval: float) -> None:
         await asyncio.sleep(interval)
         if keys.changed():
             keys.reload()
+
+
+def _keys_reload_reporter(parts: _Parts) -> Callable[[bool], None]:
+    """A failed reload refuses every call (keys.py says why): the metric, and health NOT_SERVING for
+    the Tuning service until a reload succeeds, make that loud; overall health stays SERVING, since
+    the process itself is fine and a restart would not fix the file."""
+    loop = asyncio.get_running_loop()
+
+    def report(ok: bool) -> None:
+        parts.metrics.keys_reloaded(ok)
+        if parts.servicer.draining:
+            return  # draining already says NOT_SERVING, and stays so
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        loop.call_soon_threadsafe(lambda: loop.create_task(parts.health.set(SERVICE_NAME, status)))
+
+    return report
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:

@@ -1,4 +1,4 @@
-"""The interceptor that checks API keys and applies per-key quotas on the Tuning service.
+"""The interceptor that names each call's tenant (API key or client certificate) and applies its quotas.
 
 It covers the ``cbpt.v1.Tuning`` service only, so health checks and reflection stay open to
 probes, and it wraps every handler kind (unary and streaming alike) in the same guard. It
@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 
-from cbpt.server.errors import AuthenticationFailed, QuotaExceeded
-from cbpt.server.keys import ApiKey, KeyStore
+from cbpt.server.errors import AuthenticationFailed, KeysUnavailable, QuotaExceeded
+from cbpt.server.keys import CERTIFICATE_NAME, CERTIFICATE_PREFIX, ApiKey, KeyStore
 from cbpt.server.logs import current_key_id
 from cbpt.server.status import error_status
 
@@ -59,19 +59,27 @@ _KINDS = (
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Checks ``authorization: Bearer <key>`` and per-key quotas on the Tuning service.
+    """Names the tenant of every Tuning call and applies its quotas.
 
-    All state lives on the server's event loop thread, so no locks are needed.
+    The tenant is the API key's entry (``authorization: Bearer <key>``), or with mTLS (``mtls``)
+    the client certificate: the keys-file entry that names it (``certificate``), or without a keys
+    file the certificate itself (``cert:<CN or SAN>``, with the server's default limits). Caches,
+    budgets and fair shares are all scoped by that id. The certificate is read from the call's
+    auth context, so the check runs in the wrapped handler. All state lives on the server's event
+    loop thread, so no locks are needed.
     """
 
     def __init__(
         self,
-        store: KeyStore,
+        store: KeyStore | None,
         requests_per_minute: int,
         max_concurrent: int,
         on_refusal: Callable[[str], None] = lambda reason: None,
+        *,
+        mtls: bool = False,
     ) -> None:
         self._store = store
+        self._mtls = mtls
         self._on_refusal = on_refusal  # metrics: refusals by reason
         self._default_rpm = requests_per_minute
         self._default_concurrent = max_concurrent
@@ -86,30 +94,69 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(SERVICE_PREFIX):
             return handler
-        try:
-            key = self._authenticate(handler_call_details.invocation_metadata or ())
-            self._take_token(key)
-        except (AuthenticationFailed, QuotaExceeded) as exc:
-            self._on_refusal("unauthenticated" if isinstance(exc, AuthenticationFailed) else "rate_limit")
-            refused = exc
-            return _rewrap(handler, lambda behavior, streaming: _refusal(refused, streaming))
-        return _rewrap(handler, lambda behavior, streaming: self._guarded(key, behavior, streaming))
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+        return _rewrap(handler, lambda behavior, streaming: self._guarded(metadata, behavior, streaming))
 
-    def _authenticate(self, metadata: tuple) -> ApiKey:
+    def _enter(self, metadata: tuple, context: grpc.aio.ServicerContext) -> ApiKey:
+        """The call's tenant, past its rate and concurrency limits; raises the refusal otherwise."""
+        try:
+            key = self._authenticate(metadata, context)
+        except AuthenticationFailed:
+            self._on_refusal("unauthenticated")
+            raise
+        except KeysUnavailable:
+            self._on_refusal("keys_file")
+            raise
+        self._take_token(key)
+        self._admit(key)
+        return key
+
+    def _authenticate(self, metadata: tuple, context: grpc.aio.ServicerContext) -> ApiKey:
+        if self._store is not None and self._store.broken is not None:
+            raise KeysUnavailable(
+                "the server's API keys file failed to reload; calls are refused until the operator fixes it",
+                retry_after=30.0,
+            )
+        names = certificate_names(context) if self._mtls else []
         values = [value for name, value in metadata if name == "authorization"]
-        if not values:
+        if values and self._store is not None:  # with mTLS alone, the certificate names the tenant
+            key = self._by_bearer(str(values[0]))
+            if key.certificate is not None and key.certificate not in names:
+                log.info("refused call: key used without its certificate", extra={"key_id": key.id})
+                raise AuthenticationFailed(f"API key {key.id!r} works only with its client certificate")
+        elif names:
+            key = self._by_certificate(names)
+        elif self._mtls and self._store is None:
+            raise AuthenticationFailed("the client certificate names no tenant (no usable CN or SAN)")
+        else:
             raise AuthenticationFailed("missing API key: send metadata 'authorization: Bearer <key>'")
-        scheme, _, presented = str(values[0]).partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise AuthenticationFailed("malformed authorization metadata: expected 'Bearer <key>'")
-        key = self._store.lookup(presented.strip())
-        if key is None:
-            log.info("refused call: unknown API key", extra={"code": "UNAUTHENTICATED"})
-            raise AuthenticationFailed("invalid API key")
         if key.expired():
             assert key.expires is not None
             log.info("refused call: expired API key", extra={"key_id": key.id, "code": "UNAUTHENTICATED"})
             raise AuthenticationFailed(f"API key {key.id!r} expired at {key.expires.isoformat()}")
+        return key
+
+    def _by_bearer(self, value: str) -> ApiKey:
+        scheme, _, presented = value.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise AuthenticationFailed("malformed authorization metadata: expected 'Bearer <key>'")
+        assert self._store is not None
+        key = self._store.lookup(presented.strip())
+        if key is None:
+            log.info("refused call: unknown API key", extra={"code": "UNAUTHENTICATED"})
+            raise AuthenticationFailed("invalid API key")
+        return key
+
+    def _by_certificate(self, names: list[str]) -> ApiKey:
+        if self._store is None:  # mTLS alone: the certificate is the tenant, with the default limits
+            return ApiKey(CERTIFICATE_PREFIX + names[0], None, certificate=names[0])
+        key = self._store.by_certificate(names)
+        if key is None:
+            log.info("refused call: certificate without an entry", extra={"code": "UNAUTHENTICATED"})
+            raise AuthenticationFailed(
+                "missing API key: send metadata 'authorization: Bearer <key>' (this client certificate "
+                "has no entry of its own in the keys file)"
+            )
         return key
 
     def _take_token(self, key: ApiKey) -> None:
@@ -120,27 +167,32 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         wait = bucket.take()
         if wait > 0:
             log.info("refused call: rate limit", extra={"key_id": key.id, "retry_after": round(wait, 3)})
+            self._on_refusal("rate_limit")
             raise QuotaExceeded(f"rate limit of {rpm} requests per minute exceeded for key {key.id!r}", wait)
 
-    def _admit(self, key: ApiKey) -> QuotaExceeded | None:
-        """Count the call in, or the refusal when the key already runs its limit of calls."""
+    def _admit(self, key: ApiKey) -> None:
+        """Count the call in, or refuse it when the tenant already runs its limit of calls."""
         limit = key.max_concurrent or self._default_concurrent
         if self._in_flight.get(key.id, 0) >= limit:
             self._on_refusal("concurrency")
-            return QuotaExceeded(f"at most {limit} concurrent calls for key {key.id!r}", retry_after=1.0)
+            raise QuotaExceeded(f"at most {limit} concurrent calls for key {key.id!r}", retry_after=1.0)
         self._in_flight[key.id] = self._in_flight.get(key.id, 0) + 1
-        return None
 
     def _release(self, key: ApiKey) -> None:
         self._in_flight[key.id] -= 1
 
-    def _guarded(self, key: ApiKey, behavior: Any, streaming: bool) -> Any:
-        """The handler behind the key's concurrency limit, with the key id set for logs and caches."""
+    def _guarded(self, metadata: tuple, behavior: Any, streaming: bool) -> Any:
+        """The handler behind authentication and the tenant's limits, with its id set for logs and caches."""
+
+        async def enter(context: grpc.aio.ServicerContext) -> ApiKey:
+            try:
+                return self._enter(metadata, context)
+            except (AuthenticationFailed, QuotaExceeded, KeysUnavailable) as refused:
+                await context.abort_with_status(error_status(refused))
+                raise  # not reached: abort_with_status ends the call by raising
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            refused = self._admit(key)
-            if refused is not None:
-                await context.abort_with_status(error_status(refused))
+            key = await enter(context)
             token = current_key_id.set(key.id)
             try:
                 return await behavior(request, context)
@@ -149,9 +201,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 self._release(key)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            refused = self._admit(key)
-            if refused is not None:
-                await context.abort_with_status(error_status(refused))
+            key = await enter(context)
             token = current_key_id.set(key.id)
             try:
                 async for response in behavior(request, context):
@@ -161,6 +211,17 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 self._release(key)
 
         return stream if streaming else call
+
+
+def certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The verified client certificate's CN, then its SANs: the names a tenant may be known by.
+
+    A name outside ``CERTIFICATE_NAME`` (spaces, odd characters) is skipped: it could not name a
+    tenant in logs and usage files."""
+    auth = context.auth_context() or {}
+    found = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    names = [raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw) for raw in found]
+    return list(dict.fromkeys(name for name in names if CERTIFICATE_NAME.fullmatch(name)))
 
 
 def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
@@ -174,17 +235,3 @@ def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) ->
                 response_serializer=handler.response_serializer,
             )
     return handler
-
-
-def _refusal(error: AuthenticationFailed | QuotaExceeded, streaming: bool) -> Any:
-    """A behaviour that answers with the error's status and never looks at the request."""
-    status = error_status(error)
-
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort_with_status(status)
-
-    async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort_with_status(status)
-        yield  # pragma: no cover  (abort raises; this line makes it an async generator)
-
-    return refuse_stream if streaming else refuse

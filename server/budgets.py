@@ -1,11 +1,14 @@
-"""Per-key budgets of candidate evaluations, per UTC day and in total: the provider's side of privacy.
+"""Per-tenant budgets of evaluations, per UTC day and in total: the provider's side of privacy.
 
 The user's data never leaves the client, but every Evaluate answer tells the client something
 about the provider's model; the number of answers is what bounds what a curious client can learn
-(or extract). So each key may score at most so many candidates a day and over its life, from its
-entry in the keys file or the server's defaults. A call is charged its candidates when admitted
-and refunded if it is not answered; a refused call gets ``BudgetExhausted`` (RESOURCE_EXHAUSTED
-with a retry delay: until UTC midnight for the daily budget, a day for a spent total).
+(or extract). So each tenant (API key or client certificate) may have so many evaluations scored
+a day and over its life, from its entry in the keys file or the server's defaults. The unit is
+what the engine computes and answers: one **sequence**, a candidate on one example (on one choice,
+in full-choice mode, where each choice is run), so 64 candidates on 512 texts cost 32768, not 64.
+A call is charged when admitted and refunded if it is not answered; a refused call gets
+``BudgetExhausted`` (RESOURCE_EXHAUSTED with a retry delay: until UTC midnight for the daily
+budget, a day for a spent total).
 
 Usage is kept in memory and, with ``usage_file``, in a small JSON file (written atomically at
 most every ``save_every`` seconds and on close), so a restart does not reset the totals.
@@ -38,7 +41,7 @@ class Usage:
 
 
 class EvaluationBudgets:
-    """Charges each call's candidates to its key; refuses beyond the key's daily or total budget."""
+    """Charges each call's sequences to its tenant; refuses beyond the tenant's daily or total budget."""
 
     def __init__(
         self,
@@ -58,8 +61,9 @@ class EvaluationBudgets:
         self._usage: dict[str, Usage] = self._load()
         self._saved = time.monotonic()
 
-    def charge(self, key_id: str | None, candidates: int) -> None:
-        """Count ``candidates`` against the key, or raise ``BudgetExhausted`` leaving it uncounted."""
+    def charge(self, key_id: str | None, sequences: int) -> None:
+        """Count the call's ``sequences`` against the tenant, or raise ``BudgetExhausted``
+        leaving it uncounted."""
         if key_id is None:
             return  # no keys, no budgets (loopback development only)
         key = self._store.get(key_id) if self._store is not None else None
@@ -69,30 +73,30 @@ class EvaluationBudgets:
             return
         now = self._clock()
         usage = self._today(key_id, now)
-        if total is not None and usage.total + candidates > total:
+        if total is not None and usage.total + sequences > total:
             raise BudgetExhausted(
-                f"key {key_id!r} has used {usage.total} of its {total} candidate evaluations in total; "
-                "ask the provider to raise the budget",
+                f"key {key_id!r} has used {usage.total} of its {total} evaluations in total (one per candidate "
+                f"and example; this call needs {sequences}); ask the provider to raise the budget",
                 retry_after=TOTAL_RETRY_SECONDS,
             )
-        if per_day is not None and usage.today + candidates > per_day:
+        if per_day is not None and usage.today + sequences > per_day:
             midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
             raise BudgetExhausted(
-                f"key {key_id!r} has used {usage.today} of its {per_day} candidate evaluations for today "
-                "(UTC); retry after midnight UTC",
+                f"key {key_id!r} has used {usage.today} of its {per_day} evaluations for today (one per "
+                f"candidate and example; this call needs {sequences}); retry after midnight UTC",
                 retry_after=max(1.0, (midnight - now).total_seconds()),
             )
-        usage.today += candidates
-        usage.total += candidates
+        usage.today += sequences
+        usage.total += sequences
         self._maybe_save()
 
-    def refund(self, key_id: str | None, candidates: int) -> None:
+    def refund(self, key_id: str | None, sequences: int) -> None:
         """Give back a charge for a call that was not answered (cancelled, refused, failed)."""
         usage = self._usage.get(key_id or "")
         if usage is None:
             return
-        usage.today = max(0, usage.today - candidates)
-        usage.total = max(0, usage.total - candidates)
+        usage.today = max(0, usage.today - sequences)
+        usage.total = max(0, usage.total - sequences)
 
     def used(self, key_id: str) -> Usage:
         return self._today(key_id, self._clock())

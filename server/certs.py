@@ -82,17 +82,52 @@ def generate_dev_certificates(
 
     if client:
         assert paths.client_cert is not None and paths.client_key is not None
-        client_key = ec.generate_private_key(ec.SECP256R1())
-        client_cert = (
-            _builder(_name("cbpt-client"), ca_name, client_key.public_key())
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
-            .sign(ca_private, hashes.SHA256())
-        )
-        _write(paths.client_cert, client_cert.public_bytes(serialization.Encoding.PEM), private=False)
-        _write(paths.client_key, _key_pem(client_key), private=True)
+        _client_certificate(ca_cert, ca_private, "cbpt-client", paths.client_cert, paths.client_key)
     return paths
+
+
+def issue_client_certificate(
+    ca_cert: Path, ca_key: Path, name: str, out: Path, force: bool = False
+) -> tuple[Path, Path]:
+    """Another client certificate (subject CN ``name``) from an existing development CA: one per
+    tenant under mTLS, where the certificate names the tenant. Returns (certificate, key) in ``out``."""
+    from cbpt.server.keys import CERTIFICATE_NAME
+
+    if not CERTIFICATE_NAME.fullmatch(name):
+        raise CertificateError(f"client name {name!r}: use letters, digits, '.', '_', '@' or '-'")
+    cert_path, key_path = out / f"{name}.pem", out / f"{name}-key.pem"
+    existing = [path for path in (cert_path, key_path) if path.exists()]
+    if existing and not force:
+        raise CertificateError(f"{existing[0]} already exists; pass --force to replace it")
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+        ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    except (OSError, ValueError) as error:
+        raise CertificateError(f"cannot read the CA ({ca_cert}, {ca_key}): {error}") from None
+    if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{ca_key}: not the EC key of a cbpt development CA")
+    out.mkdir(parents=True, exist_ok=True)
+    _client_certificate(ca, ca_private, name, cert_path, key_path)
+    return cert_path, key_path
+
+
+def _client_certificate(
+    ca_cert: x509.Certificate,
+    ca_private: ec.EllipticCurvePrivateKey,
+    name: str,
+    cert_path: Path,
+    key_path: Path,
+) -> None:
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (
+        _builder(_name(name), ca_cert.subject, client_key.public_key())
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .sign(ca_private, hashes.SHA256())
+    )
+    _write(cert_path, client_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    _write(key_path, _key_pem(client_key), private=True)
 
 
 def _name(common_name: str) -> x509.Name:

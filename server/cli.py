@@ -247,6 +247,27 @@ def gen_certs(
             console.print(f"{label:12} {path}", highlight=False)
 
 
+@app.command("client-cert")
+def client_cert(
+    name: Annotated[
+        str, typer.Argument(help="The certificate's subject CN: the tenant cert:NAME under mTLS.")
+    ],
+    out: Annotated[Path, typer.Option(help="The --out folder of gen-certs (its ca.pem signs).")],
+    ca_key: Annotated[
+        Path | None, typer.Option(help="The CA's private key (default: <out>-ca-key.pem, beside --out).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Issue one more client certificate from the development CA: NAME.pem and NAME-key.pem in --out."""
+    from cbpt.server.certs import issue_client_certificate
+
+    with _one_line_errors():
+        key_path = ca_key if ca_key is not None else out.parent / f"{out.name}-ca-key.pem"
+        paths = issue_client_certificate(out / "ca.pem", key_path, name, out, force=force)
+    for label, path in zip(("client_cert", "client_key"), paths, strict=True):
+        console.print(f"{label:12} {path}", highlight=False)
+
+
 @app.command("add-key")
 def add_key(
     name: Annotated[str, typer.Argument(help="Key id shown in logs, e.g. alice.")],
@@ -262,11 +283,16 @@ def add_key(
     expires: Annotated[
         str | None, typer.Option(help="When the key stops working: an ISO date or time, UTC (2027-01-31).")
     ] = None,
+    certificate: Annotated[
+        str | None,
+        typer.Option(help="Instead of a key: the mTLS client certificate (CN or SAN) that is this tenant."),
+    ] = None,
 ) -> None:
-    """Create an API key, store only its hash, and print the key once (a running server picks it up)."""
+    """Create an API key, store only its hash, and print the key once (a running server picks it up);
+    with --certificate, an entry that a client certificate opens, and no key."""
     from cbpt.server.errors import KeyFileError
+    from cbpt.server.keys import add_certificate, parse_expiry
     from cbpt.server.keys import add_key as store_key
-    from cbpt.server.keys import parse_expiry
 
     with _one_line_errors():
         try:
@@ -275,15 +301,14 @@ def add_key(
             raise KeyFileError(
                 f"--expires {expires!r}: expected an ISO date or time such as 2027-01-31"
             ) from None
-        key = store_key(
-            keys_file,
-            name,
-            requests_per_minute,
-            max_concurrent,
-            evaluations_per_day=evaluations_per_day,
-            evaluations_total=evaluations_total,
-            expires=until,
-        )
+        budget = {"evaluations_per_day": evaluations_per_day, "evaluations_total": evaluations_total}
+        if certificate is not None:
+            add_certificate(
+                keys_file, name, certificate, requests_per_minute, max_concurrent, **budget, expires=until
+            )
+            errors.print(f"added certificate {certificate!r} as {name!r} to {keys_file}", highlight=False)
+            return
+        key = store_key(keys_file, name, requests_per_minute, max_concurrent, **budget, expires=until)
     errors.print(f"added key {name!r} to {keys_file}; it is shown only this once:", highlight=False)
     print(key)
 

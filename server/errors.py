@@ -63,6 +63,10 @@ class BackendUnavailable(ServerError, ConnectionError):
         self.retry_after = retry_after
 
 
+class KeysUnavailable(BackendUnavailable):
+    """The keys file failed to reload: every call is refused until the operator fixes it."""
+
+
 class BudgetExhausted(QuotaExceeded):
     """A key has scored all the candidates its budget allows (for today, or in total)."""
 

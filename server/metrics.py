@@ -1,5 +1,5 @@
 """Prometheus metrics: queue depth, call latency, sequences per second, cache bytes, refusals and
-cancellations by reason. Off unless ``--metrics-port`` is given; loopback unless ``--metrics-host``
+cancellations by reason, failed reloads of the keys file. Off unless ``--metrics-port`` is given; loopback unless ``--metrics-host``
 says otherwise (the numbers say how busy the provider is, so they stay private by default).
 
 Each server gets its own registry, so several servers in one process (tests) do not collide.
@@ -50,6 +50,15 @@ class Metrics:
         self.cancellations = Counter(
             "cbpt_cancellations", "Calls abandoned or stopped, by reason", ["reason"], registry=r
         )
+        self.keys_reload_failures = Counter(
+            "cbpt_keys_reload_failures", "Reloads of the keys file that failed (calls refused)", registry=r
+        )
+        self.keys_file_ok = Gauge(
+            "cbpt_keys_file_ok",
+            "1 while the keys file in force loaded, 0 while calls are refused",
+            registry=r,
+        )
+        self.keys_file_ok.set(1)
         self._rate = 0.0
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -77,6 +86,11 @@ class Metrics:
         self.call_seconds.labels(code=code).observe(seconds)
         if code == "OK":
             self.candidates.inc(candidates)
+
+    def keys_reloaded(self, ok: bool) -> None:
+        self.keys_file_ok.set(1 if ok else 0)
+        if not ok:
+            self.keys_reload_failures.inc()
 
     def watch_cache(self, total_bytes: Callable[[], int]) -> None:
         self.cache_bytes.set_function(total_bytes)

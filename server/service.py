@@ -2,7 +2,7 @@
 
 The backend (backends.py) scores validated engine requests: by default the engine on one worker
 thread (the model is single-tenant) so the event loop stays free for health checks, behind the
-scheduler, which takes turns among API keys one forward pass at a time, merges calls that arrive
+scheduler, which takes turns among tenants one forward pass at a time, merges calls that arrive
 together (scheduler.py, merging.py) and stops calls whose client went away; or replicas elsewhere
 (deploy/). Budgets, score protection and draining stay here, whatever the backend. While
 draining, new calls are refused as retryable. Logs carry sizes, timings and the key id, never
@@ -81,6 +81,10 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         return self._backend
 
     @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
     def in_flight(self) -> int:
         return self._active
 
@@ -135,7 +139,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
                 raise _draining()
             score_request = serde.to_score_request(request, self._limits, scope=key_id or "")
             result = await self._score(score_request, key_id, context)
-            response = serde.to_response(self._protection.apply(result))
+            response = serde.to_response(self._protection.apply(result, score_request, key_id or ""))
         except Exception as exc:  # every failure leaves through error_status
             status = error_status(exc)
             self._count_refusal(exc)
@@ -176,16 +180,17 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
     async def _score(
         self, request: ScoreRequest, key_id: str | None, context: grpc.aio.ServicerContext
     ) -> ScoreResult:
-        """Charge the key's budget, take a turn on the engine, and refund a call that is not answered."""
-        candidates = len(request.candidates)
+        """Charge the tenant's budget what the engine computes (``sequences``: candidates x examples,
+        x choices in full-choice mode), take a turn on the engine, and refund a call not answered."""
+        cost = request.sequences
         if self._budgets is not None:
-            self._budgets.charge(key_id, candidates)
-        tenant = key_id or f"peer:{context.peer()}"  # fair shares go to API keys; without keys, connections
+            self._budgets.charge(key_id, cost)
+        tenant = key_id or f"peer:{context.peer()}"  # fair shares go to tenants; without any, connections
         try:
             return await self._backend.score(request, tenant, lambda: _cancel_reason(context))
         except BaseException:
             if self._budgets is not None:
-                self._budgets.refund(key_id, candidates)
+                self._budgets.refund(key_id, cost)
             raise
 
     def _count_refusal(self, error: Exception) -> None:

@@ -27,6 +27,14 @@ if TYPE_CHECKING:  # settings validate before the model loads: no torch at impor
     from cbpt.server.engine.kv import TextStateCache
 
 _LIMITS = Limits()
+# Per-tenant (API key or client certificate) limits: meaningless, so refused, without either.
+TENANT_LIMITS = (
+    "requests_per_minute",
+    "max_concurrent_per_key",
+    "evaluations_per_day",
+    "evaluations_total",
+    "usage_file",
+)
 LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
 
 
@@ -269,6 +277,14 @@ class ServerSettings(BaseSettings):
                 raise ConfigError(
                     f"--allow-no-auth serves without API keys and is allowed only on a loopback host, not "
                     f"{self.host!r}; give --api-keys-file (or --client-ca for mTLS) to listen on other interfaces"
+                )
+            ignored = [
+                f"--{name.replace('_', '-')}" for name in TENANT_LIMITS if name in self.model_fields_set
+            ]
+            if ignored:
+                raise ConfigError(
+                    f"{', '.join(ignored)} limit each tenant, and without --api-keys-file or --client-ca "
+                    "there are none: give keys or mTLS, or drop the flags"
                 )
         for flag, path in (
             ("--tls-cert", self.tls_cert),

@@ -46,19 +46,39 @@ def test_server_keeps_model_cache_and_generators_on_a_volume(compose: dict) -> N
     assert "--model-cache-dir=/data/models" in _flags(server["command"])
 
 
-def test_tls_and_api_keys_come_from_compose_secrets(compose: dict) -> None:
+def test_tls_comes_from_compose_secrets_and_keys_from_a_mounted_folder(compose: dict) -> None:
     server = compose["services"]["server"]
     flags = _flags(server["command"])
     assert flags[0] == "serve"
     assert "--tls-cert=/run/secrets/server_cert" in flags
     assert "--tls-key=/run/secrets/server_key" in flags
-    assert "--api-keys-file=/run/secrets/api_keys" in flags
+    assert "--api-keys-file=/run/keys/keys.json" in flags
     assert not any(flag.startswith("--insecure") for flag in flags)
-    assert {"server_cert", "server_key", "api_keys", "ca_cert"} <= set(server["secrets"])
+    assert {"server_cert", "server_key", "ca_cert"} <= set(server["secrets"])
     for name in server["secrets"]:
         assert "file" in compose["secrets"][name]
     # Secrets are mounted, never baked into the environment.
     assert not any("KEY" in name and "FILE" not in name for name in server.get("environment", {}))
+
+
+@pytest.mark.parametrize("service", ["server", "server-ray"])
+def test_the_keys_files_folder_is_mounted_so_a_replaced_file_reaches_the_server(
+    compose: dict, service: str
+) -> None:
+    """add-key and revocations replace the keys file by a rename: a single-file mount (a compose secret
+    or a file bind mount) keeps showing the container the old inode, and so the old keys, forever."""
+    front = compose["services"][service]
+    keys_file = next(f.split("=", 1)[1] for f in _flags(front["command"]) if f.startswith("--api-keys-file="))
+    mounts = [str(v).split(":") for v in front["volumes"]]
+    folder = next(m for m in mounts if m[1] == str(Path(keys_file).parent))
+    assert folder[0] == "./deploy/keys" and folder[2:] == ["ro"]  # the host folder, read-only inside
+    assert not any(m[1] == keys_file for m in mounts)
+    assert "api_keys" not in front["secrets"] and "api_keys" not in compose["secrets"]
+    script = (ROOT / "docker" / "build-and-run.sh").read_text()
+    assert (
+        "--keys-file deploy/keys/keys.json" in script
+        and "add-key demo --keys-file deploy/keys.json" not in script
+    )
 
 
 def test_healthcheck_speaks_grpc_health_over_tls(compose: dict) -> None:
@@ -192,7 +212,7 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     (tmp_path / "docker").mkdir()
     shutil.copy(DOCKERFILE, tmp_path / "docker" / "Dockerfile")
-    for name in ("certs/server.pem", "certs/server-key.pem", "certs/ca.pem", "keys.json", "client.key"):
+    for name in ("certs/server.pem", "certs/server-key.pem", "certs/ca.pem", "keys/keys.json", "client.key"):
         path = tmp_path / "deploy" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("placeholder\n")
@@ -215,7 +235,7 @@ def test_ray_profile_runs_a_head_and_the_same_tls_front(compose: dict) -> None:
     assert front["depends_on"]["ray-head"]["condition"] == "service_healthy"
     flags = _flags(front["command"])
     assert flags[0] == "serve" and "--backend=ray" in flags and "--ray-address=ray-head:6379" in flags
-    assert "--tls-cert=/run/secrets/server_cert" in flags and "--api-keys-file=/run/secrets/api_keys" in flags
+    assert "--tls-cert=/run/secrets/server_cert" in flags and "--api-keys-file=/run/keys/keys.json" in flags
     assert not any(flag.startswith("--insecure") for flag in flags)
     mounts = {str(v).split(":")[1] for v in head["volumes"]} & {
         str(v).split(":")[1] for v in front["volumes"]

@@ -153,7 +153,16 @@ def run_in_folder(
     unpredicted = unpredicted_classes_note(
         result.dev_metrics, recorder.task_format.class_names, fit_bias=request.settings.fit_bias
     )
-    return result, shortened + unpredicted + recorder.finish(result)
+    return result, shortened + unpredicted + [budget_note(client.stats.budget_used)] + recorder.finish(result)
+
+
+def budget_note(charged: int) -> str:
+    """What this session cost against a provider's budget, whose unit is not the tuner's "call"."""
+    return (
+        f"the server counted {charged} evaluations against your key's budget this session "
+        "(one per candidate and example, per choice in full-choice mode, train and dev; a call here is one "
+        "candidate over the train set)"
+    )
 
 
 def unpredicted_classes_note(

@@ -89,8 +89,10 @@ def test_encrypted_vector(tmp_path: Path) -> None:
     assert b"vector" not in (tmp_path / "vector.safetensors.enc").read_bytes()
     tuned = load_tuned(tmp_path, key="vector passphrase")
     np.testing.assert_array_equal(tuned.vector, _result().vector)
+    with pytest.raises(ArtifactModified, match="failed authentication: wrong key"):
+        load_tuned(tmp_path, key="another passphrase")  # task.json's tag is checked before the vector
     with pytest.raises(CheckpointError, match="failed authentication"):
-        load_tuned(tmp_path, key="another passphrase")
+        load_tuned(tmp_path, key="another passphrase", verify=False)  # AES-GCM still refuses it
 
 
 def test_broken_folders(tmp_path: Path) -> None:
@@ -117,13 +119,65 @@ def test_a_flipped_bit_in_the_vector_file_is_refused(tmp_path: Path) -> None:
     assert load_tuned(tmp_path, verify=False).bias is not None  # the explicit opt-out
 
 
-def test_a_folder_without_a_digest_loads_with_a_warning(tmp_path: Path) -> None:
+def test_a_folder_without_a_digest_is_refused(tmp_path: Path) -> None:
+    """Deleting the digest was once a warning only: now the vector cannot be checked, so it is refused."""
     save_tuned(tmp_path, _result(), FORMAT)
     card = json.loads((tmp_path / "task.json").read_text())
-    del card["vector_sha256"], card["partial"]  # as clients before the digest wrote it
+    del card["vector_sha256"]
     (tmp_path / "task.json").write_text(json.dumps(card))
-    with pytest.warns(ArtifactWarning, match="records no vector digest"):
+    with pytest.raises(ArtifactModified, match="records no vector digest"):
         load_tuned(tmp_path)
+    assert load_tuned(tmp_path, verify=False).vector.shape == (16,)  # the explicit opt-out
+
+
+# -- keyed runs: task.json and the vector authenticated together (#22 finding 8) -------------------
+def _edit_card(folder: Path, **changes: object) -> None:
+    card = json.loads((folder / "task.json").read_text())
+    card.update(changes)
+    for name in [name for name, value in changes.items() if value is None]:
+        del card[name]
+    (folder / "task.json").write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_a_keyed_run_authenticates_task_json_and_the_vector_together(tmp_path: Path, encrypt: bool) -> None:
+    key = tmp_path / "run.key"
+    save_tuned(tmp_path / "run", _result(), FORMAT, encrypt=encrypt, key=key)
+    run = tmp_path / "run"
+    assert load_tuned(run, key=key).format.choices == FORMAT.choices
+    # Swapping the choices mapping (the digest never covered it) flips every prediction: refused.
+    _edit_card(run, choices={"neg": " positive", "pos": " negative"})
+    with pytest.raises(ArtifactModified, match="failed authentication"):
+        load_tuned(run, key=key)
+    save_tuned(run, _result(), FORMAT, encrypt=encrypt, key=key)
+    with pytest.raises((ArtifactModified, CheckpointError)):
+        load_tuned(run, key=tmp_path / "other.key")  # another key
+
+
+def test_an_encrypted_run_cannot_be_pointed_at_a_plaintext_vector(tmp_path: Path) -> None:
+    """With write access to the folder: a plaintext vector of one's choosing, task.json's vector_file and
+    sha256 pointed at it, the flag cleared. It once loaded without the key; now it is refused."""
+    key = tmp_path / "run.key"
+    run, other = tmp_path / "run", tmp_path / "other"
+    save_tuned(run, _result(), FORMAT, encrypt=True, key=key)
+    forged = _result()
+    save_tuned(other, type(forged)(**{**vars(forged), "vector": -forged.vector}), FORMAT)
+    (run / "vector.safetensors").write_bytes((other / "vector.safetensors").read_bytes())
+    digest = json.loads((other / "task.json").read_text())["vector_sha256"]
+    _edit_card(run, vector_file="vector.safetensors", vector_sha256=digest)
+    with pytest.raises(ArtifactModified, match="failed authentication"):
+        load_tuned(run, key=key)
+    # Stripping the authentication too (a downgrade to an unkeyed run) is refused, with the key or not.
+    _edit_card(run, authentication=None)
+    with pytest.raises(ArtifactModified, match="downgrade"):
+        load_tuned(run, key=key)
+    with pytest.raises(ArtifactModified, match="downgrade"):
+        load_tuned(run)  # the sealed file is still there
+    _edit_card(run, vector_encrypted=False)
+    (run / "vector.safetensors.enc").unlink()
+    with pytest.raises(ArtifactModified, match="downgrade"):
+        load_tuned(run, key=key)  # whoever gives the key gets only a folder that key authenticated
+    assert load_tuned(run).vector[0] == 1.0  # an unkeyed load: only a checksum, as docs/security.md says
 
 
 _WRITE_ONE = """

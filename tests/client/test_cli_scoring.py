@@ -162,10 +162,11 @@ def test_a_modified_vector_file_is_refused_by_evaluate(server: str, tuned: tuple
     vector.write_bytes(bytes(data))
     result = cbpt("evaluate", out, test_file, "--server", server)
     lines = [line for line in result.output.splitlines() if line.strip()]
+    # CBPT_KEY_FILE is set here (conftest), so the run is keyed: its HMAC catches the flipped bit.
     assert (
         result.exit_code == 2
         and len(lines) == 1
-        and "vector.safetensors is not the file task.json recorded" in lines[0]
+        and "task.json with vector.safetensors: it failed authentication" in lines[0]
     )
     assert cbpt("evaluate", out, test_file, "--server", server, "--no-verify-vector").exit_code == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -180,3 +181,25 @@ def test_tls_and_mutual_tls(engine, tmp_path: Path) -> None:
         with no_cert, pytest.raises(ClientError):
             no_cert.info()
         assert time.monotonic() - started < 10
+
+
+def test_budget_used_is_what_the_server_charged(tmp_path: Path) -> None:
+    """The server's budgets count candidates x examples (x choices in full-choice mode); the client's
+    ``stats.budget_used`` counts the same, split or not, so what it shows matches the provider's books."""
+    keys_module = pytest.importorskip("cbpt.server.keys")
+    from cbpt.server.engine.limits import Limits
+    from cbpt.server.testing import tiny_engine
+    from tests.client.conftest import _serve
+
+    keys, usage = tmp_path / "keys.json", tmp_path / "usage.json"
+    key = keys_module.add_key(keys, "alice", max_concurrent=1)
+    settings = {"api_keys_file": keys, "usage_file": usage, "evaluations_total": 10_000}
+    for target in _serve(tiny_engine(limits=Limits(max_examples=5)), **settings):
+        with TuningClient(target, api_key=key) as client:
+            client.evaluate("bbt", _population(3), TEXTS, CHOICES)  # 3 x 12, split into 5-example calls
+            client.evaluate("bbt", _population(2), TEXTS[:4], [[" a", " b", " c"]] * 4, mode="full_choice")
+            assert client.stats.candidate_evaluations == 5  # the tuner's unit is unchanged
+            assert client.stats.calls >= 1 + 3 + 1  # info, then the 12 texts in three calls
+            used = client.stats.budget_used
+    charged = json.loads(usage.read_text())["usage"]["alice"]["total"]
+    assert used == charged == 3 * 12 + 2 * 4 * 3

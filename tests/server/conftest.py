@@ -8,11 +8,11 @@ import grpc
 import pytest
 
 from cbpt.server.app import serve_in_background
-from cbpt.server.certs import CertificatePaths, generate_dev_certificates
+from cbpt.server.certs import CertificatePaths, generate_dev_certificates, issue_client_certificate
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
-from tests.server.helpers import DIMENSION, TEST_LIMITS, plain_settings
+from tests.server.helpers import DIMENSION, TEST_LIMITS, Identity, plain_settings
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +50,13 @@ def other_certs(tmp_path_factory: pytest.TempPathFactory) -> CertificatePaths:
     return generate_dev_certificates(
         tmp_path_factory.mktemp("other"), ["localhost", "127.0.0.1"], client=True
     )
+
+
+@pytest.fixture(scope="session")
+def people(certs: CertificatePaths, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
+    """Client certificates for alice and bob from the ``certs`` CA: two tenants under mTLS."""
+    out = tmp_path_factory.mktemp("people")
+    return {
+        name: Identity(*issue_client_certificate(certs.ca_cert, certs.ca_key, name, out))
+        for name in ("alice", "bob")
+    }

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from cbpt.common.wire import pack_floats
+from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
 from cbpt.server.engine.jobs import ScoringJob
 from cbpt.server.engine.limits import Limits
@@ -110,6 +111,28 @@ def call_fails(method, request, **kwargs) -> RpcFailure:
     with pytest.raises(grpc.RpcError) as caught:
         method(request, timeout=20, **kwargs)
     return failure(caught.value)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A client certificate and its key: under mTLS, a tenant."""
+
+    cert: Path
+    key: Path
+
+
+def mtls_settings(certs: CertificatePaths, **overrides: object) -> ServerSettings:
+    """TLS on loopback with a free port, client certificates required (each one a tenant)."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "tls_cert": certs.server_cert,
+        "tls_key": certs.server_key,
+        "client_ca": certs.ca_cert,
+        "grace_seconds": 2.0,
+    }
+    values.update(overrides)
+    return ServerSettings(**values)
 
 
 def tls_channel(target: str, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:

@@ -84,6 +84,19 @@ def test_gen_certs(tmp_path: Path) -> None:
     _one_line_error(["gen-certs", "--out", str(out)], "--force")
 
 
+def test_client_cert_issues_a_tenant_certificate_from_the_dev_ca(tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    assert runner.invoke(app, ["gen-certs", "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["client-cert", "alice", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cert = x509.load_pem_x509_certificate((out / "alice.pem").read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=alice"
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    assert cert.issuer == ca.subject and stat.S_IMODE((out / "alice-key.pem").stat().st_mode) == 0o600
+    _one_line_error(["client-cert", "alice", "--out", str(out)], "--force")
+    _one_line_error(["client-cert", "alice smith", "--out", str(out)], "client name")
+
+
 def test_add_key_prints_the_key_once(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     result = runner.invoke(app, ["add-key", "alice", "--keys-file", str(keys), "--requests-per-minute", "60"])
@@ -93,6 +106,17 @@ def test_add_key_prints_the_key_once(tmp_path: Path) -> None:
     stored = json.loads(keys.read_text())["keys"]
     assert stored == [{"id": "alice", "sha256": hash_key(key), "requests_per_minute": 60}]
     _one_line_error(["add-key", "alice", "--keys-file", str(keys)], "already exists")
+
+
+def test_add_key_for_a_client_certificate_prints_no_key(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    args = ["add-key", "alice", "--keys-file", str(keys), "--certificate", "alice.example"]
+    result = runner.invoke(app, [*args, "--evaluations-per-day", "50"])
+    assert result.exit_code == 0, result.output
+    assert "cbpt_" not in result.output and "alice.example" in result.output
+    stored = json.loads(keys.read_text())["keys"]
+    assert stored == [{"id": "alice", "certificate": "alice.example", "evaluations_per_day": 50}]
+    _one_line_error(["add-key", "bob", *args[2:]], "already has an entry")
 
 
 def test_info_and_convert_model(model_dir: Path) -> None:
