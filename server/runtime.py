@@ -13,6 +13,7 @@ from cbpt.server.adapters.generator import CONFIG_FILE
 from cbpt.server.adapters.spec import served_specs
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
+from cbpt.server.engine.prepare import DEFAULT_TOKEN_CACHE_BYTES
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.model import ModelBundle, load_model
 
@@ -60,12 +61,20 @@ def build_engine(
     limits: Limits | None = None,
     batch_sequences: int = 64,
     text_states: TextStateCache | None = None,
+    token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
 ) -> ScoringEngine:
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
     (``text_states``: the bounded text-state cache; the default bounds when None)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
     adapters = build_adapters(bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators))
-    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences, text_states=text_states)
+    return ScoringEngine(
+        bundle,
+        adapters,
+        limits,
+        batch_sequences=batch_sequences,
+        text_states=text_states,
+        token_cache_bytes=token_cache_bytes,
+    )
 
 
 def chosen_specs(

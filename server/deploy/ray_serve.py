@@ -151,9 +151,15 @@ class RayServeBackend(ScoringBackend):
             raise served.outcome.error()
         return served.outcome
 
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    async def count_tokens(
+        self, texts: Sequence[str], tenant: str = "", reason: Reason = lambda: "cancelled"
+    ) -> list[int]:
+        response = self.handle.count_tokens.remote(list(texts), tenant)
         try:
-            counts: list[int] | Refusal = await self.handle.count_tokens.remote(list(texts))
+            counts: list[int] | Refusal = await response
+        except asyncio.CancelledError:  # the client went away: the replica drops it at its next step
+            response.cancel()
+            raise
         except BackPressureError:
             raise ServerBusy("server busy: every replica and the queue are full; retry shortly") from None
         except _UNAVAILABLE:
