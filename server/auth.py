@@ -92,7 +92,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         except (AuthenticationFailed, QuotaExceeded) as exc:
             self._on_refusal("unauthenticated" if isinstance(exc, AuthenticationFailed) else "rate_limit")
             refused = exc
-            return _rewrap(handler, lambda behavior, streaming: _refusal(refused, streaming))
+            # Answered from the metadata alone: the request bytes (up to the message limit) go unparsed.
+            return _rewrap(handler, lambda behavior, streaming: _refusal(refused, streaming), parse=_unparsed)
         return _rewrap(handler, lambda behavior, streaming: self._guarded(key, behavior, streaming))
 
     def _authenticate(self, metadata: tuple) -> ApiKey:
@@ -163,17 +164,27 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return stream if streaming else call
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
-    """The same handler kind with its behaviour wrapped (``wrap(behavior, response_streaming)``)."""
+def _rewrap(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Any, bool], Any],
+    parse: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """The same handler kind with its behaviour wrapped (``wrap(behavior, response_streaming)``) and,
+    if given, ``parse`` in place of its request deserializer."""
     for kind, build in _KINDS:
         behavior = getattr(handler, kind)
         if behavior is not None:
             return build(
                 wrap(behavior, kind.endswith("_stream")),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler
+
+
+def _unparsed(_data: bytes) -> None:
+    """The request deserializer of a refused call: the bytes are dropped unread."""
+    return None
 
 
 def _refusal(error: AuthenticationFailed | QuotaExceeded, streaming: bool) -> Any:
