@@ -40,6 +40,7 @@ from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStat
 from cbpt.server.deploy.replica import EngineReplica, ReplicaOptions
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import BackendUnavailable, ServerBusy, ServerShuttingDown
+from cbpt.server.logs import route_library_loggers
 from cbpt.server.recipe import EngineRecipe
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ def deploy(
     options, replica = options or RayOptions(), replica or ReplicaOptions()
     deployment = serve.deployment(EngineReplica, name=DEPLOYMENT_NAME, **options.deployment_options())
     handle = serve.run(deployment.bind(recipe, replica), name=app_name, route_prefix=None)
+    route_library_loggers()  # Ray and Serve gave their loggers handlers of their own as they started
     description = handle.describe.remote().result()
     log.info("ray backend ready", extra={"replicas": options.replicas, "model_id": description.info.model_id})
     return RayServeBackend(handle, description, on_close)
