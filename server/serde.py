@@ -19,7 +19,7 @@ from cbpt.common.version import __version__
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult, ScoringMode
-from cbpt.server.engine.validation import check_choice_list, check_cue, check_texts
+from cbpt.server.engine.validation import check_choice_list, check_cue, check_text_count, check_texts
 from cbpt.server.errors import InvalidRequest, MalformedRequest
 from cbpt.v1 import tuning_pb2
 
@@ -71,6 +71,7 @@ def to_score_request(request: tuning_pb2.EvaluateRequest, limits: Limits, scope:
     """The engine request for a wire request; ``scope`` (the API key id) keeps one key's cached
     text states from serving another key. Every count is checked on the message before anything
     is copied out of it, and every string is checked as it is copied."""
+    check_text_count(len(request.texts), limits)  # O(1), before even the size (which walks the message)
     check_message_size(request, limits)
     if request.num_candidates == 0:
         raise InvalidRequest("num_candidates", "must be at least 1")
@@ -103,6 +104,7 @@ def to_score_request(request: tuning_pb2.EvaluateRequest, limits: Limits, scope:
 
 def to_count_texts(request: tuning_pb2.CountTokensRequest, limits: Limits) -> list[str]:
     """The texts of a CountTokens request, checked as Evaluate's are before they are copied."""
+    check_text_count(len(request.texts), limits)
     check_message_size(request, limits)
     check_texts(request.texts, limits)
     return list(request.texts)
