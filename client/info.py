@@ -31,6 +31,7 @@ class ServerLimits:
     max_text_tokens: int = 0
     max_text_chars: int = 0
     max_choice_tokens: int = 0
+    max_choice_chars: int = 0
     max_sequences: int = 0
     max_message_bytes: int = 0
 

@@ -42,14 +42,9 @@ docker build -f docker/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" --build-a
   --build-arg WITH_RAY="$WITH_RAY" -t "$IMAGE" .
 echo "built in $(( $(date +%s) - started )) s; size $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')"
 
-say "4. certificates and a key under deploy/ (outside the image and the build context)"
-if [ ! -f deploy/certs/server.pem ]; then
-  .venv/bin/cbpt-server gen-certs --out deploy/certs --hosts localhost,127.0.0.1,server
-fi
-if [ ! -f deploy/client.key ]; then
-  .venv/bin/cbpt-server add-key demo --keys-file deploy/keys/keys.json > deploy/client.key
-fi
-chown -R 10001:10001 deploy/certs deploy/keys deploy/client.key
+say "4. certificates and a key under deploy/ (outside the image and the build context), private keys 0600"
+bash docker/make-secrets.sh deploy
+chown -R 10001:10001 deploy/certs deploy/keys deploy/client.key  # the container's user reads them
 
 say "5. docker-compose up, until the healthcheck reports healthy"
 started=$(date +%s)

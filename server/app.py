@@ -89,6 +89,7 @@ async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSetting
     message_limit = servicer.limits.max_message_bytes + MESSAGE_HEADROOM
     server = grpc.aio.server(
         interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,  # a bound on handlers, whoever calls
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),

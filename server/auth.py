@@ -95,7 +95,29 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not handler_call_details.method.startswith(SERVICE_PREFIX):
             return handler
         metadata = tuple(handler_call_details.invocation_metadata or ())
+        try:
+            self._precheck(metadata)
+        except (AuthenticationFailed, KeysUnavailable) as exc:
+            self._on_refusal("unauthenticated" if isinstance(exc, AuthenticationFailed) else "keys_file")
+            refused = exc
+            # Answered from the metadata alone: the request bytes (up to the message limit) go unparsed.
+            return _rewrap(handler, lambda behavior, streaming: _refusal(refused, streaming), parse=_unparsed)
         return _rewrap(handler, lambda behavior, streaming: self._guarded(metadata, behavior, streaming))
+
+    def _precheck(self, metadata: tuple) -> None:
+        """What can be refused from the metadata alone, before the request is parsed: a broken keys
+        file, a missing key where no certificate can name the tenant, an unknown or malformed key.
+        The certificate checks, expiry and the tenant's limits follow in the handler (``_enter``)."""
+        if self._store is not None and self._store.broken is not None:
+            raise KeysUnavailable(
+                "the server's API keys file failed to reload; calls are refused until the operator fixes it",
+                retry_after=30.0,
+            )
+        values = [value for name, value in metadata if name == "authorization"]
+        if values and self._store is not None:
+            self._by_bearer(str(values[0]))
+        elif not values and not self._mtls:
+            raise AuthenticationFailed("missing API key: send metadata 'authorization: Bearer <key>'")
 
     def _enter(self, metadata: tuple, context: grpc.aio.ServicerContext) -> ApiKey:
         """The call's tenant, past its rate and concurrency limits; raises the refusal otherwise."""
@@ -224,14 +246,38 @@ def certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
     return list(dict.fromkeys(name for name in names if CERTIFICATE_NAME.fullmatch(name)))
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
-    """The same handler kind with its behaviour wrapped (``wrap(behavior, response_streaming)``)."""
+def _rewrap(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Any, bool], Any],
+    parse: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """The same handler kind with its behaviour wrapped (``wrap(behavior, response_streaming)``) and,
+    if given, ``parse`` in place of its request deserializer."""
     for kind, build in _KINDS:
         behavior = getattr(handler, kind)
         if behavior is not None:
             return build(
                 wrap(behavior, kind.endswith("_stream")),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler
+
+
+def _unparsed(_data: bytes) -> None:
+    """The request deserializer of a refused call: the bytes are dropped unread."""
+    return None
+
+
+def _refusal(error: AuthenticationFailed | KeysUnavailable, streaming: bool) -> Any:
+    """A behaviour that answers with the error's status and never looks at the request."""
+    status = error_status(error)
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort_with_status(status)
+
+    async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort_with_status(status)
+        yield  # pragma: no cover  (abort raises; this line makes it an async generator)
+
+    return refuse_stream if streaming else refuse

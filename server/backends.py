@@ -8,7 +8,6 @@ default, ``InProcessBackend``, is the engine on one thread behind the fair sched
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +41,11 @@ class ScoringBackend(ABC):
         stops the request (``reason()`` says why). ``InvalidRequest``, ``ServerBusy`` on refusal."""
 
     @abstractmethod
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Each text's token count under the served tokenizer."""
+    async def count_tokens(
+        self, texts: Sequence[str], tenant: str = "", reason: Reason = lambda: "cancelled"
+    ) -> list[int]:
+        """Each text's token count under the served tokenizer, tokenised in ``tenant``'s fair turns
+        as its scoring is; cancelling the awaiting task stops it. ``ServerBusy`` on refusal."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -71,9 +73,10 @@ class InProcessBackend(ScoringBackend):
     ) -> ScoreResult:
         return await self.scheduler.score(request, tenant, reason)
 
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        loop = asyncio.get_running_loop()  # the tokenizer and its cache are the engine thread's
-        return await loop.run_in_executor(self._executor, self._engine.count_tokens, texts)
+    async def count_tokens(
+        self, texts: Sequence[str], tenant: str = "", reason: Reason = lambda: "cancelled"
+    ) -> list[int]:
+        return await self.scheduler.count(texts, tenant, reason)  # the tokenizer is the engine thread's
 
     async def close(self) -> None:
         await self.scheduler.close()  # returns after the step in progress: the thread is then idle
@@ -85,7 +88,7 @@ def as_backend(
     merge: MergeSettings | None = None,
     observer: Observer | None = None,
 ) -> ScoringBackend:
-    """A backend as given, or an engine (``info``, ``job``, ``count_tokens``) run in process."""
+    """A backend as given, or an engine (``info``, ``job``, ``count_job``) run in process."""
     if isinstance(engine, ScoringBackend):
         return engine
     return InProcessBackend(engine, merge, observer)

@@ -125,6 +125,9 @@ def serve(
     max_text_tokens: Annotated[int | None, typer.Option()] = None,
     max_text_chars: Annotated[int | None, typer.Option()] = None,
     max_choice_tokens: Annotated[int | None, typer.Option()] = None,
+    max_choice_chars: Annotated[
+        int | None, typer.Option(help="Characters per choice string (refused before tokenising).")
+    ] = None,
     max_sequences: Annotated[int | None, typer.Option()] = None,
     max_message_bytes: Annotated[int | None, typer.Option()] = None,
     max_candidate_abs: Annotated[
@@ -142,6 +145,9 @@ def serve(
     max_queued_requests: Annotated[
         int | None, typer.Option(help="Calls that may wait for the engine before new ones are refused.")
     ] = None,
+    max_concurrent_rpcs: Annotated[
+        int | None, typer.Option(help="Calls handled at once, all keys together (default 256).")
+    ] = None,
     text_cache_mb_per_key: Annotated[
         int | None, typer.Option(help="MB of cached text states one API key may hold (default 256).")
     ] = None,
@@ -149,6 +155,9 @@ def serve(
         int | None, typer.Option(help="MB of cached text states all keys together may hold (default 1024).")
     ] = None,
     text_cache_keys: Annotated[int | None, typer.Option(help="API keys whose text states are kept.")] = None,
+    token_cache_mb: Annotated[
+        int | None, typer.Option(help="MB of tokenised texts, choices and cues kept for reuse (default 64).")
+    ] = None,
     score_decimals: Annotated[
         int | None, typer.Option(help="Round returned log-probs to this many decimals (0-7).")
     ] = None,

@@ -9,6 +9,7 @@ exception's message may quote a client's input; its frames cannot).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -141,6 +142,11 @@ class TextFormatter(logging.Formatter):
         return f"{head} {tail}" if tail else head
 
 
+# Libraries that give their loggers handlers of their own and stop them propagating, so their lines
+# (a transformers warning, a Ray Serve replica's request log) would skip the formatter above.
+LIBRARY_LOGGERS = ("transformers", "ray")
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = False, stream: TextIO | None = None) -> None:
     """Route every logger through one privacy-filtering handler on the root logger."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -150,3 +156,27 @@ def configure_logging(level: str = "INFO", json_lines: bool = False, stream: Tex
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    route_library_loggers()
+
+
+def route_library_loggers() -> None:
+    """Send the libraries' loggers (``LIBRARY_LOGGERS`` and their children) to the root handler: their
+    own handlers are removed and they propagate again. transformers adds its handler when it is first
+    imported, so it is imported here and its own switches turn that handler off for good; Ray
+    configures its loggers as it starts (``ray.init``, Serve), so the Ray backend calls this again
+    once Serve runs, and each replica calls ``configure_logging`` as it starts."""
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_default_handler()
+        transformers_logging.enable_propagation()
+    names = [name for name in list(logging.root.manager.loggerDict) if _is_library(name)]
+    for name in [*LIBRARY_LOGGERS, *names]:
+        library = logging.getLogger(name)
+        for old in list(library.handlers):
+            library.removeHandler(old)
+        library.propagate = True
+
+
+def _is_library(name: str) -> bool:
+    return any(name == library or name.startswith(f"{library}.") for library in LIBRARY_LOGGERS)

@@ -128,10 +128,11 @@ def load_model(
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec in BUNDLED_MODELS:
         folder, model_id, fingerprint = _converted_bundled(BUNDLED_MODELS[spec], cache)
-        model, tokenizer = _from_pretrained(str(folder))
+        model, tokenizer = _from_pretrained(str(folder), use_safetensors=True)
     else:
         model_id = spec
-        model, tokenizer = _from_pretrained(spec)
+        _refuse_pickled_weights(spec)
+        model, tokenizer = _from_pretrained(spec, use_safetensors=True)
         fingerprint = weights_fingerprint(model)
     model.to(device=target, dtype=dtype or default_dtype(target))
     if quantize == "int8":
@@ -157,14 +158,35 @@ def prepare_bundle(model: Any, tokenizer: Any, model_id: str, fingerprint: str |
     return ModelBundle(model, tokenizer, model_id, fingerprint or weights_fingerprint(model))
 
 
-def _from_pretrained(source: str, **kwargs: Any) -> tuple[Any, Any]:
+def _refuse_pickled_weights(spec: str) -> None:
+    """A local folder must hold safetensors weights: a pickled ``.bin`` (or ``.pt``) can run code when
+    loaded, so it is refused by name, before transformers is asked (the hub is held to the same by
+    ``use_safetensors=True``)."""
+    folder = Path(spec)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
+    found = (
+        f"it holds {', '.join(pickled)}, pickled weights, which are never loaded" if pickled else "none found"
+    )
+    raise ModelLoadError(
+        f"model {spec!r}: only safetensors weights are loaded ({found}); convert the folder with "
+        "save_pretrained(folder, safe_serialization=True) where you trust its files"
+    )
+
+
+def _from_pretrained(source: str, *, use_safetensors: bool | None = None, **kwargs: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    weights = {"use_safetensors": True} if use_safetensors else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **weights, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"model {source!r} could not be loaded: {exc}") from exc
+        hint = (
+            "; only safetensors weights are loaded" if use_safetensors and "safetensors" in str(exc) else ""
+        )
+        raise ModelLoadError(f"model {source!r} could not be loaded: {exc}{hint}") from exc
     return model, tokenizer
 
 

@@ -12,6 +12,7 @@ from cbpt.server.adapters.generator import CONFIG_FILE, WEIGHTS_FILE, mismatch, 
 from cbpt.server.adapters.spec import served_specs
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
+from cbpt.server.engine.prepare import DEFAULT_TOKEN_CACHE_BYTES
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.errors import GeneratorFormatError
 from cbpt.server.model import ModelBundle, load_model
@@ -78,6 +79,7 @@ def build_engine(
     limits: Limits | None = None,
     batch_sequences: int = 64,
     text_states: TextStateCache | None = None,
+    token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
 ) -> ScoringEngine:
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
     (``text_states``: the bounded text-state cache; the default bounds when None)."""
@@ -93,6 +95,7 @@ def build_engine(
         batch_sequences=batch_sequences,
         text_states=text_states,
         not_served=tuple(not_served) if shipped_generators else (),
+        token_cache_bytes=token_cache_bytes,
     )
 
 

@@ -18,6 +18,8 @@ scheduler takes turns among the running jobs, one step each, round robin:
   is wanted. Each is logged with the key id and the reason.
 - The queue is bounded: beyond ``max_queued`` waiting calls a call fails at once with
   ``ServerBusy`` (RESOURCE_EXHAUSTED with a retry delay).
+- A CountTokens call is a job too (``count``): it is never merged, counts towards the queue bound,
+  and tokenises its texts one step at a time in its tenant's turns (engine/jobs.py ``CountJob``).
 
 No transport here: any front end that can name a tenant and a cancellation reason can use it.
 """
@@ -30,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
 from cbpt.server.errors import CallCancelled, ServerBusy, ServerShuttingDown
@@ -54,6 +56,14 @@ class Job(Protocol):
 
 class JobEngine(Protocol):
     def job(self, requests: Sequence[ScoreRequest]) -> Job: ...
+    def count_job(self, texts: Sequence[str]) -> Job: ...
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """A CountTokens call's texts: a job of its own (never merged), one turn a step like any job."""
+
+    texts: Sequence[str]
 
 
 class Observer(Protocol):
@@ -77,11 +87,21 @@ class _NoObserver:
 
 @dataclass(eq=False)
 class _Pending:
-    request: ScoreRequest
+    work: ScoreRequest | TokenCount
     tenant: str
-    future: asyncio.Future[ScoreResult]
+    future: asyncio.Future[Any]
     job: _Running | None = None
     index: int = 0  # the request's slot in its job
+
+    @property
+    def request(self) -> ScoreRequest:
+        """The score request (what merging reads); only pending scoring calls are merged."""
+        assert isinstance(self.work, ScoreRequest)
+        return self.work
+
+    @property
+    def sequences(self) -> int:
+        return self.work.sequences if isinstance(self.work, ScoreRequest) else 0
 
 
 @dataclass(eq=False)
@@ -121,6 +141,17 @@ class Scheduler:
         self, request: ScoreRequest, tenant: str = "", reason: Callable[[], str] = lambda: "cancelled"
     ) -> ScoreResult:
         """The request's scores once its job ends; ``reason()`` names why, should the caller cancel."""
+        result: ScoreResult = await self._submit(request, tenant, reason)
+        return result
+
+    async def count(
+        self, texts: Sequence[str], tenant: str = "", reason: Callable[[], str] = lambda: "cancelled"
+    ) -> list[int]:
+        """Token counts of ``texts``, tokenised in ``tenant``'s turns as its scoring calls run."""
+        counts: list[int] = await self._submit(TokenCount(texts), tenant, reason)
+        return counts
+
+    async def _submit(self, work: ScoreRequest | TokenCount, tenant: str, reason: Callable[[], str]) -> Any:
         if self._closing:
             raise ServerShuttingDown()
         if len(self._waiting) >= self.settings.max_queued:
@@ -131,7 +162,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run(), name="cbpt-scheduler")
-        pending = _Pending(request, tenant, loop.create_future())
+        pending = _Pending(work, tenant, loop.create_future())
         self._waiting.append(pending)
         self._report_queue()
         self._arrived.set()
@@ -160,11 +191,12 @@ class Scheduler:
             stage, steps = "running", pending.job.job.steps_done
         self._report_queue()
         self._observer.cancelled(reason)
+        scoring = isinstance(pending.work, ScoreRequest)
         log.info(
-            "evaluate abandoned",
+            "evaluate abandoned" if scoring else "count tokens abandoned",
             extra={
                 "key_id": current_key_id.get(),  # captured now: a handler may format the line later
-                "method": "Evaluate",
+                "method": "Evaluate" if scoring else "CountTokens",
                 "reason": reason,
                 "stage": stage,
                 "steps": steps,
@@ -242,10 +274,7 @@ class Scheduler:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = loop.time() + self.settings.window_seconds
-        while (
-            not self._closing
-            and sum(p.request.sequences for p in self._waiting) < self.settings.max_sequences
-        ):
+        while not self._closing and sum(p.sequences for p in self._waiting) < self.settings.max_sequences:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -261,14 +290,21 @@ class Scheduler:
         busy = {tenant for running in jobs for tenant in running.tenants}
         while True:
             eligible = [pending for pending in self._waiting if pending.tenant not in busy]
-            batch = take_batch(eligible, self.settings.max_sequences)
-            if not batch:
+            if not eligible:
                 return
-            members = batch
+            leader = eligible[0].work
+            if isinstance(leader, TokenCount):
+                members = eligible[:1]
+            else:
+                scoring = [pending for pending in eligible if isinstance(pending.work, ScoreRequest)]
+                members = take_batch(scoring, self.settings.max_sequences)
             for pending in members:
                 self._waiting.remove(pending)
             try:
-                job = self._engine.job([pending.request for pending in members])
+                if isinstance(leader, TokenCount):
+                    job = self._engine.count_job(leader.texts)
+                else:
+                    job = self._engine.job([pending.request for pending in members])
             except Exception as error:  # a broken engine fails the calls, never the scheduler
                 for pending in members:
                     _fail(pending, error)

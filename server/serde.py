@@ -1,7 +1,8 @@
 """Every conversion between the wire (``cbpt.v1`` messages) and the engine's types, in one module.
 
-The engine validates contents; this module checks the wire shape (message size, candidate bytes,
-which choice field is set) and names the wire field in every error. As in Flower's serde, no
+This module checks the wire shape (message size, candidate bytes, which choice field is set) and,
+before anything is copied out of a message, every count and string bound (engine/validation.py
+holds the checks; the servicer runs the rest before queueing). Every error names the wire field. As in Flower's serde, no
 other server module touches a protobuf message's fields.
 """
 
@@ -11,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from cbpt.common.choices import Choices
 from cbpt.common.version import __version__
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult, ScoringMode
+from cbpt.server.engine.validation import check_choice_list, check_cue, check_text_count, check_texts
 from cbpt.server.errors import InvalidRequest, MalformedRequest
 from cbpt.v1 import tuning_pb2
 
@@ -67,32 +69,33 @@ def server_info_message(info: EngineInfo) -> tuning_pb2.ServerInfo:
 
 def to_score_request(request: tuning_pb2.EvaluateRequest, limits: Limits, scope: str = "") -> ScoreRequest:
     """The engine request for a wire request; ``scope`` (the API key id) keeps one key's cached
-    text states from serving another key."""
-    size = request.ByteSize()
-    if size > limits.max_message_bytes:
-        raise InvalidRequest(
-            "request", f"message size {size} bytes exceeds max_message_bytes {limits.max_message_bytes}"
-        )
+    text states from serving another key. Every count is checked on the message before anything
+    is copied out of it, and every string is checked as it is copied."""
+    check_text_count(len(request.texts), limits)  # O(1), before even the size (which walks the message)
+    check_message_size(request, limits)
     if request.num_candidates == 0:
         raise InvalidRequest("num_candidates", "must be at least 1")
     if request.num_candidates > limits.max_candidates:
         raise InvalidRequest(
             "num_candidates", f"{request.num_candidates} exceeds max_candidates {limits.max_candidates}"
         )
+    mode = MODES.get(request.mode)
+    if mode is None:
+        raise InvalidRequest("mode", f"unknown scoring mode {request.mode}")
+    check_texts(request.texts, limits)
+    check_cue(request.cue, limits)
+    choices = choices_of(request, limits)
     try:
         candidates = unpack_floats(
             request.candidates, (request.num_candidates, request.dimension), "candidates"
         )
     except WireFormatError as exc:
         raise InvalidRequest("candidates", str(exc).removeprefix("candidates: ")) from None
-    mode = MODES.get(request.mode)
-    if mode is None:
-        raise InvalidRequest("mode", f"unknown scoring mode {request.mode}")
     return ScoreRequest(
         adapter=request.adapter,
         candidates=candidates,
         texts=list(request.texts),
-        choices=choices_of(request),
+        choices=choices,
         mode=mode,
         cue=request.cue,
         scope=scope,
@@ -100,26 +103,34 @@ def to_score_request(request: tuning_pb2.EvaluateRequest, limits: Limits, scope:
 
 
 def to_count_texts(request: tuning_pb2.CountTokensRequest, limits: Limits) -> list[str]:
-    """The texts of a CountTokens request, after the same size check as Evaluate's."""
+    """The texts of a CountTokens request, checked as Evaluate's are before they are copied."""
+    check_text_count(len(request.texts), limits)
+    check_message_size(request, limits)
+    check_texts(request.texts, limits)
+    return list(request.texts)
+
+
+def check_message_size(request: Message, limits: Limits) -> None:
     size = request.ByteSize()
     if size > limits.max_message_bytes:
         raise InvalidRequest(
             "request", f"message size {size} bytes exceeds max_message_bytes {limits.max_message_bytes}"
         )
-    return list(request.texts)
 
 
 def to_count_response(counts: list[int]) -> tuning_pb2.CountTokensResponse:
     return tuning_pb2.CountTokensResponse(counts=counts)
 
 
-def choices_of(request: tuning_pb2.EvaluateRequest) -> Choices:
-    """Exactly one of ``shared_choices`` (one list for every text) or ``example_choices`` (one per text)."""
+def choices_of(request: tuning_pb2.EvaluateRequest, limits: Limits) -> Choices:
+    """Exactly one of ``shared_choices`` (one list for every text) or ``example_choices`` (one per text),
+    each list's count and strings checked before it is copied."""
     shared = request.HasField("shared_choices")
     per_example = len(request.example_choices)
     if shared and per_example:
         raise InvalidRequest("shared_choices", "set either shared_choices or example_choices, not both")
     if shared:
+        check_choice_list(request.shared_choices.choices, "shared_choices", limits)
         return Choices.shared_by_all(request.shared_choices.choices)
     if not per_example:
         raise InvalidRequest("shared_choices", "set one of shared_choices or example_choices")
@@ -127,6 +138,8 @@ def choices_of(request: tuning_pb2.EvaluateRequest) -> Choices:
         raise InvalidRequest(
             "example_choices", f"{per_example} choice lists for {len(request.texts)} texts; send one per text"
         )
+    for index, options in enumerate(request.example_choices):
+        check_choice_list(options.choices, f"example_choices[{index}]", limits)
     return Choices.per_example([list(c.choices) for c in request.example_choices])
 
 

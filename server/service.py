@@ -24,7 +24,8 @@ from cbpt.server.backends import ScoringBackend, as_backend
 from cbpt.server.budgets import EvaluationBudgets
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
-from cbpt.server.errors import BudgetExhausted, InvalidRequest, ServerBusy, ServerShuttingDown
+from cbpt.server.engine.validation import check_request
+from cbpt.server.errors import BudgetExhausted, InvalidRequest, ServerBusy, ServerShuttingDown, UnknownAdapter
 from cbpt.server.logs import current_key_id
 from cbpt.server.merging import MergeSettings
 from cbpt.server.metrics import Metrics
@@ -61,7 +62,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         self._backend = as_backend(engine, merge, metrics)  # an engine runs in process, scheduled
         info = self._backend.info()
         self._limits = info.limits
-        self._adapters = frozenset(a.name for a in info.adapters)
+        self._adapters = {a.name: a for a in info.adapters}  # what requests are validated against
         self._server_info = serde.server_info_message(info)
         self._budgets = budgets
         self._protection = protection or ScoreProtection()
@@ -137,7 +138,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         try:
             if self._draining:
                 raise _draining()
-            score_request = serde.to_score_request(request, self._limits, scope=key_id or "")
+            score_request = self._validated(serde.to_score_request(request, self._limits, scope=key_id or ""))
             result = await self._score(score_request, key_id, context)
             response = serde.to_response(self._protection.apply(result, score_request, key_id or ""))
         except Exception as exc:  # every failure leaves through error_status
@@ -152,10 +153,13 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
     async def CountTokens(
         self, request: tuning_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> tuning_pb2.CountTokensResponse:
-        """Tokenising only, on the backend (the tokenizer and its cache are the engine's)."""
+        """Tokenising only, on the backend (the tokenizer and its cache are the engine's), in the
+        caller's fair turns like its scoring; the key's rate and concurrency limits apply, its
+        evaluation budget does not (nothing is scored)."""
         started = time.perf_counter()
+        key_id = current_key_id.get()
         fields: dict[str, object] = {
-            "key_id": current_key_id.get(),
+            "key_id": key_id,
             "method": "CountTokens",
             "num_examples": len(request.texts),
             "request_bytes": request.ByteSize(),
@@ -164,7 +168,8 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
             if self._draining:
                 raise _draining()
             texts = serde.to_count_texts(request, self._limits)
-            counts = await self._backend.count_tokens(texts)
+            tenant = key_id or f"peer:{context.peer()}"
+            counts = await self._backend.count_tokens(texts, tenant, lambda: _cancel_reason(context))
         except Exception as exc:  # every failure leaves through error_status
             status = error_status(exc)
             self._count_refusal(exc)
@@ -176,6 +181,15 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         seconds = round(time.perf_counter() - started, 4)
         log.info("count tokens", extra={**fields, "seconds": seconds, "code": "OK"})
         return serde.to_count_response(counts)
+
+    def _validated(self, request: ScoreRequest) -> ScoreRequest:
+        """Every limit but the token counts, checked before the call is charged or queued (or, on Ray,
+        sent to a replica); the engine checks token counts before it caches anything."""
+        adapter = self._adapters.get(request.adapter)
+        if adapter is None:
+            raise UnknownAdapter(request.adapter, list(self._adapters))
+        check_request(request, adapter, self._limits)
+        return request
 
     async def _score(
         self, request: ScoreRequest, key_id: str | None, context: grpc.aio.ServicerContext

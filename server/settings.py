@@ -122,6 +122,9 @@ class ServerSettings(BaseSettings):
     max_text_tokens: int = Field(_LIMITS.max_text_tokens, ge=1)
     max_text_chars: int = Field(_LIMITS.max_text_chars, ge=1)
     max_choice_tokens: int = Field(_LIMITS.max_choice_tokens, ge=1)
+    max_choice_chars: int = Field(
+        _LIMITS.max_choice_chars, ge=1, description="characters per choice string, checked before tokenising"
+    )
     max_sequences: int = Field(_LIMITS.max_sequences, ge=1)
     max_message_bytes: int = Field(_LIMITS.max_message_bytes, ge=1024)
     max_candidate_abs: float = Field(
@@ -139,11 +142,20 @@ class ServerSettings(BaseSettings):
         512, ge=1, description="sequences merged into one job (a merged call waits for all of them)"
     )
     max_queued_requests: int = Field(64, ge=1, description="calls waiting for the engine before refusing")
+    max_concurrent_rpcs: int = Field(
+        256,
+        ge=1,
+        description="calls the server handles at once, every key and method together (health checks "
+        "included); beyond it grpc refuses a call at once with RESOURCE_EXHAUSTED",
+    )
     text_cache_mb_per_key: int = Field(
         256, ge=0, description="memory for one API key's cached text states (after-text adapters)"
     )
     text_cache_mb: int = Field(1024, ge=0, description="memory for all keys' cached text states together")
     text_cache_keys: int = Field(8, ge=1, description="API keys whose text states are kept at once")
+    token_cache_mb: int = Field(
+        64, ge=1, description="memory for tokenised texts, choices and cues kept for reuse (all keys)"
+    )
     score_decimals: int | None = Field(
         None, ge=0, le=7, description="round returned log-probs to this many decimals (provider protection)"
     )
@@ -221,6 +233,7 @@ class ServerSettings(BaseSettings):
             quantize=self.quantize,
             limits=self.limits(),
             text_cache=(self.text_cache_mb_per_key << 20, self.text_cache_keys, self.text_cache_mb << 20),
+            token_cache_bytes=self.token_cache_mb << 20,
         )
 
     def adapter_specs(self) -> list[AdapterSpec]:

@@ -30,6 +30,13 @@ NoVerify = Annotated[
         "--no-verify-vector", help="Use a vector file even if it is not the one task.json recorded."
     ),
 ]
+OrderSeed = Annotated[
+    int | None,
+    typer.Option(
+        help="Seed of the shuffled order rows are sent in (default: fresh each run, so the server "
+        "cannot undo it); results are always in file order."
+    ),
+]
 
 
 def _vector_document(scored: Scored) -> dict[str, Any] | None:
@@ -58,6 +65,7 @@ def evaluate(
         typer.Option(help="Score this fraction of the task's training file, disjoint from the shots."),
     ] = None,
     holdout_seed: Annotated[int, typer.Option(help="Seed of the hold-out sample.")] = 0,
+    order_seed: OrderSeed = None,
     no_verify_vector: NoVerify = False,
     as_json: JsonOutput = False,
     *,
@@ -71,8 +79,9 @@ def evaluate(
     )  # fmt: skip
     with connection.client() as client:
         scored = score(
-            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="evaluating"
-        )
+            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="evaluating",
+            order_seed=order_seed,
+        )  # fmt: skip
     labels = scored.examples.labels
     assert labels is not None  # read with labels=True
     width = scored.examples.num_choices
@@ -117,6 +126,7 @@ def predict(
     with_text: Annotated[
         bool, typer.Option("--with-text", help="Also write each input as the model saw it ('text').")
     ] = False,
+    order_seed: OrderSeed = None,
     no_verify_vector: NoVerify = False,
     as_json: JsonOutput = False,
     *,
@@ -133,8 +143,9 @@ def predict(
         raise TaskError(f"{file} row {missing[0] + 1}: no field {id_field!r} for --id-field")
     with connection.client() as client:
         scored = score(
-            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="predicting"
-        )
+            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="predicting",
+            order_seed=order_seed,
+        )  # fmt: skip
     examples, log_probs = scored.examples, scored.log_probs
     class_names = inputs.task_format.class_names
     probabilities = np.exp(log_probs)

@@ -1,5 +1,10 @@
 """What ``evaluate`` and ``predict`` score: a tuned vector (or zero-shot) on a file or a hold-out split,
-fitted to the server before the first row, with a progress bar over the rows."""
+fitted to the server before the first row, with a progress bar over the rows.
+
+The rows are sent in a shuffled order and their scores put back in file order: a file sorted by
+label (or by anything private) would otherwise tell the server its order through the order of the
+texts. The shuffle's seed is fresh each run unless given, so the server cannot undo it.
+"""
 
 from __future__ import annotations
 
@@ -117,15 +122,29 @@ class Scored:
     tuned: TunedTask | None
 
 
+def sending_order(count: int, seed: int | None) -> np.ndarray:
+    """A permutation of the rows to send them in (fresh entropy when ``seed`` is None)."""
+    return np.random.default_rng(seed).permutation(count)
+
+
 def score(
-    client: TuningClient, inputs: Inputs, key: KeySpec, *, verify: bool, quiet: bool, label: str
+    client: TuningClient,
+    inputs: Inputs,
+    key: KeySpec,
+    *,
+    verify: bool,
+    quiet: bool,
+    label: str,
+    order_seed: int | None = None,
 ) -> Scored:
-    """Fit the texts to the server (or refuse a row), then score them with a progress bar."""
+    """Fit the texts to the server (or refuse a row), then score them with a progress bar, sending the
+    rows shuffled (``sending_order``); what comes back is in file order."""
     tuned = load_tuned(inputs.folder, key=key, verify=verify) if inputs.folder is not None else None
     if tuned is not None:
         tuned.check_server(client)
     where = inputs.source.get("file") or "data.train (hold-out)"
-    fitted = fit_examples(client, inputs.examples, inputs.task_format.truncate, str(where))
+    order = sending_order(len(inputs.examples), order_seed)
+    fitted = fit_examples(client, inputs.examples.take(order), inputs.task_format.truncate, str(where))
     examples = fitted.examples
     console = Console(stderr=True)
     if tuned is not None and tuned.partial and not quiet:
@@ -137,4 +156,5 @@ def score(
             empty = np.zeros(0, dtype=np.float32)
             mode = inputs.task_format.mode
             log_probs = predict_in_batches(client, "none", empty, examples, mode, on_rows=progress.advance)
-    return Scored(log_probs, examples, fitted.truncated, tuned)
+    in_file_order = np.argsort(order)
+    return Scored(log_probs[in_file_order], examples.take(in_file_order), fitted.truncated, tuned)

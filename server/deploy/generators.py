@@ -51,7 +51,12 @@ def build_engine_on_demand(
     specs = recipe.adapter_specs(bundle.fingerprint)
     eager = build_adapters(bundle, [spec for spec in specs if not is_generator(spec)])
     engine = ScoringEngine(
-        bundle, eager, recipe.limits, batch_sequences=recipe.batch_sequences, text_states=recipe.text_states()
+        bundle,
+        eager,
+        recipe.limits,
+        batch_sequences=recipe.batch_sequences,
+        text_states=recipe.text_states(),
+        token_cache_bytes=recipe.token_cache_bytes,
     )
     generators = OnDemandGenerators(bundle, [spec for spec in specs if is_generator(spec)], engine.adapters)
     info = engine.info()

@@ -40,6 +40,7 @@ from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStat
 from cbpt.server.deploy.replica import EngineReplica, ReplicaOptions
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import BackendUnavailable, ServerBusy, ServerShuttingDown
+from cbpt.server.logs import route_library_loggers
 from cbpt.server.recipe import EngineRecipe
 
 if TYPE_CHECKING:
@@ -151,9 +152,15 @@ class RayServeBackend(ScoringBackend):
             raise served.outcome.error()
         return served.outcome
 
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    async def count_tokens(
+        self, texts: Sequence[str], tenant: str = "", reason: Reason = lambda: "cancelled"
+    ) -> list[int]:
+        response = self.handle.count_tokens.remote(list(texts), tenant)
         try:
-            counts: list[int] | Refusal = await self.handle.count_tokens.remote(list(texts))
+            counts: list[int] | Refusal = await response
+        except asyncio.CancelledError:  # the client went away: the replica drops it at its next step
+            response.cancel()
+            raise
         except BackPressureError:
             raise ServerBusy("server busy: every replica and the queue are full; retry shortly") from None
         except _UNAVAILABLE:
@@ -198,6 +205,7 @@ def deploy(
     options, replica = options or RayOptions(), replica or ReplicaOptions()
     deployment = serve.deployment(EngineReplica, name=DEPLOYMENT_NAME, **options.deployment_options())
     handle = serve.run(deployment.bind(recipe, replica), name=app_name, route_prefix=None)
+    route_library_loggers()  # Ray and Serve gave their loggers handlers of their own as they started
     description = handle.describe.remote().result()
     log.info("ray backend ready", extra={"replicas": options.replicas, "model_id": description.info.model_id})
     return RayServeBackend(handle, description, on_close)

@@ -35,7 +35,7 @@ from cbpt.server.recipe import EngineRecipe
 from cbpt.server.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from cbpt.server.engine.jobs import ScoringJob
+    from cbpt.server.engine.jobs import CountJob, ScoringJob
     from cbpt.server.engine.scoring import ScoringEngine
 
 Batching = Literal["scheduler", "serve-batch"]
@@ -70,6 +70,9 @@ class _CountingEngine:
         self.calls += 1
         self.requests += len(requests)
         return self.engine.job(requests)
+
+    def count_job(self, texts: Sequence[str]) -> CountJob:
+        return self.engine.count_job(texts)  # tokenising only: not an engine call the stats count
 
 
 class _Cancellations:
@@ -146,12 +149,12 @@ class EngineReplica:
         outcome = await self._outcome(request, tenant)
         return Served(outcome, self._name, self._engine.calls, self._engine.requests)
 
-    async def count_tokens(self, texts: Sequence[str]) -> list[int] | Refusal:
-        """Counts, or the engine's refusal of the texts (empty, too many, too long) as a value."""
-        loop = asyncio.get_running_loop()  # the tokenizer and its cache are the engine thread's
+    async def count_tokens(self, texts: Sequence[str], tenant: str = "") -> list[int] | Refusal:
+        """Counts, or the engine's refusal of the texts (empty, too many, too long) as a value; the
+        texts are tokenised in ``tenant``'s turns of this replica's scheduler, as its scoring is."""
         try:
-            return await loop.run_in_executor(self._executor, self._engine.engine.count_tokens, texts)
-        except InvalidRequest as error:
+            return await self._scheduler.count(texts, tenant)
+        except (InvalidRequest, QuotaExceeded) as error:
             return Refusal.of(error)
 
     async def _outcome(self, request: ScoreRequest, tenant: str) -> ScoreResult | Refusal:

@@ -13,6 +13,9 @@ class Limits:
     max_text_tokens: int = 512
     max_text_chars: int = 4096
     max_choice_tokens: int = 16
+    # Per choice string, checked at the door before anything is tokenised: 16 tokens of a few
+    # characters each, with room for long tokens (runs of spaces, punctuation).
+    max_choice_chars: int = 256
     # candidates x examples (x choices in full-choice mode) in one request.
     max_sequences: int = 16384
     max_message_bytes: int = 16 * 1024 * 1024

@@ -1,11 +1,14 @@
 """Request preparation: validate, then tokenise (through a bounded cache) into a ``Prepared`` request.
 
 A prepared request is what the strategies run: token ids of each text, the cue and the choices,
-with the candidates validated. Nothing here ever reaches disk.
+with the candidates validated. Nothing here ever reaches disk. The token cache is bounded in
+entries and in bytes, and holds only strings within their token limit: a refused string, or a
+CountTokens text too long to score, is tokenised and forgotten.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -15,35 +18,53 @@ import numpy as np
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
-from cbpt.server.engine.validation import (
-    check_candidates,
-    check_choices,
-    check_cue,
-    check_sequences,
-    check_texts,
-)
+from cbpt.server.engine.validation import check_request, check_texts
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 
 Tokens = tuple[int, ...]
 
+DEFAULT_TOKEN_CACHE_BYTES = 64 << 20
+_ENTRY_OVERHEAD = 104  # the dict slot and the linked-list node of one OrderedDict entry
+_INT_BYTES = 32  # a token id beyond the interpreter's small-int cache is its own object
+
+
+def entry_bytes(text: str, tokens: Tokens) -> int:
+    """Memory one cache entry holds: the text, the tuple and its ints (an upper bound)."""
+    return sys.getsizeof(text) + sys.getsizeof(tokens) + _INT_BYTES * len(tokens) + _ENTRY_OVERHEAD
+
 
 class TokenCache:
-    """Bounded in-memory tokenisation cache, least recently used out first."""
+    """Bounded in-memory tokenisation cache, least recently used out first: at most ``capacity``
+    entries and ``max_bytes`` bytes (``entry_bytes``); an entry larger than that is not kept."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = DEFAULT_TOKEN_CACHE_BYTES) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, Tokens] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.total_bytes = 0
+        self._items: OrderedDict[str, tuple[Tokens, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, text: str) -> Tokens | None:
-        tokens = self._items.get(text)
-        if tokens is not None:
-            self._items.move_to_end(text)
-        return tokens
+        item = self._items.get(text)
+        if item is None:
+            return None
+        self._items.move_to_end(text)
+        return item[0]
 
     def put(self, text: str, tokens: Tokens) -> None:
-        self._items[text] = tokens
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        size = entry_bytes(text, tokens)
+        if size > self.max_bytes:
+            return
+        old = self._items.pop(text, None)
+        if old is not None:
+            self.total_bytes -= old[1]
+        self._items[text] = (tokens, size)
+        self.total_bytes += size
+        while len(self._items) > self.capacity or self.total_bytes > self.max_bytes:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.total_bytes -= dropped
 
 
 @dataclass
@@ -88,28 +109,26 @@ def leading_special_tokens(tokenizer: Any) -> Tokens:
 class Preparer:
     """Validates requests against the served adapters and limits, and tokenises them."""
 
-    def __init__(self, tokenizer: Any, adapters: dict[str, Adapter], limits: Limits, cache_size: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        adapters: dict[str, Adapter],
+        limits: Limits,
+        cache_size: int,
+        cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
+    ) -> None:
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.limits = limits
-        self._cache = TokenCache(cache_size)
+        self.cache = TokenCache(cache_size, cache_bytes)
 
     def __call__(self, request: ScoreRequest) -> Prepared:
         """Raises InvalidRequest naming the field."""
         adapter = self.adapters.get(request.adapter)
         if adapter is None:
             raise UnknownAdapter(request.adapter, list(self.adapters))
-        limits = self.limits
-        candidates = check_candidates(request.candidates, adapter, limits)
-        check_texts(request.texts, limits)
-        check_cue(request.cue, limits)
-        check_choices(request.choices, len(request.texts), limits)
+        candidates = check_request(request, adapter, self.limits)
         mode = ScoringMode(request.mode)
-        check_sequences(request.sequences, limits)
-        if adapter.placement is Placement.ON_CUE and not request.cue:
-            raise InvalidRequest(
-                "cue", f"adapter {adapter.name!r} adds its prompt onto the answer cue; give one"
-            )
         encoded = self._encode(request, mode)
         counts = tuple(request.choices.counts(len(request.texts)))
         return Prepared(adapter, candidates, encoded, mode, request.scope, counts)
@@ -118,17 +137,23 @@ class Preparer:
         """Token counts of ``texts`` as ``__call__`` would tokenise them (validated like Evaluate's
         texts, but never refused for their token count: telling it is the point)."""
         check_texts(texts, self.limits)
-        return [len(self._tokenise(text)) for text in texts]
+        return [self.count_one(text) for text in texts]
 
-    def _tokenise(self, text: str) -> Tokens:
-        tokens = self._cache.get(text)
+    def count_one(self, text: str) -> int:
+        """One validated text's token count; cached only if the text is short enough to score."""
+        return len(self._tokenise(text, self.limits.max_text_tokens))
+
+    def _tokenise(self, text: str, limit: int) -> Tokens:
+        """The text's tokens, cached only when within ``limit``: what is refused is not kept."""
+        tokens = self.cache.get(text)
         if tokens is None:
             tokens = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            self._cache.put(text, tokens)
+            if len(tokens) <= limit:
+                self.cache.put(text, tokens)
         return tokens
 
     def tokens(self, text: str, field: str, limit: int, allow_empty: bool = False) -> Tokens:
-        tokens = self._tokenise(text)
+        tokens = self._tokenise(text, limit)
         if not tokens and not allow_empty:
             raise InvalidRequest(field, "encodes to no tokens")
         if len(tokens) > limit:

@@ -19,11 +19,16 @@ import numpy as np
 import torch
 
 from cbpt.server.adapters import Adapter, Placement
-from cbpt.server.engine.jobs import Outcome, ScoringJob, run_to_end
+from cbpt.server.engine.jobs import CountJob, Outcome, ScoringJob, run_to_end
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
-from cbpt.server.engine.prepare import Prepared, Preparer, leading_special_tokens
+from cbpt.server.engine.prepare import (
+    DEFAULT_TOKEN_CACHE_BYTES,
+    Prepared,
+    Preparer,
+    leading_special_tokens,
+)
 from cbpt.server.engine.readout import read_first_tokens, read_full_choices
 from cbpt.server.engine.strategies import (
     FullSequence,
@@ -51,6 +56,7 @@ class ScoringEngine:
         batch_sequences: int = 64,
         batch_tokens: int = 8192,
         token_cache_size: int = 4096,
+        token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
         text_states: TextStateCache | None = None,
         reuse_text_states: bool = True,
         reuse_prefix_states: bool = True,
@@ -83,7 +89,9 @@ class ScoringEngine:
             hidden_size=bundle.hidden_size,
             batch_sequences=batch_sequences,
         )
-        self.prepare = Preparer(bundle.tokenizer, self.adapters, self.limits, token_cache_size)
+        self.prepare = Preparer(
+            bundle.tokenizer, self.adapters, self.limits, token_cache_size, token_cache_bytes
+        )
         self.lock = threading.Lock()  # one step at a time, whichever thread drives the jobs
 
     def info(self) -> EngineInfo:
@@ -100,8 +108,17 @@ class ScoringEngine:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts of texts as scoring tokenises them (``CountTokens``); raises InvalidRequest."""
-        with self.lock:
-            return self.prepare.count(list(texts))
+        job = self.count_job(texts)
+        while job.step():
+            pass
+        (outcome,) = job.outcomes()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def count_job(self, texts: Sequence[str]) -> CountJob:
+        """``count_tokens`` as a job of steps, for the scheduler to interleave with scoring jobs."""
+        return CountJob(self, texts)
 
     def score(self, request: ScoreRequest) -> ScoreResult:
         outcome = self.score_many([request])[0]

@@ -1,22 +1,50 @@
 """Checks a ScoreRequest against the adapter and the limits before any model work.
 
 Each failure raises InvalidRequest naming the offending field, e.g.
-``candidates[3]: contains NaN or inf``, so a client can fix exactly that.
+``candidates[3]: contains NaN or inf``, so a client can fix exactly that. The servicer runs
+``check_request`` before a call is queued (serde runs the count checks on the wire message before
+anything is copied out of it); the engine runs it again for its Python callers. Only the token
+limits need the tokenizer, and prepare.py checks them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from cbpt.common.choices import Choices
-from cbpt.server.adapters import Adapter
+from cbpt.server.adapters.placement import Placement
 from cbpt.server.engine.limits import Limits
+from cbpt.server.engine.types import ScoreRequest
 from cbpt.server.errors import InvalidRequest
 
 
-def check_candidates(candidates: np.ndarray, adapter: Adapter, limits: Limits) -> np.ndarray:
+class AdapterShape(Protocol):
+    """What validation needs of an adapter: an engine ``Adapter`` or the front's ``AdapterDescription``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def placement(self) -> str: ...
+
+
+def check_request(request: ScoreRequest, adapter: AdapterShape, limits: Limits) -> np.ndarray:
+    """Every limit but the token counts; returns the candidates as float32."""
+    candidates = check_candidates(request.candidates, adapter, limits)
+    check_texts(request.texts, limits)
+    check_cue(request.cue, limits)
+    check_choices(request.choices, len(request.texts), limits)
+    check_sequences(request.sequences, limits)
+    if adapter.placement == Placement.ON_CUE and not request.cue:
+        raise InvalidRequest("cue", f"adapter {adapter.name!r} adds its prompt onto the answer cue; give one")
+    return candidates
+
+
+def check_candidates(candidates: np.ndarray, adapter: AdapterShape, limits: Limits) -> np.ndarray:
     array = np.asarray(candidates, dtype=np.float32)
     if array.ndim != 2:
         raise InvalidRequest(
@@ -48,11 +76,16 @@ def check_candidates(candidates: np.ndarray, adapter: Adapter, limits: Limits) -
     return array
 
 
-def check_texts(texts: Sequence[str], limits: Limits) -> None:
-    if len(texts) == 0:
+def check_text_count(count: int, limits: Limits) -> None:
+    if count == 0:
         raise InvalidRequest("texts", "at least one text is required")
-    if len(texts) > limits.max_examples:
-        raise InvalidRequest("texts", f"{len(texts)} examples exceed the limit of {limits.max_examples}")
+    if count > limits.max_examples:
+        raise InvalidRequest("texts", f"{count} texts exceed the limit of {limits.max_examples}")
+
+
+def check_texts(texts: Sequence[str], limits: Limits) -> None:
+    """The count first: ``texts`` may be a wire message's repeated field, read one string at a time."""
+    check_text_count(len(texts), limits)
     for index, text in enumerate(texts):
         if not text or not text.strip():
             raise InvalidRequest(f"texts[{index}]", "empty text")
@@ -75,14 +108,27 @@ def check_choices(choices: Choices, num_texts: int, limits: Limits) -> None:
             f"{len(choices.lists)} choice lists for {num_texts} texts; give one shared list or one per text",
         )
     for index, options in enumerate(choices.lists):
-        field = choices.field_of(index)
-        if len(options) == 0:
-            raise InvalidRequest(field, "at least one choice is required")
-        if len(options) > limits.max_choices:
-            raise InvalidRequest(field, f"{len(options)} choices exceed the limit of {limits.max_choices}")
-        for position, option in enumerate(options):
-            if not option:
-                raise InvalidRequest(f"{field}[{position}]", "empty choice string")
+        check_choice_list(options, choices.field_of(index), limits)
+
+
+def check_choice_count(count: int, field: str, limits: Limits) -> None:
+    if count == 0:
+        raise InvalidRequest(field, "at least one choice is required")
+    if count > limits.max_choices:
+        raise InvalidRequest(field, f"{count} choices exceed the limit of {limits.max_choices}")
+
+
+def check_choice_list(options: Sequence[str], field: str, limits: Limits) -> None:
+    """One text's choices (or the shared list): a count, then each string, none empty or too long."""
+    check_choice_count(len(options), field, limits)
+    for position, option in enumerate(options):
+        if not option:
+            raise InvalidRequest(f"{field}[{position}]", "empty choice string")
+        if len(option) > limits.max_choice_chars:
+            raise InvalidRequest(
+                f"{field}[{position}]",
+                f"{len(option)} characters exceed the limit of {limits.max_choice_chars}",
+            )
 
 
 def check_sequences(count: int, limits: Limits) -> None:

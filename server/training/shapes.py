@@ -86,16 +86,17 @@ def scorable(task: TrainingTask, tokenizer: Any, limits: Limits) -> TrainingTask
             raise ConfigError(f"task {task.name!r} ({task.data_file}): {reason}")
         return task
     kept: dict[str, list[int]] = {}
-    first: str | None = None
+    first: tuple[int, str] | None = None  # the first refused row in file order, and why
     for part_name, part in (("train", task.train), ("dev", task.dev)):
         kept[part_name] = []
         for index, (row, options) in enumerate(zip(part.rows, part.choices.lists, strict=True)):
             if (reason := _problem(options, tokens, mode, limits)) is None:
                 kept[part_name].append(index)
             elif first is None or row < first[0]:
-                first = (row, reason)  # type: ignore[assignment]
+                first = (row, reason)
     if not kept["train"]:
-        row, reason = first  # type: ignore[misc]
+        assert first is not None
+        row, reason = first
         raise ConfigError(
             f"task {task.name!r}: no row can be scored ({task.data_file} row {row + 1}: {reason})"
         )

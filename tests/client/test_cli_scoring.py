@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 from cbpt.client import progress as progress_module
 from cbpt.client.batches import predict_in_batches
 from cbpt.client.cli import app
+from cbpt.client.cli import scoring as cli_scoring
 from cbpt.client.losses import calibrate, metrics
 from cbpt.client.progress import RowsProgress
 from cbpt.client.sdk import TuningClient
 from cbpt.client.task import Task
-from tests.client.helpers import LABELS, TaskFactory, write_jsonl
+from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 runner = CliRunner()
 
@@ -123,6 +124,45 @@ def test_predict_passes_ids_and_texts_through(server: str, tuned: tuple[Path, Pa
     assert plain.exit_code == 0 and "text" not in json.loads(preds.read_text().splitlines()[0])
     other = cbpt("predict", out, data, "--server", server, "--out", preds, "--id-field", "key")
     assert other.exit_code == 2 and "row 1: no field 'key'" in other.output
+
+
+def test_rows_are_sent_shuffled_and_come_back_in_file_order(
+    server: str, tuned: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 10 of #22: a test or held-out file was sent in file order, so a label-sorted file told
+    the server where each label's rows are. Rows go out shuffled; predictions stay in file order."""
+    _, out = tuned
+    rows = sorted(labelled_rows(6, offset=200), key=lambda row: row["label"])  # sorted by label
+    data = write_jsonl(tmp_path / "sorted.jsonl", rows)
+    file_texts = [f"Review: {row['text']}" for row in rows]
+    sent: list[str] = []
+    predict = TuningClient.predict
+
+    def recording(self, adapter, vector, texts, *args, **kwargs):
+        sent.extend(texts)
+        return predict(self, adapter, vector, texts, *args, **kwargs)
+
+    monkeypatch.setattr(TuningClient, "predict", recording)
+
+    def records(*options: object) -> list[dict]:
+        preds = tmp_path / "preds.jsonl"
+        done = cbpt("predict", out, data, "--server", server, "--out", preds, "--with-text", *options)
+        assert done.exit_code == 0, done.output
+        return [json.loads(line) for line in preds.read_text().splitlines()]
+
+    shuffled = records("--order-seed", 1)
+    assert sorted(sent) == sorted(file_texts) and sent != file_texts
+    assert [record["text"] for record in shuffled] == file_texts
+    assert [record["row"] for record in shuffled] == list(range(len(rows)))
+    first_run, sent[:] = list(sent), []
+    records()  # unseeded: a fresh order each run
+    assert sorted(sent) == sorted(file_texts) and sent != first_run
+    monkeypatch.setattr(cli_scoring, "sending_order", lambda count, seed: np.arange(count))
+    in_file_order = records()
+    for got, expected in zip(shuffled, in_file_order, strict=True):  # the same scores, row by row
+        assert got["prediction"] == expected["prediction"]
+        for name, p in expected["probabilities"].items():
+            assert got["probabilities"][name] == pytest.approx(p, abs=2e-6)
 
 
 def test_holdout_for_a_task_without_a_test_file(server: str, make_task: TaskFactory, tmp_path: Path) -> None:

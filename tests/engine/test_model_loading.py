@@ -39,3 +39,18 @@ def test_fingerprint_changes_with_any_weight():
     with torch.no_grad():
         next(bundle.model.parameters())[0, 0] += 1e-3
     assert weights_fingerprint(bundle.model) != before
+
+
+def test_a_folder_of_pickled_weights_is_refused_before_loading(tmp_path):
+    """Finding 10 of #22: ``--model`` loaded without ``use_safetensors=True``, so a folder's pickled
+    ``pytorch_model.bin`` (which can run code when unpickled) was loaded."""
+    original = tiny_bundle(3)
+    folder = tmp_path / "model"
+    original.model.save_pretrained(folder)  # transformers 5 writes safetensors only: pickle them by hand
+    original.tokenizer.save_pretrained(folder)
+    torch.save(original.model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(
+        ModelLoadError, match=r"only safetensors weights are loaded \(it holds pytorch_model.bin"
+    ):
+        load_model(str(tmp_path / "model"), device="cpu", threads=1)

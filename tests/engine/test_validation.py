@@ -8,6 +8,7 @@ import pytest
 from cbpt.common.choices import Choices
 from cbpt.server.engine import ScoreRequest, ScoringMode
 from cbpt.server.engine.limits import Limits
+from cbpt.server.engine.prepare import TokenCache, entry_bytes
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 from cbpt.server.testing import tiny_engine
 
@@ -55,7 +56,7 @@ def z(n=1, dim=16):
             "max_candidate_abs",
         ),
         ({"texts": []}, "texts", "at least one"),
-        ({"texts": ["a", "b", "c", "d"]}, "texts", "limit of 3"),
+        ({"texts": ["a", "b", "c", "d"]}, "texts", "4 texts exceed the limit of 3"),
         ({"texts": ["ok", "  "]}, "texts[1]", "empty"),
         ({"texts": ["x" * 201]}, "texts[0]", "201 characters"),
         ({"texts": ["word " * 39]}, "texts[0]", "tokens exceed"),
@@ -66,6 +67,8 @@ def z(n=1, dim=16):
         ({"choices": [[" a"], [" b", ""]]}, "example_choices[1][1]", "empty choice"),
         ({"choices": [" positive", " positively"]}, "shared_choices", "share their first token"),
         ({"choices": [" a very long choice string here"]}, "shared_choices[0]", "tokens exceed"),
+        # Finding 2 of #22: a choice string was tokenised (and cached) however long it was.
+        ({"choices": [" a", "x" * 257]}, "shared_choices[1]", "257 characters exceed the limit of 256"),
         ({"texts": ["one"], "choices": [[" a", ""]]}, "example_choices[0][1]", "empty choice"),
         ({"candidates": z(4), "texts": ["a", "b", "c"]}, "num_candidates", "exceeds the limit of 8"),
     ],
@@ -100,3 +103,42 @@ def test_the_candidate_bound_is_inclusive_and_stated(engine):
     at_bound = np.full((1, 16), -engine.limits.max_candidate_abs, np.float32)
     assert engine.score(ScoreRequest("bbt", at_bound, OK_TEXTS, OK_CHOICES)).log_probs.shape == (1, 2, 2)
     assert engine.info().limits.max_candidate_abs == 1000.0
+
+
+def test_a_refused_string_is_tokenised_but_never_cached(engine):
+    """Finding 2 of #22: each refused call left its strings in the token cache (20 MiB a call)."""
+    cache = engine.prepare.cache
+    long_choice, long_text, long_cue = " and so on" * 3, "word " * 39, "Answer: " * 20
+    for fields in (
+        {"choices": [" a", long_choice]},
+        {"texts": ["ok", long_text]},
+        {"cue": long_cue},
+    ):
+        with pytest.raises(InvalidRequest, match="tokens exceed"):
+            engine.score(ScoreRequest(**({"adapter": "bbt", "candidates": z(), "texts": OK_TEXTS,
+                                          "choices": OK_CHOICES} | fields)))  # fmt: skip
+    assert cache.get(long_choice) is cache.get(long_text) is cache.get(long_cue) is None
+    engine.score(ScoreRequest("bbt", z(), OK_TEXTS, OK_CHOICES))
+    assert cache.get(OK_CHOICES[0]) is not None  # what is scored is kept
+
+
+def test_count_tokens_keeps_only_texts_short_enough_to_score(engine):
+    """Finding 2 of #22: CountTokens filled the same cache with texts of 16k tokens."""
+    too_long, short = "word " * 39, "Review: fine"
+    counts = engine.count_tokens([too_long, short])
+    assert counts[0] > engine.limits.max_text_tokens  # counted, as CountTokens promises
+    assert engine.prepare.cache.get(too_long) is None and engine.prepare.cache.get(short) is not None
+
+
+def test_the_token_cache_is_bounded_in_bytes_least_recently_used_out_first():
+    """Finding 2 of #22: the cache was bounded by entries (4,096) only, whatever each held."""
+    texts = [f"{index:04d}" + "x" * 1000 for index in range(50)]
+    one = entry_bytes(texts[0], tuple(range(300)))
+    cache = TokenCache(capacity=4096, max_bytes=10 * one)
+    for text in texts:
+        cache.put(text, tuple(range(300)))
+        assert cache.total_bytes <= cache.max_bytes
+    assert len(cache) == 10 and cache.total_bytes == 10 * one
+    assert cache.get(texts[-1]) is not None and cache.get(texts[0]) is None
+    cache.put("huge", tuple(range(20 * 300)))  # larger than the whole bound: not kept, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 10

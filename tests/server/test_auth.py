@@ -192,3 +192,75 @@ def test_the_interceptor_guards_streaming_handlers_too(keys: tuple[Path, dict[st
     code, parts = asyncio.run(scenario())
     assert code is grpc.StatusCode.UNAUTHENTICATED
     assert parts == [b"carol:0", b"carol:1", b"carol:2"] * 2
+
+
+def test_a_refused_call_is_answered_without_parsing_its_request(keys: tuple[Path, dict[str, str]]) -> None:
+    """Finding 10 of #22: an unauthenticated call was parsed in full (up to 17 MiB) before refusal."""
+    import asyncio
+
+    from cbpt.server.auth import ApiKeyInterceptor
+    from cbpt.server.keys import KeyStore
+
+    parsed: list[int] = []
+
+    def parse(data: bytes) -> tuning_pb2.CountTokensRequest:
+        parsed.append(len(data))
+        return tuning_pb2.CountTokensRequest.FromString(data)
+
+    async def count(request: tuning_pb2.CountTokensRequest, context: grpc.aio.ServicerContext):
+        return tuning_pb2.CountTokensResponse(counts=[len(t) for t in request.texts])
+
+    async def scenario() -> grpc.StatusCode:
+        interceptor = ApiKeyInterceptor(
+            KeyStore.from_file(keys[0]), requests_per_minute=100, max_concurrent=4
+        )
+        server = grpc.aio.server(interceptors=[interceptor])
+        handler = grpc.unary_unary_rpc_method_handler(
+            count,
+            request_deserializer=parse,
+            response_serializer=tuning_pb2.CountTokensResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("cbpt.v1.Tuning", {"CountTokens": handler})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary(
+                    "/cbpt.v1.Tuning/CountTokens",
+                    request_serializer=tuning_pb2.CountTokensRequest.SerializeToString,
+                    response_deserializer=tuning_pb2.CountTokensResponse.FromString,
+                )
+                big = tuning_pb2.CountTokensRequest(texts=[""] * 100_000)
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await call(big, metadata=bearer("not-a-key"))
+                assert parsed == []  # refused from the metadata alone
+                answer = await call(
+                    tuning_pb2.CountTokensRequest(texts=["abc"]), metadata=bearer(keys[1]["alice"])
+                )
+                assert list(answer.counts) == [3] and len(parsed) == 1
+            return error.value.code()
+        finally:
+            await server.stop(0)
+
+    assert asyncio.run(scenario()) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once(engine: ScoringEngine) -> None:
+    """Finding 10 of #22: no ``maximum_concurrent_rpcs`` was set, so handlers in flight were unbounded."""
+    gated = GatedEngine(engine)
+    with (
+        serve_in_background(gated, plain_settings(max_concurrent_rpcs=1)) as target,  # type: ignore[arg-type]
+        grpc.insecure_channel(target) as channel,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        try:
+            in_flight = stub.Evaluate.future(evaluate_request(), timeout=30)
+            assert gated.entered.wait(10)
+            refused = call_fails(stub.GetServerInfo, INFO)
+        finally:
+            gated.release.set()
+        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert in_flight.result().num_candidates == 2
+        assert stub.GetServerInfo(INFO, timeout=20).model_id  # one at a time, it keeps serving

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from cbpt.server.app import serve_in_background
-from cbpt.server.engine import ScoringEngine
+from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.engine import jobs as engine_jobs
 from cbpt.server.keys import add_key
+from cbpt.server.merging import MergeSettings
+from cbpt.server.scheduler import Scheduler
+from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
-from tests.server.helpers import TEST_LIMITS, call_fails, plain_settings
+from tests.server.helpers import TEST_LIMITS, GatedEngine, call_fails, evaluate_request, plain_settings
 
 TEXTS = ["Review: a gripping, funny and moving film", "so dull", "Answer:"]
 
@@ -67,3 +77,96 @@ def test_an_api_key_is_required_and_no_text_is_logged(
             )
     assert len(response.counts) == 1
     assert "count tokens" in caplog.text and "Zebulon" not in caplog.text
+
+
+class _StepLog:
+    """The engine as the scheduler sees it, noting whose job ran each step (the real jobs run them)."""
+
+    def __init__(self, engine: ScoringEngine) -> None:
+        self._engine = engine
+        self.steps: list[str] = []
+
+    def job(self, requests: Sequence[ScoreRequest]) -> Any:
+        return _Logged(self._engine.job(requests), "score", self.steps)
+
+    def count_job(self, texts: Sequence[str]) -> Any:
+        return _Logged(self._engine.count_job(texts), "count", self.steps)
+
+
+class _Logged:
+    def __init__(self, job: Any, kind: str, steps: list[str]) -> None:
+        self._job, self._kind, self._steps = job, kind, steps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
+
+    def step(self) -> bool:
+        more = self._job.step()
+        if more:
+            self._steps.append(self._kind)
+        return bool(more)
+
+
+def test_counting_takes_turns_with_another_tenants_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 5 of #22: CountTokens ran straight on the engine thread, outside the scheduler's turns
+    (512 texts of 4,096 characters held it 1.7 s). Now it is a job of steps like any other."""
+    monkeypatch.setattr(engine_jobs, "COUNT_STEP_CHARS", 1)  # one text a step
+    engine = tiny_engine(limits=TEST_LIMITS, bbt_dimension=16, with_cbp=False, batch_sequences=1)
+    texts = [f"Review: film {i} was fine" for i in range(6)]
+    request = ScoreRequest("bbt", np.zeros((4, 16), np.float32), texts, [" yes", " no"])
+    logged = _StepLog(engine)
+
+    async def run() -> tuple[Any, list[int]]:
+        with ThreadPoolExecutor(1) as executor:
+            scheduler = Scheduler(logged, executor, MergeSettings(0.05, 512, 8))  # type: ignore[arg-type]
+            scored, counts = await asyncio.gather(
+                scheduler.score(request, "alice"), scheduler.count(texts, "bob")
+            )
+            await scheduler.close()
+            return scored, counts
+
+    scored, counts = asyncio.run(run())
+    assert counts == engine.count_tokens(texts)
+    np.testing.assert_allclose(scored.log_probs, engine.score(request).log_probs, atol=1e-6)
+    assert logged.steps.count("count") == len(texts) and logged.steps.count("score") > len(texts)
+    first, last = logged.steps.index("count"), len(logged.steps) - 1 - logged.steps[::-1].index("count")
+    assert "score" in logged.steps[first:last]  # interleaved: scoring ran between the counting steps
+
+
+def test_counting_waits_in_the_bounded_queue_like_scoring(engine: ScoringEngine) -> None:
+    """Finding 5 of #22: with the engine busy and the queue full, CountTokens was still run (behind
+    everything, unbounded); now it takes a queue place like any call, and is refused when there is none."""
+    gated = GatedEngine(engine)
+    with (
+        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
+        grpc.insecure_channel(target) as channel,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        try:
+            running = pool.submit(stub.Evaluate, evaluate_request(), timeout=30)
+            assert gated.entered.wait(10)
+            queued = pool.submit(_count, stub, TEXTS)
+            threading.Event().wait(0.3)  # let it take the queue's one place
+            refused = call_fails(stub.CountTokens, tuning_pb2.CountTokensRequest(texts=TEXTS))
+        finally:
+            gated.release.set()
+        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in refused.message
+        assert running.result().num_candidates == 2 and queued.result() == engine.count_tokens(TEXTS)
+
+
+def test_a_keys_rate_and_concurrency_limits_apply_to_counting(engine: ScoringEngine, tmp_path: Path) -> None:
+    """CountTokens is one request against the key's rate limit (it is not charged to the evaluation
+    budget: nothing is scored), and counts towards the key's concurrent calls."""
+    keys = tmp_path / "keys.json"
+    key = add_key(keys, "alice", requests_per_minute=1)
+    metadata = (("authorization", f"Bearer {key}"),)
+    with (
+        serve_in_background(engine, plain_settings(api_keys_file=keys)) as target,
+        grpc.insecure_channel(target) as channel,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        request = tuning_pb2.CountTokensRequest(texts=TEXTS)
+        assert len(stub.CountTokens(request, metadata=metadata, timeout=20).counts) == len(TEXTS)
+        limited = call_fails(stub.CountTokens, request, metadata=metadata)
+    assert limited.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in limited.message

@@ -69,3 +69,31 @@ def test_configure_logging_routes_root_through_one_handler(json_lines: bool) -> 
     out = stream.getvalue()
     assert "seen 1" in out
     assert ('"seconds":0.5' in out) if json_lines else ("seconds=0.5" in out)
+
+
+def test_library_loggers_are_routed_through_the_privacy_formatter() -> None:
+    """Finding 10 of #22: transformers' and Ray's loggers have handlers of their own and do not
+    propagate, so their lines skipped the formatter (a transformers warning quoting a text was written
+    as is). transformers is the real library; the Ray logger is set up as Ray sets up its own."""
+    from transformers.utils import logging as transformers_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    ray_stream, ours = io.StringIO(), io.StringIO()
+    ray_serve = logging.getLogger("ray.serve")
+    ray_serve.addHandler(logging.StreamHandler(ray_stream))  # as Ray's logging config does
+    ray_serve.propagate = False
+    transformers_logging.get_logger("transformers.tokenization_utils_base")  # its handler is now in place
+    try:
+        configure_logging("INFO", stream=ours)
+        transformers_logging.get_logger("transformers.modeling_utils").warning("text was %s", TEXT)
+        logging.getLogger("ray.serve.replica").warning("request %s", TEXT)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        ray_serve.handlers.clear()
+    out = ours.getvalue()
+    assert "transformers.modeling_utils: text was <redacted>" in out
+    assert "ray.serve.replica: request <redacted>" in out
+    assert "private words" not in out and ray_stream.getvalue() == ""
+    assert not logging.getLogger("transformers").handlers and logging.getLogger("transformers").propagate

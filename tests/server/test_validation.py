@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 
+from cbpt.server import serde
+from cbpt.server.app import serve_in_background
+from cbpt.server.engine import ScoringEngine
+from cbpt.server.errors import InvalidRequest
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
-from tests.server.helpers import DIMENSION, TEST_LIMITS, TEXTS, call_fails, candidates, evaluate_request
+from tests.server.helpers import (
+    DIMENSION,
+    TEST_LIMITS,
+    TEXTS,
+    GatedEngine,
+    call_fails,
+    candidates,
+    evaluate_request,
+    plain_settings,
+)
 
 
 def _nan() -> tuning_pb2.EvaluateRequest:
@@ -110,6 +125,14 @@ CASES: dict[str, tuple[Callable[[], tuning_pb2.EvaluateRequest], str]] = {
         "num_candidates",
     ),
     "cue over max_text_chars": (lambda: evaluate_request(cue="x" * (TEST_LIMITS.max_text_chars + 1)), "cue"),
+    "choice over max_choice_chars": (
+        lambda: evaluate_request(choices=[" yes", "x" * (TEST_LIMITS.max_choice_chars + 1)]),
+        "shared_choices[1]",
+    ),
+    "per-example choice over max_choice_chars": (
+        lambda: evaluate_request(example_choices=[[" yes", " no"], [" no", "y" * 1000]]),
+        "example_choices[1][1]",
+    ),
     "message over max_message_bytes": (_over_message_limit, "request"),
 }
 
@@ -145,3 +168,63 @@ def test_message_beyond_transport_headroom_is_refused(stub: tuning_pb2_grpc.Tuni
 def test_adapter_error_lists_known_adapters(stub: tuning_pb2_grpc.TuningStub) -> None:
     failed = call_fails(stub.Evaluate, evaluate_request(adapter="cbpx"))
     assert "none" in failed.message and "bbt" in failed.message
+
+
+# The cases whose limit needs the tokenizer: only the engine can check them.
+TOKEN_LIMITS = {"text over max_text_tokens", "choice over max_choice_tokens"}
+
+
+def test_every_other_limit_is_checked_before_the_call_is_queued(engine: ScoringEngine) -> None:
+    """Finding 6 of #22: limits applied only in the engine's first step, so a bad request waited in
+    the queue (on Ray: was pickled to a replica first). With the engine held and the one queue place
+    taken, every bad request is still answered INVALID_ARGUMENT naming its field, never "busy"."""
+    gated = GatedEngine(engine)
+    with (
+        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
+        grpc.insecure_channel(target) as channel,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        try:
+            running = pool.submit(stub.Evaluate, evaluate_request(), timeout=30)
+            assert gated.entered.wait(10)
+            queued = pool.submit(stub.Evaluate, evaluate_request(candidates(1)), timeout=30)
+            threading.Event().wait(0.3)  # let it take the queue's one place
+            assert call_fails(stub.Evaluate, evaluate_request()).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for case, (make, field) in CASES.items():
+                if case in TOKEN_LIMITS:
+                    continue
+                failed = call_fails(stub.Evaluate, make())
+                assert (failed.code, failed.field_violations[0][0]) == (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    field,
+                ), case
+        finally:
+            gated.release.set()
+        assert running.result().num_candidates == 2 and queued.result().num_candidates == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: evaluate_request(texts=[""] * 7), "texts: 7 texts exceed the limit of 6"),
+        (
+            lambda: evaluate_request(choices=[" a"] * 5),
+            "shared_choices: 5 choices exceed the limit of 4",
+        ),
+        (
+            lambda: evaluate_request(example_choices=[[" a"], [" b"] * 5]),
+            "example_choices[1]: 5 choices exceed the limit of 4",
+        ),
+        (
+            lambda: evaluate_request(choices=[" a", "b" * 257]),
+            "shared_choices[1]: 257 characters exceed the limit of 256",
+        ),
+    ],
+)
+def test_serde_checks_counts_and_lengths_on_the_wire_message(make, message: str) -> None:
+    """Finding 6 of #22: serde copied ``request.texts`` (8M empty texts: +312 MiB) before any count
+    check. One message per limit, naming the field."""
+    with pytest.raises(InvalidRequest) as caught:
+        serde.to_score_request(make(), TEST_LIMITS)
+    assert str(caught.value) == message

@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x62pt/v1/tuning.proto\x12\x07\x63\x62pt.v1\"\x16\n\x14GetServerInfoRequest\"\x8d\x01\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x15\n\rprompt_length\x18\x04 \x01(\r\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x11\n\tplacement\x18\x07 \x01(\t\"\xe4\x01\n\x06Limits\x12\x16\n\x0emax_candidates\x18\x01 \x01(\r\x12\x14\n\x0cmax_examples\x18\x02 \x01(\r\x12\x13\n\x0bmax_choices\x18\x03 \x01(\r\x12\x17\n\x0fmax_text_tokens\x18\x04 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x05 \x01(\r\x12\x19\n\x11max_choice_tokens\x18\x06 \x01(\r\x12\x15\n\rmax_sequences\x18\x07 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x04\x12\x19\n\x11max_candidate_abs\x18\t \x01(\x01\"\xaf\x01\n\nServerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12&\n\x08\x61\x64\x61pters\x18\x04 \x03(\x0b\x32\x14.cbpt.v1.AdapterInfo\x12\x1f\n\x06limits\x18\x05 \x01(\x0b\x32\x0f.cbpt.v1.Limits\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\"\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"\xfc\x01\n\x0f\x45valuateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x16\n\x0enum_candidates\x18\x03 \x01(\r\x12\x12\n\ncandidates\x18\x04 \x01(\x0c\x12\r\n\x05texts\x18\x05 \x03(\t\x12+\n\x0eshared_choices\x18\x06 \x01(\x0b\x32\x13.cbpt.v1.ChoiceList\x12,\n\x0f\x65xample_choices\x18\x07 \x03(\x0b\x32\x13.cbpt.v1.ChoiceList\x12\"\n\x04mode\x18\x08 \x01(\x0e\x32\x14.cbpt.v1.ScoringMode\x12\x0b\n\x03\x63ue\x18\t \x01(\t\"\x85\x01\n\x10\x45valuateResponse\x12\x16\n\x0enum_candidates\x18\x01 \x01(\r\x12\x14\n\x0cnum_examples\x18\x02 \x01(\r\x12\x11\n\tlog_probs\x18\x03 \x01(\x0c\x12\x18\n\x10tokens_processed\x18\x04 \x01(\x04\x12\x16\n\x0eserver_seconds\x18\x05 \x01(\x01\"#\n\x12\x43ountTokensRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"%\n\x13\x43ountTokensResponse\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r*g\n\x0bScoringMode\x12\x1c\n\x18SCORING_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCORING_MODE_FIRST_TOKEN\x10\x01\x12\x1c\n\x18SCORING_MODE_FULL_CHOICE\x10\x02\x32\xd8\x01\n\x06Tuning\x12\x43\n\rGetServerInfo\x12\x1d.cbpt.v1.GetServerInfoRequest\x1a\x13.cbpt.v1.ServerInfo\x12?\n\x08\x45valuate\x12\x18.cbpt.v1.EvaluateRequest\x1a\x19.cbpt.v1.EvaluateResponse\x12H\n\x0b\x43ountTokens\x12\x1b.cbpt.v1.CountTokensRequest\x1a\x1c.cbpt.v1.CountTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x62pt/v1/tuning.proto\x12\x07\x63\x62pt.v1\"\x16\n\x14GetServerInfoRequest\"\x8d\x01\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x15\n\rprompt_length\x18\x04 \x01(\r\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x11\n\tplacement\x18\x07 \x01(\t\"\xfe\x01\n\x06Limits\x12\x16\n\x0emax_candidates\x18\x01 \x01(\r\x12\x14\n\x0cmax_examples\x18\x02 \x01(\r\x12\x13\n\x0bmax_choices\x18\x03 \x01(\r\x12\x17\n\x0fmax_text_tokens\x18\x04 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x05 \x01(\r\x12\x19\n\x11max_choice_tokens\x18\x06 \x01(\r\x12\x15\n\rmax_sequences\x18\x07 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x04\x12\x19\n\x11max_candidate_abs\x18\t \x01(\x01\x12\x18\n\x10max_choice_chars\x18\n \x01(\r\"\xaf\x01\n\nServerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12&\n\x08\x61\x64\x61pters\x18\x04 \x03(\x0b\x32\x14.cbpt.v1.AdapterInfo\x12\x1f\n\x06limits\x18\x05 \x01(\x0b\x32\x0f.cbpt.v1.Limits\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\"\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"\xfc\x01\n\x0f\x45valuateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x16\n\x0enum_candidates\x18\x03 \x01(\r\x12\x12\n\ncandidates\x18\x04 \x01(\x0c\x12\r\n\x05texts\x18\x05 \x03(\t\x12+\n\x0eshared_choices\x18\x06 \x01(\x0b\x32\x13.cbpt.v1.ChoiceList\x12,\n\x0f\x65xample_choices\x18\x07 \x03(\x0b\x32\x13.cbpt.v1.ChoiceList\x12\"\n\x04mode\x18\x08 \x01(\x0e\x32\x14.cbpt.v1.ScoringMode\x12\x0b\n\x03\x63ue\x18\t \x01(\t\"\x85\x01\n\x10\x45valuateResponse\x12\x16\n\x0enum_candidates\x18\x01 \x01(\r\x12\x14\n\x0cnum_examples\x18\x02 \x01(\r\x12\x11\n\tlog_probs\x18\x03 \x01(\x0c\x12\x18\n\x10tokens_processed\x18\x04 \x01(\x04\x12\x16\n\x0eserver_seconds\x18\x05 \x01(\x01\"#\n\x12\x43ountTokensRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"%\n\x13\x43ountTokensResponse\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r*g\n\x0bScoringMode\x12\x1c\n\x18SCORING_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCORING_MODE_FIRST_TOKEN\x10\x01\x12\x1c\n\x18SCORING_MODE_FULL_CHOICE\x10\x02\x32\xd8\x01\n\x06Tuning\x12\x43\n\rGetServerInfo\x12\x1d.cbpt.v1.GetServerInfoRequest\x1a\x13.cbpt.v1.ServerInfo\x12?\n\x08\x45valuate\x12\x18.cbpt.v1.EvaluateRequest\x1a\x19.cbpt.v1.EvaluateResponse\x12H\n\x0b\x43ountTokens\x12\x1b.cbpt.v1.CountTokensRequest\x1a\x1c.cbpt.v1.CountTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbpt.v1.tuning_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCORINGMODE']._serialized_start=1108
-  _globals['_SCORINGMODE']._serialized_end=1211
+  _globals['_SCORINGMODE']._serialized_start=1134
+  _globals['_SCORINGMODE']._serialized_end=1237
   _globals['_GETSERVERINFOREQUEST']._serialized_start=33
   _globals['_GETSERVERINFOREQUEST']._serialized_end=55
   _globals['_ADAPTERINFO']._serialized_start=58
   _globals['_ADAPTERINFO']._serialized_end=199
   _globals['_LIMITS']._serialized_start=202
-  _globals['_LIMITS']._serialized_end=430
-  _globals['_SERVERINFO']._serialized_start=433
-  _globals['_SERVERINFO']._serialized_end=608
-  _globals['_CHOICELIST']._serialized_start=610
-  _globals['_CHOICELIST']._serialized_end=639
-  _globals['_EVALUATEREQUEST']._serialized_start=642
-  _globals['_EVALUATEREQUEST']._serialized_end=894
-  _globals['_EVALUATERESPONSE']._serialized_start=897
-  _globals['_EVALUATERESPONSE']._serialized_end=1030
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=1032
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=1067
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1069
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=1106
-  _globals['_TUNING']._serialized_start=1214
-  _globals['_TUNING']._serialized_end=1430
+  _globals['_LIMITS']._serialized_end=456
+  _globals['_SERVERINFO']._serialized_start=459
+  _globals['_SERVERINFO']._serialized_end=634
+  _globals['_CHOICELIST']._serialized_start=636
+  _globals['_CHOICELIST']._serialized_end=665
+  _globals['_EVALUATEREQUEST']._serialized_start=668
+  _globals['_EVALUATEREQUEST']._serialized_end=920
+  _globals['_EVALUATERESPONSE']._serialized_start=923
+  _globals['_EVALUATERESPONSE']._serialized_end=1056
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=1058
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=1093
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1095
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=1132
+  _globals['_TUNING']._serialized_start=1240
+  _globals['_TUNING']._serialized_end=1456
 # @@protoc_insertion_point(module_scope)

@@ -39,7 +39,7 @@ class AdapterInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., dimension: _Optional[int] = ..., prompt_length: _Optional[int] = ..., domain: _Optional[str] = ..., description: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_candidates", "max_examples", "max_choices", "max_text_tokens", "max_text_chars", "max_choice_tokens", "max_sequences", "max_message_bytes", "max_candidate_abs")
+    __slots__ = ("max_candidates", "max_examples", "max_choices", "max_text_tokens", "max_text_chars", "max_choice_tokens", "max_sequences", "max_message_bytes", "max_candidate_abs", "max_choice_chars")
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHOICES_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class Limits(_message.Message):
     MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CANDIDATE_ABS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHOICE_CHARS_FIELD_NUMBER: _ClassVar[int]
     max_candidates: int
     max_examples: int
     max_choices: int
@@ -58,7 +59,8 @@ class Limits(_message.Message):
     max_sequences: int
     max_message_bytes: int
     max_candidate_abs: float
-    def __init__(self, max_candidates: _Optional[int] = ..., max_examples: _Optional[int] = ..., max_choices: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_choice_tokens: _Optional[int] = ..., max_sequences: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_candidate_abs: _Optional[float] = ...) -> None: ...
+    max_choice_chars: int
+    def __init__(self, max_candidates: _Optional[int] = ..., max_examples: _Optional[int] = ..., max_choices: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_choice_tokens: _Optional[int] = ..., max_sequences: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_candidate_abs: _Optional[float] = ..., max_choice_chars: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("model_id", "model_fingerprint", "hidden_size", "adapters", "limits", "server_version")
