@@ -74,10 +74,10 @@ def test_the_keys_files_folder_is_mounted_so_a_replaced_file_reaches_the_server(
     assert folder[0] == "./deploy/keys" and folder[2:] == ["ro"]  # the host folder, read-only inside
     assert not any(m[1] == keys_file for m in mounts)
     assert "api_keys" not in front["secrets"] and "api_keys" not in compose["secrets"]
-    script = (ROOT / "docker" / "build-and-run.sh").read_text()
+    script = (ROOT / "docker" / "make-secrets.sh").read_text()  # what build-and-run.sh runs
+    assert "bash docker/make-secrets.sh deploy" in (ROOT / "docker" / "build-and-run.sh").read_text()
     assert (
-        "--keys-file deploy/keys/keys.json" in script
-        and "add-key demo --keys-file deploy/keys.json" not in script
+        '--keys-file "$DEPLOY/keys/keys.json"' in script and '--keys-file "$DEPLOY/keys.json"' not in script
     )
 
 
@@ -267,7 +267,7 @@ def test_the_deployment_secrets_are_made_private(tmp_path: Path) -> None:
     if not Path(server).is_file():
         pytest.skip("needs the server's CLI in .venv (scripts/setup.sh)")
     env = {"PATH": "/usr/bin:/bin", "CBPT_SERVER": server, "HOME": str(tmp_path)}
-    private = ("client.key", "keys.json", "certs/server-key.pem", "certs-ca-key.pem")
+    private = ("client.key", "keys/keys.json", "certs/server-key.pem", "certs-ca-key.pem")
     for run in range(2):
         done = subprocess.run(
             ["bash", str(script), str(deploy)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
