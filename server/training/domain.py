@@ -79,6 +79,7 @@ class TrainingTask:
     data_sha256: str
     dropped: int  # rows dropped because their text is in an excluded file
     text_digests: frozenset[str]  # of every kept row's text fields: what a disjointness check compares
+    over_limits: int = 0  # rows left out because the engine would refuse them (trainer: shapes.fit_domain)
 
     @property
     def num_choices(self) -> int:
@@ -99,6 +100,7 @@ class TrainingTask:
             "train_examples": len(self.train),
             "dev_examples": len(self.dev),
             "dropped_as_excluded": self.dropped,
+            "dropped_over_limits": self.over_limits,
             "weight": self.weight,
         }
 

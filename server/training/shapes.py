@@ -6,13 +6,13 @@ The engine already scores every shape (``ScoringEngine.log_probs``: a list short
 widest is padded with -inf, and the log-softmax runs over each example's own choices), so
 training differs from serving in nothing but the gradient. What this module adds is what the
 trainer needs around that path: the request of a batch in its task's mode, the loss over padded
-lists, and a check, before the first step, that every choice list of every task fits the engine's
-limits, so that a run is refused at its start rather than failing hours in on one row.
+lists, and, before the first step, the rows the engine would refuse (an option or a text over its
+limits) taken out and counted, so that one row cannot stop a run hours in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,9 @@ from cbpt.client.task_format import Examples
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
 from cbpt.server.errors import ConfigError
-from cbpt.server.training.domain import TrainingTask
+from cbpt.server.training.domain import Domain, TrainingTask
+
+Tokens = tuple[int, ...]
 
 
 def request(
@@ -52,32 +54,89 @@ def label_loss(log_probs: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     return -picked.mean()
 
 
-def _lists(examples: Examples) -> Iterator[tuple[int, tuple[str, ...]]]:
-    """(source row, choice list) of every example; a shared list once."""
-    if examples.choices.shared:
-        yield (examples.rows[0] if examples.rows else 0), examples.choices.lists[0]
-        return
-    yield from zip(examples.rows, examples.choices.lists, strict=True)
+def _choice_problem(
+    options: tuple[str, ...], tokens: dict[str, Tokens], mode: ScoringMode, limits: Limits
+) -> str | None:
+    """Why the engine would refuse this choice list (as ``Preparer`` does), or None."""
+    if not options or len(options) > limits.max_choices:
+        return f"{len(options)} choices (1 to {limits.max_choices} are scored)"
+    for option in options:
+        if not 0 < len(tokens[option]) <= limits.max_choice_tokens:
+            return (
+                f"choice {option!r} encodes to {len(tokens[option])} tokens (1 to {limits.max_choice_tokens})"
+            )
+    firsts = [tokens[option][0] for option in options]
+    if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
+        return "two choices share their first token; use mode: full_choice"
+    return None
 
 
-def check_choices(task: TrainingTask, tokenizer: Any, limits: Limits) -> None:
-    """Refuse a task whose choice lists the engine would refuse: naming the task, the row and why."""
+def _text_problem(text: str, count: int, limits: Limits) -> str | None:
+    if not text.strip():
+        return "empty text"
+    if len(text) > limits.max_text_chars:
+        return f"{len(text)} characters (at most {limits.max_text_chars})"
+    if not 0 < count <= limits.max_text_tokens:
+        return f"the text encodes to {count} tokens (1 to {limits.max_text_tokens})"
+    return None
+
+
+def _encode(tokenizer: Any, strings: set[str]) -> dict[str, Tokens]:
+    ordered = sorted(strings)
+    ids = tokenizer(ordered, add_special_tokens=False)["input_ids"] if ordered else []
+    return {string: tuple(i) for string, i in zip(ordered, ids, strict=True)}
+
+
+def _fitting(task: TrainingTask, examples: Examples, tokenizer: Any, limits: Limits) -> list[tuple[int, str]]:
+    """(index, why) of every example of ``examples`` the engine would refuse."""
     mode = ScoringMode(task.format.mode)
-    lists = sorted([*_lists(task.train), *_lists(task.dev)], key=lambda item: item[0])  # file order
-    strings = sorted({option for _, options in lists for option in options})
-    ids = tokenizer(strings, add_special_tokens=False)["input_ids"] if strings else []
-    tokens = dict(zip(strings, (tuple(i) for i in ids), strict=True))
-    for row, options in lists:
-        where = f"task {task.name!r} ({task.data_file} row {row + 1})"
-        if len(options) > limits.max_choices:
-            raise ConfigError(f"{where}: {len(options)} choices exceed the limit of {limits.max_choices}")
-        for option in options:
-            count = len(tokens[option])
-            if not count or count > limits.max_choice_tokens:
-                raise ConfigError(
-                    f"{where}: choice {option!r} encodes to {count} tokens "
-                    f"(1 to {limits.max_choice_tokens} are scored)"
-                )
-        firsts = [tokens[option][0] for option in options]
-        if mode is ScoringMode.FIRST_TOKEN and len(set(firsts)) != len(firsts):
-            raise ConfigError(f"{where}: two choices share their first token; use mode: full_choice")
+    choices = examples.choices
+    tokens = _encode(tokenizer, {option for options in choices.lists for option in options})
+    texts = _encode(tokenizer, set(examples.texts))
+    where = f"task {task.name!r} ({task.data_file})"
+    if choices.shared and (problem := _choice_problem(choices.lists[0], tokens, mode, limits)):
+        raise ConfigError(f"{where}: {problem}")
+    refused = []
+    for index, text in enumerate(examples.texts):
+        problem = _text_problem(text, len(texts[text]), limits)
+        if problem is None and not choices.shared:
+            problem = _choice_problem(choices.lists[index], tokens, mode, limits)
+        if problem is not None:
+            refused.append((index, problem))
+    return refused
+
+
+def fit_domain(domain: Domain, tokenizer: Any, limits: Limits) -> Domain:
+    """The domain without the rows the engine would refuse (an option over ``max_choice_tokens``, a text
+    over ``max_text_tokens``, ...), each task's count kept in ``over_limits``: a user's server refuses
+    them too, and one such row must not stop a run hours in. A task whose shared choices or cue cannot be
+    scored, or that keeps no training row, is refused now, named, with the first row's reason."""
+    tasks = []
+    for task in domain.tasks:
+        cue = len(_encode(tokenizer, {task.train.cue})[task.train.cue]) if task.train.cue else 0
+        if cue > limits.max_text_tokens:
+            raise ConfigError(f"task {task.name!r}: the answer cue encodes to {cue} tokens")
+        refused = {
+            name: _fitting(task, split, tokenizer, limits)
+            for name, split in (("train", task.train), ("dev", task.dev))
+        }
+        train, dev = task.train, task.dev
+        if len(refused["train"]) == len(train):
+            index, why = min(refused["train"], key=lambda item: train.rows[item[0]])  # in file order
+            raise ConfigError(
+                f"task {task.name!r}: no training row fits the engine's limits "
+                f"(e.g. {task.data_file} row {train.rows[index] + 1}: {why})"
+            )
+        keep = {
+            name: sorted(set(range(len(split))) - {i for i, _ in refused[name]})
+            for name, split in (("train", train), ("dev", dev))
+        }
+        dropped = len(refused["train"]) + len(refused["dev"])
+        tasks.append(
+            dataclasses.replace(
+                task, train=train.take(keep["train"]), dev=dev.take(keep["dev"]), over_limits=dropped
+            )
+            if dropped
+            else task
+        )
+    return dataclasses.replace(domain, tasks=tuple(tasks))

@@ -99,8 +99,8 @@ class GeneratorTrainer:
         self.engine = ScoringEngine(
             bundle, [self.adapter], limits, text_states=TextStateCache(1 << 30, 2, 2 << 30)
         )
-        for task in domain.tasks:  # every choice list fits the engine, or the run is refused now
-            shapes.check_choices(task, bundle.tokenizer, limits)
+        # Rows the engine would refuse are left out (and counted) now, not met hours in.
+        self.domain = domain = shapes.fit_domain(domain, bundle.tokenizer, limits)
         self.device = bundle.device  # every tensor the trainer makes goes there
         self.task_vectors = torch.nn.Parameter(
             torch.zeros(len(domain.tasks), settings.dimension, device=self.device)

@@ -22,7 +22,7 @@ from cbpt.server.testing import tiny_bundle
 from cbpt.server.training import shapes
 from cbpt.server.training.domain import load_domain
 from cbpt.server.training.trainer import GeneratorTrainer
-from tests.training.helpers import SHARED_START, TASKS, settings, write_domain, write_jsonl
+from tests.training.helpers import SHARED_START, TASKS, settings, task_rows, write_domain, write_jsonl
 
 
 def _losses(trainer: GeneratorTrainer, task: str | None = None) -> list[float]:
@@ -103,19 +103,37 @@ def test_served_generator_scores_options_and_full_choice_as_trained(tmp_path: Pa
     assert np.abs(trained["full"][..., 0] - trained["full"][..., 1]).max() > 0
 
 
-def test_choice_lists_the_engine_refuses_are_refused_before_training(tmp_path: Path) -> None:
+def test_rows_the_engine_would_refuse_are_left_out_and_counted(tmp_path: Path) -> None:
+    """An option over 16 tokens (or 20 options) would stop a run hours in: such rows are dropped at the
+    start and counted; a task left with no row, or whose shared choices cannot be scored, is refused."""
     bundle = tiny_bundle(0)
+    rows = task_rows("options", 40, seed=0)
+    for row in rows[::4]:
+        row["options"] = [*row["options"], "good " * 20]  # 20+ tokens
+    rows[1]["options"] = [f"option {i}" for i in range(20)] + rows[1]["options"]
+    rows[1]["answer"] = 20
+    write_jsonl(tmp_path / "options.jsonl", rows)
+    entry = {"name": "options", "data": "options.jsonl", "dev_per_class": 2, **TASKS["options"]}
+    (tmp_path / "long.yaml").write_text(json.dumps({"domain": "toy", "tasks": [entry]}))
+    domain = load_domain(tmp_path / "long.yaml")
+    trainer = GeneratorTrainer(bundle, domain, settings(steps=2), tmp_path / "out")
+    task = trainer.domain.tasks[0]
+    assert task.over_limits == 11 and len(task.train) + len(task.dev) == 40 - 11
+    assert all(len(options) <= 3 for options in (*task.train.choices.lists, *task.dev.choices.lists))
+    trainer.run()
+    card = json.loads((tmp_path / "out" / "generator.json").read_text())
+    assert card["training"]["tasks"][0]["dropped_over_limits"] == 11
+
     path = write_domain(tmp_path, ["full"], mode="first_token", choices=SHARED_START)
-    with pytest.raises(ConfigError, match=r"task 'full' .*share their first token; use mode: full_choice"):
-        GeneratorTrainer(bundle, load_domain(path), settings(), tmp_path / "out")
-    rows = [{"text": "good fine film", "options": [f"option {i}" for i in range(20)], "answer": 3}] * 4
-    write_jsonl(tmp_path / "wide.jsonl", rows)
-    wide = {"name": "wide", "data": "wide.jsonl", "dev_per_class": 1, **TASKS["options"]}
-    (tmp_path / "wide.yaml").write_text(json.dumps({"domain": "toy", "tasks": [wide]}))
-    with pytest.raises(
-        ConfigError, match=r"task 'wide' \(wide.jsonl row 1\): 20 choices exceed the limit of 16"
-    ):
-        GeneratorTrainer(bundle, load_domain(tmp_path / "wide.yaml"), settings(), tmp_path / "out2")
+    with pytest.raises(ConfigError, match=r"task 'full' \(full.jsonl\): two choices share their first token"):
+        GeneratorTrainer(bundle, load_domain(path), settings(), tmp_path / "out2")
+    wide = [{"text": "good fine film", "options": [f"option {i}" for i in range(20)], "answer": 3}] * 4
+    write_jsonl(tmp_path / "wide.jsonl", wide)
+    entry = {"name": "wide", "data": "wide.jsonl", "dev_per_class": 1, **TASKS["options"]}
+    (tmp_path / "wide.yaml").write_text(json.dumps({"domain": "toy", "tasks": [entry]}))
+    message = r"task 'wide': no training row fits the engine's limits \(e.g. wide.jsonl row \d: 20 choices \(1 to 16"
+    with pytest.raises(ConfigError, match=message):
+        GeneratorTrainer(bundle, load_domain(tmp_path / "wide.yaml"), settings(), tmp_path / "out3")
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "good", "options": ["a", "b"], "answer": 5}])
     bad = {"name": "bad", "data": "bad.jsonl", **TASKS["options"]}
     (tmp_path / "bad.yaml").write_text(json.dumps({"domain": "toy", "tasks": [bad]}))
