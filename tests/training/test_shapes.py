@@ -37,11 +37,23 @@ def _dev(trainer: GeneratorTrainer, task: str) -> list[float]:
 LEARNS = {"batch_size": 16, "bottleneck": 32, "checkpoint_every": 1000}
 
 
-@pytest.mark.parametrize("shape", ["options", "options_text", "full"])  # fixed choices: test_training.py
+def test_a_label_may_be_the_options_index_or_its_text(tmp_path: Path) -> None:
+    (tmp_path / "index").mkdir(), (tmp_path / "text").mkdir()
+    by_index = load_domain(write_domain(tmp_path / "index", ["options"])).tasks[0]
+    by_text = load_domain(write_domain(tmp_path / "text", ["options_text"])).tasks[0]
+    first = [json.loads(path.read_text().splitlines()[0])["answer"]
+             for path in (tmp_path / "index" / "options.jsonl", tmp_path / "text" / "options_text.jsonl")]  # fmt: skip
+    assert isinstance(first[0], int) and isinstance(first[1], str)
+    assert by_index.train.labels is not None and by_text.train.labels is not None
+    np.testing.assert_array_equal(by_index.train.labels, by_text.train.labels)
+    assert by_index.train.choices == by_text.train.choices and by_index.train.texts == by_text.train.texts
+
+
+@pytest.mark.parametrize("shape", ["options", "full"])  # fixed choices: test_training.py
 def test_each_shape_trains(shape: str, tmp_path: Path) -> None:
     domain = load_domain(write_domain(tmp_path, [shape]))
     task = domain.tasks[0]
-    if shape.startswith("options"):
+    if shape == "options":
         assert not task.train.choices.shared and {len(o) for o in task.train.choices.lists} == {2, 3}
     trainer = GeneratorTrainer(
         tiny_bundle(0), domain, settings(steps=80, eval_every=40, **LEARNS), tmp_path / "out"
