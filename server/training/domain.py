@@ -80,6 +80,7 @@ class TrainingTask:
     dropped: int  # rows dropped because their text is in an excluded file
     text_digests: frozenset[str]  # of every kept row's text fields: what a disjointness check compares
     over_limits: int = 0  # rows left out because the engine would refuse them (trainer: shapes.fit_domain)
+    truncated: int = 0  # texts cut as the task's ``truncate`` says (trainer: shapes.fit_domain)
 
     @property
     def num_choices(self) -> int:
@@ -101,6 +102,7 @@ class TrainingTask:
             "dev_examples": len(self.dev),
             "dropped_as_excluded": self.dropped,
             "dropped_over_limits": self.over_limits,
+            "truncated": self.truncated,
             "weight": self.weight,
         }
 

@@ -6,23 +6,31 @@ The engine already scores every shape (``ScoringEngine.log_probs``: a list short
 widest is padded with -inf, and the log-softmax runs over each example's own choices), so
 training differs from serving in nothing but the gradient. What this module adds is what the
 trainer needs around that path: the request of a batch in its task's mode, the loss over padded
-lists, and, before the first step, the rows the engine would refuse (an option or a text over its
-limits) taken out and counted, so that one row cannot stop a run hours in.
+lists, and, before the first step, texts cut as the client cuts them (``truncate``), and the rows
+the engine would refuse (an option or a text over its limits) taken out and counted, so that one
+row cannot stop a run hours in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from cbpt.client.errors import TaskError
+from cbpt.client.fitting import fit_examples
+from cbpt.client.info import ServerInfo, ServerLimits
 from cbpt.client.task_format import Examples
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
 from cbpt.server.errors import ConfigError
 from cbpt.server.training.domain import Domain, TrainingTask
+
+if TYPE_CHECKING:
+    from cbpt.server.engine.scoring import ScoringEngine
 
 Tokens = tuple[int, ...]
 
@@ -106,13 +114,52 @@ def _fitting(task: TrainingTask, examples: Examples, tokenizer: Any, limits: Lim
     return refused
 
 
-def fit_domain(domain: Domain, tokenizer: Any, limits: Limits) -> Domain:
-    """The domain without the rows the engine would refuse (an option over ``max_choice_tokens``, a text
-    over ``max_text_tokens``, ...), each task's count kept in ``over_limits``: a user's server refuses
-    them too, and one such row must not stop a run hours in. A task whose shared choices or cue cannot be
-    scored, or that keeps no training row, is refused now, named, with the first row's reason."""
+class _EngineCounter:
+    """Answers ``fit_examples`` from the training engine: its limits and its tokenizer's counts."""
+
+    target = "the training engine"
+
+    def __init__(self, engine: ScoringEngine) -> None:
+        self.engine = engine
+
+    def info(self) -> ServerInfo:
+        limits, bundle = self.engine.limits, self.engine.bundle
+        stated = ServerLimits(max_text_tokens=limits.max_text_tokens, max_text_chars=limits.max_text_chars)
+        return ServerInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, (), stated, "")
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(self.engine.prepare.tokens(text, "texts", 1 << 30, allow_empty=True)) for text in texts]
+
+
+def _truncated(task: TrainingTask, engine: ScoringEngine) -> TrainingTask:
+    """A task with ``truncate``: its texts cut as a user's client cuts them (``fit_examples``, the same
+    code, counting with the engine's tokenizer), so training sees what serving will."""
+    if task.format.truncate is None:
+        return task
+    counter, cut = _EngineCounter(engine), 0
+    splits = {}
+    for name, split in (("train", task.train), ("dev", task.dev)):
+        try:
+            fitted = fit_examples(
+                counter, split, task.format.truncate, f"task {task.name!r} ({task.data_file})"
+            )
+        except TaskError as error:
+            raise ConfigError(str(error)) from None
+        splits[name], cut = fitted.examples, cut + fitted.truncated
+    return dataclasses.replace(task, train=splits["train"], dev=splits["dev"], truncated=cut)
+
+
+def fit_domain(domain: Domain, engine: ScoringEngine) -> Domain:
+    """The domain as the engine can score it: texts of tasks with ``truncate`` cut as the client cuts
+    them (counted in ``truncated``); then the rows the engine would refuse (an option over
+    ``max_choice_tokens``, a text over ``max_text_tokens``, ...) left out, each task's count kept in
+    ``over_limits``: a user's server refuses them too, and one such row must not stop a run hours in.
+    A task whose shared choices or cue cannot be scored, or that keeps no training row, is refused
+    now, named, with the first row's reason."""
+    tokenizer, limits = engine.bundle.tokenizer, engine.limits
     tasks = []
     for task in domain.tasks:
+        task = _truncated(task, engine)
         cue = len(_encode(tokenizer, {task.train.cue})[task.train.cue]) if task.train.cue else 0
         if cue > limits.max_text_tokens:
             raise ConfigError(f"task {task.name!r}: the answer cue encodes to {cue} tokens")

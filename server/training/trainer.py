@@ -100,7 +100,7 @@ class GeneratorTrainer:
             bundle, [self.adapter], limits, text_states=TextStateCache(1 << 30, 2, 2 << 30)
         )
         # Rows the engine would refuse are left out (and counted) now, not met hours in.
-        self.domain = domain = shapes.fit_domain(domain, bundle.tokenizer, limits)
+        self.domain = domain = shapes.fit_domain(domain, self.engine)
         self.device = bundle.device  # every tensor the trainer makes goes there
         self.task_vectors = torch.nn.Parameter(
             torch.zeros(len(domain.tasks), settings.dimension, device=self.device)

@@ -191,3 +191,24 @@ def test_train_generator_loads_the_model_in_the_dtype_asked(tmp_path: Path, monk
     assert train("bf16", "--dtype", "bfloat16").exit_code == 0 and asked[-1]["dtype"] is torch.bfloat16
     result = train("bad", "--dtype", "fp8")
     assert result.exit_code == 2 and "--dtype 'fp8': expected one of float32" in result.output
+
+
+def test_truncated_tasks_train_on_the_texts_a_users_client_sends(tmp_path: Path) -> None:
+    """``truncate`` cuts texts on the client; training cuts them with the same code (``fit_examples``,
+    counted by the engine's tokenizer), so a generator trains on exactly what it will be served."""
+    from cbpt.client.fitting import fit_examples
+
+    bundle = tiny_bundle(0)
+    path = write_domain(tmp_path, ["fixed"], truncate={"field": "text", "side": "end", "max_tokens": 6})
+    domain = load_domain(path)
+    trainer = GeneratorTrainer(bundle, domain, settings(steps=2), tmp_path / "out")
+    task, raw = trainer.domain.tasks[0], domain.tasks[0]
+    assert task.truncated > 0 and task.train.texts != raw.train.texts
+    assert max(len(bundle.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in task.train.texts) <= 6
+    engine = ScoringEngine(bundle, build_adapters(bundle, served_specs([AdapterSpec(method="none")])))
+    with serve_in_background(engine) as target, TuningClient(target) as client:
+        for mine, split in ((task.train, raw.train), (task.dev, raw.dev)):
+            assert fit_examples(client, split, raw.format.truncate, "split").examples.texts == mine.texts
+    trainer.run()
+    card = json.loads((tmp_path / "out" / "generator.json").read_text())
+    assert card["training"]["tasks"][0]["truncated"] == task.truncated
