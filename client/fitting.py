@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cbpt.client.errors import NotSupported, TaskError, TunerWarning
-from cbpt.client.sdk import TuningClient
+from cbpt.client.info import ServerInfo
 from cbpt.client.task_format import Examples, Truncation
 
 _ROUNDS = 8  # count-and-cut rounds before giving up on a text (two or three suffice in practice)
@@ -52,7 +54,18 @@ def _cut(text: str, span: tuple[int, int], remove: int, side: str) -> tuple[str,
     return text[:start] + text[start + remove :], (start, end - remove)
 
 
-def fit_examples(client: TuningClient, examples: Examples, truncate: Truncation | None, where: str) -> Fitted:
+class TokenCounter(Protocol):
+    """What fitting asks of a server: its limits and its token counts (a ``TuningClient``; generator
+    training answers from its own engine, so that it cuts texts exactly as a user's client does)."""
+
+    target: str
+
+    def info(self) -> ServerInfo: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+def fit_examples(client: TokenCounter, examples: Examples, truncate: Truncation | None, where: str) -> Fitted:
     """``examples`` with every text within the server's limits, or a TaskError naming the first row
     that cannot be made to fit (``where`` names the file or split in the message)."""
     if not len(examples):

@@ -9,6 +9,7 @@ be forgotten). Secrets (API key, passphrase) are left to the environment, never 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import signal
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 from rich.console import Console
 
+from cbpt.client.auto import AUTO, AutoChoice, choose_generator
 from cbpt.client.cli.app import (
     EXIT_FAILURE,
     EXIT_INPUT,
@@ -122,8 +124,9 @@ def check_folder(request: RunRequest, resume: bool) -> None:
 
 def run_in_folder(
     request: RunRequest, *, resume: bool, quiet: bool, resume_hint: str | None = None
-) -> tuple[TuningResult, list[str]]:
-    """Tune ``request`` into its folder; return the result and notes (e.g. a skipped plot)."""
+) -> tuple[TuningResult, list[str], AutoChoice | None]:
+    """Tune ``request`` into its folder; return the result, notes (e.g. a skipped plot) and, with
+    ``--adapter auto``, the generator chosen (its calls are in the result's ``calls_used``)."""
     from cbpt.client.progress import TuningProgress  # rich progress; only this command needs it
     from cbpt.client.tuner import Tuner
 
@@ -131,8 +134,14 @@ def run_in_folder(
     recorder = RunRecorder(request.out, request.task.format_only(), encrypt=request.encrypt_vector, key=key)
     with request.connection.client() as client:
         client.info()  # fail fast, before the progress bar, on an unreachable server or a refused key
+        settings, auto = request.settings, None
+        if settings.adapter == AUTO:
+            auto = choose_generator(client, request.task)
+            settings = auto.settings_for(settings)
+            for line in [] if quiet else auto.lines():
+                Console(stderr=True).print(line, highlight=False)
         tuner = Tuner(
-            client, request.task, settings=request.settings, checkpoint=request.checkpoint, checkpoint_key=key
+            client, request.task, settings=settings, checkpoint=request.checkpoint, checkpoint_key=key
         )
         tuner.prepare()  # every train and dev text known to fit, before the progress bar
         console = Console(stderr=True)
@@ -149,11 +158,14 @@ def run_in_folder(
             except BaseException as error:
                 progress.stop()
                 _leave(error, request, tuner, recorder, resume_hint)
+    if auto is not None:
+        result = dataclasses.replace(result, calls_used=result.calls_used + auto.calls)
     shortened = [f"shortened {tuner.truncated} train/dev texts to fit the server"] if tuner.truncated else []
     unpredicted = unpredicted_classes_note(
         result.dev_metrics, recorder.task_format.class_names, fit_bias=request.settings.fit_bias
     )
-    return result, shortened + unpredicted + [budget_note(client.stats.budget_used)] + recorder.finish(result)
+    notes = shortened + unpredicted + [budget_note(client.stats.budget_used)] + recorder.finish(result)
+    return result, notes, auto
 
 
 def budget_note(charged: int) -> str:

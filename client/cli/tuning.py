@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cbpt.client.auto import AutoChoice
 from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
@@ -32,7 +33,9 @@ from cbpt.client.task import Task
 # The help of each setting's option; the names, types and defaults are TunerSettings' own. The
 # optimizer's ``seed`` is not among them: --seed, --shots-seed and --optimizer-seed set it.
 _SETTING_OPTIONS = {
-    "adapter": typer.Option(help="Server adapter to tune (see `cbpt info`)."),
+    "adapter": typer.Option(
+        help="Server adapter to tune (see `cbpt info`), or auto: the served CBP generator best on dev at z = 0."
+    ),
     "optimizer": typer.Option(help="cma, or ng:<name> for any nevergrad optimizer."),
     "budget": typer.Option(help="Candidate evaluations on the train set (with --resume: may grow)."),
     "popsize": typer.Option(help="Candidates per generation (one request)."),
@@ -87,8 +90,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def summary_document(request: RunRequest, result: TuningResult, notes: list[str]) -> dict[str, Any]:
-    """The ``cbpt tune --json`` shape for one run (a sweep lists these under ``runs``)."""
+def summary_document(
+    request: RunRequest, result: TuningResult, notes: list[str], auto: AutoChoice | None = None
+) -> dict[str, Any]:
+    """The ``cbpt tune --json`` shape for one run (a sweep lists these under ``runs``); ``auto`` is null
+    unless ``--adapter auto`` chose the adapter (then: the one chosen and every candidate's dev figures)."""
     return {
         "task": request.task.name,
         "out": str(request.out),
@@ -103,6 +109,7 @@ def summary_document(request: RunRequest, result: TuningResult, notes: list[str]
         "dev_metrics": result.dev_metrics,
         "train_loss": result.train_loss,
         "notes": notes,
+        "auto": None if auto is None else auto.to_json(),
     }
 
 
@@ -151,15 +158,16 @@ def tune(
     request = replace(base, task=task.with_seed(shots), settings=replace(settings, seed=chosen))
     request.task.load()  # data errors surface here, as one line, before any connection or progress bar
     check_folder(request, resume)
-    result, notes = run_in_folder(request, resume=resume, quiet=as_json)
+    result, notes, auto = run_in_folder(request, resume=resume, quiet=as_json)
     if as_json:
-        print_json(summary_document(request, result, notes))
+        print_json(summary_document(request, result, notes, auto))
         return
     summary = Table(title=f"tuned {request.task.name} on {result.model_id}", show_header=False)
     dev = result.dev_metrics or {}
     for name, value in (
         ("dev accuracy", f"{dev['accuracy']:.4f}" if dev else "n/a (no dev split)"),
         ("dev macro-F1", f"{dev['macro_f1']:.4f}" if dev else "n/a"),
+        *([("adapter", f"{result.adapter} (chosen by --adapter auto)")] if auto else []),
         ("train loss", f"{result.train_loss:.4f}"),
         ("calls used", f"{result.calls_used} of {request.settings.budget}"),
         ("stopped by", result.stop_reason),
@@ -192,8 +200,8 @@ def _sweep(base: RunRequest, seeds: list[int], spelled: str, *, resume: bool, as
     finished = []
     for request in requests:
         again = resume and request.checkpoint.exists()
-        result, notes = run_in_folder(request, resume=again, quiet=as_json, resume_hint=sweep_hint)
-        finished.append(summary_document(request, result, notes))
+        result, notes, auto = run_in_folder(request, resume=again, quiet=as_json, resume_hint=sweep_hint)
+        finished.append(summary_document(request, result, notes, auto))
     accuracy = [run["dev_metrics"]["accuracy"] for run in finished if run["dev_metrics"]]
     macro_f1 = [run["dev_metrics"]["macro_f1"] for run in finished if run["dev_metrics"]]
     if as_json:

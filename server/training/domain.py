@@ -79,7 +79,8 @@ class TrainingTask:
     data_sha256: str
     dropped: int  # rows dropped because their text is in an excluded file
     text_digests: frozenset[str]  # of every kept row's text fields: what a disjointness check compares
-    unscorable: int = 0  # rows dropped because the engine could not score their choices (shapes.scorable)
+    over_limits: int = 0  # rows left out because the engine would refuse them (trainer: shapes.fit_domain)
+    truncated: int = 0  # texts cut as the task's ``truncate`` says (trainer: shapes.fit_domain)
 
     @property
     def num_choices(self) -> int:
@@ -100,7 +101,8 @@ class TrainingTask:
             "train_examples": len(self.train),
             "dev_examples": len(self.dev),
             "dropped_as_excluded": self.dropped,
-            "dropped_unscorable": self.unscorable,
+            "dropped_over_limits": self.over_limits,
+            "truncated": self.truncated,
             "weight": self.weight,
         }
 

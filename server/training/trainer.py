@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -80,10 +80,6 @@ class GeneratorTrainer:
         out: Path,
         command: Sequence[str] = (),
     ) -> None:
-        # Rows whose choice lists the engine would refuse are dropped (counted) now, not met hours in.
-        domain = replace(
-            domain, tasks=tuple(shapes.scorable(task, bundle.tokenizer, Limits()) for task in domain.tasks)
-        )
         self.bundle, self.domain, self.settings, self.out = bundle, domain, settings, Path(out)
         self.command = list(command)
         if settings.placement is Placement.ON_CUE and (
@@ -104,6 +100,8 @@ class GeneratorTrainer:
         # batch shape changes its low bits on some CPUs, so a resumed run (which starts with an empty
         # cache) would drift from an uninterrupted one. Within a step every z sample still shares it.
         self.engine = ScoringEngine(bundle, [self.adapter], limits, text_states=TextStateCache(0, 1, 0))
+        # Rows the engine would refuse are left out (and counted) now, not met hours in.
+        self.domain = domain = shapes.fit_domain(domain, self.engine)
         self.device = bundle.device  # every tensor the trainer makes goes there
         self.task_vectors = torch.nn.Parameter(
             torch.zeros(len(domain.tasks), settings.dimension, device=self.device)

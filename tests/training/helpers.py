@@ -80,7 +80,13 @@ def task_rows(shape: str, count: int, seed: int) -> list[dict[str, Any]]:
 
 
 def write_domain(
-    folder: Path, shapes: list[str], *, count: int = 160, dev_per_class: int = 10, **extra: Any
+    folder: Path,
+    shapes: list[str],
+    *,
+    count: int = 160,
+    dev_per_class: int = 10,
+    domain: str = "toy",
+    **extra: Any,
 ) -> Path:
     """A domain file with one task per shape named (its data written beside it)."""
     entries = []
@@ -90,7 +96,7 @@ def write_domain(
             {"name": shape, "data": f"{shape}.jsonl", "dev_per_class": dev_per_class} | TASKS[shape] | extra
         )
     path = folder / "domain.yaml"
-    path.write_text(json.dumps({"domain": "toy", "tasks": entries}), encoding="utf-8")  # JSON is YAML
+    path.write_text(json.dumps({"domain": domain, "tasks": entries}), encoding="utf-8")  # JSON is YAML
     return path
 
 

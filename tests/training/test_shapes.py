@@ -22,7 +22,7 @@ from cbpt.server.testing import tiny_bundle
 from cbpt.server.training import shapes
 from cbpt.server.training.domain import load_domain
 from cbpt.server.training.trainer import GeneratorTrainer
-from tests.training.helpers import SHARED_START, TASKS, settings, write_domain, write_jsonl
+from tests.training.helpers import SHARED_START, TASKS, settings, task_rows, write_domain, write_jsonl
 
 
 def _losses(trainer: GeneratorTrainer, task: str | None = None) -> list[float]:
@@ -37,11 +37,23 @@ def _dev(trainer: GeneratorTrainer, task: str) -> list[float]:
 LEARNS = {"batch_size": 16, "bottleneck": 32, "checkpoint_every": 1000}
 
 
-@pytest.mark.parametrize("shape", ["options", "options_text", "full"])  # fixed choices: test_training.py
+def test_a_label_may_be_the_options_index_or_its_text(tmp_path: Path) -> None:
+    (tmp_path / "index").mkdir(), (tmp_path / "text").mkdir()
+    by_index = load_domain(write_domain(tmp_path / "index", ["options"])).tasks[0]
+    by_text = load_domain(write_domain(tmp_path / "text", ["options_text"])).tasks[0]
+    first = [json.loads(path.read_text().splitlines()[0])["answer"]
+             for path in (tmp_path / "index" / "options.jsonl", tmp_path / "text" / "options_text.jsonl")]  # fmt: skip
+    assert isinstance(first[0], int) and isinstance(first[1], str)
+    assert by_index.train.labels is not None and by_text.train.labels is not None
+    np.testing.assert_array_equal(by_index.train.labels, by_text.train.labels)
+    assert by_index.train.choices == by_text.train.choices and by_index.train.texts == by_text.train.texts
+
+
+@pytest.mark.parametrize("shape", ["options", "full"])  # fixed choices: test_training.py
 def test_each_shape_trains(shape: str, tmp_path: Path) -> None:
     domain = load_domain(write_domain(tmp_path, [shape]))
     task = domain.tasks[0]
-    if shape.startswith("options"):
+    if shape == "options":
         assert not task.train.choices.shared and {len(o) for o in task.train.choices.lists} == {2, 3}
     trainer = GeneratorTrainer(
         tiny_bundle(0), domain, settings(steps=80, eval_every=40, **LEARNS), tmp_path / "out"
@@ -103,44 +115,42 @@ def test_served_generator_scores_options_and_full_choice_as_trained(tmp_path: Pa
     assert np.abs(trained["full"][..., 0] - trained["full"][..., 1]).max() > 0
 
 
-def test_choice_lists_the_engine_refuses_are_refused_before_training(tmp_path: Path) -> None:
+def test_rows_the_engine_would_refuse_are_left_out_and_counted(tmp_path: Path) -> None:
+    """An option over 16 tokens (or 20 options) would stop a run hours in: such rows are dropped at the
+    start and counted; a task left with no row, or whose shared choices cannot be scored, is refused."""
     bundle = tiny_bundle(0)
+    rows = task_rows("options", 40, seed=0)
+    for row in rows[::4]:
+        row["options"] = [*row["options"], "good " * 20]  # 20+ tokens
+    rows[1]["options"] = [f"option {i}" for i in range(20)] + rows[1]["options"]
+    rows[1]["answer"] = 20
+    write_jsonl(tmp_path / "options.jsonl", rows)
+    entry = {"name": "options", "data": "options.jsonl", "dev_per_class": 2, **TASKS["options"]}
+    (tmp_path / "long.yaml").write_text(json.dumps({"domain": "toy", "tasks": [entry]}))
+    domain = load_domain(tmp_path / "long.yaml")
+    trainer = GeneratorTrainer(bundle, domain, settings(steps=2), tmp_path / "out")
+    task = trainer.domain.tasks[0]
+    assert task.over_limits == 11 and len(task.train) + len(task.dev) == 40 - 11
+    assert all(len(options) <= 3 for options in (*task.train.choices.lists, *task.dev.choices.lists))
+    trainer.run()
+    card = json.loads((tmp_path / "out" / "generator.json").read_text())
+    assert card["training"]["tasks"][0]["dropped_over_limits"] == 11
+
     path = write_domain(tmp_path, ["full"], mode="first_token", choices=SHARED_START)
-    with pytest.raises(ConfigError, match=r"task 'full' .*share their first token; use mode: full_choice"):
-        GeneratorTrainer(bundle, load_domain(path), settings(), tmp_path / "out")
-    rows = [{"text": "good fine film", "options": [f"option {i}" for i in range(20)], "answer": 3}] * 4
-    write_jsonl(tmp_path / "wide.jsonl", rows)
-    wide = {"name": "wide", "data": "wide.jsonl", "dev_per_class": 1, **TASKS["options"]}
-    (tmp_path / "wide.yaml").write_text(json.dumps({"domain": "toy", "tasks": [wide]}))
-    with pytest.raises(
-        ConfigError,
-        match=r"task 'wide': no row can be scored \(wide.jsonl row 1: 20 choices exceed the limit of 16\)",
-    ):
-        GeneratorTrainer(bundle, load_domain(tmp_path / "wide.yaml"), settings(), tmp_path / "out2")
+    with pytest.raises(ConfigError, match=r"task 'full' \(full.jsonl\): two choices share their first token"):
+        GeneratorTrainer(bundle, load_domain(path), settings(), tmp_path / "out2")
+    wide = [{"text": "good fine film", "options": [f"option {i}" for i in range(20)], "answer": 3}] * 4
+    write_jsonl(tmp_path / "wide.jsonl", wide)
+    entry = {"name": "wide", "data": "wide.jsonl", "dev_per_class": 1, **TASKS["options"]}
+    (tmp_path / "wide.yaml").write_text(json.dumps({"domain": "toy", "tasks": [entry]}))
+    message = r"task 'wide': no training row fits the engine's limits \(e.g. wide.jsonl row \d: 20 choices \(1 to 16"
+    with pytest.raises(ConfigError, match=message):
+        GeneratorTrainer(bundle, load_domain(tmp_path / "wide.yaml"), settings(), tmp_path / "out3")
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "good", "options": ["a", "b"], "answer": 5}])
     bad = {"name": "bad", "data": "bad.jsonl", **TASKS["options"]}
     (tmp_path / "bad.yaml").write_text(json.dumps({"domain": "toy", "tasks": [bad]}))
     with pytest.raises(ConfigError, match=r"task 'bad': .*row 1: label index 5 is out of range"):
         load_domain(tmp_path / "bad.yaml")
-
-
-def test_rows_whose_options_cannot_be_scored_are_dropped_and_counted(tmp_path: Path) -> None:
-    """A public multiple-choice set has a few options longer than the engine scores: those rows go (the
-    generator card counts them), the rest train."""
-    rows = [
-        {"text": "good fine film", "options": ["yes it is", "no it is not"], "answer": i % 2}
-        for i in range(12)
-    ]
-    rows[3]["options"] = ["yes", "no " + "very " * 40 + "long"]
-    write_jsonl(tmp_path / "some.jsonl", rows)
-    task = {"name": "some", "data": "some.jsonl", "dev_per_class": 1, **TASKS["options"]}
-    (tmp_path / "some.yaml").write_text(json.dumps({"domain": "toy", "tasks": [task]}))
-    trainer = GeneratorTrainer(
-        tiny_bundle(0), load_domain(tmp_path / "some.yaml"), settings(steps=1), tmp_path / "o"
-    )
-    (kept,) = trainer.domain.tasks
-    assert len(kept.train) + len(kept.dev) == 11 and kept.record()["dropped_unscorable"] == 1
-    trainer.run()
 
 
 def test_every_tensor_the_trainer_makes_is_on_the_models_device(tmp_path: Path) -> None:
@@ -181,3 +191,24 @@ def test_train_generator_loads_the_model_in_the_dtype_asked(tmp_path: Path, monk
     assert train("bf16", "--dtype", "bfloat16").exit_code == 0 and asked[-1]["dtype"] is torch.bfloat16
     result = train("bad", "--dtype", "fp8")
     assert result.exit_code == 2 and "--dtype 'fp8': expected one of float32" in result.output
+
+
+def test_truncated_tasks_train_on_the_texts_a_users_client_sends(tmp_path: Path) -> None:
+    """``truncate`` cuts texts on the client; training cuts them with the same code (``fit_examples``,
+    counted by the engine's tokenizer), so a generator trains on exactly what it will be served."""
+    from cbpt.client.fitting import fit_examples
+
+    bundle = tiny_bundle(0)
+    path = write_domain(tmp_path, ["fixed"], truncate={"field": "text", "side": "end", "max_tokens": 6})
+    domain = load_domain(path)
+    trainer = GeneratorTrainer(bundle, domain, settings(steps=2), tmp_path / "out")
+    task, raw = trainer.domain.tasks[0], domain.tasks[0]
+    assert task.truncated > 0 and task.train.texts != raw.train.texts
+    assert max(len(bundle.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in task.train.texts) <= 6
+    engine = ScoringEngine(bundle, build_adapters(bundle, served_specs([AdapterSpec(method="none")])))
+    with serve_in_background(engine) as target, TuningClient(target) as client:
+        for mine, split in ((task.train, raw.train), (task.dev, raw.dev)):
+            assert fit_examples(client, split, raw.format.truncate, "split").examples.texts == mine.texts
+    trainer.run()
+    card = json.loads((tmp_path / "out" / "generator.json").read_text())
+    assert card["training"]["tasks"][0]["truncated"] == task.truncated
