@@ -33,6 +33,7 @@ class EngineRecipe:
     limits: Limits = field(default_factory=Limits)
     batch_sequences: int = 64
     text_cache: tuple[int, int, int] | None = None  # bytes per key, keys, bytes in all; None: defaults
+    job_state_bytes: int = 256 << 20  # text states one job holds at once
 
     def text_states(self) -> TextStateCache | None:
         """The engine's bounded text-state cache (imports torch)."""
@@ -58,6 +59,7 @@ class EngineRecipe:
             limits=self.limits,
             batch_sequences=self.batch_sequences,
             text_states=self.text_states(),
+            max_state_bytes=self.job_state_bytes,
         )
 
     def load_model(self) -> ModelBundle:

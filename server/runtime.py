@@ -60,12 +60,21 @@ def build_engine(
     limits: Limits | None = None,
     batch_sequences: int = 64,
     text_states: TextStateCache | None = None,
+    max_state_bytes: int = 256 << 20,
 ) -> ScoringEngine:
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
-    (``text_states``: the bounded text-state cache; the default bounds when None)."""
+    (``text_states``: the bounded text-state cache; the default bounds when None; ``max_state_bytes``:
+    the text states one job holds at once)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
     adapters = build_adapters(bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators))
-    return ScoringEngine(bundle, adapters, limits, batch_sequences=batch_sequences, text_states=text_states)
+    return ScoringEngine(
+        bundle,
+        adapters,
+        limits,
+        batch_sequences=batch_sequences,
+        text_states=text_states,
+        max_state_bytes=max_state_bytes,
+    )
 
 
 def chosen_specs(

@@ -136,6 +136,11 @@ class ServerSettings(BaseSettings):
     )
     text_cache_mb: int = Field(1024, ge=0, description="memory for all keys' cached text states together")
     text_cache_keys: int = Field(8, ge=1, description="API keys whose text states are kept at once")
+    job_state_mb: int = Field(
+        256,
+        ge=1,
+        description="memory for the text states one engine job holds at once (a window of its texts)",
+    )
     score_decimals: int | None = Field(
         None, ge=0, le=7, description="round returned log-probs to this many decimals (provider protection)"
     )
@@ -213,6 +218,7 @@ class ServerSettings(BaseSettings):
             quantize=self.quantize,
             limits=self.limits(),
             text_cache=(self.text_cache_mb_per_key << 20, self.text_cache_keys, self.text_cache_mb << 20),
+            job_state_bytes=self.job_state_mb << 20,
         )
 
     def adapter_specs(self) -> list[AdapterSpec]:
