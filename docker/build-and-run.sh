@@ -49,7 +49,10 @@ fi
 if [ ! -f deploy/client.key ]; then
   .venv/bin/cbpt-server add-key demo --keys-file deploy/keys.json > deploy/client.key
 fi
-chown -R 10001:10001 deploy/certs deploy/keys.json deploy/client.key
+if [ ! -f deploy/ray-token ]; then  # Ray's cluster token (profile ray), a secret like the others
+  .venv/bin/python -c "import secrets; print(secrets.token_hex(32))" > deploy/ray-token
+fi
+chown -R 10001:10001 deploy/certs deploy/keys.json deploy/client.key deploy/ray-token
 
 say "5. docker-compose up, until the healthcheck reports healthy"
 started=$(date +%s)

@@ -150,7 +150,8 @@ def serve(
     ] = None,
     text_cache_keys: Annotated[int | None, typer.Option(help="API keys whose text states are kept.")] = None,
     job_state_mb: Annotated[
-        int | None, typer.Option(help="MB of text states one engine job holds at once (default 256).")
+        int | None,
+        typer.Option(help="MB of text states running jobs hold at once, all together (default 256)."),
     ] = None,
     score_decimals: Annotated[
         int | None, typer.Option(help="Round returned log-probs to this many decimals (0-7).")

@@ -33,7 +33,7 @@ class EngineRecipe:
     limits: Limits = field(default_factory=Limits)
     batch_sequences: int = 64
     text_cache: tuple[int, int, int] | None = None  # bytes per key, keys, bytes in all; None: defaults
-    job_state_bytes: int = 256 << 20  # text states one job holds at once
+    job_state_bytes: int = 256 << 20  # text states all running jobs hold at once
 
     def text_states(self) -> TextStateCache | None:
         """The engine's bounded text-state cache (imports torch)."""

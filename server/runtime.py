@@ -64,7 +64,7 @@ def build_engine(
 ) -> ScoringEngine:
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
     (``text_states``: the bounded text-state cache; the default bounds when None; ``max_state_bytes``:
-    the text states one job holds at once)."""
+    the text states all running jobs hold at once)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
     adapters = build_adapters(bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators))
     return ScoringEngine(

@@ -16,7 +16,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cbpt.common.net import is_loopback_host
+from cbpt.common.net import is_loopback_host, target_host
 from cbpt.server.adapters.spec import AdapterSpec, served_specs
 from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
@@ -139,7 +139,7 @@ class ServerSettings(BaseSettings):
     job_state_mb: int = Field(
         256,
         ge=1,
-        description="memory for the text states one engine job holds at once (a window of its texts)",
+        description="memory for the text states running jobs hold at once, all together (a window of texts each)",
     )
     score_decimals: int | None = Field(
         None, ge=0, le=7, description="round returned log-probs to this many decimals (provider protection)"
@@ -301,10 +301,33 @@ class ServerSettings(BaseSettings):
             if given:
                 raise ConfigError(f"{', '.join(given)} need --backend ray")
             return
+        if self.ray_address is not None:
+            check_ray_transport(self.ray_address)
         if importlib.util.find_spec("ray") is None:
             raise ConfigError("--backend ray needs Ray: pip install 'cbp-tuning[ray]'")
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ConfigError(f"--max-replicas {self.max_replicas} is below --replicas {self.replicas}")
+
+
+RAY_TLS_FILES = ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
+
+
+def check_ray_transport(address: str) -> None:
+    """Requests carry the texts to the replicas: over Ray's own channels, which are plaintext unless
+    Ray's TLS is on. So a cluster is joined on loopback only, or with ``RAY_USE_TLS=1`` and its
+    certificate, key and CA (the deployment's) readable on this node."""
+    if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
+        for variable in RAY_TLS_FILES:
+            if not os.environ.get(variable):
+                raise ConfigError(f"RAY_USE_TLS is on but {variable} is unset")
+            read_file(Path(os.environ[variable]), variable)
+        return
+    host = "" if address == "auto" else target_host(address.removeprefix("ray://"))
+    if not is_loopback_host(host):
+        raise ConfigError(
+            f"--ray-address {address}: requests (texts included) would reach the replicas in plaintext; "
+            f"join a Ray instance on loopback, or set RAY_USE_TLS=1 and {', '.join(RAY_TLS_FILES)} on every node"
+        )
 
 
 def read_file(path: Path, what: str) -> bytes:

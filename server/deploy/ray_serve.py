@@ -236,9 +236,14 @@ def _restore(handlers: dict[signal.Signals, Any]) -> None:
             signal.signal(sig, handler)
 
 
+# Requests (texts included) pass through Ray's object store: kept in memory, never spilled to disk.
+SYSTEM_CONFIG = {"automatic_object_spilling_enabled": False}
+
+
 def _start_local(num_cpus: int, object_store_bytes: int | None, attempts: int = 3) -> None:
-    """A local Ray on loopback. Its raylet gives the node's agents a fixed 15 s to come up
-    (ray-project/ray#65983), which a machine busy with other work can miss: try again."""
+    """A local Ray on loopback (its servers bind 127.0.0.1: its traffic is plaintext), spilling off.
+    Its raylet gives the node's agents a fixed 15 s to come up (ray-project/ray#65983), which a
+    machine busy with other work can miss: try again."""
     for attempt in range(1, attempts + 1):
         try:
             ray.init(
@@ -248,6 +253,7 @@ def _start_local(num_cpus: int, object_store_bytes: int | None, attempts: int = 
                 log_to_driver=False,
                 object_store_memory=object_store_bytes,
                 _node_ip_address="127.0.0.1",
+                _system_config=SYSTEM_CONFIG,
             )
             return
         except Exception as error:  # Ray raises a bare Exception when its node does not start

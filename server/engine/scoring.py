@@ -20,7 +20,7 @@ import torch
 
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.engine.jobs import Outcome, ScoringJob, run_to_end
-from cbpt.server.engine.kv import TextStateCache
+from cbpt.server.engine.kv import StateBudget, TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
 from cbpt.server.engine.prepare import Prepared, Preparer, leading_special_tokens
@@ -67,7 +67,7 @@ class ScoringEngine:
         self.batch_tokens = batch_tokens
         self.adapters = {adapter.name: adapter.to(bundle.device, bundle.dtype) for adapter in adapters}
         self.text_states = text_states if text_states is not None else TextStateCache()
-        self.max_state_bytes = max_state_bytes  # text states one job holds at once (one window's)
+        self.state_budget = StateBudget(max_state_bytes)  # text states all running jobs hold at once
         self.reuse_text_states = reuse_text_states
         self.reuse_prefix_states = reuse_prefix_states
         self.sort_by_length = sort_by_length
@@ -185,7 +185,7 @@ class ScoringEngine:
         )
         kind = self.strategy(adapter)
         if kind is TextStates:
-            strategy: Strategy = TextStates(parts, inputs, self.text_states, self.max_state_bytes)
+            strategy: Strategy = TextStates(parts, inputs, self.text_states, self.state_budget)
         else:
             strategy = kind(parts, inputs)
         tokens = [0] * len(group)
@@ -193,23 +193,31 @@ class ScoringEngine:
             torch.full((len(p.candidates), len(p.encoded.texts), max(p.choice_counts)), -torch.inf)
             for p in group
         ]
-        for passes, window_rows in strategy.windows():
-            yield from passes
-            for planned in length_sorted_chunks(
-                window_rows, self.batch_sequences, self.batch_tokens, strategy.width, sort=self.sort_by_length
-            ):
-                chunk = planned if skip is None else [row for row in planned if not skip(row.owner)]
-                if not chunk:
-                    continue
-                hidden, ends = strategy.forward(chunk)
-                for row in chunk:
-                    tokens[row.owner] += row.length
-                if full:
-                    values = read_full_choices(self._head, hidden, ends, chunk)
-                else:
-                    values = read_first_tokens(self._head, hidden, ends, chunk, choices)
-                _scatter(chunk, values, offsets, scores)
-                yield len(chunk)
+        windows = strategy.windows()
+        try:  # closed at once when the job stops, so a window's states and budget go with it
+            for passes, window_rows in windows:
+                yield from passes
+                for planned in length_sorted_chunks(
+                    window_rows,
+                    self.batch_sequences,
+                    self.batch_tokens,
+                    strategy.width,
+                    sort=self.sort_by_length,
+                ):
+                    chunk = planned if skip is None else [row for row in planned if not skip(row.owner)]
+                    if not chunk:
+                        continue
+                    hidden, ends = strategy.forward(chunk)
+                    for row in chunk:
+                        tokens[row.owner] += row.length
+                    if full:
+                        values = read_full_choices(self._head, hidden, ends, chunk)
+                    else:
+                        values = read_first_tokens(self._head, hidden, ends, chunk, choices)
+                    _scatter(chunk, values, offsets, scores)
+                    yield len(chunk)
+        finally:
+            windows.close()
         tokens = [run + cached for run, cached in zip(tokens, strategy.tokens, strict=True)]
         return [
             (owner_scores.log_softmax(dim=-1), owner_tokens)

@@ -13,8 +13,8 @@ Which one runs depends on the adapter alone:
   encoded once and reused by all its examples.
 - ``TextStates``: a prompt after the text: each text's [bos][text] is encoded once per API key
   (cached across requests) and reused by every candidate. A job holds the states of one window of
-  texts at a time (at most ``max_state_bytes``): its texts are encoded, every candidate runs over
-  them, they are let go, and the next window follows. Merged requests' texts are encoded in shared
+  texts at a time, sized to what the engine's ``StateBudget`` has free: its texts are encoded,
+  every candidate runs over them, they are let go, and the next window follows. Merged requests' texts are encoded in shared
   passes, each state computed and cached under its own request's scope, never another's.
 """
 
@@ -30,6 +30,7 @@ import torch
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.engine.kv import (
     KVState,
+    StateBudget,
     TextStateCache,
     cache_layers,
     encode_left_padded,
@@ -274,14 +275,14 @@ class PrefixStates(Strategy):
 
 class TextStates(Strategy):
     """Each text's [bos][text] from its scope's cache or shared batched passes; the prompt and cue
-    after it. Texts go in windows of at most ``max_state_bytes`` of states (at least one text each)."""
+    after it. Texts go in windows of what ``budget`` has free (at least one text each)."""
 
     def __init__(
-        self, parts: ModelParts, inputs: GroupInputs, cache: TextStateCache, max_state_bytes: int = 256 << 20
+        self, parts: ModelParts, inputs: GroupInputs, cache: TextStateCache, budget: StateBudget | None = None
     ) -> None:
         super().__init__(parts, inputs)
         self.cache = cache
-        self.max_state_bytes = max_state_bytes
+        self.budget = budget if budget is not None else StateBudget()
         self.states: dict[int, KVState] = {}  # the current window's, by group-wide example
         for row in inputs.rows:
             row.length = self.slots.inserted + len(row.tokens)
@@ -294,24 +295,25 @@ class TextStates(Strategy):
         examples: dict[Key, list[int]] = {}
         for example in sorted(range(len(keys)), key=lambda e: (len(keys[e][1]), keys[e][1], keys[e][0])):
             examples.setdefault(keys[example], []).append(example)
-        windows: list[list[Key]] = []
-        held, per_token = 0, parts.state_bytes_per_token
-        for key in examples:  # shortest first, as chunks are sorted
-            size = len(key[1]) * per_token
-            if not windows or held + size > self.max_state_bytes:
-                windows.append([])
-                held = 0
-            windows[-1].append(key)
-            held += size
-        window_of = {
-            example: index for index, window in enumerate(windows) for k in window for example in examples[k]
-        }
-        rows: list[list[Row]] = [[] for _ in windows]
-        for row in self.inputs.rows:  # plan order within each window
-            rows[window_of[row.example]].append(row)
-        for window, window_rows in zip(windows, rows, strict=True):
-            firsts = {key: owners[examples[key][0]] for key in window}
-            yield self._encode(firsts, examples), window_rows
+        plan_order: dict[int, list[int]] = {}
+        for index, row in enumerate(self.inputs.rows):
+            plan_order.setdefault(row.example, []).append(index)
+        pending, per_token = list(examples), parts.state_bytes_per_token
+        while pending:  # shortest texts first, as chunks are sorted; each window sized to what is free
+            free, held, window = self.budget.free(), 0, list[Key]()
+            while pending and (not window or held + len(pending[0][1]) * per_token <= free):
+                window.append(pending.pop(0))
+                held += len(window[-1][1]) * per_token
+            self.budget.take(held)
+            try:
+                indices = sorted(
+                    i for key in window for example in examples[key] for i in plan_order[example]
+                )
+                firsts = {key: owners[examples[key][0]] for key in window}
+                yield self._encode(firsts, examples), [self.inputs.rows[i] for i in indices]
+            finally:  # the window's rows are done, or the job stopped
+                self.states = {}
+                self.budget.give(held)
 
     def _encode(self, firsts: dict[Key, int], examples: dict[Key, list[int]]) -> Passes:
         """The window's states, from the cache or computed in shared passes; each charged to the first

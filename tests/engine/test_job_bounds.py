@@ -175,3 +175,27 @@ def test_a_call_at_every_limit_holds_at_most_the_job_bound_of_text_states(
     assert result.log_probs.shape == (limits.max_candidates, limits.max_examples, 16)
     assert np.isfinite(result.log_probs).all()
     assert live_states["peak"] <= job_bytes + per_key, (live_states["peak"], job_bytes + per_key, whole)
+    assert engine.state_budget.peak <= job_bytes and engine.state_budget.held == 0
+
+
+def test_jobs_taking_turns_share_one_budget_and_a_stopped_job_gives_its_window_back() -> None:
+    """The bound is on all running jobs together: a key running several calls beside others' cannot
+    multiply it. Each window takes what is free (at least one text)."""
+    texts = [f"Filing {i}: " + "revenue grew in the quarter " * 3 for i in range(24)]
+    engine = suffix_engine(max_state_bytes=30_000, text_states=TextStateCache(0, 8, 0))  # nothing cached
+    per_text = max(len(engine.prepare.tokens(t, "t", 999)) + len(engine.parts.bos) for t in texts) * 256
+    jobs = [engine.job([request(texts, candidates=2, scope=f"k{k}", seed=k)]) for k in range(3)]
+    running = list(jobs)
+    while running:  # round robin, as the scheduler takes turns
+        running = [job for job in running if job.step()]
+        assert engine.state_budget.held <= 30_000 + len(jobs) * per_text
+    assert engine.state_budget.peak <= 30_000 + len(jobs) * per_text
+    assert engine.state_budget.held == 0
+    stopped = engine.job([request(texts, candidates=2, scope="gone")])
+    for _ in range(3):
+        stopped.step()
+    assert engine.state_budget.held > 0
+    stopped.cancel_all()
+    while stopped.step():
+        pass
+    assert engine.state_budget.held == 0

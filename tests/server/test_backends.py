@@ -18,7 +18,7 @@ from cbpt.server.deploy.messages import Refusal
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import BackendUnavailable, ConfigError, InvalidRequest, ServerBusy
 from cbpt.server.recipe import EngineRecipe
-from cbpt.server.settings import ServerSettings
+from cbpt.server.settings import ServerSettings, check_ray_transport
 from cbpt.server.status import error_status
 from tests.deploy.builders import DOMAINS, save_tiny_model, tiny_recipe
 from tests.server.helpers import TEXTS, candidates
@@ -67,6 +67,31 @@ def test_ray_options_need_the_ray_backend(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match=r"pip install 'cbp-tuning\[ray\]'"):
         ServerSettings(backend="ray").check_backend()
     ServerSettings().check_backend()  # the default backend needs nothing
+
+
+@pytest.mark.parametrize("address", ["ray-head:6379", "ray://10.0.0.5:10001", "auto"])
+def test_a_ray_cluster_off_loopback_needs_rays_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, address: str
+) -> None:
+    """ "Tenants" (#22), finding 9: Ray's channels carry every call's texts, in plaintext unless Ray's
+    TLS is on; before, the front joined any cluster."""
+    for variable in ("RAY_USE_TLS", "RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigError, match=r"texts included\) would reach the replicas in plaintext"):
+        ServerSettings(backend="ray", ray_address=address).check_backend()
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    with pytest.raises(ConfigError, match="RAY_USE_TLS is on but RAY_TLS_SERVER_CERT is unset"):
+        ServerSettings(backend="ray", ray_address=address).check_backend()
+    for variable in ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT"):
+        (tmp_path / variable).write_text("pem")
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+    check_ray_transport(address)  # with Ray's TLS on and its files readable, any address will do
+
+
+def test_a_ray_instance_on_loopback_needs_no_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    for address in ("127.0.0.1:6379", "localhost:6379", "ray://127.0.0.1:10001", "[::1]:6379"):
+        check_ray_transport(address)
 
 
 def test_the_recipe_is_what_the_settings_serve(recipe: EngineRecipe) -> None:
