@@ -16,7 +16,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cbpt.common.net import is_loopback_host, target_host
+from cbpt.common.net import is_loopback_host, is_this_host, target_host
 from cbpt.server.adapters.spec import AdapterSpec, served_specs
 from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
@@ -314,19 +314,22 @@ RAY_TLS_FILES = ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
 
 def check_ray_transport(address: str) -> None:
     """Requests carry the texts to the replicas: over Ray's own channels, which are plaintext unless
-    Ray's TLS is on. So a cluster is joined on loopback only, or with ``RAY_USE_TLS=1`` and its
-    certificate, key and CA (the deployment's) readable on this node."""
+    Ray's TLS is on. So a cluster is joined on this machine only (loopback or one of its own
+    addresses: nothing crosses a network), or with ``RAY_USE_TLS=1`` and its certificate, key and
+    CA (the deployment's) readable on this node."""
     if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
         for variable in RAY_TLS_FILES:
             if not os.environ.get(variable):
                 raise ConfigError(f"RAY_USE_TLS is on but {variable} is unset")
             read_file(Path(os.environ[variable]), variable)
         return
-    host = "" if address == "auto" else target_host(address.removeprefix("ray://"))
-    if not is_loopback_host(host):
+    if address == "auto":  # RAY_ADDRESS, or else the cluster a `ray start` on this machine runs
+        address = os.environ.get("RAY_ADDRESS") or "localhost"
+    if not is_this_host(target_host(address.removeprefix("ray://"))):
         raise ConfigError(
             f"--ray-address {address}: requests (texts included) would reach the replicas in plaintext; "
-            f"join a Ray instance on loopback, or set RAY_USE_TLS=1 and {', '.join(RAY_TLS_FILES)} on every node"
+            f"join a Ray instance on this machine, or set RAY_USE_TLS=1 and {', '.join(RAY_TLS_FILES)} "
+            "on every node"
         )
 
 

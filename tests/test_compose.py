@@ -217,11 +217,10 @@ def test_ray_profile_runs_a_head_and_the_same_tls_front(compose: dict) -> None:
     head, front = compose["services"]["ray-head"], compose["services"]["server-ray"]
     assert head["profiles"] == front["profiles"] == ["ray"]
     assert _non_root(head["user"]) and _non_root(front["user"])
-    # Ray's traffic (every call's texts) is plaintext: it stays on loopback ("Tenants" #22, finding 9).
-    # The front shares the head's network namespace, so the front's port is published on the head.
+    # Ray's traffic (every call's texts) is plaintext: it never crosses a network ("Tenants" #22,
+    # finding 9). The front shares the head's network namespace, so its port is published on the head.
     assert front["network_mode"] == "service:ray-head" and "ports" not in front
     assert head["ports"] == ["50051:50051"]
-    assert "--node-ip-address=127.0.0.1" in head["command"]
     assert '--system-config={"automatic_object_spilling_enabled":false}' in head["command"]
     assert head["build"]["args"]["WITH_RAY"] == "1" and front["image"] == head["image"]
     assert front["depends_on"]["ray-head"]["condition"] == "service_healthy"
@@ -244,7 +243,7 @@ def test_ray_profile_runs_a_head_and_the_same_tls_front(compose: dict) -> None:
     assert compose["secrets"]["ray_token"]["file"] == "./deploy/ray-token"
     assert all(str(volume).endswith(":ro") for volume in front["volumes"])
     join = " ".join(front["entrypoint"])
-    assert "ray start --address=127.0.0.1:6379 --node-ip-address=127.0.0.1 --num-cpus=0" in join
+    assert "ray start --address=127.0.0.1:6379 --num-cpus=0" in join
     assert 'exec cbpt-server "$$@"' in join
     assert head["init"] is True and front["init"] is True  # PID 1 reaps Ray's processes
     assert head["mem_limit"] and front["mem_limit"]
