@@ -14,8 +14,9 @@ Which one runs depends on the adapter alone:
 - ``TextStates``: a prompt after the text: each text's [bos][text] is encoded once per API key
   (cached across requests) and reused by every candidate. A job holds the states of one window of
   texts at a time, sized to what the engine's ``StateBudget`` has free: its texts are encoded,
-  every candidate runs over them, they are let go, and the next window follows. Merged requests' texts are encoded in shared
-  passes, each state computed and cached under its own request's scope, never another's.
+  every candidate runs over them, they are let go, and the next window follows. Merged requests'
+  texts are encoded in shared passes, each state computed and cached under its own request's
+  scope, never another's.
 """
 
 from __future__ import annotations
@@ -43,10 +44,8 @@ from cbpt.server.engine.prepare import Prepared, Tokens
 
 Forward = tuple[torch.Tensor, torch.Tensor]  # hidden [rows, width, d], read positions [rows]
 Passes = Iterator[int]  # yields the sequences of each forward pass as it completes
-Window = tuple[Passes, list[Row]]
-Key = tuple[
-    str, Tokens
-]  # a text state's scope (API key id) and tokens  # the passes that encode what the rows need, then those rows
+Window = tuple[Passes, list[Row]]  # the passes that encode what the rows need, then those rows
+Key = tuple[str, Tokens]  # a text state's scope (API key id) and tokens
 
 
 @dataclass(frozen=True)
