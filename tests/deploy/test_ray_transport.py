@@ -23,7 +23,7 @@ def test_the_local_ray_instance_stays_on_this_machine_with_a_fresh_token_and_nev
     ray_session: Any,
 ) -> None:
     from ray._private import worker
-    from ray._raylet import AuthenticationMode, get_authentication_mode
+    from ray._raylet import AuthenticationMode, get_authentication_mode  # type: ignore[attr-defined]
 
     node = worker._global_node
     if "RAY_ADDRESS" in os.environ:

@@ -31,7 +31,7 @@ def suffix_engine(**options: object) -> ScoringEngine:
         bundle.hidden_size, bundle.embedding_std, name="bbt-suffix", dimension=16, prompt_length=4,
         placement=Placement.BEFORE_CUE,
     )  # fmt: skip
-    return ScoringEngine(bundle, [adapter], **options)  # type: ignore[arg-type]
+    return ScoringEngine(bundle, [adapter], **options)
 
 
 def text_of(engine: ScoringEngine, index: int, tokens: int) -> str:
@@ -61,7 +61,7 @@ class PassCosts:
     def _hook(self, _module: object, _args: object, kwargs: dict, _output: object) -> None:
         mask = kwargs.get("attention_mask")
         if mask is None:
-            new = kwargs.get("inputs_embeds", kwargs.get("input_ids"))
+            new = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
             self.costs.append(int(new.shape[0] * new.shape[1]))
         else:
             self.costs.append(int(mask.numel()))
@@ -80,7 +80,7 @@ def live_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
         gauge["live"] -= size
 
     def tracked(*args: object, **kwargs: object) -> list[KVState]:
-        states = real(*args, **kwargs)  # type: ignore[arg-type]
+        states = real(*args, **kwargs)
         for state in states:
             gauge["live"] += state.nbytes
             weakref.finalize(state, forget, state.nbytes)
@@ -135,13 +135,13 @@ def test_merged_requests_encode_their_texts_in_shared_passes_each_in_its_own_sco
     assert job.steps_done <= math.ceil(texts / 64) + math.ceil(rows / 64), job.steps_done
     for i, single in alone.items():
         merged = outcomes[i]
-        np.testing.assert_allclose(merged.log_probs, single.log_probs, atol=1e-5)  # type: ignore[union-attr]
-        assert merged.tokens_processed == single.tokens_processed  # type: ignore[union-attr]
+        np.testing.assert_allclose(merged.log_probs, single.log_probs, atol=1e-5)
+        assert merged.tokens_processed == single.tokens_processed
     assert engine.text_states.scope_entries("a") == engine.text_states.scope_entries("b") == 1
     a, b = (engine.text_states.get(scope, engine.parts.bos + engine.prepare.tokens("the same text", "t", 99))
             for scope in "ab")  # fmt: skip
     assert a is not None and b is not None and a is not b
-    assert outcomes[64].tokens_processed == outcomes[65].tokens_processed  # type: ignore[union-attr]
+    assert outcomes[64].tokens_processed == outcomes[65].tokens_processed
 
 
 def test_the_states_per_token_are_what_the_docs_scale_by() -> None:
