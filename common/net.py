@@ -20,6 +20,24 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def is_this_host(host: str) -> bool:
+    """True for loopback hosts and for this machine's own addresses (it can bind them): traffic to
+    them never leaves the machine. A name is resolved; any address it resolves to must be ours."""
+    if is_loopback_host(host):
+        return True
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    for family, _, _, _, address in infos:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((address[0], 0))
+        except OSError:
+            return False
+    return bool(infos)
+
+
 def target_host(target: str) -> str:
     """The host part of a gRPC target such as ``dns:///example.com:443`` or ``[::1]:50051``."""
     host = _SCHEME.sub("", target)

@@ -44,7 +44,10 @@ echo "built in $(( $(date +%s) - started )) s; size $(docker image inspect -f '{
 
 say "4. certificates and a key under deploy/ (outside the image and the build context), private keys 0600"
 bash docker/make-secrets.sh deploy
-chown -R 10001:10001 deploy/certs deploy/keys deploy/client.key  # the container's user reads them
+if [ ! -f deploy/ray-token ]; then  # Ray's cluster token (profile ray), a secret like the others
+  (umask 077; .venv/bin/python -c "import secrets; print(secrets.token_hex(32))" > deploy/ray-token)
+fi
+chown -R 10001:10001 deploy/certs deploy/keys deploy/client.key deploy/ray-token  # the container's user reads them
 
 say "5. docker-compose up, until the healthcheck reports healthy"
 started=$(date +%s)

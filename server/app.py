@@ -141,6 +141,7 @@ async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSetting
             "reflection": settings.reflection,
             "text_cache_mb": settings.text_cache_mb,
             "text_cache_mb_per_key": settings.text_cache_mb_per_key,
+            "job_state_mb": settings.job_state_mb,
             "score_decimals": settings.score_decimals,
             "score_noise": settings.score_noise,
         },

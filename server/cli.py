@@ -158,6 +158,10 @@ def serve(
     token_cache_mb: Annotated[
         int | None, typer.Option(help="MB of tokenised texts, choices and cues kept for reuse (default 64).")
     ] = None,
+    job_state_mb: Annotated[
+        int | None,
+        typer.Option(help="MB of text states running jobs hold at once, all together (default 256)."),
+    ] = None,
     score_decimals: Annotated[
         int | None, typer.Option(help="Round returned log-probs to this many decimals (0-7).")
     ] = None,

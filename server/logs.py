@@ -54,6 +54,7 @@ ALLOWED_FIELDS = frozenset(
         "cache_bytes",
         "text_cache_mb",
         "text_cache_mb_per_key",
+        "job_state_mb",
         "score_decimals",
         "score_noise",
         "num_keys",

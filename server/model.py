@@ -127,8 +127,7 @@ def load_model(
     target = resolve_device(device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec in BUNDLED_MODELS:
-        folder, model_id, fingerprint = _converted_bundled(BUNDLED_MODELS[spec], cache)
-        model, tokenizer = _from_pretrained(str(folder), use_safetensors=True)
+        model, tokenizer, model_id, fingerprint = _load_bundled(BUNDLED_MODELS[spec], cache)
     else:
         model_id = spec
         _refuse_pickled_weights(spec)
@@ -204,8 +203,30 @@ def _bundled_gguf(entry: BundledModel) -> Path:
     return path
 
 
-def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str]:
-    """Return the converted safetensors folder for a bundled GGUF, converting it once.
+def _load_bundled(entry: BundledModel, cache: Path) -> tuple[Any, Any, str, str]:
+    """The bundled model from its converted copy, and the fingerprint of the weights as loaded.
+
+    The fingerprint is recomputed on every load, never taken from the cache's record: the cache
+    sits on a volume other processes can write, and clients bind their vectors to it. A copy whose
+    weights do not match its record was changed after conversion: it is converted again."""
+    stale: str | None = None
+    for _ in range(2):
+        folder, model_id, recorded = _converted_bundled(entry, cache, stale)
+        model, tokenizer = _from_pretrained(str(folder), use_safetensors=True)
+        fingerprint = weights_fingerprint(model)
+        if fingerprint == recorded:
+            return model, tokenizer, model_id, fingerprint
+        log.warning(
+            "the converted model in the cache does not match its recorded fingerprint; converting again",
+            extra={"model_id": model_id},
+        )
+        stale = recorded
+    raise ModelLoadError(f"the converted model in {folder} does not match its fingerprint after conversion")
+
+
+def _converted_bundled(entry: BundledModel, cache: Path, stale: str | None = None) -> tuple[Path, str, str]:
+    """Return the converted safetensors folder for a bundled GGUF and its recorded fingerprint,
+    converting it once (again when its record is ``stale``: its weights were found not to match).
 
     Processes sharing the cache (Ray replicas starting together on one volume) take turns under a
     lock file: the first converts, the others wait and then find its folder, never replacing it
@@ -214,13 +235,13 @@ def _converted_bundled(entry: BundledModel, cache: Path) -> tuple[Path, str, str
     source_hash = file_sha256(gguf)
     folder = cache / "models" / f"{entry.model_id}-{source_hash[:16]}"
     found = _converted_meta(folder, source_hash)
-    if found is not None:
+    if found is not None and found != stale:
         return folder, entry.model_id, found
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         found = _converted_meta(folder, source_hash)
-        if found is not None:
+        if found is not None and found != stale:  # converted meanwhile, by whoever held the lock
             return folder, entry.model_id, found
         return folder, entry.model_id, _convert_bundled(entry, gguf, source_hash, folder)
 

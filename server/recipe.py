@@ -34,6 +34,7 @@ class EngineRecipe:
     batch_sequences: int = 64
     text_cache: tuple[int, int, int] | None = None  # bytes per key, keys, bytes in all; None: defaults
     token_cache_bytes: int = 64 << 20  # the tokenisation cache's bound (engine/prepare.py)
+    job_state_bytes: int = 256 << 20  # text states all running jobs hold at once
 
     def text_states(self) -> TextStateCache | None:
         """The engine's bounded text-state cache (imports torch)."""
@@ -60,6 +61,7 @@ class EngineRecipe:
             batch_sequences=self.batch_sequences,
             text_states=self.text_states(),
             token_cache_bytes=self.token_cache_bytes,
+            max_state_bytes=self.job_state_bytes,
         )
 
     def load_model(self) -> ModelBundle:

@@ -80,9 +80,11 @@ def build_engine(
     batch_sequences: int = 64,
     text_states: TextStateCache | None = None,
     token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
+    max_state_bytes: int = 256 << 20,
 ) -> ScoringEngine:
     """Load the model, build the adapters ``specs`` name (default: ``served_specs()``), wrap an engine
-    (``text_states``: the bounded text-state cache; the default bounds when None)."""
+    (``text_states``: the bounded text-state cache; the default bounds when None; ``max_state_bytes``:
+    the text states all running jobs hold at once)."""
     bundle = load_model(model, cache_dir=cache_dir, device=device, threads=threads, quantize=quantize)
     adapters = build_adapters(
         bundle, chosen_specs(bundle.fingerprint, specs, shipped_generators, bundle.hidden_size)
@@ -96,6 +98,7 @@ def build_engine(
         text_states=text_states,
         not_served=tuple(not_served) if shipped_generators else (),
         token_cache_bytes=token_cache_bytes,
+        max_state_bytes=max_state_bytes,
     )
 
 

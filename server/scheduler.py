@@ -11,8 +11,10 @@ scheduler takes turns among the running jobs, one step each, round robin:
   it sends.
 - While k jobs run, each gets every k-th step: a call whose job needs s steps finishes within
   k * s steps of being admitted, and a call of a tenant with nothing running is admitted at the
-  next step boundary. A step is one chunk (at most ``batch_sequences`` rows and ``batch_tokens``
-  padded tokens) or one batch of cached-state encoding (docs/operations.md states the figures).
+  next step boundary. A step is one chunk or one batch of cached-state encoding, each at most
+  ``batch_sequences`` sequences and ``batch_tokens`` padded tokens; a merged job encodes its
+  members' texts in shared batches, so it costs what one call of its size would
+  (docs/operations.md states the figures).
 - A call whose client cancels, disconnects or runs past its deadline is dropped from the queue,
   or its rows are left out of its job from the next chunk on; the job stops once nothing of it
   is wanted. Each is logged with the key id and the reason.

@@ -16,7 +16,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cbpt.common.net import is_loopback_host
+from cbpt.common.net import is_loopback_host, is_this_host, target_host
 from cbpt.server.adapters.spec import AdapterSpec, served_specs
 from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
@@ -156,6 +156,11 @@ class ServerSettings(BaseSettings):
     token_cache_mb: int = Field(
         64, ge=1, description="memory for tokenised texts, choices and cues kept for reuse (all keys)"
     )
+    job_state_mb: int = Field(
+        256,
+        ge=1,
+        description="memory for the text states running jobs hold at once, all together (a window of texts each)",
+    )
     score_decimals: int | None = Field(
         None, ge=0, le=7, description="round returned log-probs to this many decimals (provider protection)"
     )
@@ -234,6 +239,7 @@ class ServerSettings(BaseSettings):
             limits=self.limits(),
             text_cache=(self.text_cache_mb_per_key << 20, self.text_cache_keys, self.text_cache_mb << 20),
             token_cache_bytes=self.token_cache_mb << 20,
+            job_state_bytes=self.job_state_mb << 20,
         )
 
     def adapter_specs(self) -> list[AdapterSpec]:
@@ -324,11 +330,36 @@ class ServerSettings(BaseSettings):
             if given:
                 raise ConfigError(f"{', '.join(given)} need --backend ray")
             return
-        # Flags that contradict each other are wrong whether or not Ray is installed: say so first.
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ConfigError(f"--max-replicas {self.max_replicas} is below --replicas {self.replicas}")
+        if self.ray_address is not None:
+            check_ray_transport(self.ray_address)
         if importlib.util.find_spec("ray") is None:
             raise ConfigError("--backend ray needs Ray: pip install 'cbp-tuning[ray]'")
+
+
+RAY_TLS_FILES = ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
+
+
+def check_ray_transport(address: str) -> None:
+    """Requests carry the texts to the replicas: over Ray's own channels, which are plaintext unless
+    Ray's TLS is on. So a cluster is joined on this machine only (loopback or one of its own
+    addresses: nothing crosses a network), or with ``RAY_USE_TLS=1`` and its certificate, key and
+    CA (the deployment's) readable on this node."""
+    if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
+        for variable in RAY_TLS_FILES:
+            if not os.environ.get(variable):
+                raise ConfigError(f"RAY_USE_TLS is on but {variable} is unset")
+            read_file(Path(os.environ[variable]), variable)
+        return
+    if address == "auto":  # RAY_ADDRESS, or else the cluster a `ray start` on this machine runs
+        address = os.environ.get("RAY_ADDRESS") or "localhost"
+    if not is_this_host(target_host(address.removeprefix("ray://"))):
+        raise ConfigError(
+            f"--ray-address {address}: requests (texts included) would reach the replicas in plaintext; "
+            f"join a Ray instance on this machine, or set RAY_USE_TLS=1 and {', '.join(RAY_TLS_FILES)} "
+            "on every node"
+        )
 
 
 def read_file(path: Path, what: str) -> bytes:

@@ -212,7 +212,14 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     (tmp_path / "docker").mkdir()
     shutil.copy(DOCKERFILE, tmp_path / "docker" / "Dockerfile")
-    for name in ("certs/server.pem", "certs/server-key.pem", "certs/ca.pem", "keys/keys.json", "client.key"):
+    for name in (
+        "certs/server.pem",
+        "certs/server-key.pem",
+        "certs/ca.pem",
+        "keys/keys.json",
+        "client.key",
+        "ray-token",
+    ):
         path = tmp_path / "deploy" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("placeholder\n")
@@ -230,11 +237,15 @@ def test_ray_profile_runs_a_head_and_the_same_tls_front(compose: dict) -> None:
     head, front = compose["services"]["ray-head"], compose["services"]["server-ray"]
     assert head["profiles"] == front["profiles"] == ["ray"]
     assert _non_root(head["user"]) and _non_root(front["user"])
-    assert "ports" not in head  # Ray's ports stay on the compose network; only the front is published
+    # Ray's traffic (every call's texts) is plaintext: it never crosses a network ("Tenants" #22,
+    # finding 9). The front shares the head's network namespace, so its port is published on the head.
+    assert front["network_mode"] == "service:ray-head" and "ports" not in front
+    assert head["ports"] == ["50051:50051"]
+    assert '--system-config={"automatic_object_spilling_enabled":false}' in head["command"]
     assert head["build"]["args"]["WITH_RAY"] == "1" and front["image"] == head["image"]
     assert front["depends_on"]["ray-head"]["condition"] == "service_healthy"
     flags = _flags(front["command"])
-    assert flags[0] == "serve" and "--backend=ray" in flags and "--ray-address=ray-head:6379" in flags
+    assert flags[0] == "serve" and "--backend=ray" in flags and "--ray-address=127.0.0.1:6379" in flags
     assert "--tls-cert=/run/secrets/server_cert" in flags and "--api-keys-file=/run/keys/keys.json" in flags
     assert not any(flag.startswith("--insecure") for flag in flags)
     mounts = {str(v).split(":")[1] for v in head["volumes"]} & {
@@ -242,13 +253,18 @@ def test_ray_profile_runs_a_head_and_the_same_tls_front(compose: dict) -> None:
     }
     assert "/data" in mounts  # one model cache for the front's settings and the replicas
     assert 'if [ "$WITH_RAY" = 1 ]; then extras=server,ray; fi' in DOCKERFILE.read_text()
-    # Run for real (PROFILE=ray docker/build-and-run.sh): the head makes Ray's token on the shared volume
-    # before `ray start` (which wants one under RAY_AUTH_MODE=token and makes none), and the front joins
-    # as a Ray node that takes no work, since a driver reaches a cluster only through a local raylet.
+    # Ray's token is a read-only secret (before: made by the head on the shared volume the front could
+    # write), and the front joins as a Ray node that takes no work, since a driver reaches a cluster
+    # only through a local raylet.
     assert head["environment"]["RAY_AUTH_MODE"] == front["environment"]["RAY_AUTH_MODE"] == "token"
-    assert "ray get-auth-token --generate" in " ".join(head["entrypoint"])
+    for service in (head, front):
+        assert service["environment"]["RAY_AUTH_TOKEN_PATH"] == "/run/secrets/ray_token"
+        assert "ray_token" in service["secrets"]
+    assert compose["secrets"]["ray_token"]["file"] == "./deploy/ray-token"
+    assert all(str(volume).endswith(":ro") for volume in front["volumes"])
     join = " ".join(front["entrypoint"])
-    assert "ray start --address=ray-head:6379 --num-cpus=0" in join and 'exec cbpt-server "$$@"' in join
+    assert "ray start --address=127.0.0.1:6379 --num-cpus=0" in join
+    assert 'exec cbpt-server "$$@"' in join
     assert head["init"] is True and front["init"] is True  # PID 1 reaps Ray's processes
     assert head["mem_limit"] and front["mem_limit"]
     assert float(str(front["stop_grace_period"]).rstrip("s")) > float(

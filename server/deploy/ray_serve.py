@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -244,9 +245,21 @@ def _restore(handlers: dict[signal.Signals, Any]) -> None:
             signal.signal(sig, handler)
 
 
+# Requests (texts included) pass through Ray's object store: kept in memory, never spilled to disk.
+SYSTEM_CONFIG = {"automatic_object_spilling_enabled": False}
+
+
 def _start_local(num_cpus: int, object_store_bytes: int | None, attempts: int = 3) -> None:
-    """A local Ray on loopback. Its raylet gives the node's agents a fixed 15 s to come up
-    (ray-project/ray#65983), which a machine busy with other work can miss: try again."""
+    """A local Ray, spilling off. Ray opens its ports on every interface whatever the node address
+    (Ray 2.60), so it runs with token authentication and a fresh token that lives only in this
+    process's environment (Ray's default saves one to ~/.ray/auth_token, readable by all).
+    Its raylet gives the node's agents a fixed 15 s to come up (ray-project/ray#65983), which a
+    machine busy with other work can miss: try again."""
+    given = {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
+    if os.environ.get("RAY_AUTH_MODE", "token") == "token" and not given:
+        # Ray turns token mode on for a new local instance itself (and tells this process so); the
+        # token it finds first is this one, which the replicas inherit, so it never saves its own.
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     for attempt in range(1, attempts + 1):
         try:
             ray.init(
@@ -256,6 +269,7 @@ def _start_local(num_cpus: int, object_store_bytes: int | None, attempts: int = 
                 log_to_driver=False,
                 object_store_memory=object_store_bytes,
                 _node_ip_address="127.0.0.1",
+                _system_config=SYSTEM_CONFIG,
             )
             return
         except Exception as error:  # Ray raises a bare Exception when its node does not start

@@ -189,3 +189,31 @@ class TextStateCache:
         """Cached texts per scope (API key id): what a replica reports, never the texts themselves."""
         with self._lock:
             return {scope: len(entries) for scope, entries in self._scopes.items()}
+
+
+class StateBudget:
+    """Bytes of text states the running jobs may hold at once, all together (``--job-state-mb``).
+
+    A job takes its next window of texts from what is free and gives it back when the window's rows
+    are done (or the job stops). A window always holds at least one text, so a job never waits:
+    with many jobs competing the total may pass the budget by at most one text per job.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+        self.peak = 0  # the most held at once: what the memory test and metrics read
+        self._lock = threading.Lock()
+
+    def free(self) -> int:
+        with self._lock:
+            return max(0, self.max_bytes - self.held)
+
+    def take(self, size: int) -> None:
+        with self._lock:
+            self.held += size
+            self.peak = max(self.peak, self.held)
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size

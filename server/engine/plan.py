@@ -7,12 +7,14 @@ padding and cache misses (see benchmarks/throughput.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from cbpt.server.engine.prepare import Prepared
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,6 +47,26 @@ def plan_rows(
     return rows
 
 
+def padded_batches(
+    items: Sequence[T], width: Callable[[T], int], max_rows: int, max_tokens: int
+) -> list[list[T]]:
+    """Consecutive runs of ``items`` of at most ``max_rows`` items and ``max_tokens`` padded tokens
+    (items x the widest); an item wider than ``max_tokens`` goes alone. What bounds one step's cost."""
+    batches: list[list[T]] = []
+    current: list[T] = []
+    widest = 0
+    for item in items:
+        grown = max(widest, width(item))
+        if current and (len(current) >= max_rows or (len(current) + 1) * grown > max_tokens):
+            batches.append(current)
+            current, grown = [], width(item)
+        current.append(item)
+        widest = grown
+    if current:
+        batches.append(current)
+    return batches
+
+
 def length_sorted_chunks(
     rows: list[Row],
     max_rows: int,
@@ -57,20 +79,7 @@ def length_sorted_chunks(
 
     ``sort=False`` keeps request order; it exists so the benchmark can show what sorting buys.
     """
-    ordered = sorted(rows, key=width) if sort else rows
-    chunks: list[list[Row]] = []
-    current: list[Row] = []
-    widest = 0
-    for row in ordered:
-        grown = max(widest, width(row))
-        if current and (len(current) >= max_rows or (len(current) + 1) * grown > max_tokens):
-            chunks.append(current)
-            current, grown = [], width(row)
-        current.append(row)
-        widest = grown
-    if current:
-        chunks.append(current)
-    return chunks
+    return padded_batches(sorted(rows, key=width) if sort else rows, width, max_rows, max_tokens)
 
 
 def plan_group(

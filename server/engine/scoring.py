@@ -20,7 +20,7 @@ import torch
 
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.engine.jobs import CountJob, Outcome, ScoringJob, run_to_end
-from cbpt.server.engine.kv import TextStateCache
+from cbpt.server.engine.kv import StateBudget, TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
 from cbpt.server.engine.prepare import (
@@ -58,6 +58,7 @@ class ScoringEngine:
         token_cache_size: int = 4096,
         token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
         text_states: TextStateCache | None = None,
+        max_state_bytes: int = 256 << 20,
         reuse_text_states: bool = True,
         reuse_prefix_states: bool = True,
         sort_by_length: bool = True,
@@ -73,6 +74,7 @@ class ScoringEngine:
         self.batch_tokens = batch_tokens
         self.adapters = {adapter.name: adapter.to(bundle.device, bundle.dtype) for adapter in adapters}
         self.text_states = text_states if text_states is not None else TextStateCache()
+        self.state_budget = StateBudget(max_state_bytes)  # text states all running jobs hold at once
         self.reuse_text_states = reuse_text_states
         self.reuse_prefix_states = reuse_prefix_states
         self.sort_by_length = sort_by_length
@@ -88,6 +90,7 @@ class ScoringEngine:
             device=bundle.device,
             hidden_size=bundle.hidden_size,
             batch_sequences=batch_sequences,
+            batch_tokens=batch_tokens,
         )
         self.prepare = Preparer(
             bundle.tokenizer, self.adapters, self.limits, token_cache_size, token_cache_bytes
@@ -202,28 +205,41 @@ class ScoringEngine:
             adapters, PromptSlots.of(adapter, len(cue)), z, pooled, group, rows, texts, after_text
         )
         kind = self.strategy(adapter)
-        strategy = kind(parts, inputs, self.text_states) if kind is TextStates else kind(parts, inputs)
-        yield from strategy.setup()
-        tokens = list(strategy.tokens)
+        if kind is TextStates:
+            strategy: Strategy = TextStates(parts, inputs, self.text_states, self.state_budget)
+        else:
+            strategy = kind(parts, inputs)
+        tokens = [0] * len(group)
         scores = [
             torch.full((len(p.candidates), len(p.encoded.texts), max(p.choice_counts)), -torch.inf)
             for p in group
         ]
-        for planned in length_sorted_chunks(
-            rows, self.batch_sequences, self.batch_tokens, strategy.width, sort=self.sort_by_length
-        ):
-            chunk = planned if skip is None else [row for row in planned if not skip(row.owner)]
-            if not chunk:
-                continue
-            hidden, ends = strategy.forward(chunk)
-            for row in chunk:
-                tokens[row.owner] += row.length
-            if full:
-                values = read_full_choices(self._head, hidden, ends, chunk)
-            else:
-                values = read_first_tokens(self._head, hidden, ends, chunk, choices)
-            _scatter(chunk, values, offsets, scores)
-            yield len(chunk)
+        windows = strategy.windows()
+        try:  # closed at once when the job stops, so a window's states and budget go with it
+            for passes, window_rows in windows:
+                yield from passes
+                for planned in length_sorted_chunks(
+                    window_rows,
+                    self.batch_sequences,
+                    self.batch_tokens,
+                    strategy.width,
+                    sort=self.sort_by_length,
+                ):
+                    chunk = planned if skip is None else [row for row in planned if not skip(row.owner)]
+                    if not chunk:
+                        continue
+                    hidden, ends = strategy.forward(chunk)
+                    for row in chunk:
+                        tokens[row.owner] += row.length
+                    if full:
+                        values = read_full_choices(self._head, hidden, ends, chunk)
+                    else:
+                        values = read_first_tokens(self._head, hidden, ends, chunk, choices)
+                    _scatter(chunk, values, offsets, scores)
+                    yield len(chunk)
+        finally:
+            windows.close()
+        tokens = [run + cached for run, cached in zip(tokens, strategy.tokens, strict=True)]
         return [
             (owner_scores.log_softmax(dim=-1), owner_tokens)
             for owner_scores, owner_tokens in zip(scores, tokens, strict=True)

@@ -1,22 +1,28 @@
 """How a group's rows run through the model: one class per execution strategy.
 
-Every strategy answers the same questions: the passes that encode its cached states
-(``setup``, a generator that yields after each pass, so a scheduler can interleave them with
-other work), how wide a row is for planning chunks (``width``), and the forward pass of one
-chunk (``forward``: last hidden states and, per row, the position to read the choices at).
+Every strategy answers the same questions: its windows (``windows``: the passes that encode the
+cached states a run of rows needs, a generator that yields after each pass so a scheduler can
+interleave them with other work, and those rows), how wide a row is for planning chunks
+(``width``), and the forward pass of one chunk (``forward``: last hidden states and, per row, the
+position to read the choices at). Every pass, of encoding or of a chunk, is at most
+``batch_sequences`` sequences and ``batch_tokens`` padded tokens: that is what a step costs.
 Which one runs depends on the adapter alone:
 
 - ``FullSequence``: every row in full, left-padded: [pad][bos][head][soft prompt][tail].
 - ``PrefixStates``: an input-independent prefix prompt (BBT): each candidate's [bos][prompt] is
   encoded once and reused by all its examples.
 - ``TextStates``: a prompt after the text: each text's [bos][text] is encoded once per API key
-  (cached across requests) and reused by every candidate.
+  (cached across requests) and reused by every candidate. A job holds the states of one window of
+  texts at a time, sized to what the engine's ``StateBudget`` has free: its texts are encoded,
+  every candidate runs over them, they are let go, and the next window follows. Merged requests'
+  texts are encoded in shared passes, each state computed and cached under its own request's
+  scope, never another's.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,7 @@ import torch
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.engine.kv import (
     KVState,
+    StateBudget,
     TextStateCache,
     cache_layers,
     encode_left_padded,
@@ -32,11 +39,13 @@ from cbpt.server.engine.kv import (
     split_states,
     stack_left_padded,
 )
-from cbpt.server.engine.plan import Row
+from cbpt.server.engine.plan import Row, padded_batches
 from cbpt.server.engine.prepare import Prepared, Tokens
 
 Forward = tuple[torch.Tensor, torch.Tensor]  # hidden [rows, width, d], read positions [rows]
 Passes = Iterator[int]  # yields the sequences of each forward pass as it completes
+Window = tuple[Passes, list[Row]]  # the passes that encode what the rows need, then those rows
+Key = tuple[str, Tokens]  # a text state's scope (API key id) and tokens
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,17 @@ class ModelParts:
     device: torch.device
     hidden_size: int
     batch_sequences: int
+    batch_tokens: int = 8192
+
+    @property
+    def state_bytes_per_token(self) -> int:
+        """Bytes of one token's keys and values over all layers (46,080 for SmolLM2-135M in fp32)."""
+        config = self.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        element = next(self.embed.parameters()).element_size()
+        return 2 * config.num_hidden_layers * kv_heads * head_dim * element
 
 
 @dataclass(frozen=True)
@@ -103,9 +123,10 @@ class GroupInputs:
 class Strategy(ABC):
     """Runs the rows of one group (requests sharing adapter, mode and cue).
 
-    ``tokens`` holds, per request of the group, the tokens spent before any chunk (cached states
+    ``tokens`` holds, per request of the group, the tokens spent outside chunks (cached states
     computed for it); the constructor, or ``setup`` where lengths depend on cached states, sets
-    each row's ``length``. ``width`` and ``forward`` are valid once ``setup`` is exhausted.
+    each row's ``length``. ``width`` and ``forward`` are valid for a window's rows once its passes
+    are exhausted.
     """
 
     def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
@@ -118,6 +139,11 @@ class Strategy(ABC):
     def setup(self) -> Passes:
         """The passes that encode cached states, one yield per pass (none by default)."""
         return iter(())
+
+    def windows(self) -> Iterator[Window]:
+        """The group's rows in runs, each after the passes that encode what it needs: by default one
+        run of every row, after ``setup``."""
+        yield self.setup(), self.inputs.rows
 
     @abstractmethod
     def width(self, row: Row) -> int:
@@ -247,43 +273,70 @@ class PrefixStates(Strategy):
 
 
 class TextStates(Strategy):
-    """Each text's [bos][text] from the scope's cache or batched passes; the prompt and cue after it."""
+    """Each text's [bos][text] from its scope's cache or shared batched passes; the prompt and cue
+    after it. Texts go in windows of what ``budget`` has free (at least one text each)."""
 
-    def __init__(self, parts: ModelParts, inputs: GroupInputs, cache: TextStateCache) -> None:
+    def __init__(
+        self, parts: ModelParts, inputs: GroupInputs, cache: TextStateCache, budget: StateBudget | None = None
+    ) -> None:
         super().__init__(parts, inputs)
         self.cache = cache
-        self.states: list[KVState] = []
+        self.budget = budget if budget is not None else StateBudget()
+        self.states: dict[int, KVState] = {}  # the current window's, by group-wide example
         for row in inputs.rows:
             row.length = self.slots.inserted + len(row.tokens)
 
-    def setup(self) -> Passes:
-        for owner, prepared in enumerate(self.inputs.group):
-            owner_states, self.tokens[owner] = yield from self._text_states(
-                prepared.encoded.texts, prepared.scope
-            )
-            self.states += owner_states
+    def windows(self) -> Iterator[Window]:
+        parts, group = self.parts, self.inputs.group
+        # (scope, [bos][text]) of every example, group-wide; one key is one state, its scope's own.
+        keys = [(prepared.scope, parts.bos + text) for prepared in group for text in prepared.encoded.texts]
+        owners = [owner for owner, prepared in enumerate(group) for _ in prepared.encoded.texts]
+        examples: dict[Key, list[int]] = {}
+        for example in sorted(range(len(keys)), key=lambda e: (len(keys[e][1]), keys[e][1], keys[e][0])):
+            examples.setdefault(keys[example], []).append(example)
+        plan_order: dict[int, list[int]] = {}
+        for index, row in enumerate(self.inputs.rows):
+            plan_order.setdefault(row.example, []).append(index)
+        pending, per_token = list(examples), parts.state_bytes_per_token
+        while pending:  # shortest texts first, as chunks are sorted; each window sized to what is free
+            free, held, window = self.budget.free(), 0, list[Key]()
+            while pending and (not window or held + len(pending[0][1]) * per_token <= free):
+                window.append(pending.pop(0))
+                held += len(window[-1][1]) * per_token
+            self.budget.take(held)
+            try:
+                indices = sorted(
+                    i for key in window for example in examples[key] for i in plan_order[example]
+                )
+                firsts = {key: owners[examples[key][0]] for key in window}
+                yield self._encode(firsts, examples), [self.inputs.rows[i] for i in indices]
+            finally:  # the window's rows are done, or the job stopped
+                self.states = {}
+                self.budget.give(held)
 
-    def _text_states(
-        self, texts: list[Tokens], scope: str
-    ) -> Generator[int, None, tuple[list[KVState], int]]:
+    def _encode(self, firsts: dict[Key, int], examples: dict[Key, list[int]]) -> Passes:
+        """The window's states, from the cache or computed in shared passes; each charged to the first
+        request of its scope that has it, and cached under that scope."""
         parts = self.parts
-        states: list[KVState | None] = [self.cache.get(scope, parts.bos + text) for text in texts]
-        missing = sorted({text for text, state in zip(texts, states, strict=True) if state is None}, key=len)
-        computed: dict[Tokens, KVState] = {}
-        tokens = 0
-        for start in range(0, len(missing), parts.batch_sequences):
-            batch = missing[start : start + parts.batch_sequences]
-            sequences = [parts.bos + text for text in batch]
-            tokens += sum(map(len, sequences))
-            layers, mask = encode_left_padded(parts.backbone, sequences, parts.pad_id, parts.device)
-            for text, state in zip(batch, split_states(layers, mask), strict=True):
-                computed[text] = state
-                self.cache.put(scope, parts.bos + text, state)
+        self.states = {}  # the previous window's states go before this one's are computed
+        found = {key: self.cache.get(*key) for key in firsts}
+        missing = [key for key, state in found.items() if state is None]  # length-sorted already
+        for batch in padded_batches(
+            missing, lambda key: len(key[1]), parts.batch_sequences, parts.batch_tokens
+        ):
+            layers, mask = encode_left_padded(
+                parts.backbone, [key[1] for key in batch], parts.pad_id, parts.device
+            )
+            for key, state in zip(batch, split_states(layers, mask), strict=True):
+                found[key] = state
+                self.cache.put(key[0], key[1], state)
+                self.tokens[firsts[key]] += len(key[1])
+            del layers, mask
             yield len(batch)
-        result = [
-            state if state is not None else computed[text] for text, state in zip(texts, states, strict=True)
-        ]
-        return result, tokens
+        for key, state in found.items():
+            assert state is not None  # every missing state was computed above
+            for example in examples[key]:
+                self.states[example] = state
 
     def width(self, row: Row) -> int:
         return row.length + self.states[row.example].length

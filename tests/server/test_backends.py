@@ -18,7 +18,7 @@ from cbpt.server.deploy.messages import Refusal
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import BackendUnavailable, ConfigError, InvalidRequest, ServerBusy
 from cbpt.server.recipe import EngineRecipe
-from cbpt.server.settings import ServerSettings
+from cbpt.server.settings import ServerSettings, check_ray_transport
 from cbpt.server.status import error_status
 from tests.deploy.builders import DOMAINS, save_tiny_model, tiny_recipe
 from tests.server.helpers import TEXTS, candidates
@@ -69,6 +69,33 @@ def test_ray_options_need_the_ray_backend(monkeypatch: pytest.MonkeyPatch) -> No
     ServerSettings().check_backend()  # the default backend needs nothing
 
 
+@pytest.mark.parametrize("address", ["ray-head:6379", "ray://198.51.100.7:10001", "auto"])
+def test_a_ray_cluster_off_loopback_needs_rays_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, address: str
+) -> None:
+    """ "Tenants" (#22), finding 9: Ray's channels carry every call's texts, in plaintext unless Ray's
+    TLS is on; before, the front joined any cluster."""
+    for variable in ("RAY_USE_TLS", "RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "ray-head:6379")  # what "auto" then joins
+    with pytest.raises(ConfigError, match=r"texts included\) would reach the replicas in plaintext"):
+        ServerSettings(backend="ray", ray_address=address).check_backend()
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    with pytest.raises(ConfigError, match="RAY_USE_TLS is on but RAY_TLS_SERVER_CERT is unset"):
+        ServerSettings(backend="ray", ray_address=address).check_backend()
+    for variable in ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT"):
+        (tmp_path / variable).write_text("pem")
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+    check_ray_transport(address)  # with Ray's TLS on and its files readable, any address will do
+
+
+def test_a_ray_instance_on_loopback_needs_no_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for address in ("127.0.0.1:6379", "localhost:6379", "ray://127.0.0.1:10001", "[::1]:6379", "auto"):
+        check_ray_transport(address)
+
+
 def test_the_recipe_is_what_the_settings_serve(recipe: EngineRecipe) -> None:
     settings = ServerSettings(model=recipe.model, bbt_dimension=8, threads=1, max_candidates=5)
     made = settings.engine_recipe()
@@ -115,3 +142,19 @@ def test_a_generator_for_other_weights_is_refused_at_start(recipe: EngineRecipe,
     card.write_text(card.read_text().replace('"base_model_fingerprint": "', '"base_model_fingerprint": "0'))
     with pytest.raises(ModelMismatch, match="generator was built for model"):
         build_engine_on_demand(tiny_recipe(other), on_demand=True)
+
+
+def test_this_machines_own_address_needs_no_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local Ray's address is this machine's own (Ray turns 127.0.0.1 into it): nothing crosses a network."""
+    import socket
+
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        except OSError:
+            pytest.skip("no network interface besides loopback")
+        own = probe.getsockname()[0]
+    check_ray_transport(f"{own}:6379")
+    with pytest.raises(ConfigError, match="plaintext"):
+        check_ray_transport("198.51.100.250:6379")  # TEST-NET-2: documentation only, never ours

@@ -52,7 +52,7 @@ def _task(index: int) -> tuple[list[str], np.ndarray]:
     return texts, rng.integers(0, 2, len(texts))
 
 
-def tune(target: str, key: str, index: int) -> Run:
+def tune(target: str, key: str, index: int, client_class: type[TuningClient] = TuningClient) -> Run:
     """CMA-ES on this client's private labels; only candidates and texts go to the server."""
     texts, labels = _task(index)
     run = Run()
@@ -60,7 +60,7 @@ def tune(target: str, key: str, index: int) -> Run:
     with _GLOBAL_RNG:
         es = cma.CMAEvolutionStrategy(np.zeros(16), 0.5, options)  # seeds numpy's global generator
         state = np.random.get_state()
-    with TuningClient(target, api_key=key, timeout=120, max_retries=20) as client:
+    with client_class(target, api_key=key, timeout=120, max_retries=20) as client:
         for _ in range(GENERATIONS):
             with _GLOBAL_RNG:  # pycma samples from numpy's global generator: keep each client's stream
                 np.random.set_state(state)

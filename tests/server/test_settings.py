@@ -121,3 +121,16 @@ def test_the_text_state_cache_bounds_are_settings(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CBPT_TEXT_CACHE_MB", "64")
     cache = ServerSettings(text_cache_mb_per_key=16, text_cache_keys=3).text_state_cache()
     assert (cache.max_bytes_per_scope, cache.max_bytes, cache.max_scopes) == (16 << 20, 64 << 20, 3)
+
+
+def test_the_job_state_bound_is_a_setting_the_engine_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "Tenants" (#22), finding 1: the running jobs' text states are bounded in bytes, 256 MiB by default."""
+    from cbpt.server.engine import ScoringEngine
+    from cbpt.server.testing import tiny_bundle
+
+    assert ServerSettings().engine_recipe().job_state_bytes == 256 << 20
+    monkeypatch.setenv("CBPT_JOB_STATE_MB", "32")
+    recipe = ServerSettings().engine_recipe()
+    assert recipe.job_state_bytes == 32 << 20
+    engine = ScoringEngine(tiny_bundle(0), [], max_state_bytes=recipe.job_state_bytes)
+    assert engine.state_budget.max_bytes == 32 << 20
