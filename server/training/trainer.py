@@ -166,8 +166,10 @@ class GeneratorTrainer:
             self._evaluate()  # step 0: the untrained generator, i.e. zero-shot on on-cue placement
         started = time.perf_counter()
         budget = None if self.settings.max_minutes is None else self.settings.max_minutes * 60
+        stopped_by_time = False
         while self.state.step < self.settings.steps:
             if budget is not None and time.perf_counter() - started > budget:
+                stopped_by_time = True
                 break
             report = self._step()
             step = self.state.step
@@ -180,6 +182,8 @@ class GeneratorTrainer:
                 self._checkpoint()
             if on_step is not None:
                 on_step(report)
+        if stopped_by_time and self._last_dev_step() != self.state.step:
+            self._evaluate()  # a run cut short keeps its last step when that is its best so far
         self._checkpoint()
         finished = self.state.step >= self.settings.steps
         return TrainingResult(
@@ -291,6 +295,9 @@ class GeneratorTrainer:
         if state.best_dev is None or mean > state.best_dev:
             state.best_dev, state.best_step = mean, state.step
             self.generator.save(self.out, training=self._record(metrics))
+
+    def _last_dev_step(self) -> int | None:
+        return next((int(row["step"]) for row in reversed(self.state.history) if "dev" in row), None)
 
     def _last_dev(self) -> float | None:
         for row in reversed(self.state.history):

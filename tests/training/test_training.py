@@ -166,6 +166,18 @@ def test_no_text_state_outlives_its_step(domain_file: Path, tmp_path: Path) -> N
     assert trainer.engine.text_states.total_bytes == 0
 
 
+def test_a_run_stopped_by_max_minutes_scores_its_last_step(domain_file: Path, tmp_path: Path) -> None:
+    """A run cut short between evaluations still weighs what it trained: its last step is scored, and
+    written out when it is the best so far (else a time-boxed run could end on the untrained generator)."""
+    trainer = GeneratorTrainer(
+        tiny_bundle(0), load_domain(domain_file), _settings(max_minutes=1e-6), tmp_path / "o"
+    )
+    result = trainer.run()
+    assert not result.finished and 0 < trainer.state.step < trainer.settings.eval_every
+    evaluated = [row["step"] for row in trainer.state.history if "dev" in row]
+    assert evaluated == [0, trainer.state.step]
+
+
 def test_resume_with_other_settings_is_refused(domain_file: Path, tmp_path: Path) -> None:
     bundle = tiny_bundle(0)
     domain = load_domain(domain_file)
