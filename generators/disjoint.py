@@ -11,6 +11,7 @@ and ``prepared.json``: what each source kept and lost.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlap import NearDuplicates, Row, balanced_test, drop_matches, held_rows
-from sources import Reader, Source
+from sources import Reader, Source, add_arguments
 
 from cbpt.client.loaders import load_jsonl
 from cbpt.common.files import write_jsonl
@@ -137,3 +138,20 @@ def finish(
     for name, count in summary["unseen"].items():
         print(f"{name}: {count} rows for the benchmark only (all in held-out.jsonl, never trained)")
     return summary
+
+
+def command_line(
+    doc: str | None, out: Path, sources: Sequence[Source], argv: list[str] | None
+) -> tuple[argparse.Namespace, Reader]:
+    """A domain's prepare.py options (--datasets, --out, where the pinned sources come from) and its reader."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--out", type=Path, default=out)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return args, Reader(sources, args.sources, args.from_git)
+
+
+def fpb_rows(reader: Reader) -> list[Row]:
+    """Every Financial PhraseBank sentence of every agreement level, as protected rows."""
+    return [{"text": text, "source": "financial-phrasebank-50"} for text in fpb_sentences(reader)]

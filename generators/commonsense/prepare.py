@@ -21,7 +21,6 @@ held-out.jsonl (every text the domain file excludes) and prepared.json (what eac
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -31,9 +30,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from disjoint import DEFAULT_DATASETS, FPB_ALL, TEST_SIZE, Prepared, finish, fpb_sentences, shared_protected  # noqa: E402
+from disjoint import FPB_ALL, TEST_SIZE, Prepared, command_line, finish, fpb_rows, shared_protected  # noqa: E402
 from overlap import Row, cut_words, held_rows  # noqa: E402
-from sources import Reader, Source, add_arguments, run  # noqa: E402
+from sources import Reader, Source, run  # noqa: E402
 
 CSQA = "kojima-takeshi188/zero_shot_cot"
 ADAPTERS = "AGI-Edgerunners/LLM-Adapters"
@@ -207,12 +206,7 @@ def copa(reader: Reader) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
-    parser.add_argument("--out", type=Path, default=HERE / "data")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    reader = Reader(SOURCES, args.sources, args.from_git)
+    args, reader = command_line(__doc__, HERE / "data", SOURCES, argv)
     obqa, obqa_failed = adapters(reader, SOURCES[1].path)
     arc, arc_failed = adapters(reader, SOURCES[2].path, SOURCES[3].path)
     siqa, siqa_failed = adapters(reader, SOURCES[4].path)
@@ -221,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     unseen = {"piqa": piqa(reader), "copa": copa(reader)}
     protected = shared_protected(args.datasets)
-    protected += [{"text": text, "source": "financial-phrasebank-50"} for text in fpb_sentences(reader)]
+    protected += fpb_rows(reader)
     protected += held_rows(unseen["piqa"], ("goal",), "piqa") + held_rows(
         unseen["copa"], ("premise",), "copa"
     )

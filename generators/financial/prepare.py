@@ -26,7 +26,6 @@ Writes data/{fintweets,gold-sentiment,gold-comparison}.jsonl, fintweets-test.jso
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
@@ -36,9 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from disjoint import DEFAULT_DATASETS, FPB_ALL, TEST_SIZE, Prepared, finish, fpb_sentences, shared_protected  # noqa: E402
+from disjoint import FPB_ALL, TEST_SIZE, Prepared, command_line, finish, fpb_rows, shared_protected  # noqa: E402
 from overlap import Row  # noqa: E402
-from sources import Reader, Source, add_arguments, run  # noqa: E402
+from sources import Reader, Source, run  # noqa: E402
 
 TWEETS = "umaima-aman/Twee_Sentiment_Analysis-DeepLearning"
 GOLD = "TGajanan/Sentiment-Analysis-of-Commodity-News-Gold-NLP"
@@ -110,14 +109,9 @@ def gold(reader: Reader) -> tuple[list[Row], list[Row]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
-    parser.add_argument("--out", type=Path, default=HERE / "data")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    reader = Reader(SOURCES, args.sources, args.from_git)
+    args, reader = command_line(__doc__, HERE / "data", SOURCES, argv)
     protected = shared_protected(args.datasets)
-    protected += [{"text": text, "source": "financial-phrasebank-50"} for text in fpb_sentences(reader)]
+    protected += fpb_rows(reader)
     sentiment, comparison = gold(reader)
     tasks = [
         Prepared("fintweets", tweets(reader), ("text",), TWEETS, test_size=TEST_SIZE),

@@ -22,7 +22,6 @@ Writes data/{medmcqa,medqa,abstracts,covid}.jsonl, abstracts-test.jsonl, held-ou
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -32,9 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from disjoint import DEFAULT_DATASETS, FPB_ALL, TEST_SIZE, Prepared, finish, fpb_sentences, shared_protected  # noqa: E402
+from disjoint import FPB_ALL, TEST_SIZE, Prepared, command_line, finish, fpb_rows, shared_protected  # noqa: E402
 from overlap import Row, cut_words  # noqa: E402
-from sources import Reader, Source, add_arguments, run  # noqa: E402
+from sources import Reader, Source, run  # noqa: E402
 
 MEDAGENTS = "xk-huang/medagents-benchmark"
 ABSTRACTS = "sebischair/Medical-Abstracts-TC-Corpus"
@@ -173,14 +172,9 @@ def pubmedqa_copies(reader: Reader) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
-    parser.add_argument("--out", type=Path, default=HERE / "data")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    reader = Reader(SOURCES, args.sources, args.from_git)
+    args, reader = command_line(__doc__, HERE / "data", SOURCES, argv)
     protected = shared_protected(args.datasets) + pubmedqa_copies(reader)
-    protected += [{"text": text, "source": "financial-phrasebank-50"} for text in fpb_sentences(reader)]
+    protected += fpb_rows(reader)
     tasks = [
         Prepared("medmcqa", multiple_choice(reader, SOURCES[0].path), ("question",), MEDAGENTS),
         Prepared("medqa", multiple_choice(reader, SOURCES[1].path), ("question",), MEDAGENTS),
