@@ -45,12 +45,12 @@ from benchmarks.accuracy_methods import METHODS, RUNNERS, TUNED, ZMODE_PREFIX, C
 from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
-from cbpt.client.fitting import fit_examples
-from cbpt.client.sdk import TuningClient
-from cbpt.server.app import serve_in_background
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common.tasks.fitting import fit_examples
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.settings import ServerSettings
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cbpt.client.loaders import load_jsonl
-from cbpt.client.task import Examples, Task
 from cbpt.common.files import write_jsonl
+from cbpt.common.tasks.loaders import load_jsonl
+from cbpt.common.tasks.task import Examples, Task
 
 SHOTS_PER_CLASS = 16
 DEV_PER_CLASS = 8

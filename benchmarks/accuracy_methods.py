@@ -22,8 +22,11 @@ from benchmarks.accuracy_data import BenchmarkData
 from benchmarks.accuracy_report import CALIBRATED, PRIOR
 from benchmarks.white_box import WhiteBoxConfig
 from benchmarks.white_box import tune as tune_white_box
-from cbpt.client.fitting import fit_examples
-from cbpt.client.losses import (
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.results import HistoryRow
+from cbpt.client.tuning.settings import TunerSettings
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.losses import (
     accuracy,
     apply_bias,
     apply_prior,
@@ -33,11 +36,8 @@ from cbpt.client.losses import (
     metrics,
     predictions,
 )
-from cbpt.client.results import HistoryRow
-from cbpt.client.sdk import TuningClient
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Examples, Task
-from cbpt.client.tuner import Tuner
+from cbpt.common.tasks.fitting import fit_examples
+from cbpt.common.tasks.task import Examples, Task
 from cbpt.server.engine import ScoringEngine
 
 Run = dict[str, Any]

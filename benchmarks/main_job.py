@@ -25,12 +25,12 @@ import time
 import numpy as np
 
 from benchmarks.harness import ROOT, machine, write_json, write_text
-from cbpt.client.losses import accuracy, apply_bias, calibrate, predictions
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner
-from cbpt.server.app import serve_in_background
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.losses import accuracy, apply_bias, calibrate, predictions
+from cbpt.common.tasks.task import Task
 from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.model import load_model
 from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle

@@ -40,10 +40,10 @@ import numpy as np
 
 from benchmarks.harness import RESULTS, SHARED, machine, sst2_texts, write_json, write_text
 from benchmarks.scale_report import render
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.server.adapters.spec import default_specs
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.recipe import EngineRecipe
 from cbpt.server.settings import ServerSettings
 

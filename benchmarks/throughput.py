@@ -33,14 +33,14 @@ from benchmarks.harness import (
     write_text,
 )
 from benchmarks.throughput_report import render
-from cbpt.client.losses import accuracy, calibrate, compute_losses, predictions
 from cbpt.client.optimizers import make_optimizer
 from cbpt.client.optimizers.base import OptimizerConfig
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common.losses import accuracy, calibrate, compute_losses, predictions
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import default_adapters
 from cbpt.server.settings import ServerSettings

@@ -12,19 +12,19 @@ from cbpt.common.lazy import lazy_exports
 from cbpt.common.version import __version__
 
 _EXPORTS = {
-    "TuningClient": "cbpt.client.sdk",
-    "TLSConfig": "cbpt.client.sdk",
-    "ServerInfo": "cbpt.client.info",
-    "Task": "cbpt.client.task",
-    "TaskFormat": "cbpt.client.task",
-    "Tuner": "cbpt.client.tuner",
-    "TunerSettings": "cbpt.client.settings",
-    "Candidate": "cbpt.client.results",
+    "TuningClient": "cbpt.client.rpc.sdk",
+    "TLSConfig": "cbpt.client.rpc.sdk",
+    "ServerInfo": "cbpt.common.info",
+    "Task": "cbpt.common.tasks.task",
+    "TaskFormat": "cbpt.common.tasks.task",
+    "Tuner": "cbpt.client.tuning.tuner",
+    "TunerSettings": "cbpt.client.tuning.settings",
+    "Candidate": "cbpt.client.tuning.results",
     "Choices": "cbpt.common.choices",
-    "TuningResult": "cbpt.client.results",
-    "HistoryRow": "cbpt.client.results",
-    "load_tuned": "cbpt.client.artifacts",
-    "save_tuned": "cbpt.client.artifacts",
+    "TuningResult": "cbpt.client.tuning.results",
+    "HistoryRow": "cbpt.client.tuning.results",
+    "load_tuned": "cbpt.client.files.artifacts",
+    "save_tuned": "cbpt.client.files.artifacts",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

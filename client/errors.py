@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cbpt.common.errors import CbptError, CbptWarning
+from cbpt.common.errors import NotSupported as _NotSupported
+
+# Shared with the server's training (the task format is common code): declared in cbpt.common.errors.
+from cbpt.common.errors import TaskError as TaskError
+from cbpt.common.errors import TunerWarning as TunerWarning
 
 
 class ClientError(CbptError):
     """Base class of every error the client raises on purpose."""
-
-
-class TaskError(ClientError, ValueError):
-    """A task file or data file the client cannot use (missing file, field, label, ...)."""
 
 
 class ServerUnavailable(ClientError, ConnectionError):
@@ -64,7 +65,7 @@ class ServerFailure(ClientError, RuntimeError):
     """The server failed in a way the client cannot fix (INTERNAL, UNIMPLEMENTED, ...)."""
 
 
-class NotSupported(ServerFailure):
+class NotSupported(ServerFailure, _NotSupported):
     """The server does not offer the call (UNIMPLEMENTED): an older server, e.g. without CountTokens."""
 
 
@@ -99,7 +100,3 @@ class ArtifactWarning(ClientWarning):
 
 class KeyWarning(ClientWarning):
     """A key file other users can read: it still opens, but it no longer protects much."""
-
-
-class TunerWarning(ClientWarning):
-    """A tuning run went on, but not exactly as asked (e.g. losses the optimizer could not take as they were)."""

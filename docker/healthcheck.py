@@ -1,6 +1,6 @@
 """Container health probe: asks the server's grpc.health.v1 service; exit 0 only when SERVING.
 
-Runs in the server image (``cbpt.server.probe`` needs the [server] extra's grpcio-health-checking).
+Runs in the server image (``cbpt.server.front.probe`` needs the [server] extra's grpcio-health-checking).
 Health stays outside API key auth, so the probe needs the CA (and a client certificate only under mTLS).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from cbpt.server.probe import channel_to, check
+from cbpt.server.front.probe import channel_to, check
 
 
 def main(argv: list[str] | None = None) -> int:

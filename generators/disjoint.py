@@ -21,8 +21,8 @@ from pathlib import Path
 from overlap import NearDuplicates, Row, balanced_test, drop_matches, held_rows
 from sources import Reader, Source, add_arguments
 
-from cbpt.client.loaders import load_jsonl
 from cbpt.common.files import write_jsonl
+from cbpt.common.tasks.loaders import load_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = ROOT.parent / "shared" / "datasets"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from cbpt.common.net import free_port
-from cbpt.server.probe import channel_to, wait_until_serving
+from cbpt.server.front.probe import channel_to, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -216,8 +216,8 @@ def serve(
 ) -> None:
     """Serve the Tuning service until SIGTERM/SIGINT, then drain gracefully."""
     flags = dict(locals())
-    from cbpt.server.app import serve as run_server
-    from cbpt.server.keys import KeyStore
+    from cbpt.server.front.app import serve as run_server
+    from cbpt.server.front.keys import KeyStore
     from cbpt.server.logs import configure_logging
 
     with _one_line_errors():
@@ -250,7 +250,7 @@ def gen_certs(
 ) -> None:
     """Write a development CA, a server certificate and optionally a client certificate into --out,
     and the CA key outside it (--out is what a deployment mounts as secrets)."""
-    from cbpt.server.certs import generate_dev_certificates
+    from cbpt.server.front.certs import generate_dev_certificates
 
     with _one_line_errors():
         names = [h.strip() for h in hosts.split(",") if h.strip()]
@@ -272,7 +272,7 @@ def client_cert(
     force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
 ) -> None:
     """Issue one more client certificate from the development CA: NAME.pem and NAME-key.pem in --out."""
-    from cbpt.server.certs import issue_client_certificate
+    from cbpt.server.front.certs import issue_client_certificate
 
     with _one_line_errors():
         key_path = ca_key if ca_key is not None else out.parent / f"{out.name}-ca-key.pem"
@@ -304,8 +304,8 @@ def add_key(
     """Create an API key, store only its hash, and print the key once (a running server picks it up);
     with --certificate, an entry that a client certificate opens, and no key."""
     from cbpt.server.errors import KeyFileError
-    from cbpt.server.keys import add_certificate, parse_expiry
-    from cbpt.server.keys import add_key as store_key
+    from cbpt.server.front.keys import add_certificate, parse_expiry
+    from cbpt.server.front.keys import add_key as store_key
 
     with _one_line_errors():
         try:

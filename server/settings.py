@@ -20,8 +20,8 @@ from cbpt.common.net import is_loopback_host, is_this_host, target_host
 from cbpt.server.adapters.spec import AdapterSpec, served_specs
 from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
-from cbpt.server.merging import MergeSettings
 from cbpt.server.recipe import EngineRecipe
+from cbpt.server.scheduling.merging import MergeSettings
 
 if TYPE_CHECKING:  # settings validate before the model loads: no torch at import
     from cbpt.server.engine.kv import TextStateCache

@@ -90,7 +90,7 @@ def test_healthcheck_speaks_grpc_health_over_tls(compose: dict) -> None:
     assert "--plaintext" not in test
     source = HEALTHCHECK.read_text()
     assert (
-        "from cbpt.server.probe import" in source
+        "from cbpt.server.front.probe import" in source
     )  # grpc.health.v1 over TLS: tests/server/test_healthcheck.py
     assert "COPY docker/healthcheck.py /app/docker/healthcheck.py" in DOCKERFILE.read_text()
 

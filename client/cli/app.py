@@ -16,8 +16,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from cbpt.client.cli.options import Command, R
-from cbpt.client.errors import ArtifactError, ClientError, ConfigError, TaskError
+from cbpt.client.errors import ArtifactError, ConfigError, TaskError
 from cbpt.common.cli import version_option
+from cbpt.common.errors import CbptError
 
 app = typer.Typer(
     name="cbpt",
@@ -73,7 +74,7 @@ def friendly_errors(command: Command[R]) -> Command[R]:
             return command(*args, **kwargs)
         except USAGE_ERRORS as error:
             fail(error, EXIT_INPUT)
-        except ClientError as error:
+        except CbptError as error:  # client errors, and the task format's (common)
             fail(error, EXIT_FAILURE)
 
     return wrapper

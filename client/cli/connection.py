@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cbpt.client.cli.options import Command, R, dataclass_options, flag, option_group
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 # What a resume command repeats: TLS choices (a secret like the API key stays in the environment).

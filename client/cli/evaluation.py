@@ -21,8 +21,8 @@ from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
 from cbpt.client.cli.scoring import Scored, resolve_inputs, score
 from cbpt.client.errors import TaskError
-from cbpt.client.losses import calibrate, metrics
 from cbpt.common.files import write_atomic
+from cbpt.common.losses import calibrate, metrics
 
 NoVerify = Annotated[
     bool,

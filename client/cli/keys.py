@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cbpt.client.cli.options import Command, R, dataclass_options, option_group
-from cbpt.client.crypto import KeySpec, SecretKey
+from cbpt.client.files.crypto import KeySpec, SecretKey
 
 
 @dataclass(frozen=True)

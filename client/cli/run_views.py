@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.errors import ArtifactError
-from cbpt.client.runs import RunSummary, find_runs
+from cbpt.client.tuning.runs import RunSummary, find_runs
 
 _BARS = "▁▂▃▄▅▆▇█"
 

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from cbpt.client.artifacts import TunedTask, load_tuned, read_card, read_task_format
-from cbpt.client.batches import predict_in_batches
-from cbpt.client.crypto import KeySpec
+from cbpt.client.cli.progress import RowsProgress
 from cbpt.client.errors import ConfigError, TaskError
-from cbpt.client.fitting import fit_examples
-from cbpt.client.loaders import Row, read_rows
-from cbpt.client.progress import RowsProgress
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Examples, Task, TaskFormat
+from cbpt.client.files.artifacts import TunedTask, load_tuned, read_card, read_task_format
+from cbpt.client.files.crypto import KeySpec
+from cbpt.client.rpc.batches import predict_in_batches
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common.tasks.fitting import fit_examples
+from cbpt.common.tasks.loaders import Row, read_rows
+from cbpt.common.tasks.task import Examples, Task, TaskFormat
 
 
 @dataclass(frozen=True)

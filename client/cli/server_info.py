@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
-from cbpt.client.info import ServerInfo
+from cbpt.common.info import ServerInfo
 
 
 def info_document(server: str, details: ServerInfo) -> dict[str, Any]:

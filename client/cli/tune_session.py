@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 from rich.console import Console
 
-from cbpt.client.auto import AUTO, AutoChoice, choose_generator
 from cbpt.client.cli.app import (
     EXIT_FAILURE,
     EXIT_INPUT,
@@ -33,14 +32,16 @@ from cbpt.client.cli.app import (
 from cbpt.client.cli.connection import Connection
 from cbpt.client.cli.keys import KeySource
 from cbpt.client.cli.options import flag
-from cbpt.client.errors import CheckpointError, ClientError
-from cbpt.client.results import HistoryRow, TuningResult
-from cbpt.client.runs import CHECKPOINT_FILE, RunRecorder
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Task
+from cbpt.client.errors import CheckpointError
+from cbpt.client.tuning.auto import AUTO, AutoChoice, choose_generator
+from cbpt.client.tuning.results import HistoryRow, TuningResult
+from cbpt.client.tuning.runs import CHECKPOINT_FILE, RunRecorder
+from cbpt.client.tuning.settings import TunerSettings
+from cbpt.common.errors import CbptError
+from cbpt.common.tasks.task import Task
 
 if TYPE_CHECKING:
-    from cbpt.client.tuner import Tuner
+    from cbpt.client.tuning.tuner import Tuner
 
 
 class Terminated(KeyboardInterrupt):
@@ -127,8 +128,8 @@ def run_in_folder(
 ) -> tuple[TuningResult, list[str], AutoChoice | None]:
     """Tune ``request`` into its folder; return the result, notes (e.g. a skipped plot) and, with
     ``--adapter auto``, the generator chosen (its calls are in the result's ``calls_used``)."""
-    from cbpt.client.progress import TuningProgress  # rich progress; only this command needs it
-    from cbpt.client.tuner import Tuner
+    from cbpt.client.cli.progress import TuningProgress  # rich progress; only this command needs it
+    from cbpt.client.tuning.tuner import Tuner
 
     key = request.keys.key()
     recorder = RunRecorder(request.out, request.task.format_only(), encrypt=request.encrypt_vector, key=key)
@@ -208,11 +209,11 @@ def _leave(
             raise typer.Exit(code) from None
         raise error
     done = 0
-    with contextlib.suppress(ClientError):
+    with contextlib.suppress(CbptError):
         so_far = tuner.result_so_far()
         done = len(so_far.history)
         recorder.interrupted(so_far)
-    if isinstance(error, ClientError):
+    if isinstance(error, CbptError):
         typer.echo(f"error: {one_line(error)}", err=True)
         code = EXIT_INPUT if isinstance(error, USAGE_ERRORS) else EXIT_FAILURE
     elif interrupted:
@@ -230,6 +231,6 @@ def _leave(
     ]
     if secrets:
         typer.echo(f"(secrets are not repeated: set {' and '.join(secrets)} in the environment)", err=True)
-    if not (interrupted or isinstance(error, ClientError)):
+    if not (interrupted or isinstance(error, CbptError)):
         raise error  # a bug: its traceback follows the resume command
     raise typer.Exit(code) from None

@@ -19,16 +19,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cbpt.client.auto import AutoChoice
 from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
 from cbpt.client.cli.options import flag, option_group
 from cbpt.client.cli.tune_session import RunRequest, check_folder, resume_command, run_in_folder
 from cbpt.client.errors import ConfigError
-from cbpt.client.results import TuningResult
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Task
+from cbpt.client.tuning.auto import AutoChoice
+from cbpt.client.tuning.results import TuningResult
+from cbpt.client.tuning.settings import TunerSettings
+from cbpt.common.tasks.task import Task
 
 # The help of each setting's option; the names, types and defaults are TunerSettings' own. The
 # optimizer's ``seed`` is not among them: --seed, --shots-seed and --optimizer-seed set it.

@@ -21,8 +21,8 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-from cbpt.client.loaders import load_jsonl
 from cbpt.common.files import write_jsonl
+from cbpt.common.tasks.loaders import load_jsonl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -36,13 +36,13 @@ from ray.serve.exceptions import (
     RequestCancelledError,
 )
 
-from cbpt.server.backends import Reason, ScoringBackend
 from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStats, Served
 from cbpt.server.deploy.replica import EngineReplica, ReplicaOptions
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import BackendUnavailable, ServerBusy, ServerShuttingDown
 from cbpt.server.logs import route_library_loggers
 from cbpt.server.recipe import EngineRecipe
+from cbpt.server.scheduling.backends import Reason, ScoringBackend
 
 if TYPE_CHECKING:
     from cbpt.server.settings import ServerSettings

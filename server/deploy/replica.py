@@ -30,9 +30,9 @@ from cbpt.server.deploy.generators import LoadedGenerator, build_engine_on_deman
 from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStats, Served
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import InvalidRequest, QuotaExceeded, UnknownAdapter
-from cbpt.server.merging import MergeSettings
 from cbpt.server.recipe import EngineRecipe
-from cbpt.server.scheduler import Scheduler
+from cbpt.server.scheduling.merging import MergeSettings
+from cbpt.server.scheduling.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from cbpt.server.engine.jobs import CountJob, ScoringJob

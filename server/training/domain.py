@@ -32,10 +32,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cbpt.client.errors import TaskError
-from cbpt.client.loaders import read_rows
-from cbpt.client.task import Examples, TaskFormat
+from cbpt.common.errors import TaskError
 from cbpt.common.files import file_sha256
+from cbpt.common.tasks.loaders import read_rows
+from cbpt.common.tasks.task import Examples, TaskFormat
 from cbpt.server.errors import ConfigError
 
 _FORMAT_FIELDS = tuple(TaskFormat.model_fields)

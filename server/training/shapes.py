@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cbpt.client.errors import TaskError
-from cbpt.client.fitting import fit_examples
-from cbpt.client.info import ServerInfo, ServerLimits
-from cbpt.client.task_format import Examples
+from cbpt.common.errors import TaskError
+from cbpt.common.info import ServerInfo, ServerLimits
+from cbpt.common.tasks.fitting import fit_examples
+from cbpt.common.tasks.task_format import Examples
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
 from cbpt.server.errors import ConfigError

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cbpt.client.losses import accuracy, macro_f1, predictions
 from cbpt.common.files import write_atomic
+from cbpt.common.losses import accuracy, macro_f1, predictions
 from cbpt.common.version import __version__
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 from tests.client.helpers import TaskFactory, write_task
 
 
@@ -42,7 +42,7 @@ def make_task(tmp_path: Path) -> TaskFactory:
 
 # -- real loopback servers (need the [server] extra) ------------------------------------------------
 def _serve(engine: Any, **settings: Any) -> Iterator[str]:
-    app = pytest.importorskip("cbpt.server.app")
+    app = pytest.importorskip("cbpt.server.front.app")
     from cbpt.server.settings import ServerSettings
 
     values = {
@@ -89,7 +89,7 @@ def other_model_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def auth_server(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
     """(target, a valid key, a rate-limited key with 2 requests a minute)."""
-    auth = pytest.importorskip("cbpt.server.keys")
+    auth = pytest.importorskip("cbpt.server.front.keys")
     keys = tmp_path_factory.mktemp("apikeys") / "keys.json"
     good = auth.add_key(keys, "alice")
     slow = auth.add_key(keys, "bob", requests_per_minute=2)

@@ -12,11 +12,11 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from cbpt.client.artifacts import ArtifactError, load_tuned, save_tuned
 from cbpt.client.errors import ArtifactError as ArtifactErrorInErrors
 from cbpt.client.errors import ArtifactModified, ArtifactWarning, CheckpointError
-from cbpt.client.results import HistoryRow, TuningResult
-from cbpt.client.task import TaskFormat
+from cbpt.client.files.artifacts import ArtifactError, load_tuned, save_tuned
+from cbpt.client.tuning.results import HistoryRow, TuningResult
+from cbpt.common.tasks.task import TaskFormat
 
 FORMAT = TaskFormat(template="Review: {text}\nSentiment:", choices={"neg": " negative", "pos": " positive"})
 
@@ -185,7 +185,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.client.test_artifacts import FORMAT, _result
-from cbpt.client.artifacts import save_tuned
+from cbpt.client.files.artifacts import save_tuned
 save_tuned(Path(sys.argv[1]), _result(), FORMAT)
 """
 

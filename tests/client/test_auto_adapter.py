@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cbpt.client.auto import choose_generator
 from cbpt.client.cli import app
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.auto import choose_generator
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import write_task
 from tests.client.test_privacy import RequestRecorder
 
@@ -39,8 +39,8 @@ def _rows(count: int, seed: int) -> list[dict[str, str]]:
 def generators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server with cbp-good (trained on the toy sentiment domain) and cbp-plain (untrained: zero-shot)."""
     from cbpt.server.adapters import AdapterSpec, build_adapters
-    from cbpt.server.app import serve_in_background
     from cbpt.server.engine import ScoringEngine
+    from cbpt.server.front.app import serve_in_background
     from cbpt.server.training.domain import load_domain
     from cbpt.server.training.trainer import GeneratorTrainer
     from tests.training.helpers import settings, write_domain
@@ -141,7 +141,7 @@ def test_auto_without_a_dev_split_or_a_generator_is_a_clear_error(generators: st
     short = runner.invoke(app, ["tune", str(_task(tmp_path / "b")), "--server", generators, "--out",
                                 str(tmp_path / "b-out"), "--adapter", "auto", "--budget", "5", "--popsize", "4"])  # fmt: skip
     assert "--budget 5: --adapter auto spends 2 calls choosing, which leaves 3" in short.output
-    from cbpt.server.app import serve_in_background
+    from cbpt.server.front.app import serve_in_background
 
     with serve_in_background(testing.tiny_engine(with_cbp=False)) as plain_server:  # none and BBT only
         result = runner.invoke(app, ["tune", str(_task(tmp_path / "c")), "--server", plain_server, "--out",

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbpt.client.checkpoint import (
+from cbpt.client.errors import CheckpointError, KeyWarning
+from cbpt.client.files.crypto import SecretKey, resolve_key, unseal
+from cbpt.client.optimizers import GenerationRecord
+from cbpt.client.tuning.checkpoint import (
     FORMAT_VERSION,
     MAGIC,
     Checkpoint,
@@ -19,10 +22,7 @@ from cbpt.client.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from cbpt.client.crypto import SecretKey, resolve_key, unseal
-from cbpt.client.errors import CheckpointError, KeyWarning
-from cbpt.client.optimizers import GenerationRecord
-from cbpt.client.results import Candidate
+from cbpt.client.tuning.results import Candidate
 from cbpt.common.errors import CbptWarning
 
 
@@ -182,9 +182,9 @@ def test_an_old_best_entry_loads_and_is_written_back_unchanged() -> None:
 
 
 def test_the_tuner_writes_the_best_entry_in_the_old_shape(server: str, make_task, tmp_path: Path) -> None:
-    from cbpt.client.sdk import TuningClient
-    from cbpt.client.task import Task
-    from cbpt.client.tuner import Tuner
+    from cbpt.client.rpc.sdk import TuningClient
+    from cbpt.client.tuning.tuner import Tuner
+    from cbpt.common.tasks.task import Task
 
     path = tmp_path / "run.cbpt"
     with TuningClient(server) as client:

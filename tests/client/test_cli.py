@@ -11,14 +11,14 @@ import typer
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from cbpt.client import progress as progress_module
 from cbpt.client.cli import app
+from cbpt.client.cli import progress as progress_module
 from cbpt.client.cli.connection import Connection
 from cbpt.client.cli.keys import KeySource
 from cbpt.client.cli.tune_session import RunRequest, resume_command
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Task
+from cbpt.client.tuning.settings import TunerSettings
 from cbpt.common.net import free_port
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 runner = CliRunner()

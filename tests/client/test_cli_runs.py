@@ -12,9 +12,9 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from cbpt.client import progress as progress_module
-from cbpt.client.artifacts import load_tuned
 from cbpt.client.cli import app
+from cbpt.client.cli import progress as progress_module
+from cbpt.client.files.artifacts import load_tuned
 from tests.client.helpers import TaskFactory
 
 runner = CliRunner()

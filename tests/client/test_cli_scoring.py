@@ -12,14 +12,14 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from cbpt.client import progress as progress_module
-from cbpt.client.batches import predict_in_batches
 from cbpt.client.cli import app
+from cbpt.client.cli import progress as progress_module
 from cbpt.client.cli import scoring as cli_scoring
-from cbpt.client.losses import calibrate, metrics
-from cbpt.client.progress import RowsProgress
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
+from cbpt.client.cli.progress import RowsProgress
+from cbpt.client.rpc.batches import predict_in_batches
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common.losses import calibrate, metrics
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 runner = CliRunner()

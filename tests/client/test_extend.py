@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbpt.client.checkpoint import load_checkpoint
 from cbpt.client.errors import CheckpointError
-from cbpt.client.results import HistoryRow
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.checkpoint import load_checkpoint
+from cbpt.client.tuning.results import HistoryRow
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import TaskFactory
 
 TIMING = ("wall_seconds", "elapsed_seconds")

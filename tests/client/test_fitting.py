@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from cbpt.client.cli import app
 from cbpt.client.errors import TaskError
-from cbpt.client.fitting import fit_examples
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
-from cbpt.client.task_format import TaskFormat
-from cbpt.client.tuner import Tuner
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.tasks.fitting import fit_examples
+from cbpt.common.tasks.task import Task
+from cbpt.common.tasks.task_format import TaskFormat
 from tests.client.helpers import TaskFactory, labelled_rows
 
 TOKENS, CHARS = 24, 400
@@ -27,8 +27,8 @@ runner = CliRunner()
 def short_server() -> Iterator[str]:
     """The tiny model behind a 24-token, 400-character text limit."""
     testing = pytest.importorskip("cbpt.server.testing")
-    from cbpt.server.app import serve_in_background
     from cbpt.server.engine.limits import Limits
+    from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 
     engine = testing.tiny_engine(limits=Limits(max_text_tokens=TOKENS, max_text_chars=CHARS))
@@ -135,8 +135,8 @@ def test_a_resume_must_fit_the_texts_as_the_run_did(
     """Truncated texts depend on the server's limit: a resume against another limit is refused."""
     testing = pytest.importorskip("cbpt.server.testing")
     from cbpt.client.errors import CheckpointError
-    from cbpt.server.app import serve_in_background
     from cbpt.server.engine.limits import Limits
+    from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 
     task = Task.from_file(make_task(rows=_long_rows(), shots=12, dev=0, truncate="end"))

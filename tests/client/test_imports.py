@@ -8,8 +8,8 @@ import sys
 
 def test_client_never_imports_torch() -> None:
     code = (
-        "import cbpt.client.cli, cbpt.client.sdk, cbpt.client.tuner, cbpt.client.artifacts, "
-        "cbpt.client.checkpoint, cbpt.client.optimizers; import sys; "
+        "import cbpt.client.cli, cbpt.client.rpc.sdk, cbpt.client.tuning.tuner, cbpt.client.files.artifacts, "
+        "cbpt.client.tuning.checkpoint, cbpt.client.optimizers; import sys; "
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

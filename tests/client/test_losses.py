@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbpt.client.losses import (
+from cbpt.common.losses import (
     accuracy,
     apply_bias,
     calibrate,
@@ -95,7 +95,7 @@ def test_metrics_match_hand_counts() -> None:
 
 
 def test_prior_correction_moves_decisions_towards_the_users_class_mix() -> None:
-    from cbpt.client.losses import apply_prior
+    from cbpt.common.losses import apply_prior
 
     balanced = np.log(np.array([[0.45, 0.55], [0.6, 0.4], [0.52, 0.48]]))
     corrected = apply_prior(balanced, np.array([0.8, 0.2]))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import grpc
 
-from cbpt.client.artifacts import load_tuned, save_tuned
-from cbpt.client.checkpoint import load_checkpoint
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner
+from cbpt.client.files.artifacts import load_tuned, save_tuned
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.checkpoint import load_checkpoint
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import LABELS, TaskFactory
 
 

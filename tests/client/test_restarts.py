@@ -16,10 +16,10 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from cbpt.client import progress as progress_module
 from cbpt.client.cli import app
+from cbpt.client.cli import progress as progress_module
 from cbpt.client.errors import ServerUnavailable
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.common.net import free_port
 from tests.client.helpers import TaskFactory
 
@@ -43,7 +43,7 @@ def _resume_words(output: str) -> list[str]:
 
 
 def test_unavailable_is_retried_for_the_window_once_the_server_has_answered(engine) -> None:
-    from cbpt.server.app import BackgroundServer
+    from cbpt.server.front.app import BackgroundServer
     from cbpt.server.settings import ServerSettings
 
     port = free_port()
@@ -93,7 +93,7 @@ class ServerProcess:
         self.port = port
 
     def wait_until_serving(self) -> None:
-        from cbpt.server.probe import wait_until_serving
+        from cbpt.server.front.probe import wait_until_serving
 
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             wait_until_serving(channel, 120, service="", alive=lambda: self.process.poll() is None)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from cbpt.client.errors import ClientError
-from cbpt.client.losses import accuracy, apply_bias, predictions
-from cbpt.client.results import HistoryRow, TuningResult
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.results import HistoryRow, TuningResult
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.losses import accuracy, apply_bias, predictions
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import TaskFactory
 
 

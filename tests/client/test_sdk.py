@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cbpt.client.errors import AuthError, ClientError, QuotaExceeded, RequestRejected, ServerUnavailable
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.common.net import free_port, is_loopback_target
 
 TEXTS = [
@@ -87,7 +87,7 @@ def test_unreachable_server_fails_after_retries() -> None:
 
 
 def test_retry_succeeds_once_the_server_is_up(engine) -> None:
-    from cbpt.server.app import BackgroundServer
+    from cbpt.server.front.app import BackgroundServer
     from cbpt.server.settings import ServerSettings
 
     port = free_port()
@@ -152,8 +152,8 @@ def test_no_plaintext_key_to_remote_hosts() -> None:
 
 
 def test_tls_and_mutual_tls(engine, tmp_path: Path) -> None:
-    certs_module = pytest.importorskip("cbpt.server.certs")
-    from cbpt.server.app import serve_in_background
+    certs_module = pytest.importorskip("cbpt.server.front.certs")
+    from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 
     certs = certs_module.generate_dev_certificates(
@@ -186,7 +186,7 @@ def test_tls_and_mutual_tls(engine, tmp_path: Path) -> None:
 def test_budget_used_is_what_the_server_charged(tmp_path: Path) -> None:
     """The server's budgets count candidates x examples (x choices in full-choice mode); the client's
     ``stats.budget_used`` counts the same, split or not, so what it shows matches the provider's books."""
-    keys_module = pytest.importorskip("cbpt.server.keys")
+    keys_module = pytest.importorskip("cbpt.server.front.keys")
     from cbpt.server.engine.limits import Limits
     from cbpt.server.testing import tiny_engine
     from tests.client.conftest import _serve

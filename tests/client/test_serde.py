@@ -8,14 +8,16 @@ import grpc
 import numpy as np
 import pytest
 
-from cbpt.client import scoring, sdk, serde, task_format
 from cbpt.client.errors import ClientError, RequestRejected
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc import sdk, serde
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.common.choices import Choices
+from cbpt.common.tasks import scoring, task_format
 from cbpt.common.wire import pack_floats
 from cbpt.v1 import tuning_pb2
 
 CLIENT = Path(__file__).resolve().parents[2] / "client"
+COMMON = CLIENT.parent / "common"
 
 
 def _on_the_wire(request: tuning_pb2.EvaluateRequest) -> tuning_pb2.EvaluateRequest:
@@ -124,5 +126,5 @@ def test_request_sizes_match_the_requests() -> None:
 def test_one_spelling_of_the_scoring_modes() -> None:
     assert sdk.ScoringModeName is task_format.ScoringModeName is scoring.ScoringModeName
     assert scoring.SCORING_MODES == ("first_token", "full_choice")
-    sources = [path.read_text(encoding="utf-8") for path in CLIENT.rglob("*.py")]
+    sources = [path.read_text(encoding="utf-8") for folder in (CLIENT, COMMON) for path in folder.rglob("*.py")]
     assert sum(source.count('Literal["first_token", "full_choice"]') for source in sources) == 1

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from cbpt.client.errors import ConfigError, TunerWarning
-from cbpt.client.sdk import TuningClient
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.settings import TunerSettings
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import TaskFactory
 
 # The keys of a checkpoint's config and of task.json's "settings", in the order earlier clients wrote them.

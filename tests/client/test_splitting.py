@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from cbpt.client.errors import RequestRejected
-from cbpt.client.info import ServerLimits
-from cbpt.client.splitting import Workload, plan_chunks
+from cbpt.client.rpc.splitting import Workload, plan_chunks
+from cbpt.common.info import ServerLimits
 
 
 def _work(
@@ -74,7 +74,7 @@ def test_an_example_too_large_alone_is_named() -> None:
 
 
 def test_text_parts_respect_the_count_and_the_byte_limit() -> None:
-    from cbpt.client.splitting import text_parts
+    from cbpt.client.rpc.splitting import text_parts
 
     assert text_parts([10] * 7, 3, 0) == [slice(0, 3), slice(3, 6), slice(6, 7)]
     assert text_parts([10] * 7, 0, 64 + 25) == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 7)]
@@ -83,7 +83,7 @@ def test_text_parts_respect_the_count_and_the_byte_limit() -> None:
 
 
 def test_count_tokens_splits_to_the_servers_limits(client, limited_server: str) -> None:
-    from cbpt.client.sdk import TuningClient
+    from cbpt.client.rpc.sdk import TuningClient
 
     texts = [f"Review: film number {i}" for i in range(12)]  # max_examples 5 on the limited server
     with TuningClient(limited_server) as limited:

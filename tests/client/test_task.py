@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from cbpt.client.errors import TaskError
-from cbpt.client.loaders import LOADERS, register_loader
-from cbpt.client.task import Task, TaskFormat
 from cbpt.common.choices import Choices
 from cbpt.common.registry import DuplicateName
+from cbpt.common.tasks.loaders import LOADERS, register_loader
+from cbpt.common.tasks.task import Task, TaskFormat
 from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
 
 
@@ -148,7 +148,7 @@ def test_bundled_example_tasks_load(name: str) -> None:
 
 
 def test_template_cue_is_split_after_the_last_field():
-    from cbpt.client.task import split_cue
+    from cbpt.common.tasks.task import split_cue
 
     assert split_cue("Tweet: {text}\nSentiment:") == ("Tweet: {text}", "\nSentiment:")
     assert split_cue("{question}\n{context}") == ("{question}\n{context}", "")

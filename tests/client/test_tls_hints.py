@@ -16,8 +16,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tls_server(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
     """(target, its CA, an unrelated CA)."""
-    certs = pytest.importorskip("cbpt.server.certs")
-    from cbpt.server.app import serve_in_background
+    certs = pytest.importorskip("cbpt.server.front.certs")
+    from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 
     folder = tmp_path_factory.mktemp("tls")

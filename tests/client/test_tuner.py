@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbpt.client.artifacts import load_tuned, save_tuned
-from cbpt.client.checkpoint import load_checkpoint
 from cbpt.client.errors import CheckpointError, ConfigError, FingerprintMismatch, TunerWarning
-from cbpt.client.losses import LOSSES, accuracy, apply_bias, compute_losses, cross_entropy, predictions
-from cbpt.client.results import HistoryRow, TuningResult
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner, clip_losses
+from cbpt.client.files.artifacts import load_tuned, save_tuned
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.checkpoint import load_checkpoint
+from cbpt.client.tuning.results import HistoryRow, TuningResult
+from cbpt.client.tuning.tuner import Tuner, clip_losses
 from cbpt.common.errors import CbptWarning
+from cbpt.common.losses import LOSSES, accuracy, apply_bias, compute_losses, cross_entropy, predictions
+from cbpt.common.tasks.task import Task
 from tests.client.helpers import TaskFactory, write_jsonl
 
 TIMING = ("wall_seconds", "elapsed_seconds")

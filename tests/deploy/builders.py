@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cbpt.client.task import Task
+from cbpt.common.tasks.task import Task
 from cbpt.server.adapters.placement import Placement
 from cbpt.server.adapters.spec import AdapterSpec
 from cbpt.server.recipe import EngineRecipe

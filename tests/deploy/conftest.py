@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine.scoring import ScoringEngine
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.recipe import EngineRecipe
 from tests.deploy.builders import save_tiny_model, tiny_recipe
 from tests.server.helpers import plain_settings

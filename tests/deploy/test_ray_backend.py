@@ -14,12 +14,12 @@ import pytest
 
 pytest.importorskip("ray", reason="the Ray backend needs the [ray] extra")
 
-from cbpt.client.sdk import TuningClient
-from cbpt.client.tuner import Tuner
-from cbpt.server.app import serve_in_background
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.tuner import Tuner
 from cbpt.server.deploy.ray_serve import RayServeBackend
 from cbpt.server.engine import ScoreRequest, ScoringEngine
-from cbpt.server.keys import add_key
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.keys import add_key
 from cbpt.server.recipe import EngineRecipe
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.deploy.builders import make_task

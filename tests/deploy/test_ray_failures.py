@@ -16,10 +16,10 @@ pytest.importorskip("ray", reason="the Ray backend needs the [ray] extra")
 
 import ray
 
-from cbpt.client.sdk import TuningClient
-from cbpt.client.tuner import Tuner
-from cbpt.server.app import serve_in_background
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.tuner import Tuner
 from cbpt.server.engine.scoring import ScoringEngine
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.recipe import EngineRecipe
 from cbpt.v1 import tuning_pb2_grpc
 from tests.deploy.builders import make_task, wait_until

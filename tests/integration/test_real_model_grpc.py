@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Task
-from cbpt.client.tuner import Tuner
-from cbpt.server.app import serve_in_background
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.tuner import Tuner
+from cbpt.common.tasks.task import Task
 from cbpt.server.engine import ScoreRequest
+from cbpt.server.front.app import serve_in_background
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from cbpt.server.app import serve_in_background
-from cbpt.server.certs import CertificatePaths, generate_dev_certificates, issue_client_certificate
 from cbpt.server.engine import ScoringEngine
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.certs import CertificatePaths, generate_dev_certificates, issue_client_certificate
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import DIMENSION, TEST_LIMITS, Identity, plain_settings

@@ -15,10 +15,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from cbpt.common.wire import pack_floats
-from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
 from cbpt.server.engine.jobs import ScoringJob
 from cbpt.server.engine.limits import Limits
+from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2
 
@@ -189,6 +189,6 @@ class GatedJob:
 
 def serde_request(request: tuning_pb2.EvaluateRequest, scope: str = "") -> ScoreRequest:
     """The engine request the server makes of a wire request (limits wide open)."""
-    from cbpt.server import serde
+    from cbpt.server.front import serde
 
     return serde.to_score_request(request, Limits(max_candidates=1 << 20), scope=scope)

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import KeyFileError
-from cbpt.server.keys import KeyStore, add_key, hash_key, load_keys
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.keys import KeyStore, add_key, hash_key, load_keys
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import GatedEngine, call_fails, evaluate_request, plain_settings
 
@@ -160,8 +160,8 @@ def test_the_interceptor_guards_streaming_handlers_too(keys: tuple[Path, dict[st
     """A streaming method of the Tuning service gets the same key check and key id as a unary one."""
     import asyncio
 
-    from cbpt.server.auth import ApiKeyInterceptor
-    from cbpt.server.keys import KeyStore
+    from cbpt.server.front.auth import ApiKeyInterceptor
+    from cbpt.server.front.keys import KeyStore
 
     async def scenario() -> tuple[grpc.StatusCode, list[bytes]]:
         interceptor = ApiKeyInterceptor(
@@ -198,8 +198,8 @@ def test_a_refused_call_is_answered_without_parsing_its_request(keys: tuple[Path
     """Finding 10 of #22: an unauthenticated call was parsed in full (up to 17 MiB) before refusal."""
     import asyncio
 
-    from cbpt.server.auth import ApiKeyInterceptor
-    from cbpt.server.keys import KeyStore
+    from cbpt.server.front.auth import ApiKeyInterceptor
+    from cbpt.server.front.keys import KeyStore
 
     parsed: list[int] = []
 

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from cbpt.server.backends import InProcessBackend, ScoringBackend, as_backend
 from cbpt.server.deploy.generators import OnDemandGenerators, build_engine_on_demand
 from cbpt.server.deploy.messages import Refusal
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import BackendUnavailable, ConfigError, InvalidRequest, ServerBusy
+from cbpt.server.front.status import error_status
 from cbpt.server.recipe import EngineRecipe
+from cbpt.server.scheduling.backends import InProcessBackend, ScoringBackend, as_backend
 from cbpt.server.settings import ServerSettings, check_ray_transport
-from cbpt.server.status import error_status
 from tests.deploy.builders import DOMAINS, save_tiny_model, tiny_recipe
 from tests.server.helpers import TEXTS, candidates
 

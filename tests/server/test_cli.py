@@ -18,7 +18,7 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from cbpt.server.cli import app
-from cbpt.server.keys import hash_key
+from cbpt.server.front.keys import hash_key
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 runner = CliRunner()

@@ -14,12 +14,12 @@ import grpc
 import numpy as np
 import pytest
 
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.engine import jobs as engine_jobs
-from cbpt.server.keys import add_key
-from cbpt.server.merging import MergeSettings
-from cbpt.server.scheduler import Scheduler
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.keys import add_key
+from cbpt.server.scheduling.merging import MergeSettings
+from cbpt.server.scheduling.scheduler import Scheduler
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import TEST_LIMITS, GatedEngine, call_fails, evaluate_request, plain_settings

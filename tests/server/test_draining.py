@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from cbpt.server.probe import check
+from cbpt.server.front.probe import check
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import candidates, evaluate_request, failure
 from tests.server.processes import ServerProcess

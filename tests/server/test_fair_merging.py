@@ -21,9 +21,9 @@ import numpy as np
 
 from cbpt.server.engine import ScoreRequest, ScoreResult, ScoringEngine
 from cbpt.server.errors import ServerBusy
-from cbpt.server.merging import MergeSettings
 from cbpt.server.runtime import default_adapters
-from cbpt.server.scheduler import Scheduler
+from cbpt.server.scheduling.merging import MergeSettings
+from cbpt.server.scheduling.scheduler import Scheduler
 from cbpt.server.testing import tiny_bundle
 
 CHOICES = [" positive", " negative"]

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cbpt.common.wire import unpack_floats
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
+from cbpt.server.front.app import serve_in_background
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import DIMENSION, TEST_LIMITS, candidates, evaluate_request, plain_settings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from cbpt.server.app import BackgroundServer
-from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import ScoringEngine
+from cbpt.server.front.app import BackgroundServer
+from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.settings import ServerSettings
 from tests.server.helpers import plain_settings
 

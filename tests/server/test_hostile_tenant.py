@@ -25,8 +25,8 @@ import grpc
 import numpy as np
 import pytest
 
-from cbpt.client.sdk import TuningClient
-from cbpt.server.keys import add_key
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.server.front.keys import add_key
 from cbpt.server.testing import tiny_tokenizer
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import candidates, evaluate_request, failure

@@ -15,10 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cbpt.common.files import write_atomic
-from cbpt.server.app import BackgroundServer, serve_in_background
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.keys import add_key, load_keys
-from cbpt.server.service import SERVICE_NAME
+from cbpt.server.front.app import BackgroundServer, serve_in_background
+from cbpt.server.front.keys import add_key, load_keys
+from cbpt.server.front.service import SERVICE_NAME
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import call_fails, plain_settings
 from tests.server.processes import ServerProcess

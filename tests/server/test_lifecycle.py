@@ -10,8 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from cbpt.server.app import BackgroundServer, serve_in_background
 from cbpt.server.engine import ScoringEngine
+from cbpt.server.front.app import BackgroundServer, serve_in_background
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import GatedEngine, evaluate_request, plain_settings
 

@@ -20,10 +20,10 @@ import grpc
 import numpy as np
 import pytest
 
-from cbpt.client.sdk import TuningClient
-from cbpt.server.app import serve_in_background
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.keys import add_key
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.keys import add_key
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import GatedEngine, candidates, evaluate_request, failure, plain_settings
 from tests.server.processes import ServerProcess

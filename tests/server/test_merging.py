@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from cbpt.common.wire import unpack_floats
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import InvalidRequest
-from cbpt.server.merging import MergeSettings
-from cbpt.server.scheduler import Scheduler
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.scheduling.merging import MergeSettings
+from cbpt.server.scheduling.scheduler import Scheduler
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import TEXTS, GatedEngine, call_fails, candidates, evaluate_request, plain_settings
 

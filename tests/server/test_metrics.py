@@ -8,8 +8,8 @@ import urllib.request
 import grpc
 import pytest
 
-from cbpt.server.app import BackgroundServer, serve_in_background
 from cbpt.server.engine import ScoringEngine
+from cbpt.server.front.app import BackgroundServer, serve_in_background
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import GatedEngine, call_fails, candidates, evaluate_request, plain_settings

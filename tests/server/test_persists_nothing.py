@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.common.net import free_port
-from cbpt.server.probe import wait_until_serving
+from cbpt.server.front.probe import wait_until_serving
 from cbpt.server.testing import tiny_bundle
 
 SECRET_TEXT = "Review: my neighbour Zebulon Quartermaine owes me 4711 dollars"

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.logs import JsonLineFormatter, TextFormatter
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from cbpt.common.wire import unpack_floats
-from cbpt.server.app import serve_in_background
-from cbpt.server.budgets import EvaluationBudgets
 from cbpt.server.engine import ScoreResult, ScoringEngine
 from cbpt.server.errors import BudgetExhausted
-from cbpt.server.keys import KeyStore, add_key
-from cbpt.server.protection import ScoreProtection
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.budgets import EvaluationBudgets
+from cbpt.server.front.keys import KeyStore, add_key
+from cbpt.server.front.protection import ScoreProtection
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import (
     TEXTS,

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from cbpt.common.wire import unpack_floats
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.keys import add_key
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.keys import add_key
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import GatedEngine, candidates, evaluate_request, plain_settings, serde_request

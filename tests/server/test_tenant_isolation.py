@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from cbpt.common.wire import unpack_floats
-from cbpt.server.app import BackgroundServer
-from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.keys import add_key
+from cbpt.server.front.app import BackgroundServer
+from cbpt.server.front.certs import CertificatePaths
+from cbpt.server.front.keys import add_key
 from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle, tiny_engine
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc

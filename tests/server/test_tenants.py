@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cbpt.server.app import serve_in_background
-from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import ConfigError
-from cbpt.server.keys import add_certificate, add_key
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.front.certs import CertificatePaths
+from cbpt.server.front.keys import add_certificate, add_key
 from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
 from cbpt.v1 import tuning_pb2_grpc

@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cbpt.server.app import BackgroundServer, serve_in_background
-from cbpt.server.certs import CertificatePaths
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import ConfigError
-from cbpt.server.keys import add_key
+from cbpt.server.front.app import BackgroundServer, serve_in_background
+from cbpt.server.front.certs import CertificatePaths
+from cbpt.server.front.keys import add_key
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import call_fails, evaluate_request, plain_settings, tls_channel

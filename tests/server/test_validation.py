@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
-from cbpt.server import serde
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import InvalidRequest
+from cbpt.server.front import serde
+from cbpt.server.front.app import serve_in_background
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import (
     DIMENSION,

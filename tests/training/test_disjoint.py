@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.accuracy_data import DOMAIN_TASKS, TASKS, MissingData, load
-from cbpt.client.loaders import load_jsonl, read_rows
+from cbpt.common.tasks.loaders import load_jsonl, read_rows
 from cbpt.server.errors import ConfigError
 from cbpt.server.training.domain import Domain, load_domain, text_digest
 

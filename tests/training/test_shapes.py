@@ -11,13 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.server import cli
 from cbpt.server.adapters import AdapterSpec
 from cbpt.server.adapters.spec import build_adapters, served_specs
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import ConfigError
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.testing import tiny_bundle
 from cbpt.server.training import shapes
 from cbpt.server.training.domain import load_domain
@@ -196,7 +196,7 @@ def test_train_generator_loads_the_model_in_the_dtype_asked(tmp_path: Path, monk
 def test_truncated_tasks_train_on_the_texts_a_users_client_sends(tmp_path: Path) -> None:
     """``truncate`` cuts texts on the client; training cuts them with the same code (``fit_examples``,
     counted by the engine's tokenizer), so a generator trains on exactly what it will be served."""
-    from cbpt.client.fitting import fit_examples
+    from cbpt.common.tasks.fitting import fit_examples
 
     bundle = tiny_bundle(0)
     path = write_domain(tmp_path, ["fixed"], truncate={"field": "text", "side": "end", "max_tokens": 6})

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from cbpt.client.sdk import TuningClient
+from cbpt.client.rpc.sdk import TuningClient
 from cbpt.server.adapters import AdapterSpec
 from cbpt.server.adapters.spec import build_adapters
-from cbpt.server.app import serve_in_background
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import ConfigError
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.runtime import default_adapters, served_specs
 from cbpt.server.testing import tiny_bundle
 from cbpt.server.training.domain import load_domain, text_digest

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cbpt.client.errors import TaskError
+from cbpt.common.errors import TaskError
 from cbpt.common.registry import DuplicateName, Registry
 
 Row = dict[str, Any]

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from cbpt.client.errors import ConfigError
-from cbpt.client.fitting import fit_examples
-from cbpt.client.losses import metrics
-from cbpt.client.sdk import TuningClient
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Task
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.settings import TunerSettings
+from cbpt.common.losses import metrics
+from cbpt.common.tasks.fitting import fit_examples
+from cbpt.common.tasks.task import Task
 
 AUTO = "auto"
 GENERATOR_METHOD = "cbp"

@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from cbpt.client.errors import ClientError
-from cbpt.client.info import AdapterInfo, ServerInfo, ServerLimits
-from cbpt.client.scoring import ScoringModeName
 from cbpt.common.choices import Choices
+from cbpt.common.info import AdapterInfo, ServerInfo, ServerLimits
+from cbpt.common.tasks.scoring import ScoringModeName
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
 from cbpt.v1 import tuning_pb2
 

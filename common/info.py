@@ -1,6 +1,6 @@
 """Plain mirrors of the server's self-description, so callers never touch protobuf types.
 
-``cbpt.client.serde`` builds them from the wire; nothing here imports protobuf.
+``cbpt.client.rpc.serde`` builds them from the wire; nothing here imports protobuf.
 """
 
 from __future__ import annotations

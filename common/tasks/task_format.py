@@ -18,10 +18,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cbpt.client.errors import TaskError
-from cbpt.client.loaders import Row, read_rows
-from cbpt.client.scoring import ScoringModeName
 from cbpt.common.choices import Choices
+from cbpt.common.errors import TaskError
+from cbpt.common.tasks.loaders import Row, read_rows
+from cbpt.common.tasks.scoring import ScoringModeName
 
 
 @dataclass(frozen=True)

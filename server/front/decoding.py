@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 
 from cbpt.server.errors import MalformedRequest
-from cbpt.server.serde import safe_parser
-from cbpt.server.status import error_status
+from cbpt.server.front.serde import safe_parser
+from cbpt.server.front.status import error_status
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cbpt.common.files import write_atomic
 from cbpt.server.errors import BudgetExhausted, ConfigError
-from cbpt.server.keys import KeyStore
+from cbpt.server.front.keys import KeyStore
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
 from cbpt.server.errors import CallCancelled, ServerBusy, ServerShuttingDown
 from cbpt.server.logs import current_key_id
-from cbpt.server.merging import MergeSettings, take_batch
+from cbpt.server.scheduling.merging import MergeSettings, take_batch
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from cbpt.client.errors import TaskError
-from cbpt.client.task_format import Examples, TaskFormat, split_cue, template_fields
+from cbpt.common.errors import TaskError
+from cbpt.common.tasks.task_format import Examples, TaskFormat, split_cue, template_fields
 
 __all__ = ["DataFiles", "Examples", "Task", "TaskFormat", "split_cue", "template_fields"]
 

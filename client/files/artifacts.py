@@ -29,17 +29,17 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load as load_tensors
 
-from cbpt.client.batches import predict_in_batches
-from cbpt.client.crypto import KeySpec, SecretKey, authenticate, resolve_key, seal, unseal
-from cbpt.client.crypto import verify as verify_record
 from cbpt.client.errors import ArtifactError, ArtifactModified, ArtifactWarning, FingerprintMismatch
-from cbpt.client.info import ServerInfo
-from cbpt.client.losses import apply_bias
-from cbpt.client.results import HistoryRow, TuningResult
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task import Examples, TaskFormat
-from cbpt.client.tensor_file import tensor_bytes
+from cbpt.client.files.crypto import KeySpec, SecretKey, authenticate, resolve_key, seal, unseal
+from cbpt.client.files.crypto import verify as verify_record
+from cbpt.client.files.tensor_file import tensor_bytes
+from cbpt.client.rpc.batches import predict_in_batches
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.results import HistoryRow, TuningResult
 from cbpt.common.files import write_atomic
+from cbpt.common.info import ServerInfo
+from cbpt.common.losses import apply_bias
+from cbpt.common.tasks.task import Examples, TaskFormat
 from cbpt.common.version import __version__
 
 FORMAT_VERSION = 1

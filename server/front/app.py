@@ -18,15 +18,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from cbpt.common.net import is_loopback_host, listen_address
-from cbpt.server.auth import ApiKeyInterceptor
-from cbpt.server.backends import ScoringBackend
-from cbpt.server.budgets import EvaluationBudgets
-from cbpt.server.decoding import RequestDecodingInterceptor
 from cbpt.server.errors import ConfigError
-from cbpt.server.keys import KeyStore
-from cbpt.server.metrics import Metrics
-from cbpt.server.protection import ScoreProtection
-from cbpt.server.service import SERVICE_NAME, TuningServicer
+from cbpt.server.front.auth import ApiKeyInterceptor
+from cbpt.server.front.budgets import EvaluationBudgets
+from cbpt.server.front.decoding import RequestDecodingInterceptor
+from cbpt.server.front.keys import KeyStore
+from cbpt.server.front.metrics import Metrics
+from cbpt.server.front.protection import ScoreProtection
+from cbpt.server.front.service import SERVICE_NAME, TuningServicer
+from cbpt.server.scheduling.backends import ScoringBackend
 from cbpt.server.settings import ServerSettings, read_file
 from cbpt.v1 import tuning_pb2_grpc
 

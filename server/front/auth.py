@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 
 from cbpt.server.errors import AuthenticationFailed, KeysUnavailable, QuotaExceeded
-from cbpt.server.keys import CERTIFICATE_NAME, CERTIFICATE_PREFIX, ApiKey, KeyStore
+from cbpt.server.front.keys import CERTIFICATE_NAME, CERTIFICATE_PREFIX, ApiKey, KeyStore
+from cbpt.server.front.status import error_status
 from cbpt.server.logs import current_key_id
-from cbpt.server.status import error_status
 
 log = logging.getLogger(__name__)
 

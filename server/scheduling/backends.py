@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
-from cbpt.server.merging import MergeSettings
-from cbpt.server.scheduler import Observer, Scheduler
+from cbpt.server.scheduling.merging import MergeSettings
+from cbpt.server.scheduling.scheduler import Observer, Scheduler
 
 if TYPE_CHECKING:  # the servicer and settings import this module without loading a model
     from cbpt.server.engine.kv import TextStateCache

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cbpt.client.artifacts import HISTORY_FILE, history_lines, read_history, save_tuned
-from cbpt.client.crypto import KeySpec
 from cbpt.client.errors import ArtifactError
-from cbpt.client.results import HistoryRow, TuningResult
-from cbpt.client.task import TaskFormat
+from cbpt.client.files.artifacts import HISTORY_FILE, history_lines, read_history, save_tuned
+from cbpt.client.files.crypto import KeySpec
+from cbpt.client.tuning.results import HistoryRow, TuningResult
 from cbpt.common.files import write_atomic
+from cbpt.common.tasks.task import TaskFormat
 
 CHECKPOINT_FILE = "checkpoint.cbpt"
 CARD_FILE = "task.json"

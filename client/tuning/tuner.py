@@ -25,20 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from cbpt.client.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
-from cbpt.client.crypto import KeySpec, SecretKey, resolve_key
 from cbpt.client.errors import CheckpointError, ClientError, ConfigError
-from cbpt.client.fitting import fit_examples
-from cbpt.client.info import ServerInfo
-from cbpt.client.losses import (
-    accuracy,
-    apply_bias,
-    clip_losses,
-    compute_losses,
-    cross_entropy,
-    metrics,
-    predictions,
-)
+from cbpt.client.files.crypto import KeySpec, SecretKey, resolve_key
 from cbpt.client.optimizers import (
     GenerationRecord,
     Optimizer,
@@ -47,10 +35,22 @@ from cbpt.client.optimizers import (
     make_optimizer,
     replay,
 )
-from cbpt.client.results import Candidate, HistoryRow, TuningResult
-from cbpt.client.sdk import TuningClient
-from cbpt.client.settings import TunerSettings
-from cbpt.client.task import Examples, Task
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.tuning.checkpoint import Checkpoint, check_config, load_checkpoint, save_checkpoint
+from cbpt.client.tuning.results import Candidate, HistoryRow, TuningResult
+from cbpt.client.tuning.settings import TunerSettings
+from cbpt.common.info import ServerInfo
+from cbpt.common.losses import (
+    accuracy,
+    apply_bias,
+    clip_losses,
+    compute_losses,
+    cross_entropy,
+    metrics,
+    predictions,
+)
+from cbpt.common.tasks.fitting import fit_examples
+from cbpt.common.tasks.task import Examples, Task
 
 # The checkpoint config's record of the budget the optimizer was built for (the first run's).
 PLANNED_BUDGET = "optimizer_budget"

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cbpt.client.crypto import KeySpec, resolve_key, seal, unseal
 from cbpt.client.errors import CheckpointError
+from cbpt.client.files.crypto import KeySpec, resolve_key, seal, unseal
 from cbpt.client.optimizers import GenerationRecord
-from cbpt.client.results import Candidate
+from cbpt.client.tuning.results import Candidate
 from cbpt.common.files import write_atomic
 
 MAGIC = b"CBPTCKPT"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbpt.client.errors import TunerWarning
+from cbpt.common.errors import TunerWarning
 
 # Floor for a log-prob, so a choice the model rules out costs a large but finite loss.
 _LOGP_FLOOR = -1e4

@@ -25,15 +25,15 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
-from cbpt.client import serde
 from cbpt.client.errors import ClientError, ConfigError, FieldViolation, RequestRejected
-from cbpt.client.info import ServerInfo
-from cbpt.client.rpc_errors import RETRYABLE, code_of, retry_delay, to_client_error
-from cbpt.client.scoring import SCORING_MODES, ScoringModeName
-from cbpt.client.splitting import Chunk, Workload, plan_chunks, text_parts
-from cbpt.client.tls import TLSConfig
+from cbpt.client.rpc import serde
+from cbpt.client.rpc.splitting import Chunk, Workload, plan_chunks, text_parts
+from cbpt.client.rpc.statuses import RETRYABLE, code_of, retry_delay, to_client_error
+from cbpt.client.rpc.tls import TLSConfig
 from cbpt.common.choices import Choices
+from cbpt.common.info import ServerInfo
 from cbpt.common.net import is_loopback_target
+from cbpt.common.tasks.scoring import SCORING_MODES, ScoringModeName
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 # What ``evaluate`` accepts as choices: a ``Choices``, one shared list, or one list per text.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from cbpt.client.errors import ConfigError, TunerWarning
-from cbpt.client.losses import LOSSES
+from cbpt.common.losses import LOSSES
 
 SELECTIONS = ("accuracy", "loss")  # what "best on dev" means
 SELECT_FROM = ("best", "mean")  # which candidate of each generation the dev selection sees

@@ -91,7 +91,7 @@ def issue_client_certificate(
 ) -> tuple[Path, Path]:
     """Another client certificate (subject CN ``name``) from an existing development CA: one per
     tenant under mTLS, where the certificate names the tenant. Returns (certificate, key) in ``out``."""
-    from cbpt.server.keys import CERTIFICATE_NAME
+    from cbpt.server.front.keys import CERTIFICATE_NAME
 
     if not CERTIFICATE_NAME.fullmatch(name):
         raise CertificateError(f"client name {name!r}: use letters, digits, '.', '_', '@' or '-'")

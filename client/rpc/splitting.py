@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cbpt.client.errors import FieldViolation, RequestRejected
-from cbpt.client.info import ServerLimits
+from cbpt.common.info import ServerLimits
 
 # Bytes reserved for the response header fields (counts, tokens, seconds) and framing.
 RESPONSE_OVERHEAD = 64

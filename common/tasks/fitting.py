@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cbpt.client.errors import NotSupported, TaskError, TunerWarning
-from cbpt.client.info import ServerInfo
-from cbpt.client.task_format import Examples, Truncation
+from cbpt.common.errors import NotSupported, TaskError, TunerWarning
+from cbpt.common.info import ServerInfo
+from cbpt.common.tasks.task_format import Examples, Truncation
 
 _ROUNDS = 8  # count-and-cut rounds before giving up on a text (two or three suffice in practice)
 _SAFETY = 1.05  # cut a little more than the estimate, so most texts fit after one round

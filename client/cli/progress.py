@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from cbpt.client.results import HistoryRow
+from cbpt.client.tuning.results import HistoryRow
 
 
 class TuningProgress:

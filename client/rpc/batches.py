@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cbpt.client.scoring import ScoringModeName
-from cbpt.client.sdk import TuningClient
-from cbpt.client.task_format import Examples
+from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common.tasks.scoring import ScoringModeName
+from cbpt.common.tasks.task_format import Examples
 
 BATCH_ROWS = 64
 

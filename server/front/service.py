@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from cbpt.server import serde
-from cbpt.server.backends import ScoringBackend, as_backend
-from cbpt.server.budgets import EvaluationBudgets
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
 from cbpt.server.engine.validation import check_request
 from cbpt.server.errors import BudgetExhausted, InvalidRequest, ServerBusy, ServerShuttingDown, UnknownAdapter
+from cbpt.server.front import serde
+from cbpt.server.front.budgets import EvaluationBudgets
+from cbpt.server.front.metrics import Metrics
+from cbpt.server.front.protection import ScoreProtection
+from cbpt.server.front.status import error_status
 from cbpt.server.logs import current_key_id
-from cbpt.server.merging import MergeSettings
-from cbpt.server.metrics import Metrics
-from cbpt.server.protection import ScoreProtection
-from cbpt.server.status import error_status
+from cbpt.server.scheduling.backends import ScoringBackend, as_backend
+from cbpt.server.scheduling.merging import MergeSettings
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 if TYPE_CHECKING:
