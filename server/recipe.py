@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cbpt.server.adapters.spec import AdapterSpec
+from cbpt.server.engine.batching import Batching
 from cbpt.server.engine.limits import Limits
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class EngineRecipe:
     threads: int | None = None
     quantize: str = "none"
     limits: Limits = field(default_factory=Limits)
-    batch_sequences: int = 64
+    batching: Batching = field(default_factory=Batching)  # how rows are cut into forward passes
     text_cache: tuple[int, int, int] | None = None  # bytes per key, keys, bytes in all; None: defaults
     token_cache_bytes: int = 64 << 20  # the tokenisation cache's bound (engine/prepare.py)
     job_state_bytes: int = 256 << 20  # text states all running jobs hold at once
@@ -58,7 +59,7 @@ class EngineRecipe:
             threads=self.threads,
             quantize=self.quantize,
             limits=self.limits,
-            batch_sequences=self.batch_sequences,
+            batching=self.batching,
             text_states=self.text_states(),
             token_cache_bytes=self.token_cache_bytes,
             max_state_bytes=self.job_state_bytes,

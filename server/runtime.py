@@ -10,6 +10,7 @@ from typing import Any
 from cbpt.server.adapters import Adapter, AdapterSpec, build_adapters
 from cbpt.server.adapters.generator import CONFIG_FILE, WEIGHTS_FILE, mismatch, read_config
 from cbpt.server.adapters.spec import served_specs
+from cbpt.server.engine.batching import Batching
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.prepare import DEFAULT_TOKEN_CACHE_BYTES
@@ -77,7 +78,7 @@ def build_engine(
     threads: int | None = None,
     quantize: str = "none",
     limits: Limits | None = None,
-    batch_sequences: int = 64,
+    batching: Batching | None = None,
     text_states: TextStateCache | None = None,
     token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
     max_state_bytes: int = 256 << 20,
@@ -94,7 +95,7 @@ def build_engine(
         bundle,
         adapters,
         limits,
-        batch_sequences=batch_sequences,
+        batching=batching,
         text_states=text_states,
         not_served=tuple(not_served) if shipped_generators else (),
         token_cache_bytes=token_cache_bytes,

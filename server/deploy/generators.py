@@ -54,7 +54,7 @@ def build_engine_on_demand(
         bundle,
         eager,
         recipe.limits,
-        batch_sequences=recipe.batch_sequences,
+        batching=recipe.batching,
         text_states=recipe.text_states(),
         token_cache_bytes=recipe.token_cache_bytes,
     )

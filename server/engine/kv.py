@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ def cache_layers(output: Any) -> Layers:
 
 
 def encode_left_padded(
-    backbone: torch.nn.Module, sequences: Sequence[tuple[int, ...]], pad_id: int, device: torch.device
+    backbone: Callable[..., Any], sequences: Sequence[tuple[int, ...]], pad_id: int, device: torch.device
 ) -> tuple[Layers, torch.Tensor]:
     """One left-padded pass over token sequences: per-layer (keys, values) [batch, kv_heads, width, head_dim]
     and the attention mask [batch, width]."""
@@ -73,23 +73,31 @@ def split_states(layers: Layers, mask: torch.Tensor) -> list[KVState]:
     ]
 
 
-def stack_left_padded(states: Sequence[KVState], width: int) -> tuple[Layers, torch.Tensor]:
-    """Per-layer keys/values [rows, kv_heads, width, head_dim] of several states, left-padded, and the mask."""
-    first = states[0].layers[0][0]
-    mask = torch.zeros((len(states), width), dtype=torch.long)
-    for index, state in enumerate(states):
-        mask[index, width - state.length :] = 1
+def take_states(layers: Layers, spans: Sequence[tuple[int, int, int]]) -> list[KVState]:
+    """One KVState per (sequence, start, length) span of a pass's per-layer keys/values (copies)."""
+    return [
+        KVState(
+            tuple((k[i, :, start : start + n].clone(), v[i, :, start : start + n].clone()) for k, v in layers)
+        )
+        for i, start, n in spans
+    ]
+
+
+def stack_states(states: Sequence[KVState | None], width: int) -> Layers:
+    """Per-layer keys/values [len(states), kv_heads, width, head_dim], each state left-padded (zeros for None)."""
+    first = next(state for state in states if state is not None).layers
     layers: Layers = []
-    for layer in range(len(states[0].layers)):
+    for layer in range(len(first)):
         stacked = []
         for part in (0, 1):
-            heads, _, dim = first.shape
-            out = states[0].layers[layer][part].new_zeros(len(states), heads, width, dim)
+            like = first[layer][part]
+            out = like.new_zeros(len(states), like.shape[0], width, like.shape[2])
             for index, state in enumerate(states):
-                out[index, :, width - state.length :] = state.layers[layer][part]
+                if state is not None:
+                    out[index, :, width - state.length :] = state.layers[layer][part]
             stacked.append(out)
         layers.append((stacked[0], stacked[1]))
-    return layers, mask
+    return layers
 
 
 def forward_after(

@@ -1,15 +1,16 @@
 """Planning forward batches: one row per (candidate, example[, choice]), length-sorted chunks.
 
-On CPU, chunks of about 64 sequences sorted by length run at about 77% of a
-plain matmul's FLOP/s; unsorted or much bigger chunks waste most of that on
-padding and cache misses (see benchmarks/throughput.py).
+Rows sorted by length and cut into passes of a bounded number of padded tokens waste little on
+padding; unsorted or much bigger passes waste most of the CPU's matmul speed on padding and cache
+misses (see benchmarks/throughput.py; the bounds are ``Batching``'s). Rows that run after a cached
+state are packed several to a sequence instead (packing.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from cbpt.server.engine.prepare import Prepared
@@ -28,6 +29,36 @@ class Row:
     scored: int = 0  # trailing tokens whose log-probs are summed (full-choice mode)
     length: int = 0  # tokens this row runs through the model, soft prompt included
     owner: int = 0  # which of the merged requests the row belongs to
+
+
+class Chunk(Protocol):
+    """The rows of one forward pass, in the order the pass reads them out."""
+
+    @property
+    def rows(self) -> list[Row]: ...
+
+    @property
+    def size(self) -> int:
+        """Sequences the pass runs (0: nothing to run)."""
+        ...
+
+    def without(self, skip: Callable[[int], bool]) -> Chunk:
+        """The chunk less the rows of the owners ``skip`` names (their request was cancelled)."""
+        ...
+
+
+@dataclass
+class RowChunk:
+    """A pass of whole rows, one sequence each."""
+
+    rows: list[Row]
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def without(self, skip: Callable[[int], bool]) -> RowChunk:
+        return RowChunk([row for row in self.rows if not skip(row.owner)])
 
 
 def plan_rows(

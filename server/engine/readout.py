@@ -21,40 +21,45 @@ def head_logits(head: torch.nn.Linear, hidden: torch.Tensor, token_ids: torch.Te
     return logits
 
 
+Where = tuple[torch.Tensor, torch.Tensor]  # per row: its sequence in the pass, its last position
+
+
 def read_first_tokens(
     head: torch.nn.Linear,
     hidden: torch.Tensor,
-    ends: torch.Tensor,
+    where: Where,
     chunk: list[Row],
     choices: list[list[tuple[int, ...]]],
 ) -> torch.Tensor:
     """One logit per choice (its first token) at each row's last position: [rows, max choices], pads -inf."""
-    max_choices = max(len(choices[row.example]) for row in chunk)
-    ids = torch.zeros((len(chunk), max_choices), dtype=torch.long)
-    valid = torch.zeros((len(chunk), max_choices), dtype=torch.bool)
-    for index, row in enumerate(chunk):
-        firsts = [option[0] for option in choices[row.example]]
-        ids[index, : len(firsts)] = torch.tensor(firsts)
-        valid[index, : len(firsts)] = True
-    last = hidden[torch.arange(len(chunk), device=hidden.device), ends.to(hidden.device)]
+    firsts = [[option[0] for option in choices[row.example]] for row in chunk]
+    width = max(map(len, firsts))
+    ids = torch.tensor([own + [0] * (width - len(own)) for own in firsts], dtype=torch.long)
+    valid = torch.tensor([[True] * len(own) + [False] * (width - len(own)) for own in firsts])
+    last = hidden[where]
     return head_logits(head, last, ids.to(hidden.device)).cpu().masked_fill(~valid, -torch.inf)
 
 
 def read_full_choices(
-    head: torch.nn.Linear, hidden: torch.Tensor, ends: torch.Tensor, chunk: list[Row]
+    head: torch.nn.Linear, hidden: torch.Tensor, where: Where, chunk: list[Row]
 ) -> torch.Tensor:
     """Per row, the sum of log p(choice token | all before it): [rows], from a full-vocabulary softmax
     at those positions only."""
     row_index: list[int] = []
+    sequence_index: list[int] = []
     positions: list[int] = []
     targets: list[int] = []
+    sequences, ends = (part.tolist() for part in where)
     for index, row in enumerate(chunk):
-        end = int(ends[index])
+        end = ends[index]
         row_index += [index] * row.scored
+        sequence_index += [sequences[index]] * row.scored
         positions += range(end - row.scored, end)
         targets += row.tokens[len(row.tokens) - row.scored :]
     device = hidden.device
-    picked = hidden[torch.tensor(row_index, device=device), torch.tensor(positions, device=device)].float()
+    picked = hidden[
+        torch.tensor(sequence_index, device=device), torch.tensor(positions, device=device)
+    ].float()
     logits = picked @ head.weight.float().T
     if getattr(head, "bias", None) is not None:
         logits = logits + head.bias.float()

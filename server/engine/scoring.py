@@ -12,17 +12,20 @@ exactly as ``Evaluate`` scores it when served.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.engine.batching import Batching
 from cbpt.server.engine.jobs import CountJob, Outcome, ScoringJob, run_to_end
 from cbpt.server.engine.kv import StateBudget, TextStateCache
 from cbpt.server.engine.limits import Limits
-from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
+from cbpt.server.engine.plan import Row, plan_group
 from cbpt.server.engine.prepare import (
     DEFAULT_TOKEN_CACHE_BYTES,
     Prepared,
@@ -37,8 +40,8 @@ from cbpt.server.engine.strategies import (
     PrefixStates,
     PromptSlots,
     Strategy,
-    TextStates,
 )
+from cbpt.server.engine.text_states import TextStates
 from cbpt.server.engine.types import AdapterDescription, EngineInfo, ScoreRequest, ScoreResult, ScoringMode
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.model import ModelBundle
@@ -53,31 +56,26 @@ class ScoringEngine:
         adapters: Sequence[Adapter],
         limits: Limits | None = None,
         *,
-        batch_sequences: int = 64,
-        batch_tokens: int = 8192,
+        batching: Batching | None = None,
         token_cache_size: int = 4096,
         token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES,
         text_states: TextStateCache | None = None,
         max_state_bytes: int = 256 << 20,
-        reuse_text_states: bool = True,
-        reuse_prefix_states: bool = True,
-        sort_by_length: bool = True,
         not_served: tuple[tuple[str, str], ...] = (),
+        **knobs: Any,
     ) -> None:
+        """``batching`` sets every batching knob (``Batching``); ``knobs`` override single ones of it
+        (``batch_tokens=512``), for tests and benchmarks."""
         names = [adapter.name for adapter in adapters]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
         self.bundle = bundle
         self.limits = limits or Limits()
-        self.batch_sequences = batch_sequences
-        self.batch_tokens = batch_tokens
+        self.batching = dataclasses.replace(batching or Batching(), **knobs)
         self.adapters = {adapter.name: adapter.to(bundle.device, bundle.dtype) for adapter in adapters}
         self.text_states = text_states if text_states is not None else TextStateCache()
         self.state_budget = StateBudget(max_state_bytes)  # text states all running jobs hold at once
-        self.reuse_text_states = reuse_text_states
-        self.reuse_prefix_states = reuse_prefix_states
-        self.sort_by_length = sort_by_length
         self.not_served = not_served  # shipped generators left out, and why (``info``)
         model = bundle.model
         self._head = model.get_output_embeddings()
@@ -89,8 +87,7 @@ class ScoringEngine:
             pad_id=bundle.tokenizer.pad_token_id or 0,
             device=bundle.device,
             hidden_size=bundle.hidden_size,
-            batch_sequences=batch_sequences,
-            batch_tokens=batch_tokens,
+            batching=self.batching,
         )
         self.prepare = Preparer(
             bundle.tokenizer, self.adapters, self.limits, token_cache_size, token_cache_bytes
@@ -159,8 +156,8 @@ class ScoringEngine:
         if not adapter.prompt_length:
             return FullSequence
         if adapter.placement is not Placement.PREFIX:
-            return TextStates if self.reuse_text_states else FullSequence
-        if not adapter.reads_inputs and self.reuse_prefix_states:
+            return TextStates if self.batching.reuse_text_states else FullSequence
+        if not adapter.reads_inputs and self.batching.reuse_prefix_states:
             return PrefixStates
         return FullSequence
 
@@ -216,27 +213,24 @@ class ScoringEngine:
         ]
         windows = strategy.windows()
         try:  # closed at once when the job stops, so a window's states and budget go with it
-            for passes, window_rows in windows:
+            for passes, chunks in windows:
                 yield from passes
-                for planned in length_sorted_chunks(
-                    window_rows,
-                    self.batch_sequences,
-                    self.batch_tokens,
-                    strategy.width,
-                    sort=self.sort_by_length,
-                ):
-                    chunk = planned if skip is None else [row for row in planned if not skip(row.owner)]
-                    if not chunk:
+                for planned in chunks:
+                    chunk = planned if skip is None else planned.without(skip)
+                    if not chunk.size:
                         continue
-                    hidden, ends = strategy.forward(chunk)
-                    for row in chunk:
+                    hidden, sequences, ends = strategy.forward(chunk)
+                    rows = chunk.rows
+                    for row in rows:
                         tokens[row.owner] += row.length
-                    if full:
-                        values = read_full_choices(self._head, hidden, ends, chunk)
-                    else:
-                        values = read_first_tokens(self._head, hidden, ends, chunk, choices)
-                    _scatter(chunk, values, offsets, scores)
-                    yield len(chunk)
+                    if rows:
+                        where = (sequences.to(hidden.device), ends.to(hidden.device))
+                        if full:
+                            values = read_full_choices(self._head, hidden, where, rows)
+                        else:
+                            values = read_first_tokens(self._head, hidden, where, rows, choices)
+                        _scatter(rows, values, offsets, scores)
+                    yield len(rows)
         finally:
             windows.close()
         tokens = [run + cached for run, cached in zip(tokens, strategy.tokens, strict=True)]

@@ -2,50 +2,47 @@
 
 Every strategy answers the same questions: its windows (``windows``: the passes that encode the
 cached states a run of rows needs, a generator that yields after each pass so a scheduler can
-interleave them with other work, and those rows), how wide a row is for planning chunks
-(``width``), and the forward pass of one chunk (``forward``: last hidden states and, per row, the
-position to read the choices at). Every pass, of encoding or of a chunk, is at most
-``batch_sequences`` sequences and ``batch_tokens`` padded tokens: that is what a step costs.
-Which one runs depends on the adapter alone:
+interleave them with other work, and the chunks of those rows, one forward pass each) and the
+forward pass of one chunk (``forward``: last hidden states and, per row, the sequence and position
+to read the choices at). Every pass is at most ``batch_sequences`` sequences and ``batch_tokens``
+padded positions (``Batching``): that is what a step costs. Which one runs depends on the adapter:
 
 - ``FullSequence``: every row in full, left-padded: [pad][bos][head][soft prompt][tail].
 - ``PrefixStates``: an input-independent prefix prompt (BBT): each candidate's [bos][prompt] is
   encoded once and reused by all its examples.
-- ``TextStates``: a prompt after the text: each text's [bos][text] is encoded once per API key
-  (cached across requests) and reused by every candidate. A job holds the states of one window of
-  texts at a time, sized to what the engine's ``StateBudget`` has free: its texts are encoded,
-  every candidate runs over them, they are let go, and the next window follows. Merged requests'
-  texts are encoded in shared passes, each state computed and cached under its own request's
-  scope, never another's.
+- ``TextStates`` (text_states.py): a prompt after the text: each text's [bos][text] is encoded once
+  per API key and reused by every candidate, the candidates' rows packed after it (packing.py).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicCache
 
 from cbpt.server.adapters import Adapter, Placement
-from cbpt.server.engine.kv import (
-    KVState,
-    StateBudget,
-    TextStateCache,
-    cache_layers,
-    encode_left_padded,
-    forward_after,
-    split_states,
-    stack_left_padded,
+from cbpt.server.engine.attention import attention
+from cbpt.server.engine.batching import Batching
+from cbpt.server.engine.kv import KVState, Layers, cache_layers, stack_states
+from cbpt.server.engine.packing import (
+    PackedChunk,
+    PackedSequence,
+    packed_batches,
+    packed_inputs,
+    packed_mask,
+    sliding_masks,
 )
-from cbpt.server.engine.plan import Row, padded_batches
+from cbpt.server.engine.plan import Chunk, Row, RowChunk, length_sorted_chunks
 from cbpt.server.engine.prepare import Prepared, Tokens
 
-Forward = tuple[torch.Tensor, torch.Tensor]  # hidden [rows, width, d], read positions [rows]
+# hidden [sequences, width, d]; per row: its sequence and the position of its last token
+Forward = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Passes = Iterator[int]  # yields the sequences of each forward pass as it completes
-Window = tuple[Passes, list[Row]]  # the passes that encode what the rows need, then those rows
-Key = tuple[str, Tokens]  # a text state's scope (API key id) and tokens
+Window = tuple[Passes, Iterable[Chunk]]  # the passes that encode what the rows need, then their chunks
 
 
 @dataclass(frozen=True)
@@ -59,8 +56,12 @@ class ModelParts:
     pad_id: int
     device: torch.device
     hidden_size: int
-    batch_sequences: int
-    batch_tokens: int = 8192
+    batching: Batching = field(default_factory=Batching)
+
+    def run(self, **inputs: Any) -> Any:
+        """The backbone's forward pass, with the attention ``batching`` asks for."""
+        with attention(self.config, self.batching.grouped_attention):
+            return self.backbone(**inputs)
 
     @property
     def state_bytes_per_token(self) -> int:
@@ -123,10 +124,9 @@ class GroupInputs:
 class Strategy(ABC):
     """Runs the rows of one group (requests sharing adapter, mode and cue).
 
-    ``tokens`` holds, per request of the group, the tokens spent outside chunks (cached states
+    ``tokens`` holds, per request of the group, the tokens spent outside the rows (cached states
     computed for it); the constructor, or ``setup`` where lengths depend on cached states, sets
-    each row's ``length``. ``width`` and ``forward`` are valid for a window's rows once its passes
-    are exhausted.
+    each row's ``length``. A window's chunks are planned once its passes are exhausted.
     """
 
     def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
@@ -143,17 +143,18 @@ class Strategy(ABC):
     def windows(self) -> Iterator[Window]:
         """The group's rows in runs, each after the passes that encode what it needs: by default one
         run of every row, after ``setup``."""
-        yield self.setup(), self.inputs.rows
+        yield self.setup(), self.chunks()
+
+    def chunks(self) -> Iterator[Chunk]:
+        """The rows' forward passes, planned when first asked (after ``setup``'s passes); what the
+        default ``windows`` runs (a strategy with windows of its own plans them there)."""
+        raise NotImplementedError
 
     @abstractmethod
-    def width(self, row: Row) -> int:
-        """Positions the row occupies in a chunk, cached ones included: what chunks are sorted by."""
+    def forward(self, chunk: Any) -> Forward:
+        """The chunk's last hidden states, and each row's sequence and last position."""
 
-    @abstractmethod
-    def forward(self, chunk: list[Row]) -> Forward:
-        """The chunk's last hidden states and the position of each row's last token."""
-
-    def prompts(self, chunk: list[Row]) -> torch.Tensor:
+    def prompts(self, chunk: Sequence[Row]) -> torch.Tensor:
         """The soft prompts [rows, t, d] of each row's candidate and example."""
         z, pooled = self.inputs.z, self.inputs.pooled
         if not self.adapter.prompt_length:
@@ -174,31 +175,35 @@ class Strategy(ABC):
         assert prompts is not None  # a chunk has rows
         return prompts
 
-    def forward_after_states(
-        self, chunk: list[Row], pasts: Sequence[KVState], prompts: torch.Tensor | None, slots: PromptSlots
-    ) -> Forward:
-        """Each row's cached past (left-padded), then [soft prompt][tokens] right-padded after it."""
+    def run_packed(
+        self, chunk: PackedChunk, pasts: Sequence[KVState | None], slots: PromptSlots
+    ) -> tuple[Forward, Layers]:
+        """One packed pass (packing.py): each sequence's state, then its head and rows; soft prompts
+        where ``slots`` says. Also returns the pass's per-layer keys/values, states first."""
         parts = self.parts
-        width = max(row.length for row in chunk)
-        count = len(chunk)
-        past, past_mask = stack_left_padded(pasts, max(state.length for state in pasts))
-        new_mask = torch.zeros((count, width), dtype=torch.long)
-        ids = torch.full((count, width), parts.pad_id, dtype=torch.long)
-        lengths = torch.tensor([state.length for state in pasts], dtype=torch.long)
-        for index, row in enumerate(chunk):
-            new_mask[index, : row.length] = 1
-            ids[index, slots.inserted : row.length] = torch.tensor(row.tokens, dtype=torch.long)
-        embeds = parts.embed(ids.to(parts.device))
-        if prompts is not None:
-            soft = torch.zeros((count, width), dtype=torch.bool)
-            soft[:, slots.span(0)] = True
-            slots.apply(embeds, soft.to(parts.device), prompts)
-        positions = (lengths[:, None] + torch.arange(width)[None, :]).to(parts.device)
-        hidden = forward_after(
-            parts.backbone, parts.config, past, past_mask, embeds, new_mask.to(parts.device), positions
+        inputs = packed_inputs(chunk, parts.pad_id, slots.span, slots.inserted)
+        embeds = parts.embed(inputs.ids.to(parts.device))
+        rows = chunk.rows
+        if rows and slots.inserted + slots.on_cue:
+            slots.apply(embeds, inputs.prompt_slots.to(parts.device), self.prompts(rows))
+        lengths = torch.tensor([sequence.past_length for sequence in chunk.sequences], dtype=torch.long)
+        past_width = int(lengths.max())
+        mask = packed_mask(inputs.segments, lengths, past_width)
+        masks = sliding_masks(mask, inputs.positions, lengths, parts.config)
+        # A cache without the config: plain layers, never cut to a sliding window (the masks say that).
+        cache = DynamicCache(ddp_cache_data=stack_states(pasts, past_width)) if past_width else DynamicCache()
+        device = parts.device
+        output = parts.run(
+            inputs_embeds=embeds,
+            attention_mask=masks.to(device)
+            if isinstance(masks, torch.Tensor)
+            else {name: layer_mask.to(device) for name, layer_mask in masks.items()},
+            position_ids=inputs.positions.to(device),
+            cache=cache,
+            use_cache=True,
         )
-        ends = torch.tensor([row.length - 1 for row in chunk], dtype=torch.long)
-        return hidden, ends
+        forward = (output.last_hidden_state, inputs.row_sequence, inputs.row_end)
+        return forward, cache_layers(output)
 
 
 class FullSequence(Strategy):
@@ -210,18 +215,25 @@ class FullSequence(Strategy):
             row.length = len(parts.bos) + self.slots.inserted + len(row.tokens)
             row.length += len(inputs.texts[row.example]) if inputs.after_text else 0
 
-    def width(self, row: Row) -> int:
-        return row.length
+    def chunks(self) -> Iterator[Chunk]:
+        batching = self.parts.batching
+        planned = length_sorted_chunks(
+            self.inputs.rows,
+            batching.batch_sequences,
+            batching.batch_tokens,
+            sort=batching.sort_by_length,
+        )
+        yield from map(RowChunk, planned)
 
-    def forward(self, chunk: list[Row]) -> Forward:
+    def forward(self, chunk: RowChunk) -> Forward:
         """[pad][bos][head][soft prompt][tail]; the head is the text when the prompt comes after it."""
-        parts, slots = self.parts, self.slots
-        prompts = self.prompts(chunk)
-        width = max(row.length for row in chunk)
-        ids = torch.full((len(chunk), width), parts.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        soft = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for index, row in enumerate(chunk):
+        parts, slots, rows = self.parts, self.slots, chunk.rows
+        prompts = self.prompts(rows)
+        width = max(row.length for row in rows)
+        ids = torch.full((len(rows), width), parts.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        soft = torch.zeros((len(rows), width), dtype=torch.bool)
+        for index, row in enumerate(rows):
             head = self.inputs.texts[row.example] if self.inputs.after_text else ()
             start = width - row.length
             before = parts.bos + head
@@ -234,14 +246,14 @@ class FullSequence(Strategy):
         embeds = parts.embed(ids)
         slots.apply(embeds, soft, prompts)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        output = parts.backbone(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        )
-        return output.last_hidden_state, torch.full((len(chunk),), width - 1, dtype=torch.long)
+        output = parts.run(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+        ends = torch.full((len(rows),), width - 1, dtype=torch.long)
+        return output.last_hidden_state, torch.arange(len(rows)), ends
 
 
 class PrefixStates(Strategy):
-    """Each candidate's [bos][soft prompt] encoded once, in batched passes, reused by its examples."""
+    """Each candidate's [bos][soft prompt] encoded once, in batched passes, reused by its examples: one
+    sequence per row after its candidate's prefix (rows are long, so packing them would waste attention)."""
 
     def __init__(self, parts: ModelParts, inputs: GroupInputs) -> None:
         super().__init__(parts, inputs)
@@ -250,12 +262,12 @@ class PrefixStates(Strategy):
     def setup(self) -> Passes:
         parts, z = self.parts, self.inputs.z
         bos = torch.tensor(parts.bos, dtype=torch.long, device=parts.device)
-        for start in range(0, len(z), parts.batch_sequences):
-            batch = z[start : start + parts.batch_sequences]
+        for start in range(0, len(z), parts.batching.batch_sequences):
+            batch = z[start : start + parts.batching.batch_sequences]
             prompts = self.adapter.soft_prompts(batch, batch.new_zeros(len(batch), parts.hidden_size))
             embeds = torch.cat([parts.embed(bos).expand(len(batch), -1, -1), prompts.to(batch.dtype)], dim=1)
             positions = torch.arange(embeds.shape[1], device=parts.device).expand(len(batch), -1)
-            output = parts.backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True)
+            output = parts.run(inputs_embeds=embeds, position_ids=positions, use_cache=True)
             layers = cache_layers(output)
             self.prefixes += [KVState(tuple((k[i], v[i]) for k, v in layers)) for i in range(len(batch))]
             yield len(batch)
@@ -264,83 +276,13 @@ class PrefixStates(Strategy):
         for row in self.inputs.rows:
             row.length = len(row.tokens)
 
-    def width(self, row: Row) -> int:
-        return row.length + self.prefixes[0].length
+    def chunks(self) -> Iterator[PackedChunk]:
+        batching, length = self.parts.batching, self.prefixes[0].length
+        sequences = [PackedSequence(row.candidate, length, (), [row]) for row in self.inputs.rows]
+        yield from packed_batches(
+            sequences, batching.batch_sequences, batching.batch_tokens, sort=batching.sort_by_length
+        )
 
-    def forward(self, chunk: list[Row]) -> Forward:
-        pasts = [self.prefixes[row.candidate] for row in chunk]
-        return self.forward_after_states(chunk, pasts, None, PromptSlots(0, 0, 0))
-
-
-class TextStates(Strategy):
-    """Each text's [bos][text] from its scope's cache or shared batched passes; the prompt and cue
-    after it. Texts go in windows of what ``budget`` has free (at least one text each)."""
-
-    def __init__(
-        self, parts: ModelParts, inputs: GroupInputs, cache: TextStateCache, budget: StateBudget | None = None
-    ) -> None:
-        super().__init__(parts, inputs)
-        self.cache = cache
-        self.budget = budget if budget is not None else StateBudget()
-        self.states: dict[int, KVState] = {}  # the current window's, by group-wide example
-        for row in inputs.rows:
-            row.length = self.slots.inserted + len(row.tokens)
-
-    def windows(self) -> Iterator[Window]:
-        parts, group = self.parts, self.inputs.group
-        # (scope, [bos][text]) of every example, group-wide; one key is one state, its scope's own.
-        keys = [(prepared.scope, parts.bos + text) for prepared in group for text in prepared.encoded.texts]
-        owners = [owner for owner, prepared in enumerate(group) for _ in prepared.encoded.texts]
-        examples: dict[Key, list[int]] = {}
-        for example in sorted(range(len(keys)), key=lambda e: (len(keys[e][1]), keys[e][1], keys[e][0])):
-            examples.setdefault(keys[example], []).append(example)
-        plan_order: dict[int, list[int]] = {}
-        for index, row in enumerate(self.inputs.rows):
-            plan_order.setdefault(row.example, []).append(index)
-        pending, per_token = list(examples), parts.state_bytes_per_token
-        while pending:  # shortest texts first, as chunks are sorted; each window sized to what is free
-            free, held, window = self.budget.free(), 0, list[Key]()
-            while pending and (not window or held + len(pending[0][1]) * per_token <= free):
-                window.append(pending.pop(0))
-                held += len(window[-1][1]) * per_token
-            self.budget.take(held)
-            try:
-                indices = sorted(
-                    i for key in window for example in examples[key] for i in plan_order[example]
-                )
-                firsts = {key: owners[examples[key][0]] for key in window}
-                yield self._encode(firsts, examples), [self.inputs.rows[i] for i in indices]
-            finally:  # the window's rows are done, or the job stopped
-                self.states = {}
-                self.budget.give(held)
-
-    def _encode(self, firsts: dict[Key, int], examples: dict[Key, list[int]]) -> Passes:
-        """The window's states, from the cache or computed in shared passes; each charged to the first
-        request of its scope that has it, and cached under that scope."""
-        parts = self.parts
-        self.states = {}  # the previous window's states go before this one's are computed
-        found = {key: self.cache.get(*key) for key in firsts}
-        missing = [key for key, state in found.items() if state is None]  # length-sorted already
-        for batch in padded_batches(
-            missing, lambda key: len(key[1]), parts.batch_sequences, parts.batch_tokens
-        ):
-            layers, mask = encode_left_padded(
-                parts.backbone, [key[1] for key in batch], parts.pad_id, parts.device
-            )
-            for key, state in zip(batch, split_states(layers, mask), strict=True):
-                found[key] = state
-                self.cache.put(key[0], key[1], state)
-                self.tokens[firsts[key]] += len(key[1])
-            del layers, mask
-            yield len(batch)
-        for key, state in found.items():
-            assert state is not None  # every missing state was computed above
-            for example in examples[key]:
-                self.states[example] = state
-
-    def width(self, row: Row) -> int:
-        return row.length + self.states[row.example].length
-
-    def forward(self, chunk: list[Row]) -> Forward:
-        pasts = [self.states[row.example] for row in chunk]
-        return self.forward_after_states(chunk, pasts, self.prompts(chunk), self.slots)
+    def forward(self, chunk: PackedChunk) -> Forward:
+        pasts = [self.prefixes[sequence.key] for sequence in chunk.sequences]
+        return self.run_packed(chunk, pasts, PromptSlots(0, 0, 0))[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ import pytest
 from cbpt.server.adapters import Placement
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.engine import ScoreRequest, ScoringEngine
-from cbpt.server.engine import strategies as strategies_module
+from cbpt.server.engine import text_states as text_states_module
 from cbpt.server.engine.kv import KVState, TextStateCache
 from cbpt.server.engine.limits import Limits
 from cbpt.server.testing import tiny_bundle
@@ -63,8 +63,8 @@ class PassCosts:
         if mask is None:
             new = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
             self.costs.append(int(new.shape[0] * new.shape[1]))
-        else:
-            self.costs.append(int(mask.numel()))
+        else:  # [rows, keys], or a packed pass's [sequences, 1, new, keys]: rows x keys either way
+            self.costs.append(int(mask.shape[0] * mask.shape[-1]))
 
     def remove(self) -> None:
         self._handle.remove()
@@ -74,20 +74,23 @@ class PassCosts:
 def live_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """Bytes of the text states alive at once (in a job or in the cache), and their peak."""
     gauge = {"live": 0, "peak": 0}
-    real = strategies_module.split_states
 
     def forget(size: int) -> None:
         gauge["live"] -= size
 
-    def tracked(*args: object, **kwargs: object) -> list[KVState]:
-        states = real(*args, **kwargs)
-        for state in states:
-            gauge["live"] += state.nbytes
-            weakref.finalize(state, forget, state.nbytes)
-        gauge["peak"] = max(gauge["peak"], gauge["live"])
-        return states
+    def tracking(real: Callable[..., list[KVState]]) -> Callable[..., list[KVState]]:
+        def tracked(*args: object, **kwargs: object) -> list[KVState]:
+            states = real(*args, **kwargs)
+            for state in states:
+                gauge["live"] += state.nbytes
+                weakref.finalize(state, forget, state.nbytes)
+            gauge["peak"] = max(gauge["peak"], gauge["live"])
+            return states
 
-    monkeypatch.setattr(strategies_module, "split_states", tracked)
+        return tracked
+
+    for name in ("split_states", "take_states"):  # states encoded apart, or taken from a row pass
+        monkeypatch.setattr(text_states_module, name, tracking(getattr(text_states_module, name)))
     yield gauge
 
 
