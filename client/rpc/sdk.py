@@ -8,13 +8,15 @@ exponential backoff (honouring the server's RetryInfo), and splitting to the
 server's stated limits. Once a server has answered, an UNAVAILABLE is retried for
 ``retry_window`` seconds rather than a count of times, so a long run rides out a
 server restart (tens of seconds); before that, a few quick retries say soon that
-nothing is listening (or that TLS does not match).
+nothing is listening (or that TLS does not match). Calls may come from several threads at once
+(``batches.py`` keeps several requests in flight): the channel is shared, the stats are locked.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -60,6 +62,15 @@ class ClientStats:
     def reset(self) -> None:
         for field in fields(self):
             setattr(self, field.name, field.default)
+
+    def add(self, **amounts: float) -> None:
+        """Add to several totals at once (a call may finish on any thread)."""
+        with _STATS_LOCK:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+
+_STATS_LOCK = threading.Lock()
 
 
 def _shift_field(field: str, chunk: Chunk) -> str:
@@ -265,15 +276,13 @@ class TuningClient:
                 if wait is not None:
                     self._sleep(wait)
                     attempt += 1
-                    self.stats.retries += 1
+                    self.stats.add(retries=1)
                     continue
                 raise to_client_error(
                     error, target=self.target, method=method, timeout=self.timeout, tls=self.uses_tls
                 ) from error
             self._answered = True
-            self.stats.calls += 1
-            self.stats.bytes_sent += request.ByteSize()
-            self.stats.bytes_received += response.ByteSize()
+            self.stats.add(calls=1, bytes_sent=request.ByteSize(), bytes_received=response.ByteSize())
             return response
 
     def info(self, *, refresh: bool = False) -> ServerInfo:
@@ -313,7 +322,7 @@ class TuningClient:
             raise RequestRejected(f"mode: unknown scoring mode {mode!r}; known: {', '.join(SCORING_MODES)}")
         batch = _Batch(adapter, _candidates(candidates, dimension, adapter), list(texts), stated, mode, cue)
         count = batch.candidates.shape[0]
-        self.stats.candidate_evaluations += count
+        self.stats.add(candidate_evaluations=count)
         if not batch.texts:
             return np.zeros((count, 0, 0), dtype=np.float32)
         result = np.full((count, len(batch.texts), stated.width), -np.inf, dtype=np.float32)
@@ -366,8 +375,10 @@ class TuningClient:
             raise RequestRejected(f"server rejected Evaluate: {reason}", violations) from error
         evaluated = cast(tuning_pb2.EvaluateResponse, response)
         scores = serde.scores_from_response(evaluated, len(rows), batch.choice_counts(chunk))
-        self.stats.server_seconds += scores.server_seconds
-        self.stats.tokens_processed += scores.tokens_processed
         counts = batch.choice_counts(chunk)
-        self.stats.budget_used += len(rows) * (sum(counts) if batch.mode == "full_choice" else len(columns))
+        self.stats.add(
+            server_seconds=scores.server_seconds,
+            tokens_processed=scores.tokens_processed,
+            budget_used=len(rows) * (sum(counts) if batch.mode == "full_choice" else len(columns)),
+        )
         return scores.log_probs

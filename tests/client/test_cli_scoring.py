@@ -16,7 +16,7 @@ from cbpt.client.cli import app
 from cbpt.client.cli import progress as progress_module
 from cbpt.client.cli import scoring as cli_scoring
 from cbpt.client.cli.progress import RowsProgress
-from cbpt.client.rpc.batches import predict_in_batches
+from cbpt.client.rpc.batches import RequestBatching, predict_in_batches, request_spans
 from cbpt.client.rpc.sdk import TuningClient
 from cbpt.common.losses import calibrate, metrics
 from cbpt.common.tasks.task import Task
@@ -82,11 +82,12 @@ def test_rows_are_scored_in_batches_with_progress(
     examples = Task.from_file(make_task()).test()
     seen: list[int] = []
     batched = predict_in_batches(
-        client, "none", np.zeros(0), examples, "first_token", on_rows=seen.append, batch_rows=3
-    )
+        client, "none", np.zeros(0), examples, "first_token", on_rows=seen.append,
+        batching=RequestBatching(max_rows=3, in_flight=2),
+    )  # fmt: skip
     whole = client.predict("none", np.zeros(0), examples.texts, examples.choices, cue=examples.cue)
     np.testing.assert_allclose(batched, whole, atol=1e-6)  # other batch shapes: float rounding only
-    assert seen == [3, 3, 2]
+    assert sorted(seen) == [2, 3, 3]  # as each answer arrived (two requests in flight)
     shown = io.StringIO()
     console = Console(file=shown, force_terminal=True, width=100)
     with RowsProgress(console, 8, "evaluating") as progress:
@@ -101,6 +102,15 @@ def test_rows_are_scored_in_batches_with_progress(
     task_path, out = tuned
     assert cbpt("evaluate", out, task_path.parent / "data" / "test.jsonl", "--server", server).exit_code == 0
     assert advanced == [8]  # evaluate reports its rows as it goes (predict too, through the same path)
+
+
+def test_requests_are_sized_by_text_and_rows() -> None:
+    batching = RequestBatching(request_chars=10, max_rows=3)
+    spans = request_spans([4, 4, 4, 1, 1, 1, 1, 30, 2], batching)
+    assert spans == [range(0, 2), range(2, 5), range(5, 7), range(7, 8), range(8, 9)]  # a long row alone
+    assert request_spans([], batching) == []
+    with pytest.raises(ValueError, match="in_flight must be at least 1"):
+        RequestBatching(in_flight=0)
 
 
 def test_predict_passes_ids_and_texts_through(server: str, tuned: tuple[Path, Path], tmp_path: Path) -> None:
