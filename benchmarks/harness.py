@@ -7,11 +7,21 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cbpt.server.engine.types import ScoreRequest
+
+if TYPE_CHECKING:
+    from cbpt.server.engine import ScoringEngine
+    from cbpt.server.model import ModelBundle
+
 ROOT = Path(__file__).resolve().parents[1]
+CHOICES = [" negative", " positive"]  # the review-sentiment request the speed benchmarks time
+CUE = "\nSentiment:"
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = ROOT.parent / "shared" / "datasets"
 
@@ -114,3 +124,39 @@ def write_text(name: str, text: str) -> Path:
     path = RESULTS / name
     path.write_text(text)
     return path
+
+
+@dataclass
+class Timing:
+    """What one timed Evaluate measured."""
+
+    seconds: float
+    tokens: int
+    sequences: int
+    flops: float
+
+
+def non_embedding_parameters(bundle: ModelBundle) -> int:
+    model = bundle.model
+    embedding = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    return total - embedding.numel()
+
+
+def time_call(engine: ScoringEngine, adapter: str, popsize: int, texts: list[str], params: int) -> Timing:
+    dimension = engine.adapters[adapter].dimension
+    candidates = np.random.default_rng(0).standard_normal((popsize, dimension)).astype(np.float32)
+    request = ScoreRequest(adapter, candidates, texts, CHOICES, cue=CUE, scope="bench")
+    # Warm-up with one candidate: the first call's one-off costs, and for adapters placed after the text
+    # it fills the text-state cache as the first generation of a tuning run would.
+    engine.score(ScoreRequest(adapter, candidates[:1], texts, CHOICES, cue=CUE, scope="bench"))
+    started = time.perf_counter()
+    result = engine.score(request)
+    seconds = time.perf_counter() - started
+    head = 2 * engine.bundle.hidden_size * len(CHOICES) * popsize * len(texts)
+    return Timing(
+        seconds,
+        result.tokens_processed,
+        popsize * len(texts),
+        2.0 * params * result.tokens_processed + head,
+    )

@@ -1,7 +1,14 @@
-"""The README's main job before and after the speed work of issue #4, side by side in one run.
+"""The README's main job before and after the speed work of issues #4 and #24, side by side in one run.
 
-    .venv/bin/python -m benchmarks.main_job [--budget 100] [--model smollm2]
+    .venv/bin/python -m benchmarks.main_job [--budget 100] [--model smollm2]      # issue #4
+    .venv/bin/python -m benchmarks.throughput --sections mainjob                  # issue #24
 
+Issue #24 (``compare_main_job``): today's main job (``cbp-opinion``, the prompt added onto the answer
+cue, 200 calls, popsize 20, a client-side bias) on the engine as it was before issue #24
+(``Batching.before_issue_24()``) and on today's, one after the other in one process; the same
+figures (the tuned vector and its held-out accuracy) are checked to be identical.
+
+Issue #4 (``main``):
 The job: tune the bundled tweets task (examples/tweets/task.yaml: 16 shots and 8 dev examples per
 class, seed 0) with CMA-ES, popsize 20, a client-side bias, through the real gRPC server and client
 on loopback; then score the 300 held-out tweets. Configurations, all in this process on one model:
@@ -21,6 +28,7 @@ import argparse
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +36,13 @@ from benchmarks.harness import ROOT, machine, write_json, write_text
 from cbpt.client.rpc.sdk import TuningClient
 from cbpt.client.tuning.tuner import Tuner
 from cbpt.common.losses import accuracy, apply_bias, calibrate, predictions
-from cbpt.common.tasks.task import Task
+from cbpt.common.tasks.task import Examples, Task
+from cbpt.server.adapters.spec import build_adapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.engine.batching import Batching
 from cbpt.server.front.app import serve_in_background
-from cbpt.server.model import load_model
-from cbpt.server.runtime import default_adapters
+from cbpt.server.model import ModelBundle, load_model
+from cbpt.server.runtime import chosen_specs, default_adapters
 from cbpt.server.testing import tiny_bundle
 
 TASK = ROOT / "examples" / "tweets" / "task.yaml"
@@ -65,34 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for label, adapter, options in CONFIGURATIONS:
         engine = ScoringEngine(bundle, default_adapters(bundle), **options)
-        with serve_in_background(engine) as target, TuningClient(target) as client:
-            zero = client.predict("none", np.zeros(0, np.float32), test.texts, test.choices, cue=test.cue)
-            tuner = Tuner(
-                client,
-                task,
-                adapter=adapter,
-                budget=args.budget,
-                popsize=args.popsize,
-                fit_bias=True,
-                seed=args.seed,
-            )
-            started = time.perf_counter()
-            result = tuner.run()
-            seconds = time.perf_counter() - started
-            tuned = client.predict(adapter, result.vector, test.texts, test.choices, cue=test.cue)
-        rows.append(
-            {
-                "configuration": label,
-                "adapter": adapter,
-                "engine_options": options,
-                "tuning_seconds": seconds,
-                "calls": result.calls_used,
-                "held_out_accuracy": accuracy(predictions(apply_bias(tuned, result.bias)), test.labels),
-                "zero_shot_accuracy": accuracy(predictions(zero), test.labels),
-                "calibrated_zero_shot_accuracy": accuracy(predictions(calibrate(zero)), test.labels),
-            }
-        )
-        print(f"{label}: {seconds:.0f} s, held-out {rows[-1]['held_out_accuracy']:.1%}", flush=True)
+        row, _ = tune_once(engine, adapter, task, test, args.budget, args.popsize, args.seed)
+        rows.append({"configuration": label, "adapter": adapter, "engine_options": options, **row})
+        print(f"{label}: {row['tuning_seconds']:.0f} s, held-out {row['held_out_accuracy']:.1%}", flush=True)
     payload = {
         "machine": machine(),
         "model": bundle.model_id,
@@ -106,6 +91,57 @@ def main(argv: list[str] | None = None) -> None:
     write_json(f"{args.output}.json", payload)
     write_text(f"{args.output}.md", render(payload))
     print(render(payload))
+
+
+def tune_once(
+    engine: ScoringEngine, adapter: str, task: Task, test: Examples, budget: int, popsize: int, seed: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Tune ``task`` through a loopback server on ``engine`` and score the held-out split: the timed
+    figures, and the tuned vector."""
+    assert test.labels is not None
+    with serve_in_background(engine) as target, TuningClient(target) as client:
+        zero = client.predict("none", np.zeros(0, np.float32), test.texts, test.choices, cue=test.cue)
+        tuner = Tuner(client, task, adapter=adapter, budget=budget, popsize=popsize, fit_bias=True, seed=seed)
+        started = time.perf_counter()
+        result = tuner.run()
+        seconds = time.perf_counter() - started
+        tuned = client.predict(adapter, result.vector, test.texts, test.choices, cue=test.cue)
+    return {
+        "tuning_seconds": seconds,
+        "calls": result.calls_used,
+        "train_loss": result.train_loss,
+        "held_out_accuracy": accuracy(predictions(apply_bias(tuned, result.bias)), test.labels),
+        "zero_shot_accuracy": accuracy(predictions(zero), test.labels),
+        "calibrated_zero_shot_accuracy": accuracy(predictions(calibrate(zero)), test.labels),
+    }, result.vector
+
+
+def compare_main_job(
+    bundle: ModelBundle, budget: int = 200, popsize: int = 20, seed: int = 0
+) -> dict[str, Any]:
+    """Today's main job on the engine before #24 and on today's, in one process (the throughput
+    benchmark's ``mainjob`` section)."""
+    if not TEST.is_file():
+        subprocess.run([sys.executable, str(ROOT / "examples" / "tweets" / "prepare.py")], check=True)
+    task = Task.from_file(TASK).model_copy(update={"seed": seed})
+    test = task.load_examples(TEST)
+    specs = chosen_specs(bundle.fingerprint, None, True, bundle.hidden_size)
+    adapter = "cbp-opinion" if any(spec.name == "cbp-opinion" for spec in specs) else "bbt-cue"
+    runs, vectors = [], []
+    for label, batching in (("before #24", Batching.before_issue_24()), ("now", Batching())):
+        engine = ScoringEngine(bundle, build_adapters(bundle, specs), batching=batching)
+        row, vector = tune_once(engine, adapter, task, test, budget, popsize, seed)
+        runs.append({"configuration": label, "adapter": adapter, **row})
+        vectors.append(vector)
+        print(
+            f"main job {label}: {row['tuning_seconds']:.0f} s, held-out {row['held_out_accuracy']:.1%}",
+            flush=True,
+        )
+    return {
+        "task": "examples/tweets/task.yaml", "held_out_examples": len(test), "budget": budget,
+        "popsize": popsize, "seed": seed, "runs": runs, "same_vector": bool(np.array_equal(*vectors)),
+        "vector_max_difference": float(np.abs(vectors[0] - vectors[1]).max()),
+    }  # fmt: skip
 
 
 def render(payload: dict) -> str:

@@ -1,8 +1,13 @@
 """Evaluate throughput of the scoring engine, as a ratio to a plain matmul timed in the same run.
 
-    .venv/bin/python -m benchmarks.throughput            # full grid on the bundled model (~15 min on 2 cores)
-    .venv/bin/python -m benchmarks.throughput --quick    # a smaller grid (~4 min)
-    .venv/bin/python -m benchmarks.throughput --sections threads,int8,merging   # re-run some parts
+    .venv/bin/python -m benchmarks.throughput            # every section on the bundled model (hours on 2 cores)
+    .venv/bin/python -m benchmarks.throughput --quick    # fewer points and sizes (about an hour)
+    .venv/bin/python -m benchmarks.throughput --sections evaluate,oncue,mainjob   # re-run some parts
+    .venv/bin/python -m benchmarks.throughput --batching before-24 --output throughput-before-24
+                                                          # every section on the engine as before #24
+
+The sections ``evaluate``, ``oncue``, ``ceiling`` and ``mainjob`` put the engine (and client) as they
+were before issue #24 beside today's in one run (throughput_evaluate.py, main_job.py).
 
 Writes benchmarks/results/throughput.json and throughput.md. FLOPs per sequence are
 2 x non-embedding parameters x tokens processed, plus the LM-head rows actually computed.
@@ -11,27 +16,33 @@ Writes benchmarks/results/throughput.json and throughput.md. FLOPs per sequence 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from benchmarks.harness import (
+    CHOICES,
+    CUE,
     RESULTS,
     SHARED,
     layer_matmul_flops,
     machine,
     matmul_flops,
+    non_embedding_parameters,
     sst2_texts,
+    time_call,
     write_json,
     write_text,
 )
+from benchmarks.main_job import compare_main_job
+from benchmarks.throughput_evaluate import ceiling_section, evaluate_section, oncue_section
 from benchmarks.throughput_report import render
 from cbpt.client.optimizers import make_optimizer
 from cbpt.client.optimizers.base import OptimizerConfig
@@ -40,57 +51,23 @@ from cbpt.common.losses import accuracy, calibrate, compute_losses, predictions
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
 from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.engine.batching import Batching
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.runtime import default_adapters
 from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
 
-CHOICES = [" negative", " positive"]
-CUE = "\nSentiment:"
-
-
-@dataclass
-class Timing:
-    """What one timed Evaluate measured."""
-
-    seconds: float
-    tokens: int
-    sequences: int
-    flops: float
-
-
-def non_embedding_parameters(bundle: ModelBundle) -> int:
-    model = bundle.model
-    embedding = model.get_input_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
-    return total - embedding.numel()
+BATCHING = {"now": Batching(), "before-24": Batching.before_issue_24()}
+_base = BATCHING["now"]  # what ``build`` starts from (``--batching``)
 
 
 def build(bundle: ModelBundle, **options) -> ScoringEngine:
+    """The default adapters and a random ``cbp`` generator; ``options`` override batching knobs."""
     adapters = default_adapters(bundle)
     config = GeneratorConfig(bundle.fingerprint, bundle.hidden_size, bundle.embedding_std, domain="bench")
     adapters.append(CustomizedBlackBoxPrompt(PromptGenerator(config), name="cbp"))
-    return ScoringEngine(bundle, adapters, **options)
-
-
-def time_call(engine: ScoringEngine, adapter: str, popsize: int, texts: list[str], params: int) -> Timing:
-    dimension = engine.adapters[adapter].dimension
-    candidates = np.random.default_rng(0).standard_normal((popsize, dimension)).astype(np.float32)
-    request = ScoreRequest(adapter, candidates, texts, CHOICES, cue=CUE, scope="bench")
-    # Warm-up with one candidate: the first call's one-off costs, and for adapters placed after the text
-    # it fills the text-state cache as the first generation of a tuning run would.
-    engine.score(ScoreRequest(adapter, candidates[:1], texts, CHOICES, cue=CUE, scope="bench"))
-    started = time.perf_counter()
-    result = engine.score(request)
-    seconds = time.perf_counter() - started
-    head = 2 * engine.bundle.hidden_size * len(CHOICES) * popsize * len(texts)
-    return Timing(
-        seconds,
-        result.tokens_processed,
-        popsize * len(texts),
-        2.0 * params * result.tokens_processed + head,
-    )
+    return ScoringEngine(bundle, adapters, batching=_base, **options)
 
 
 def over_grpc(engine: ScoringEngine, texts: list[str], adapter: str, generations: int) -> dict:
@@ -186,15 +163,19 @@ def grid(
 
 def ablations(bundle: ModelBundle, texts: list[str], params: int, square: float) -> list[dict]:
     variants = [
-        ("sorted, chunks of 64, prompt reused per candidate (default)", "bbt", {}),
-        ("prompt run with every example", "bbt", {"reuse_prefix_states": False}),
-        ("unsorted, chunks of 64", "bbt", {"sort_by_length": False}),
-        ("sorted, chunks of 16", "bbt", {"batch_sequences": 16}),
-        ("sorted, chunks of 192", "bbt", {"batch_sequences": 192, "batch_tokens": 192 * 64}),
-        ("sorted, chunks of 640", "bbt", {"batch_sequences": 640, "batch_tokens": 640 * 64}),
+        ("bbt, sorted passes, prompt reused per candidate (default)", "bbt", {}),
+        ("bbt, prompt run with every example", "bbt", {"reuse_prefix_states": False}),
+        ("bbt, unsorted", "bbt", {"sort_by_length": False}),
+        ("bbt, passes of 16 rows", "bbt", {"batch_sequences": 16}),
+        ("bbt, passes of 4096 tokens", "bbt", {"batch_tokens": 4096}),
+        ("bbt, the engine before #24", "bbt", dataclasses.asdict(Batching.before_issue_24())),
         ("bbt-suffix, text states reused", "bbt-suffix", {}),
         ("bbt-suffix, no reuse", "bbt-suffix", {"reuse_text_states": False}),
-        ("bbt-cue, text states reused", "bbt-cue", {}),
+        ("bbt-cue, text states reused (default)", "bbt-cue", {}),
+        ("bbt-cue, one sequence per row (pack_rows 1)", "bbt-cue", {"pack_rows": 1}),
+        ("bbt-cue, keys/values repeated per head", "bbt-cue", {"grouped_attention": False}),
+        ("bbt-cue, passes of 4096 tokens", "bbt-cue", {"batch_tokens": 4096}),
+        ("bbt-cue, the engine before #24", "bbt-cue", dataclasses.asdict(Batching.before_issue_24())),
         ("bbt-cue, no reuse", "bbt-cue", {"reuse_text_states": False}),
     ]
     results = []
@@ -323,7 +304,9 @@ def merged_clients(
     return results
 
 
-SECTIONS = ("grid", "ablations", "pooled", "threads", "int8", "merging", "grpc")
+SECTIONS = (
+    "grid", "ablations", "pooled", "threads", "int8", "merging", "grpc", "evaluate", "oncue", "ceiling", "mainjob",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -342,7 +325,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"
     )
+    parser.add_argument(
+        "--batching", choices=sorted(BATCHING), default="now",
+        help="the engine the single-engine sections run: today's, or as before issue #24",
+    )  # fmt: skip
+    parser.add_argument(
+        "--evaluate-rows", help="comma-separated file sizes of the evaluate section (default 1,300 with "
+        "--quick, else 1,1000,10000; sizes over 1000 run short texts through gRPC only)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    default_rows = "1,300" if args.quick else "1,1000,10000"
+    rows = tuple(int(size) for size in (args.evaluate_rows or default_rows).split(","))
+    global _base
+    _base = BATCHING[args.batching]
     sections = [name for name in args.sections.split(",") if name]
     if unknown := sorted(set(sections) - set(SECTIONS)):
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
@@ -362,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     path = RESULTS / f"{args.output}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {}
     payload |= {"machine": machine(), "model": bundle.model_id, "dtype": str(bundle.dtype),
-                "non_embedding_parameters": params}  # fmt: skip
+                "non_embedding_parameters": params, "batching": args.batching}  # fmt: skip
     runs: dict[str, Callable[[], object]] = {
         "grid": lambda: grid(build(bundle), lengths, args.quick, params, square, args.reference_seconds),
         "ablations": lambda: ablations(bundle, short[:32], params, square),
@@ -374,12 +369,21 @@ def main(argv: list[str] | None = None) -> None:
             over_grpc(build(bundle), short[:16], a, 6 if args.quick else 15)
             for a in ("bbt-suffix", "bbt-cue")
         ],
+        "evaluate": lambda: evaluate_section(bundle, params, rows),
+        "oncue": lambda: oncue_section(bundle, params, args.quick),
+        "ceiling": lambda: ceiling_section(bundle, params),
+        "mainjob": lambda: compare_main_job(bundle, 60 if args.quick else 200),
     }
     for name in SECTIONS:
         if name not in sections or (name == "int8" and args.model == "tiny"):
             continue
+        load = os.getloadavg()[0]
         payload[name] = runs[name]()
         payload.setdefault("matmul_gflops", {})[name] = square / 1e9  # the reference of that section's run
+        payload.setdefault("load", {})[name] = [
+            load,
+            os.getloadavg()[0],
+        ]  # uptime's 1-minute load, before/after
         write_json(f"{args.output}.json", payload)  # after every section: a later failure loses nothing
         write_text(f"{args.output}.md", render(payload))
     print(render(payload))

@@ -103,6 +103,7 @@ def render(payload: dict) -> str:
             f"| {w['bytes_sent_per_candidate_evaluation']:.0f} / {w['bytes_received_per_candidate_evaluation']:.0f} "
             f"| {w['call_seconds_p50']:.2f} s / {w['call_seconds_p99']:.2f} s |"
         )
+    lines += _before_and_now(payload)
     lines.append("")
     for adapter in ("bbt", "cbp"):
         big = [
@@ -114,3 +115,69 @@ def render(payload: dict) -> str:
             lines.append(f"{adapter} at popsize x examples >= 160 ({len(big)} points): {_spread(big, 'matmul_ratio')} "
                          f"of the 2048³ matmul; {_spread(big, 'layer_matmul_ratio')} of the layer matmuls.  ")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _pairs(rows: list[dict], keys: tuple[str, ...]) -> list[tuple[dict, dict]]:
+    """(before #24, now) rows measured for the same point, in the order measured."""
+    before = {tuple(r[k] for k in keys): r for r in rows if r["engine"] == "before #24"}
+    return [(before[tuple(r[k] for k in keys)], r) for r in rows if r["engine"] == "now"]
+
+
+def _before_and_now(payload: dict) -> list[str]:
+    """The issue #24 sections: each point before #24 and now, measured interleaved in one run."""
+    lines: list[str] = []
+    load = payload.get("load", {})
+
+    def heading(section: str, title: str) -> None:
+        seen = load.get(section)
+        note = f" (1-minute load {seen[0]:.1f} before, {seen[1]:.1f} after)" if seen else ""
+        lines.extend(["", f"## {title}{note}", ""])
+
+    if evaluate := payload.get("evaluate"):
+        heading("evaluate", "evaluate / predict: one vector over a file, before #24 and now")
+        lines += [
+            "Each run starts with an empty text-state cache; gRPC is `predict_in_batches` (shuffled rows), CLI is "
+            "`cbpt predict TUNED FILE` (the tuned adapter) or `cbpt evaluate --zero-shot` (`none`), in this process "
+            "against a loopback server. FLOP/s count the tokens the server ran (texts and cues).",
+            "",
+            "| path | adapter | texts | rows | rows/s before | rows/s now | speed-up | of matmul before | of matmul now |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for old, new in _pairs(evaluate, ("path", "adapter", "length", "rows")):
+            lines.append(
+                f"| {new['path']} | {new['adapter']} | {new['length']} | {new['rows']} | {old['rows_per_s']:.1f} "
+                f"| {new['rows_per_s']:.1f} | {new['rows_per_s'] / old['rows_per_s']:.2f}x "
+                f"| {old['matmul_ratio']:.0%} | {new['matmul_ratio']:.0%} |"
+            )
+    if oncue := payload.get("oncue"):
+        heading("oncue", "One generation on the answer cue (32 short texts, cached as from generation 2)")
+        lines += [
+            "| adapter | popsize | sequences/s before | sequences/s now | speed-up | of matmul before | of matmul now |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for old, new in _pairs(oncue, ("adapter", "popsize")):
+            lines.append(
+                f"| {new['adapter']} | {new['popsize']} | {old['sequences_per_s']:.1f} | {new['sequences_per_s']:.1f} "
+                f"| {new['sequences_per_s'] / old['sequences_per_s']:.2f}x | {old['matmul_ratio']:.0%} "
+                f"| {new['matmul_ratio']:.0%} |"
+            )
+    if ceiling := payload.get("ceiling"):
+        heading("ceiling", "Ceiling: the model's own plain forward (no padding, cache or mask)")
+        lines += ["| sequences x tokens | of matmul |", "|---|---|"]
+        lines += [f"| {r['sequences']} x {r['length']} | {r['matmul_ratio']:.0%} |" for r in ceiling]
+    if job := payload.get("mainjob"):
+        heading("mainjob", f"The main job's tuning ({job['runs'][0]['adapter']}, {job['budget']} calls, "
+                f"popsize {job['popsize']}, seed {job['seed']}), before #24 and now")  # fmt: skip
+        first = job["runs"][0]["tuning_seconds"]
+        lines += [
+            "| engine | tuning time | speed-up | train loss | held-out accuracy |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['configuration']} | {r['tuning_seconds']:.0f} s | {first / r['tuning_seconds']:.2f}x "
+            f"| {r['train_loss']:.4f} | {r['held_out_accuracy']:.1%} |"
+            for r in job["runs"]
+        ]
+        same = "identical" if job["same_vector"] else f"differ by at most {job['vector_max_difference']:.2g}"
+        lines += ["", f"The two tuned vectors are {same}."]
+    return lines

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from cbpt.server.engine.batching import Batching
 from cbpt.server.engine.plan import Row
 
 HEAD, PAD = -1, -2  # segment ids of a sequence's head tokens and of its padding; rows are 0, 1, ...
@@ -63,20 +64,23 @@ class PackedChunk:
         return PackedChunk([s for s in kept if s.rows or s.head])
 
 
-def packed_batches(
-    sequences: Sequence[PackedSequence], max_sequences: int, max_tokens: int, sort: bool = True
-) -> list[PackedChunk]:
-    """Passes of at most ``max_sequences`` sequences and ``max_tokens`` padded positions (sequences x
-    (longest state + longest new part)); sorted by new length, then state length, so little is padding.
-    A sequence wider than ``max_tokens`` goes alone."""
-    ordered = sorted(sequences, key=lambda s: (s.new_length, s.past_length)) if sort else list(sequences)
+def packed_batches(sequences: Sequence[PackedSequence], batching: Batching) -> list[PackedChunk]:
+    """Passes of at most ``batch_sequences`` sequences, ``batch_tokens`` padded new positions and
+    ``batch_cached_tokens`` padded cached ones; sorted by new length, then state length, so that
+    little is padding. A sequence over a bound goes alone."""
+    ordered = list(sequences)
+    if batching.sort_by_length:
+        ordered.sort(key=lambda s: (s.new_length, s.past_length))
     chunks: list[PackedChunk] = []
     current: list[PackedSequence] = []
     past = new = 0
     for sequence in ordered:
         grown_past, grown_new = max(past, sequence.past_length), max(new, sequence.new_length)
+        count = len(current) + 1
         if current and (
-            len(current) >= max_sequences or (len(current) + 1) * (grown_past + grown_new) > max_tokens
+            count > batching.batch_sequences
+            or count * grown_new > batching.batch_tokens
+            or count * grown_past > batching.batch_cached_tokens
         ):
             chunks.append(PackedChunk(current))
             current, grown_past, grown_new = [], sequence.past_length, sequence.new_length

@@ -279,9 +279,7 @@ class PrefixStates(Strategy):
     def chunks(self) -> Iterator[PackedChunk]:
         batching, length = self.parts.batching, self.prefixes[0].length
         sequences = [PackedSequence(row.candidate, length, (), [row]) for row in self.inputs.rows]
-        yield from packed_batches(
-            sequences, batching.batch_sequences, batching.batch_tokens, sort=batching.sort_by_length
-        )
+        yield from packed_batches(sequences, batching)
 
     def forward(self, chunk: PackedChunk) -> Forward:
         pasts = [self.prefixes[sequence.key] for sequence in chunk.sequences]

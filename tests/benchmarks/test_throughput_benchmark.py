@@ -29,3 +29,30 @@ def test_throughput_grid_reports_both_matmul_references(tmp_path: Path) -> None:
     report = out.with_suffix(".md").read_text()
     assert "| vs layer matmuls |" in report
     assert "bbt at popsize x examples >= 160" in report and "of the layer matmuls" in report
+
+
+def test_the_issue_24_sections_put_before_and_now_side_by_side(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    if not SST2_DEV.is_file():
+        pytest.skip(f"needs the shared SST-2 sentences at {SST2_DEV.parent}")
+    from benchmarks import throughput
+
+    out = tmp_path / "speed"
+    throughput.main(["--model", "tiny", "--quick", "--sections", "evaluate,oncue,ceiling", "--evaluate-rows", "1,12",
+                     "--output", str(out)])  # fmt: skip
+    payload = json.loads(out.with_suffix(".json").read_text())
+    evaluate = payload["evaluate"]
+    assert {(row["path"], row["engine"]) for row in evaluate} == {
+        (path, engine) for path in ("grpc", "cli") for engine in ("before #24", "now")
+    }
+    assert {row["rows"] for row in evaluate} == {1, 12} and {row["length"] for row in evaluate} == {
+        "short",
+        "long",
+    }
+    for row in evaluate:
+        assert row["rows_per_s"] > 0 and row["tokens"] > 0 and row["matmul_ratio"] > 0
+    assert {row["popsize"] for row in payload["oncue"]} == {1, 20}
+    assert all(row["matmul_ratio"] > 0 for row in payload["ceiling"])
+    report = out.with_suffix(".md").read_text()
+    assert "## evaluate / predict" in report and "| rows/s before | rows/s now |" in report
+    assert "## Ceiling" in report and "## One generation on the answer cue" in report

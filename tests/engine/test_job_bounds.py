@@ -52,19 +52,20 @@ def request(texts: list[str], candidates: int = 1, scope: str = "", seed: int = 
 
 
 class PassCosts:
-    """Padded positions each forward pass of the backbone attends over: rows x (cached + new)."""
+    """Padded positions of each forward pass of the backbone: rows x new tokens run, and rows x cached
+    tokens attended over (a packed pass's mask is [sequences, 1, new, cached + new])."""
 
     def __init__(self, engine: ScoringEngine) -> None:
         self.costs: list[int] = []
+        self.cached: list[int] = []
         self._handle = engine.bundle.model.base_model.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, _module: object, _args: object, kwargs: dict, _output: object) -> None:
+        new = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
+        rows, width = new.shape[:2]
+        self.costs.append(int(rows * width))
         mask = kwargs.get("attention_mask")
-        if mask is None:
-            new = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
-            self.costs.append(int(new.shape[0] * new.shape[1]))
-        else:  # [rows, keys], or a packed pass's [sequences, 1, new, keys]: rows x keys either way
-            self.costs.append(int(mask.shape[0] * mask.shape[-1]))
+        self.cached.append(0 if mask is None else int(rows * (mask.shape[-1] - width)))
 
     def remove(self) -> None:
         self._handle.remove()
@@ -94,16 +95,21 @@ def live_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     yield gauge
 
 
-def test_an_encoding_pass_is_bounded_in_padded_tokens_like_a_chunk() -> None:
-    """Before, a pass encoded up to 64 texts whatever their length: 32 x 49 positions against 512."""
-    engine = suffix_engine(batch_tokens=512)
+@pytest.mark.parametrize("encode_with_rows", [True, False])
+def test_every_pass_is_bounded_in_padded_new_and_cached_tokens(encode_with_rows: bool) -> None:
+    """Before, a pass encoded up to 64 texts whatever their length: 32 x 49 positions against 512. Now
+    every pass (encoding texts, alone or with their rows, or running rows after cached texts) runs at
+    most ``batch_tokens`` padded positions and attends over at most ``batch_cached_tokens`` cached ones."""
+    engine = suffix_engine(batch_tokens=512, batch_cached_tokens=700, encode_with_rows=encode_with_rows)
     texts = [text_of(engine, i, 48) for i in range(32)]
     costs = PassCosts(engine)
     try:
-        engine.score(request(texts, candidates=2))
+        engine.score(request(texts, candidates=2, scope="k"))  # texts encoded
+        engine.score(request(texts, candidates=3, scope="k"))  # rows after cached texts
     finally:
         costs.remove()
     assert max(costs.costs) <= 512, costs.costs
+    assert 0 < max(costs.cached) <= 700, costs.cached
 
 
 def test_scores_in_windows_of_texts_equal_one_window() -> None:

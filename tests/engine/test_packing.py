@@ -15,7 +15,8 @@ from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
 from cbpt.server.engine.attention import attention
 from cbpt.server.engine.batching import Batching
-from cbpt.server.engine.packing import HEAD, PAD, packed_mask
+from cbpt.server.engine.packing import HEAD, PAD, PackedSequence, packed_batches, packed_mask
+from cbpt.server.engine.plan import Row
 from cbpt.server.model import ModelBundle, prepare_bundle
 from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle, tiny_tokenizer
@@ -61,6 +62,24 @@ def test_the_mask_lets_each_row_see_the_state_the_head_and_itself_only() -> None
     assert first[6, 2:].tolist() == [False] * 6 + [True]  # padding sees itself only
     assert second[2].tolist() == [True, True, False, False, True, False, False, False, False]
     assert second[1].tolist() == [True, True, True, True, False, False, False, False, False]
+
+
+def test_passes_keep_every_sequence_once_within_all_three_bounds() -> None:
+    rng = np.random.default_rng(0)
+    sequences = [
+        PackedSequence(i, int(rng.integers(0, 60)), (), [Row(0, i, -1, (), length=int(rng.integers(1, 30)))])
+        for i in range(200)
+    ]
+    batching = Batching(batch_tokens=100, batch_cached_tokens=300, batch_sequences=6)
+    chunks = packed_batches(sequences, batching)
+    assert sorted(s.key for chunk in chunks for s in chunk.sequences) == list(range(200))
+    for chunk in chunks:
+        count = len(chunk.sequences)
+        assert count <= 6
+        assert count == 1 or count * max(s.new_length for s in chunk.sequences) <= 100
+        assert count == 1 or count * max(s.past_length for s in chunk.sequences) <= 300
+    order = [(s.new_length, s.past_length) for chunk in chunks for s in chunk.sequences]
+    assert order == sorted(order)
 
 
 @pytest.mark.parametrize("placement", [Placement.ON_CUE, Placement.BEFORE_CUE])
