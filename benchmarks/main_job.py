@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import ROOT, machine, write_json, write_text
+from benchmarks.harness import ROOT, machine, matmul_flops, non_embedding_parameters, write_json, write_text
 from cbpt.client.rpc.sdk import TuningClient
 from cbpt.client.tuning.tuner import Tuner
 from cbpt.common.losses import accuracy, apply_bias, calibrate, predictions
@@ -102,12 +102,15 @@ def tune_once(
     with serve_in_background(engine) as target, TuningClient(target) as client:
         zero = client.predict("none", np.zeros(0, np.float32), test.texts, test.choices, cue=test.cue)
         tuner = Tuner(client, task, adapter=adapter, budget=budget, popsize=popsize, fit_bias=True, seed=seed)
+        client.stats.reset()
         started = time.perf_counter()
         result = tuner.run()
         seconds = time.perf_counter() - started
+        tokens = client.stats.tokens_processed
         tuned = client.predict(adapter, result.vector, test.texts, test.choices, cue=test.cue)
     return {
         "tuning_seconds": seconds,
+        "tokens": tokens,  # what the server ran for the tuning (texts once, then candidates' cues)
         "calls": result.calls_used,
         "train_loss": result.train_loss,
         "held_out_accuracy": accuracy(predictions(apply_bias(tuned, result.bias)), test.labels),
@@ -126,12 +129,16 @@ def compare_main_job(
     task = Task.from_file(TASK).model_copy(update={"seed": seed})
     test = task.load_examples(TEST)
     specs = chosen_specs(bundle.fingerprint, None, True, bundle.hidden_size)
-    adapter = "cbp-opinion" if any(spec.name == "cbp-opinion" for spec in specs) else "bbt-cue"
+    served = [adapter.name for adapter in build_adapters(bundle, specs)]
+    adapter = "cbp-opinion" if "cbp-opinion" in served else "bbt-cue"  # the main job, or its fallback
     runs, vectors = [], []
     for label, batching in (("before #24", Batching.before_issue_24()), ("now", Batching())):
         engine = ScoringEngine(bundle, build_adapters(bundle, specs), batching=batching)
+        square = matmul_flops(2048, 2048, 2048, seconds=1.0)
         row, vector = tune_once(engine, adapter, task, test, budget, popsize, seed)
-        runs.append({"configuration": label, "adapter": adapter, **row})
+        flops = 2.0 * non_embedding_parameters(bundle) * row["tokens"] / row["tuning_seconds"]
+        runs.append({"configuration": label, "adapter": adapter, **row, "matmul_gflops": square / 1e9,
+                     "matmul_ratio": flops / square})  # fmt: skip
         vectors.append(vector)
         print(
             f"main job {label}: {row['tuning_seconds']:.0f} s, held-out {row['held_out_accuracy']:.1%}",

@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", default="throughput")
     parser.add_argument(
+        "--threads", type=int, help="torch threads (default: one per core); 1 where other work holds a core"
+    )
+    parser.add_argument(
         "--reference-seconds",
         type=float,
         default=0.5,
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := sorted(set(sections) - set(SECTIONS)):
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
 
-    bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
+    bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model, threads=args.threads)
     params = non_embedding_parameters(bundle)
     square = matmul_flops(
         2048, 2048, 2048, dtype=bundle.dtype, device=str(bundle.device), seconds=4 * args.reference_seconds

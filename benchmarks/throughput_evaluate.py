@@ -187,13 +187,15 @@ def _one_run(way: str, targets: dict[str, str], adapter: str, vector: np.ndarray
 def _interleaved(
     engines: dict[str, ScoringEngine], repeats: int, run: Callable[[str], tuple[float, int]]
 ) -> dict[str, tuple[float, int, float]]:
-    """Median seconds, tokens and matmul FLOP/s of each engine's runs, taken A, B, A, B."""
+    """Median seconds, tokens and matmul FLOP/s (the mean of one timed just before and one just after
+    each run) of each engine's runs, taken A, B, A, B."""
     seen: dict[str, list[tuple[float, int, float]]] = {name: [] for name in engines}
     for _ in range(repeats):
         for name, engine in engines.items():
-            square = matmul_flops(2048, 2048, 2048, seconds=1.0)
+            before = matmul_flops(2048, 2048, 2048, seconds=1.0)
             engine.text_states = TextStateCache()  # every run starts cold, as a new file would
             seconds, tokens = run(name)
+            square = (before + matmul_flops(2048, 2048, 2048, seconds=1.0)) / 2  # bracketing the run
             seen[name].append((seconds, tokens, square))
     return {
         name: (statistics.median(r[0] for r in runs), runs[0][1], statistics.median(r[2] for r in runs))

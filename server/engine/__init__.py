@@ -4,8 +4,12 @@
     limits       what one request may ask for
     validation   checks against the adapter and the limits, naming the field
     prepare      tokenising (cached) into a request ready to share forward passes
+    batching     every batching knob and its default (``Batching``), one value
     plan         one row per (candidate, example[, choice]); length-sorted chunks
-    strategies   how a chunk runs: full sequence | per-candidate prefix states | per-text states
+    strategies   how a chunk runs: full sequence | per-candidate prefix states (| text_states)
+    text_states  per-text states: each text encoded once per key, every candidate packed after it
+    packing      several rows after one cached state in one sequence, and the block-diagonal mask
+    attention    grouped-query attention that never repeats keys and values per head
     kv           keys/values of cached sequences, and the forward over them (with or without grad)
     readout      the choice-token logits only
     scoring      ScoringEngine, tying them together

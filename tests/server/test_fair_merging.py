@@ -106,7 +106,13 @@ async def scenario(counter: TurnCounter) -> tuple[list[object], ScoreResult]:
 
 def test_merged_small_calls_finish_within_the_bound_while_a_large_call_runs() -> None:
     bundle = tiny_bundle(0)
-    engine = ScoringEngine(bundle, default_adapters(bundle, bbt_dimension=16, prompt_length=4))
+    # Passes of 64 rows, as the scenario counts them (the default bounds tokens, not rows: more, smaller steps).
+    engine = ScoringEngine(
+        bundle,
+        default_adapters(bundle, bbt_dimension=16, prompt_length=4),
+        batch_sequences=64,
+        batch_tokens=8192,
+    )
     counter = TurnCounter(engine)
     results, big = asyncio.run(scenario(counter))
     refused = [r for r in results if isinstance(r, ServerBusy)]
