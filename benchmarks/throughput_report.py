@@ -170,12 +170,12 @@ def _before_and_now(payload: dict) -> list[str]:
                 f"popsize {job['popsize']}, seed {job['seed']}), before #24 and now")  # fmt: skip
         first = job["runs"][0]["tuning_seconds"]
         lines += [
-            "| engine | tuning time | speed-up | train loss | held-out accuracy |",
-            "|---|---|---|---|---|",
+            "| engine | tuning time | speed-up | tokens run | of matmul | train loss | held-out accuracy |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['configuration']} | {r['tuning_seconds']:.0f} s | {first / r['tuning_seconds']:.2f}x "
-            f"| {r['train_loss']:.4f} | {r['held_out_accuracy']:.1%} |"
+            f"| {r['tokens']} | {r['matmul_ratio']:.0%} | {r['train_loss']:.4f} | {r['held_out_accuracy']:.1%} |"
             for r in job["runs"]
         ]
         same = "identical" if job["same_vector"] else f"differ by at most {job['vector_max_difference']:.2g}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbpt.client.rpc.sdk import TuningClient
+from cbpt.client.rpc.splitting import consecutive_parts
 from cbpt.common.tasks.scoring import ScoringModeName
 from cbpt.common.tasks.task_format import Examples
 
@@ -47,17 +48,8 @@ DEFAULT_BATCHING = RequestBatching()  # what evaluate and predict use (the bench
 def request_spans(lengths: list[int], batching: RequestBatching) -> list[range]:
     """Consecutive rows per request: at most ``max_rows`` rows and ``request_chars`` characters (a
     longer row goes alone)."""
-    spans: list[range] = []
-    start = chars = 0
-    for index, length in enumerate(lengths):
-        full = index - start >= batching.max_rows or chars + length > batching.request_chars
-        if full and index > start:
-            spans.append(range(start, index))
-            start, chars = index, 0
-        chars += length
-    if start < len(lengths):
-        spans.append(range(start, len(lengths)))
-    return spans
+    parts = consecutive_parts(lengths, batching.max_rows, batching.request_chars)
+    return [range(part.start, part.stop) for part in parts]
 
 
 def predict_in_batches(

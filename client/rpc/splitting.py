@@ -135,17 +135,23 @@ def plan_chunks(work: Workload, limits: ServerLimits) -> list[Chunk]:
     return chunks
 
 
-def text_parts(text_bytes: Sequence[int], max_texts: int, max_bytes: int) -> list[slice]:
-    """Consecutive slices of texts (their request bytes given) within a request's text count and byte
-    size (0: unlimited), for calls that carry texts alone (``CountTokens``)."""
+def consecutive_parts(sizes: Sequence[int], max_count: int, max_total: int) -> list[slice]:
+    """Consecutive slices of items (their sizes given) of at most ``max_count`` items and ``max_total``
+    in size (0: unlimited); an item larger than ``max_total`` goes alone."""
     parts: list[slice] = []
     start, size = 0, 0
-    for index, each in enumerate(text_bytes):
-        full = (max_texts and index - start >= max_texts) or (max_bytes and size + each > max_bytes - 64)
+    for index, each in enumerate(sizes):
+        full = (max_count and index - start >= max_count) or (max_total and size + each > max_total)
         if full and index > start:
             parts.append(slice(start, index))
             start, size = index, 0
         size += each
-    if start < len(text_bytes):
-        parts.append(slice(start, len(text_bytes)))
+    if start < len(sizes):
+        parts.append(slice(start, len(sizes)))
     return parts
+
+
+def text_parts(text_bytes: Sequence[int], max_texts: int, max_bytes: int) -> list[slice]:
+    """Consecutive slices of texts (their request bytes given) within a request's text count and byte
+    size (0: unlimited), for calls that carry texts alone (``CountTokens``)."""
+    return consecutive_parts(text_bytes, max_texts, max_bytes - 64 if max_bytes else 0)

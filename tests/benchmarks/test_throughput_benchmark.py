@@ -10,37 +10,32 @@ import pytest
 SST2_DEV = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sst2" / "dev.jsonl"
 
 
-def test_throughput_grid_reports_both_matmul_references(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    if not SST2_DEV.is_file():
-        pytest.skip(f"needs the shared SST-2 dev sentences at {SST2_DEV}")
-    from benchmarks import throughput
-
-    out = tmp_path / "speed"
-    throughput.main(["--model", "tiny", "--quick", "--sections", "grid", "--reference-seconds", "0.02",
-                     "--output", str(out)])  # fmt: skip
-    payload = json.loads(out.with_suffix(".json").read_text())
-    assert payload["dtype"] == "torch.float32" and payload["machine"]["cores"] >= 1
-    rows = payload["grid"]
-    assert {row["adapter"] for row in rows} == {"bbt", "bbt-suffix", "bbt-cue", "cbp"}
-    for row in rows:
-        assert row["sequences_per_s"] > 0 and row["tokens_per_s"] > 0
-        assert row["matmul_ratio"] > 0 and row["layer_matmul_ratio"] > 0 and row["layer_matmul_gflops"] > 0
-    report = out.with_suffix(".md").read_text()
-    assert "| vs layer matmuls |" in report
-    assert "bbt at popsize x examples >= 160" in report and "of the layer matmuls" in report
-
-
-def test_the_issue_24_sections_put_before_and_now_side_by_side(tmp_path: Path) -> None:
+def _run(tmp_path: Path, *options: str) -> tuple[dict, str]:
+    """The benchmark on the tiny model with ``options``: its JSON payload and its report."""
     pytest.importorskip("torch")
     if not SST2_DEV.is_file():
         pytest.skip(f"needs the shared SST-2 sentences at {SST2_DEV.parent}")
     from benchmarks import throughput
 
     out = tmp_path / "speed"
-    throughput.main(["--model", "tiny", "--quick", "--sections", "evaluate,oncue,ceiling", "--evaluate-rows", "1,12",
-                     "--output", str(out)])  # fmt: skip
-    payload = json.loads(out.with_suffix(".json").read_text())
+    throughput.main(["--model", "tiny", "--quick", *options, "--output", str(out)])
+    return json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".md").read_text()
+
+
+def test_throughput_grid_reports_both_matmul_references(tmp_path: Path) -> None:
+    payload, report = _run(tmp_path, "--sections", "grid", "--reference-seconds", "0.02")
+    assert payload["dtype"] == "torch.float32" and payload["machine"]["cores"] >= 1
+    rows = payload["grid"]
+    assert {row["adapter"] for row in rows} == {"bbt", "bbt-suffix", "bbt-cue", "cbp"}
+    for row in rows:
+        assert row["sequences_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["matmul_ratio"] > 0 and row["layer_matmul_ratio"] > 0 and row["layer_matmul_gflops"] > 0
+    assert "| vs layer matmuls |" in report
+    assert "bbt at popsize x examples >= 160" in report and "of the layer matmuls" in report
+
+
+def test_the_issue_24_sections_put_before_and_now_side_by_side(tmp_path: Path) -> None:
+    payload, report = _run(tmp_path, "--sections", "evaluate,oncue,ceiling", "--evaluate-rows", "1,12")
     evaluate = payload["evaluate"]
     assert {(row["path"], row["engine"]) for row in evaluate} == {
         (path, engine) for path in ("grpc", "cli") for engine in ("before #24", "now")
@@ -53,6 +48,5 @@ def test_the_issue_24_sections_put_before_and_now_side_by_side(tmp_path: Path) -
         assert row["rows_per_s"] > 0 and row["tokens"] > 0 and row["matmul_ratio"] > 0
     assert {row["popsize"] for row in payload["oncue"]} == {1, 20}
     assert all(row["matmul_ratio"] > 0 for row in payload["ceiling"])
-    report = out.with_suffix(".md").read_text()
     assert "## evaluate / predict" in report and "| rows/s before | rows/s now |" in report
     assert "## Ceiling" in report and "## One generation on the answer cue" in report

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from rich.console import Console
@@ -20,7 +23,10 @@ from cbpt.client.rpc.batches import RequestBatching, predict_in_batches, request
 from cbpt.client.rpc.sdk import TuningClient
 from cbpt.common.losses import calibrate, metrics
 from cbpt.common.tasks.task import Task
+from cbpt.server.front.app import serve_in_background
+from cbpt.server.testing import tiny_engine
 from tests.client.helpers import LABELS, TaskFactory, labelled_rows, write_jsonl
+from tests.server.helpers import GatedEngine
 
 runner = CliRunner()
 
@@ -111,6 +117,54 @@ def test_requests_are_sized_by_text_and_rows() -> None:
     assert request_spans([], batching) == []
     with pytest.raises(ValueError, match="in_flight must be at least 1"):
         RequestBatching(in_flight=0)
+
+
+class Outstanding(grpc.UnaryUnaryClientInterceptor):
+    """Counts the client's calls on their way (sent, not yet answered), and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+        self._changed = threading.Condition()
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        with self._changed:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self._changed.notify_all()
+        try:
+            return continuation(client_call_details, request)  # a blocking call: answered on return
+        finally:
+            with self._changed:
+                self.now -= 1
+
+    def reached(self, count: int) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.now >= count, timeout=30)
+
+
+def test_a_second_request_is_on_its_way_while_the_first_runs(make_task: TaskFactory) -> None:
+    """The server never waits for the client between requests: with the first held at the engine, the
+    second is already sent; never more than ``in_flight`` at once."""
+    gate = GatedEngine(tiny_engine())
+    examples = Task.from_file(make_task()).test()
+    outstanding = Outstanding()
+    scored: list[np.ndarray] = []
+    with serve_in_background(gate) as target, TuningClient(target, interceptors=[outstanding]) as client:
+        client.info()
+        batching = RequestBatching(max_rows=3, in_flight=2)
+        worker = threading.Thread(
+            target=lambda: scored.append(
+                predict_in_batches(client, "none", np.zeros(0), examples, "first_token", batching=batching)
+            )
+        )
+        worker.start()
+        assert gate.entered.wait(30)
+        assert outstanding.reached(2)  # the first request is held at the engine; the second is sent
+        gate.release.set()
+        worker.join(60)
+        whole = client.predict("none", np.zeros(0), examples.texts, examples.choices, cue=examples.cue)
+    assert outstanding.most == 2 and len(scored) == 1
+    np.testing.assert_allclose(scored[0], whole, atol=1e-6)
 
 
 def test_predict_passes_ids_and_texts_through(server: str, tuned: tuple[Path, Path], tmp_path: Path) -> None:
