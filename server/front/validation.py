@@ -1,70 +1,60 @@
-"""Checks a ScoreRequest against the adapter and the limits before any model work.
+"""Every request limit but the token counts, checked once, at the door, as serde reads the message.
 
-Each failure raises InvalidRequest naming the offending field, e.g.
-``candidates[3]: contains NaN or inf``, so a client can fix exactly that. The servicer runs
-``check_request`` before a call is queued (serde runs the count checks on the wire message before
-anything is copied out of it); the engine runs it again for its Python callers. Only the token
-limits need the tokenizer, and prepare.py checks them.
+Each check raises ``InvalidRequest`` naming the offending wire field, with one wording per kind of
+limit (``InvalidRequest.over_limit``: ``texts: 7 texts exceed the limit of 6``), so a client can fix
+exactly that field. Counts are checked on the message before anything is copied out of it, strings
+as they are read. Only the token limits need the tokenizer: the engine checks them
+(``engine/prepare.py``), in the same wording, before it caches anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from cbpt.common.choices import Choices
+from cbpt.common.info import AdapterInfo
 from cbpt.server.adapters.placement import Placement
 from cbpt.server.engine.limits import Limits
-from cbpt.server.engine.types import ScoreRequest
-from cbpt.server.errors import InvalidRequest
+from cbpt.server.errors import InvalidRequest, UnknownAdapter
 
 
-class AdapterShape(Protocol):
-    """What validation needs of an adapter: an engine ``Adapter`` or the front's ``AdapterDescription``."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def dimension(self) -> int: ...
-    @property
-    def placement(self) -> str: ...
+def served_adapter(name: str, adapters: Mapping[str, AdapterInfo]) -> AdapterInfo:
+    adapter = adapters.get(name)
+    if adapter is None:
+        raise UnknownAdapter(name, list(adapters))
+    return adapter
 
 
-def check_request(request: ScoreRequest, adapter: AdapterShape, limits: Limits) -> np.ndarray:
-    """Every limit but the token counts; returns the candidates as float32."""
-    candidates = check_candidates(request.candidates, adapter, limits)
-    check_texts(request.texts, limits)
-    check_cue(request.cue, limits)
-    check_choices(request.choices, len(request.texts), limits)
-    check_sequences(request.sequences, limits)
-    if adapter.placement == Placement.ON_CUE and not request.cue:
-        raise InvalidRequest("cue", f"adapter {adapter.name!r} adds its prompt onto the answer cue; give one")
-    return candidates
-
-
-def check_candidates(candidates: np.ndarray, adapter: AdapterShape, limits: Limits) -> np.ndarray:
-    array = np.asarray(candidates, dtype=np.float32)
-    if array.ndim != 2:
+def check_message_size(size: int, limits: Limits) -> None:
+    if size > limits.max_message_bytes:
         raise InvalidRequest(
-            "candidates", f"expected a 2-D array [num_candidates, dimension], got {array.ndim}-D"
+            "request", f"message size {size} bytes exceeds max_message_bytes {limits.max_message_bytes}"
         )
-    count, dimension = array.shape
+
+
+def check_candidate_count(count: int, limits: Limits) -> None:
     if count == 0:
-        raise InvalidRequest("num_candidates", "must be at least 1")
+        raise InvalidRequest("num_candidates", "at least one candidate is required")
     if count > limits.max_candidates:
-        raise InvalidRequest("num_candidates", f"{count} exceeds the limit of {limits.max_candidates}")
+        raise InvalidRequest.over_limit("num_candidates", count, "candidates", limits.max_candidates)
+
+
+def check_dimension(dimension: int, adapter: AdapterInfo) -> None:
     if dimension != adapter.dimension:
         raise InvalidRequest(
             "dimension", f"length {dimension}, expected {adapter.dimension} for adapter {adapter.name!r}"
         )
-    finite = np.isfinite(array).all(axis=1)
+
+
+def check_candidate_values(candidates: np.ndarray, limits: Limits) -> None:
+    """Each candidate finite and within ``max_candidate_abs`` (beyond it a soft prompt only saturates)."""
+    finite = np.isfinite(candidates).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise InvalidRequest(f"candidates[{row}]", "contains NaN or inf")
-    if array.size:
-        largest = np.abs(array).max(axis=1)
+    if candidates.size:
+        largest = np.abs(candidates).max(axis=1)
         beyond = np.flatnonzero(largest > limits.max_candidate_abs)
         if beyond.size:
             row = int(beyond[0])
@@ -73,14 +63,13 @@ def check_candidates(candidates: np.ndarray, adapter: AdapterShape, limits: Limi
                 f"value {largest[row]:.6g} exceeds the bound of {limits.max_candidate_abs:g} in absolute value "
                 "(max_candidate_abs): the soft prompt would only saturate the model",
             )
-    return array
 
 
 def check_text_count(count: int, limits: Limits) -> None:
     if count == 0:
         raise InvalidRequest("texts", "at least one text is required")
     if count > limits.max_examples:
-        raise InvalidRequest("texts", f"{count} texts exceed the limit of {limits.max_examples}")
+        raise InvalidRequest.over_limit("texts", count, "texts", limits.max_examples)
 
 
 def check_texts(texts: Sequence[str], limits: Limits) -> None:
@@ -90,44 +79,36 @@ def check_texts(texts: Sequence[str], limits: Limits) -> None:
         if not text or not text.strip():
             raise InvalidRequest(f"texts[{index}]", "empty text")
         if len(text) > limits.max_text_chars:
-            raise InvalidRequest(
-                f"texts[{index}]", f"{len(text)} characters exceed the limit of {limits.max_text_chars}"
-            )
+            raise InvalidRequest.over_limit(f"texts[{index}]", len(text), "characters", limits.max_text_chars)
 
 
-def check_cue(cue: str, limits: Limits) -> None:
+def check_cue(cue: str, adapter: AdapterInfo, limits: Limits) -> None:
     if len(cue) > limits.max_text_chars:
-        raise InvalidRequest("cue", f"{len(cue)} characters exceed the limit of {limits.max_text_chars}")
+        raise InvalidRequest.over_limit("cue", len(cue), "characters", limits.max_text_chars)
+    if adapter.placement == Placement.ON_CUE and not cue:
+        raise InvalidRequest("cue", f"adapter {adapter.name!r} adds its prompt onto the answer cue; give one")
 
 
-def check_choices(choices: Choices, num_texts: int, limits: Limits) -> None:
-    """One shared list, or exactly one list per text, each within the limits."""
-    if not choices.shared and len(choices.lists) != num_texts:
+def check_choice_lists(count: int, num_texts: int) -> None:
+    """Per-example choices: exactly one list per text."""
+    if count != num_texts:
         raise InvalidRequest(
-            "example_choices",
-            f"{len(choices.lists)} choice lists for {num_texts} texts; give one shared list or one per text",
+            "example_choices", f"{count} choice lists for {num_texts} texts; send one per text"
         )
-    for index, options in enumerate(choices.lists):
-        check_choice_list(options, choices.field_of(index), limits)
-
-
-def check_choice_count(count: int, field: str, limits: Limits) -> None:
-    if count == 0:
-        raise InvalidRequest(field, "at least one choice is required")
-    if count > limits.max_choices:
-        raise InvalidRequest(field, f"{count} choices exceed the limit of {limits.max_choices}")
 
 
 def check_choice_list(options: Sequence[str], field: str, limits: Limits) -> None:
     """One text's choices (or the shared list): a count, then each string, none empty or too long."""
-    check_choice_count(len(options), field, limits)
+    if len(options) == 0:
+        raise InvalidRequest(field, "at least one choice is required")
+    if len(options) > limits.max_choices:
+        raise InvalidRequest.over_limit(field, len(options), "choices", limits.max_choices)
     for position, option in enumerate(options):
         if not option:
             raise InvalidRequest(f"{field}[{position}]", "empty choice string")
         if len(option) > limits.max_choice_chars:
-            raise InvalidRequest(
-                f"{field}[{position}]",
-                f"{len(option)} characters exceed the limit of {limits.max_choice_chars}",
+            raise InvalidRequest.over_limit(
+                f"{field}[{position}]", len(option), "characters", limits.max_choice_chars
             )
 
 
