@@ -58,12 +58,18 @@ class CallOutcome:
 
 
 def answered(
-    method: str, log_fields: LogFields[Servicer], candidates: Candidates | None = None
+    log_fields: LogFields[Servicer], candidates: Candidates | None = None
 ) -> Callable[[Handler[Servicer]], Handler[Servicer]]:
-    """Wrap the servicer method ``method`` in the call plumbing."""
-    message = re.sub(r"(?<!^)(?=[A-Z])", " ", method).lower()  # "CountTokens" -> "count tokens"
+    """Wrap a servicer method (named after its RPC, as grpc's generated servicers are) in the plumbing."""
 
     def wrap(handler: Handler[Servicer]) -> Handler[Servicer]:
+        method = handler.__name__
+        message = re.sub(r"(?<!^)(?=[A-Z])", " ", method).lower()  # "CountTokens" -> "count tokens"
+
+        def report(servicer: Servicer, request: Any, response: Any, outcome: CallOutcome) -> None:
+            record_metrics(servicer.metrics, outcome, candidates(request) if candidates is not None else None)
+            log_call(message, outcome, log_fields(servicer, request, response))
+
         @functools.wraps(handler)
         async def call(servicer: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -71,22 +77,14 @@ def answered(
                 try:
                     response = await handler(servicer, request, context)
                 except Exception as error:  # every failure leaves through the error table
-                    report(
-                        servicer,
-                        request,
-                        None,
-                        CallOutcome(method, status_code_name(error), _since(started), error),
-                    )
+                    failed = CallOutcome(method, status_code_name(error), _since(started), error)
+                    report(servicer, request, None, failed)
                     await context.abort_with_status(error_status(error))
                     raise  # not reached: abort_with_status ends the call by raising
                 report(servicer, request, response, CallOutcome(method, "OK", _since(started)))
                 return response
 
         return call
-
-    def report(servicer: Servicer, request: Any, response: Any, outcome: CallOutcome) -> None:
-        record_metrics(servicer.metrics, outcome, candidates(request) if candidates is not None else None)
-        log_call(message, outcome, log_fields(servicer, request, response))
 
     return wrap
 

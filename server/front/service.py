@@ -142,7 +142,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
     ) -> dict[str, object]:
         return serde.count_tokens_log_fields(request, response)
 
-    @answered("Evaluate", _evaluate_log_fields, candidates=serde.candidate_count)
+    @answered(_evaluate_log_fields, candidates=serde.candidate_count)
     async def Evaluate(
         self, request: tuning_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> tuning_pb2.EvaluateResponse:
@@ -154,7 +154,7 @@ class TuningServicer(tuning_pb2_grpc.TuningServicer):
         result = await self._score(score_request, key_id, context)
         return serde.score_result_to_proto(self._protection.apply(result, score_request, key_id or ""))
 
-    @answered("CountTokens", _count_tokens_log_fields)
+    @answered(_count_tokens_log_fields)
     async def CountTokens(
         self, request: tuning_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> tuning_pb2.CountTokensResponse:
