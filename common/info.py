@@ -1,6 +1,8 @@
-"""Plain mirrors of the server's self-description, so callers never touch protobuf types.
+"""The server's self-description as plain values, one type each for both sides.
 
-``cbpt.client.rpc.serde`` builds them from the wire; nothing here imports protobuf.
+The server's engine describes its adapters as ``AdapterInfo`` and its serde puts them on the wire;
+``cbpt.client.rpc.serde`` builds the same types back from it, so callers never touch protobuf types.
+Nothing here imports protobuf.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cbpt.client.rpc.sdk import TuningClient
-from cbpt.common.tasks.scoring import ScoringModeName
+from cbpt.common.tasks.scoring import ScoringMode
 from cbpt.common.tasks.task_format import Examples
 
 BATCH_ROWS = 64
@@ -23,7 +23,7 @@ def predict_in_batches(
     adapter: str,
     vector: np.ndarray,
     examples: Examples,
-    mode: ScoringModeName,
+    mode: ScoringMode,
     *,
     on_rows: Callable[[int], None] | None = None,
     batch_rows: int = BATCH_ROWS,

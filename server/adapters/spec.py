@@ -78,7 +78,12 @@ def build_adapters(bundle: ModelBundle, specs: Sequence[AdapterSpec]) -> list[Ad
                 f"adapters[{index}]: unknown adapter method {spec.method!r}; known: {ADAPTER_METHODS.known()}"
             )
         adapters.append(ADAPTER_METHODS[spec.method].from_spec(spec, bundle))
-    names = [adapter.name for adapter in adapters]
+    check_unique_names([adapter.name for adapter in adapters])
+    return adapters
+
+
+def check_unique_names(names: Sequence[str]) -> None:
+    """Served adapter names must be unique (a request names one); the one check and wording for the
+    specs, the engine and a replica's on-demand generators alike."""
     if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise AdapterSpecError(f"adapter names must be unique; repeated: {', '.join(repeated)}")
-    return adapters

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cbpt.server.adapters.spec import AdapterSpec
-from cbpt.server.engine.types import AdapterDescription
-from cbpt.server.errors import AdapterSpecError, ModelMismatch
+from cbpt.common.info import AdapterInfo
+from cbpt.server.adapters.spec import AdapterSpec, check_unique_names
+from cbpt.server.errors import ModelMismatch
 
 if TYPE_CHECKING:
     from cbpt.server.adapters.base import Adapter
@@ -88,11 +88,10 @@ class OnDemandGenerators:
         self._bundle = bundle
         self._adapters = adapters
         self._specs: dict[str, AdapterSpec] = {}
-        self._descriptions: dict[str, AdapterDescription] = {}
-        for spec in specs:
-            name, description = _describe(spec, bundle.fingerprint)
-            if name in self._specs or name in adapters:
-                raise AdapterSpecError(f"adapter names must be unique; repeated: {name}")
+        self._descriptions: dict[str, AdapterInfo] = {}
+        described = [_describe(spec, bundle.fingerprint) for spec in specs]
+        check_unique_names([*adapters, *(name for name, _ in described)])
+        for spec, (name, description) in zip(specs, described, strict=True):
             self._specs[name] = spec
             self._descriptions[name] = description
         self._holds: Counter[str] = Counter()
@@ -103,7 +102,7 @@ class OnDemandGenerators:
     def names(self) -> frozenset[str]:
         return frozenset(self._specs)
 
-    def descriptions(self) -> tuple[AdapterDescription, ...]:
+    def descriptions(self) -> tuple[AdapterInfo, ...]:
         return tuple(self._descriptions.values())
 
     def load(self, name: str) -> LoadedGenerator:
@@ -145,7 +144,7 @@ class OnDemandGenerators:
             del self._adapters[loaded.name]
 
 
-def _describe(spec: AdapterSpec, fingerprint: str) -> tuple[str, AdapterDescription]:
+def _describe(spec: AdapterSpec, fingerprint: str) -> tuple[str, AdapterInfo]:
     """A generator's served name and description from its card, without loading its weights."""
     from cbpt.server.adapters.generator import GeneratorConfig, read_card
 
@@ -157,7 +156,7 @@ def _describe(spec: AdapterSpec, fingerprint: str) -> tuple[str, AdapterDescript
             f"this server runs {fingerprint[:12]}"
         )
     name = spec.name or (f"cbp-{config.domain}" if config.domain else "cbp")
-    description = AdapterDescription(
+    description = AdapterInfo(
         name,
         "cbp",
         config.dimension,

@@ -29,7 +29,7 @@ from ray import serve
 from cbpt.server.deploy.generators import LoadedGenerator, build_engine_on_demand
 from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStats, Served
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
-from cbpt.server.errors import InvalidRequest, QuotaExceeded, UnknownAdapter
+from cbpt.server.errors import InvalidRequest, ServerError, UnknownAdapter
 from cbpt.server.recipe import EngineRecipe
 from cbpt.server.scheduling.merging import MergeSettings
 from cbpt.server.scheduling.scheduler import Scheduler
@@ -154,7 +154,7 @@ class EngineReplica:
         texts are tokenised in ``tenant``'s turns of this replica's scheduler, as its scoring is."""
         try:
             return await self._scheduler.count(texts, tenant)
-        except (InvalidRequest, QuotaExceeded) as error:
+        except ServerError as error:  # any refusal crosses as its wire form (messages.Refusal)
             return Refusal.of(error)
 
     async def _outcome(self, request: ScoreRequest, tenant: str) -> ScoreResult | Refusal:
@@ -166,7 +166,7 @@ class EngineReplica:
             if isinstance(outcome, InvalidRequest):
                 raise outcome
             return outcome
-        except (InvalidRequest, QuotaExceeded) as error:
+        except ServerError as error:  # any refusal crosses as its wire form (messages.Refusal)
             return Refusal.of(error)
 
     async def ping(self, request: ScoreRequest) -> int:

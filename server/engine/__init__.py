@@ -2,8 +2,7 @@
 
     types        requests and results (torch-free: importing them loads no model)
     limits       what one request may ask for
-    validation   checks against the adapter and the limits, naming the field
-    prepare      tokenising (cached) into a request ready to share forward passes
+    prepare      tokenising (cached, token limits checked) into a request ready to share forward passes
     plan         one row per (candidate, example[, choice]); length-sorted chunks
     strategies   how a chunk runs: full sequence | per-candidate prefix states | per-text states
     kv           keys/values of cached sequences, and the forward over them (with or without grad)
@@ -24,7 +23,6 @@ _EXPORTS = {
     "ScoreResult": "cbpt.server.engine.types",
     "ScoringMode": "cbpt.server.engine.types",
     "EngineInfo": "cbpt.server.engine.types",
-    "AdapterDescription": "cbpt.server.engine.types",
     "Limits": "cbpt.server.engine.limits",
 }
 __all__ = list(_EXPORTS)

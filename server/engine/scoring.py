@@ -18,7 +18,9 @@ from collections.abc import Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from cbpt.common.info import AdapterInfo
 from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.adapters.spec import check_unique_names
 from cbpt.server.engine.jobs import CountJob, Outcome, ScoringJob, run_to_end
 from cbpt.server.engine.kv import StateBudget, TextStateCache
 from cbpt.server.engine.limits import Limits
@@ -39,7 +41,7 @@ from cbpt.server.engine.strategies import (
     Strategy,
     TextStates,
 )
-from cbpt.server.engine.types import AdapterDescription, EngineInfo, ScoreRequest, ScoreResult, ScoringMode
+from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult, ScoringMode
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.model import ModelBundle
 
@@ -64,10 +66,7 @@ class ScoringEngine:
         sort_by_length: bool = True,
         not_served: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        names = [adapter.name for adapter in adapters]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
+        check_unique_names([adapter.name for adapter in adapters])
         self.bundle = bundle
         self.limits = limits or Limits()
         self.batch_sequences = batch_sequences
@@ -99,7 +98,7 @@ class ScoringEngine:
 
     def info(self) -> EngineInfo:
         adapters = tuple(
-            AdapterDescription(
+            AdapterInfo(
                 a.name, a.method, a.dimension, a.prompt_length, a.domain, a.description, a.placement.value
             )
             for a in self.adapters.values()

@@ -81,7 +81,7 @@ def test_score_many_asks_stop_before_every_pass(engine: ScoringEngine) -> None:
         asked.append(1)
         return len(asked) >= 2
 
-    bad = ScoreRequest("bbt", np.zeros((1, 3), np.float32), TEXTS, [" yes", " no"])
+    bad = ScoreRequest("bbt", np.zeros((1, 8), np.float32), TEXTS, [" yes", " no" * 40])  # a token limit
     good, invalid = engine.score_many([_request("bbt", 4, 5), bad], stop=stop)
     assert isinstance(good, CallCancelled) and isinstance(invalid, InvalidRequest)
     assert len(asked) == 2

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,16 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from cbpt.common.info import AdapterInfo
 from cbpt.common.wire import pack_floats
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
 from cbpt.server.engine.jobs import ScoringJob
 from cbpt.server.engine.limits import Limits
+from cbpt.server.front import serde
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.settings import ServerSettings
-from cbpt.v1 import tuning_pb2
+from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 DIMENSION = 16
 # Small limits so that every "too many / too long" case is a small request.
@@ -187,8 +192,47 @@ class GatedJob:
         return self._job.step()
 
 
-def serde_request(request: tuning_pb2.EvaluateRequest, scope: str = "") -> ScoreRequest:
-    """The engine request the server makes of a wire request (limits wide open)."""
-    from cbpt.server.front import serde
+@dataclass
+class FullQueue:
+    """A server whose engine holds one call (``running``) while another takes the queue's one place
+    (``queued``): the next call finds no room."""
 
-    return serde.to_score_request(request, Limits(max_candidates=1 << 20), scope=scope)
+    stub: tuning_pb2_grpc.TuningStub
+    gated: GatedEngine
+    running: Future[Any]
+    queued: Future[Any]
+
+
+@contextmanager
+def full_queue(
+    engine: ScoringEngine,
+    running: tuning_pb2.EvaluateRequest | None = None,
+    queued: Callable[[tuning_pb2_grpc.TuningStub], Any] | None = None,
+) -> Iterator[FullQueue]:
+    """Serve ``engine`` with one queue place, hold ``running`` in the engine and queue ``queued`` (by
+    default a one-candidate Evaluate); the gate opens when the block ends, or at ``gated.release.set()``.
+    Both calls have finished once the block has ended."""
+    gated = GatedEngine(engine)
+    queue = queued or (lambda stub: stub.Evaluate(evaluate_request(candidates(1)), timeout=30))
+    with (
+        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
+        grpc.insecure_channel(target) as channel,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        try:
+            held = pool.submit(stub.Evaluate, running or evaluate_request(), timeout=30)
+            assert gated.entered.wait(10)
+            waiting = pool.submit(queue, stub)
+            threading.Event().wait(0.3)  # let it take the queue's one place
+            yield FullQueue(stub, gated, held, waiting)
+        finally:
+            gated.release.set()
+
+
+def serde_request(request: tuning_pb2.EvaluateRequest, scope: str = "") -> ScoreRequest:
+    """The engine request the server makes of a wire request (limits wide open, the adapter served
+    as the request states it)."""
+    stated = AdapterInfo(request.adapter, "bbt", request.dimension, 0, "", "", "prefix")
+    limits = Limits(max_candidates=1 << 20)
+    return serde.score_request_from_proto(request, limits, {request.adapter: stated}, scope=scope)

@@ -1,5 +1,5 @@
-"""The backend seam and the Ray backend's Ray-free parts: settings, statuses, refusals across the hop,
-and generators that load on demand (none of this needs Ray installed)."""
+"""The backend seam and the Ray backend's Ray-free parts: settings, statuses (refusals across the hop:
+test_error_table.py), and generators that load on demand (none of this needs Ray installed)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from cbpt.server.deploy.generators import OnDemandGenerators, build_engine_on_demand
-from cbpt.server.deploy.messages import Refusal
 from cbpt.server.engine import ScoreRequest, ScoringEngine
-from cbpt.server.errors import BackendUnavailable, ConfigError, InvalidRequest, ServerBusy
+from cbpt.server.errors import BackendUnavailable, ConfigError
 from cbpt.server.front.status import error_status
 from cbpt.server.recipe import EngineRecipe
 from cbpt.server.scheduling.backends import InProcessBackend, ScoringBackend, as_backend
@@ -43,16 +42,6 @@ def test_an_unavailable_backend_is_unavailable_with_a_retry_delay() -> None:
     assert rich.code == code_pb2.UNAVAILABLE
     info = error_details_pb2.RetryInfo()
     assert rich.details[0].Unpack(info) and info.retry_delay.ToMilliseconds() == 1500
-
-
-@pytest.mark.parametrize(
-    "error", [InvalidRequest("candidates[3]", "contains NaN or inf"), ServerBusy("server busy", 0.25)]
-)
-def test_a_refusal_crosses_the_hop_as_the_same_error(error: Exception) -> None:
-    again = pickle.loads(pickle.dumps(Refusal.of(error))).error()  # type: ignore[arg-type]
-    assert type(again) is type(error) and str(again) == str(error)
-    assert getattr(again, "field", None) == getattr(error, "field", None)
-    assert getattr(again, "retry_after", None) == getattr(error, "retry_after", None)
 
 
 def test_ray_options_need_the_ray_backend(monkeypatch: pytest.MonkeyPatch) -> None:
