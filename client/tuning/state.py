@@ -3,6 +3,11 @@
 State is apart from settings (as in pycma's ``purecma``): ``TunerSettings`` say what a run is
 asked to do, ``TuningState`` is what it has done. A checkpoint holds the state whole and a resume
 restores it, so everything the next generation or the result depends on lives here.
+
+Like BBT, the final vector is the one with the best dev accuracy (ties: lower train loss), because
+the loss on a few dozen training examples is a poor guide to held-out accuracy; ``select_on="loss"``
+uses the dev cross-entropy instead, which is less coarse than the accuracy of a dev set of a few
+dozen examples.
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
 """Tuner: pycma's loop against the server, ``while not stop(): ask(); evaluate(); tell()``.
 
-Each generation's whole population goes to the server in one ``evaluate`` call
-(the SDK splits it to the server's limits). Losses are computed here, from the
-labels the task keeps, and only the optimizer sees them. Like BBT, the final
-vector is the one with the best dev accuracy (ties: lower train loss), because
-the loss on a few dozen training examples is a poor guide to held-out accuracy;
-``select_on="loss"`` uses the dev cross-entropy instead, which is less coarse
-than the accuracy of a dev set of a few dozen examples. Each generation offers one
-candidate to that selection: by default its lowest train loss (``select_from="best"``),
-which on a few dozen examples is partly noise; ``select_from="mean"`` offers the
-optimizer's own estimate instead (CMA-ES: its mean, an average of the best samples),
-which the optimizer injects as one of the ``popsize`` samples, so it costs no extra call.
+Each generation's whole population goes to the server in one ``evaluate`` call (the SDK splits
+it to the server's limits). Losses are computed here, from the labels the task keeps, and only
+the optimizer sees them. ``tell`` offers one candidate per generation to the dev selection
+(``state.py``): by default its lowest train loss (``select_from="best"``), which on a few dozen
+examples is partly noise; ``select_from="mean"`` offers the optimizer's own estimate instead
+(CMA-ES: its mean, an average of the best samples), which the optimizer injects as one of the
+``popsize`` samples, so it costs no extra call.
 
-The rest is managing output, and belongs to callbacks (``callbacks.py``): the history,
-patience, the checkpoint, and whatever a caller registers with ``register_callback``.
+The rest is managing output, done by tell callbacks (``callbacks.py``): the history, patience and
+the checkpoint, then whatever a caller registers with ``register_callback``.
 """
 
 from __future__ import annotations
@@ -241,8 +237,9 @@ class Tuner:
         if saved is None:
             self._check_fresh()
         # The budget the optimizer plans for (nevergrad's choices depend on it) is the first run's.
-        planned = _planned_budget(saved.config) if saved else self.generations * settings.popsize
-        config[PLANNED_BUDGET] = planned
+        config[PLANNED_BUDGET] = (
+            _planned_budget(saved.config) if saved else self.generations * settings.popsize
+        )
         optimizer = make_optimizer(
             settings.optimizer,
             OptimizerConfig(
@@ -250,17 +247,24 @@ class Tuner:
                 settings.popsize,
                 settings.sigma0,
                 settings.seed,
-                planned,
+                config[PLANNED_BUDGET],
                 include_recommendation=settings.select_from == "mean",
             ),
         )
         self._state = saved.replayed(optimizer, f"checkpoint {self.checkpoint}") if saved else TuningState()
+        self._search = _Search(
+            optimizer, train, dev, (*self._own_callbacks(config, optimizer), *self._callbacks)
+        )
+
+    def _own_callbacks(self, config: dict[str, Any], optimizer: Optimizer) -> list[TellCallback]:
+        """The history always; patience when set; the checkpoint when the run has one."""
         own: list[TellCallback] = [record_history]
-        if settings.patience is not None:
-            own.append(Patience(settings.patience))
-        if self.checkpoint is not None and self._key is not None:
+        if self.settings.patience is not None:
+            own.append(Patience(self.settings.patience))
+        if self.checkpoint is not None:
+            assert self._key is not None, "resolved with the checkpoint, by _load or _check_fresh"
             own.append(CheckpointWriter(self.checkpoint, self._key, config, optimizer))
-        self._search = _Search(optimizer, train, dev, (*own, *self._callbacks))
+        return own
 
     def _check_fresh(self) -> None:
         if self.checkpoint is not None:
