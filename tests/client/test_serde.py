@@ -126,5 +126,7 @@ def test_request_sizes_match_the_requests() -> None:
 def test_one_spelling_of_the_scoring_modes() -> None:
     assert sdk.ScoringModeName is task_format.ScoringModeName is scoring.ScoringModeName
     assert scoring.SCORING_MODES == ("first_token", "full_choice")
-    sources = [path.read_text(encoding="utf-8") for folder in (CLIENT, COMMON) for path in folder.rglob("*.py")]
+    sources = [
+        path.read_text(encoding="utf-8") for folder in (CLIENT, COMMON) for path in folder.rglob("*.py")
+    ]
     assert sum(source.count('Literal["first_token", "full_choice"]') for source in sources) == 1
