@@ -286,7 +286,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
     runs: list[Run] = _at_zero(ctx, method, settings, extra) if 0 in ctx.budgets else []
     pending = sorted(searched)
 
-    def on_generation(row: HistoryRow) -> None:
+    def on_generation(tuner: Tuner, row: HistoryRow) -> None:
         dev = "-" if row.dev_accuracy is None else f"{100 * row.dev_accuracy:.1f}%"
         print(
             f"  generation {row.generation + 1}: calls {row.calls_used}/{settings.budget}, "
@@ -305,7 +305,8 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
                 )  # fmt: skip
 
     if searched:
-        tuner = Tuner(ctx.client, ctx.task, settings=settings, on_generation=on_generation)
+        tuner = Tuner(ctx.client, ctx.task, settings=settings)
+        tuner.register_callback("tell", on_generation)
         tuner.run()
     return runs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_tune_evaluate_predict(server: str, make_task: TaskFactory, tmp_path: Pa
     )
     assert tuned.exit_code == 0, tuned.output
     assert "dev accuracy" in tuned.output and "8 of 8" in tuned.output
+    assert re.search(r"stopped by\s*│\s*budget\s", tuned.output)  # the StopReason's word, not its name
     for name in ("vector.safetensors", "task.json", "history.jsonl", "curve.png", "checkpoint.cbpt"):
         assert (out / name).is_file(), name
     test_file = task_path.parent / "data" / "test.jsonl"
