@@ -25,7 +25,7 @@ _EXPORTS = {
     "ScoringMode": "cbpt.server.engine.types",
     "EngineInfo": "cbpt.server.engine.types",
     "AdapterDescription": "cbpt.server.engine.types",
-    "Limits": "cbpt.server.engine.limits",
+    "Limits": "cbpt.common.limits",
 }
 __all__ = list(_EXPORTS)
 

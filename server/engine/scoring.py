@@ -18,10 +18,10 @@ from collections.abc import Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from cbpt.common.limits import Limits
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.engine.jobs import CountJob, Outcome, ScoringJob, run_to_end
 from cbpt.server.engine.kv import StateBudget, TextStateCache
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
 from cbpt.server.engine.prepare import (
     DEFAULT_TOKEN_CACHE_BYTES,

@@ -12,7 +12,7 @@ from enum import Enum
 import numpy as np
 
 from cbpt.common.choices import Choices
-from cbpt.server.engine.limits import Limits
+from cbpt.common.limits import Limits
 
 
 class ScoringMode(str, Enum):

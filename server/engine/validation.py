@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from cbpt.common.choices import Choices
+from cbpt.common.limits import Limits
 from cbpt.server.adapters.placement import Placement
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest
 from cbpt.server.errors import InvalidRequest
 

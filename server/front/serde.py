@@ -15,9 +15,9 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from cbpt.common.choices import Choices
+from cbpt.common.limits import Limits
 from cbpt.common.version import __version__
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult, ScoringMode
 from cbpt.server.engine.validation import check_choice_list, check_cue, check_text_count, check_texts
 from cbpt.server.errors import InvalidRequest, MalformedRequest
@@ -62,7 +62,7 @@ def server_info_message(info: EngineInfo) -> tuning_pb2.ServerInfo:
             )
             for a in info.adapters
         ],
-        limits=tuning_pb2.Limits(**{name: getattr(limits, name) for name in Limits.__dataclass_fields__}),
+        limits=tuning_pb2.Limits(**limits.model_dump()),
         server_version=__version__,
     )
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from cbpt.server.engine.limits import Limits
+from cbpt.common.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
 from cbpt.server.engine.validation import check_request
 from cbpt.server.errors import BudgetExhausted, InvalidRequest, ServerBusy, ServerShuttingDown, UnknownAdapter

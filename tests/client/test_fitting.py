@@ -27,7 +27,7 @@ runner = CliRunner()
 def short_server() -> Iterator[str]:
     """The tiny model behind a 24-token, 400-character text limit."""
     testing = pytest.importorskip("cbpt.server.testing")
-    from cbpt.server.engine.limits import Limits
+    from cbpt.common.limits import Limits
     from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 
@@ -135,7 +135,7 @@ def test_a_resume_must_fit_the_texts_as_the_run_did(
     """Truncated texts depend on the server's limit: a resume against another limit is refused."""
     testing = pytest.importorskip("cbpt.server.testing")
     from cbpt.client.errors import CheckpointError
-    from cbpt.server.engine.limits import Limits
+    from cbpt.common.limits import Limits
     from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 

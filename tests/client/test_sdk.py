@@ -187,7 +187,7 @@ def test_budget_used_is_what_the_server_charged(tmp_path: Path) -> None:
     """The server's budgets count candidates x examples (x choices in full-choice mode); the client's
     ``stats.budget_used`` counts the same, split or not, so what it shows matches the provider's books."""
     keys_module = pytest.importorskip("cbpt.server.front.keys")
-    from cbpt.server.engine.limits import Limits
+    from cbpt.common.limits import Limits
     from cbpt.server.testing import tiny_engine
     from tests.client.conftest import _serve
 

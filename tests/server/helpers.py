@@ -14,10 +14,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from cbpt.common.limits import Limits
 from cbpt.common.wire import pack_floats
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
 from cbpt.server.engine.jobs import ScoringJob
-from cbpt.server.engine.limits import Limits
 from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2

@@ -77,7 +77,7 @@ def z(candidates: int, seed: int) -> np.ndarray:
 
 
 async def scenario(counter: TurnCounter) -> tuple[list[object], ScoreResult]:
-    scheduler = Scheduler(counter, ThreadPoolExecutor(1), MergeSettings(window_seconds=0))
+    scheduler = Scheduler(counter, ThreadPoolExecutor(1), MergeSettings(merge_window_ms=0))
     big = asyncio.ensure_future(
         scheduler.score(
             ScoreRequest("bbt", z(20, 0), LONG, CHOICES, cue="\nSentiment:", scope="whale"), "whale"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from cbpt.common.limits import Limits
 from cbpt.common.net import is_loopback_host as is_loopback
-from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import ConfigError
 from cbpt.server.settings import ServerSettings
 

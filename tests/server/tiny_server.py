@@ -16,8 +16,8 @@ import logging
 import time
 from pathlib import Path
 
+from cbpt.common.limits import Limits
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.engine.limits import Limits
 from cbpt.server.front.app import serve
 from cbpt.server.logs import configure_logging
 from cbpt.server.runtime import default_adapters
