@@ -90,7 +90,7 @@ def nest(model: type[BaseModel], flat: Mapping[str, Any]) -> dict[str, Any]:
     where = leaves(model)
     nested: dict[str, Any] = {}
     for name, value in flat.items():
-        if value is None or (isinstance(value, (list, tuple)) and not value):
+        if not _given(value):
             continue
         if name not in where:
             raise TypeError(f"{model.__name__} has no setting {name!r}")
@@ -100,6 +100,10 @@ def nest(model: type[BaseModel], flat: Mapping[str, Any]) -> dict[str, Any]:
             target = target.setdefault(section, {})
         target[leaf] = value
     return nested
+
+
+def _given(value: Any) -> bool:
+    return value is not None and not (isinstance(value, (list, tuple)) and not value)
 
 
 def _cli_type(annotation: Any) -> Any:
@@ -172,7 +176,9 @@ def settings_options(
     options = model_options(model, only=only, exclude=exclude, defaults=defaults)
 
     def from_options(**values: Any) -> object:
-        return build(**{**(defaults or {}), **nest(model, values)})
+        return build(
+            **nest(model, {**(defaults or {}), **{name: v for name, v in values.items() if _given(v)}})
+        )
 
     return option_group(parameter, from_options, options)
 
@@ -210,10 +216,12 @@ def option_group(
     return decorate
 
 
-def validation_problems(error: ValidationError, model: type[BaseModel]) -> str:
-    """A ValidationError as one line, each problem named by its flag where the setting has one
-    (``--port: ...``), else by its place (``adapters.specs.0.placement: ...``)."""
-    known = leaves(model)
+def validation_problems(error: ValidationError, *models: type[BaseModel]) -> str:
+    """A ValidationError as one line, each problem named by its flag where it is about a setting of
+    the model that failed (one of ``models``: ``--port: ...``), else by its place
+    (``adapters.specs.0.placement: ...``)."""
+    failed = next((model for model in models if model.__name__ == error.title), None)
+    known = leaves(failed) if failed is not None else {}
     problems = []
     for problem in error.errors():
         names = [str(part) for part in problem["loc"]]

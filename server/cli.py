@@ -50,7 +50,7 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        _fail(validation_problems(exc, (ServerSettings, TrainSettings)))
+        _fail(validation_problems(exc, ServerSettings, TrainSettings))
     except (CbptError, OSError) as exc:
         _fail(str(exc))
 
@@ -73,7 +73,7 @@ def _fail(message: str) -> None:
 
 def server_options(only: tuple[str, ...] | None = None) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """The command's ``settings: ServerSettings`` from these settings' options (all: ``serve``)."""
-    return settings_options("settings", ServerSettings.from_flags, ServerSettings, only=only)
+    return settings_options("settings", ServerSettings, ServerSettings, only=only)
 
 
 @app.command()

@@ -117,7 +117,7 @@ class ServerSettings(BaseSettings):
         """Refuse unsafe or unreadable transport and authentication settings before the (slow) model
         load: plaintext only on loopback, and no authentication (neither API keys nor mTLS) only on
         loopback and only when asked for with --allow-no-auth."""
-        self.ray.check(self.backend)
+        self.check_backend()
         tls, auth = self.tls, self.auth
         if (tls.tls_cert is None) != (tls.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
@@ -135,6 +135,10 @@ class ServerSettings(BaseSettings):
         ):
             if path is not None:
                 read_file(path, option)
+
+    def check_backend(self) -> None:
+        """Ray settings only with the Ray backend, and the Ray backend only with Ray installed."""
+        self.ray.check(self.backend)
 
     def _check_plaintext(self) -> None:
         if not self.tls.insecure:

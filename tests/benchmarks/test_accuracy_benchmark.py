@@ -217,12 +217,14 @@ def test_white_box_scores_exactly_as_the_engine_places_bbt_suffix() -> None:
     """[bos][text][prompt][cue]: the white-box scorer reproduces the engine's bbt-suffix log-probs."""
     torch = pytest.importorskip("torch")
     white_box = _import("white_box")
+    from cbpt.server.adapters.served import ServedAdapters
     from cbpt.server.engine import ScoreRequest, ScoringEngine
-    from cbpt.server.runtime import default_adapters
     from cbpt.server.testing import tiny_bundle
 
     bundle = tiny_bundle(0)
-    engine = ScoringEngine(bundle, default_adapters(bundle, bbt_dimension=16, prompt_length=4))
+    engine = ScoringEngine(
+        bundle, ServedAdapters(bbt_dimension=16, prompt_length=4, shipped_generators=False).build(bundle)
+    )
     texts, choices, cue = (
         ["Review: warm and clever", "Review: a tired mess #3"],
         [" negative", " positive"],

@@ -53,7 +53,7 @@ def _serve(engine: Any, **settings: Any) -> Iterator[str]:
         "grace_seconds": 1.0,
         **settings,
     }
-    with app.serve_in_background(engine, ServerSettings(**values)) as target:
+    with app.serve_in_background(engine, ServerSettings.from_flags(**values)) as target:
         yield target
 
 

@@ -32,7 +32,7 @@ def short_server() -> Iterator[str]:
     from cbpt.server.settings import ServerSettings
 
     engine = testing.tiny_engine(limits=Limits(max_text_tokens=TOKENS, max_text_chars=CHARS))
-    settings = ServerSettings(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, grace_seconds=1)
+    settings = ServerSettings.from_flags(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, grace_seconds=1)
     with serve_in_background(engine, settings) as target:
         yield target
 
@@ -148,7 +148,7 @@ def test_a_resume_must_fit_the_texts_as_the_run_did(
     shorter = testing.tiny_engine(limits=Limits(max_text_tokens=TOKENS - 4, max_text_chars=CHARS))
     with (
         serve_in_background(
-            shorter, ServerSettings(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True)
+            shorter, ServerSettings.from_flags(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True)
         ) as target,
         TuningClient(target) as client,
         pytest.raises(CheckpointError, match="another fitted_texts"),

@@ -93,7 +93,7 @@ def test_retry_succeeds_once_the_server_is_up(engine) -> None:
     port = free_port()
     late = BackgroundServer(
         engine,
-        ServerSettings(host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=1),
+        ServerSettings.from_flags(host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=1),
     )
     waits: list[float] = []
 
@@ -159,7 +159,7 @@ def test_tls_and_mutual_tls(engine, tmp_path: Path) -> None:
     certs = certs_module.generate_dev_certificates(
         tmp_path / "certs", ["localhost", "127.0.0.1"], client=True
     )
-    settings = ServerSettings(
+    settings = ServerSettings.from_flags(
         host="127.0.0.1",
         port=0,
         tls_cert=certs.server_cert,

@@ -49,7 +49,7 @@ def plain_settings(**overrides: object) -> ServerSettings:
         "grace_seconds": 2.0,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return ServerSettings.from_flags(**values)
 
 
 def candidates(num: int = 2, dimension: int = DIMENSION, seed: int = 0) -> np.ndarray:
@@ -132,7 +132,7 @@ def mtls_settings(certs: CertificatePaths, **overrides: object) -> ServerSetting
         "grace_seconds": 2.0,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return ServerSettings.from_flags(**values)
 
 
 def tls_channel(target: str, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
