@@ -32,7 +32,9 @@ def short_server() -> Iterator[str]:
     from cbpt.server.settings import ServerSettings
 
     engine = testing.tiny_engine(limits=Limits(max_text_tokens=TOKENS, max_text_chars=CHARS))
-    settings = ServerSettings.from_flags(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, grace_seconds=1)
+    settings = ServerSettings.from_flags(
+        host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, grace_seconds=1
+    )
     with serve_in_background(engine, settings) as target:
         yield target
 

@@ -93,7 +93,9 @@ def test_retry_succeeds_once_the_server_is_up(engine) -> None:
     port = free_port()
     late = BackgroundServer(
         engine,
-        ServerSettings.from_flags(host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=1),
+        ServerSettings.from_flags(
+            host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=1
+        ),
     )
     waits: list[float] = []
 
