@@ -7,9 +7,11 @@ where a 0 (or a limit the server did not state) means "not stated" and is read a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+AtLeastOne = Annotated[int, Field(ge=1)]
 
 
 class Limits(BaseModel):
@@ -17,18 +19,18 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_candidates: int = Field(64, ge=1, description="candidate vectors in one request")
-    max_examples: int = Field(512, ge=1, description="texts in one request")
-    max_choices: int = Field(16, ge=1, description="choices per text")
-    max_text_tokens: int = Field(512, ge=1, description="tokens of one text")
-    max_text_chars: int = Field(4096, ge=1, description="characters of one text, checked before tokenising")
-    max_choice_tokens: int = Field(16, ge=1, description="tokens of one choice")
+    max_candidates: AtLeastOne = Field(64, description="candidate vectors in one request")
+    max_examples: AtLeastOne = Field(512, description="texts in one request")
+    max_choices: AtLeastOne = Field(16, description="choices per text")
+    max_text_tokens: AtLeastOne = Field(512, description="tokens of one text")
+    max_text_chars: AtLeastOne = Field(4096, description="characters of one text, checked before tokenising")
+    max_choice_tokens: AtLeastOne = Field(16, description="tokens of one choice")
     # 16 tokens of a few characters each, with room for long tokens (runs of spaces, punctuation).
-    max_choice_chars: int = Field(
-        256, ge=1, description="characters per choice string, checked before tokenising"
+    max_choice_chars: AtLeastOne = Field(
+        256, description="characters per choice string, checked before tokenising"
     )
-    max_sequences: int = Field(
-        16384, ge=1, description="candidates x examples (x choices in full-choice mode) in one request"
+    max_sequences: AtLeastOne = Field(
+        16384, description="candidates x examples (x choices in full-choice mode) in one request"
     )
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="bytes of one request message")
     # CMA-ES from sigma0 = 1 stays within about +-10; a vector at 1e3 already swamps the embeddings

@@ -47,8 +47,10 @@ class EngineSettings(BaseModel):
         "none",
         description="quantisation: none, or int8 (dynamic int8 Linear layers on CPU; opt-in, see the README)",
     )
+    # One step of the scheduler is one forward pass, at most this wide: the bound on a tenant's turn.
     batch_sequences: int = Field(64, ge=1, description="rows in one forward pass (one step)")
     batch_tokens: int = Field(8192, ge=1, description="padded tokens in one forward pass")
+    # Memory, all keys together (the per-key text-state cache is the text_cache section).
     token_cache_entries: int = Field(
         4096, ge=1, description="tokenised texts, choices and cues kept for reuse (all keys)"
     )

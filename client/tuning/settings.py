@@ -12,12 +12,12 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from cbpt.client.errors import ConfigError, TunerWarning
+from cbpt.common.losses import LOSSES
 
-LossName = Literal["ce", "hinge", "error"]  # the keys of cbpt.common.losses.LOSSES (a test checks)
 Selection = Literal["accuracy", "loss"]  # what "best on dev" means
 SelectFrom = Literal["best", "mean"]  # which candidate of each generation the dev selection sees
 
@@ -43,7 +43,7 @@ class TunerSettings(BaseModel):
     budget: int = Field(200, description="candidate evaluations on the train set (with --resume: may grow)")
     popsize: int = Field(20, ge=1, description="candidates per generation (one request)")
     sigma0: float = Field(1.0, gt=0, description="initial step size")
-    loss: LossName = Field("ce", description="the train loss: ce, hinge or error")
+    loss: str = Field("ce", description=f"the train loss: {', '.join(LOSSES)} (a name in LOSSES)")
     fit_bias: bool = Field(False, description="fit a per-choice bias on the client")
     select_on: Selection = Field(
         "accuracy", description="pick the vector by dev 'accuracy' or dev cross-entropy ('loss')"
@@ -68,6 +68,13 @@ class TunerSettings(BaseModel):
                     f"unknown tuner setting {first['loc'][0]!r}; known: {', '.join(self.names())}"
                 ) from None
             raise ConfigError(_problem(first)) from None
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        if name not in LOSSES:  # a registry, not a Literal: a new loss is one entry in LOSSES
+            raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+        return name
 
     @model_validator(mode="after")
     def _one_generation_at_least(self) -> TunerSettings:
@@ -116,5 +123,6 @@ def _problem(error: ErrorDetails) -> str:
         return f"{name} must be at least {context['ge']}, got {value}"
     if error["type"] == "greater_than" and context.get("gt") == 0:
         return f"{name} must be positive, got {value}"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{name}: {message}" if name else message
+    if error["type"] == "value_error":  # our own checks' messages name the setting already
+        return str(error["msg"]).removeprefix("Value error, ")
+    return f"{name}: {error['msg']}" if name else str(error["msg"])
