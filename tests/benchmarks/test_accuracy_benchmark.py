@@ -249,8 +249,9 @@ def test_score_noise_runs_the_same_tuning_through_a_protected_server(
         *("--budgets", "8,16", "--popsize", "4", "--test-size", "12", "--datasets", str(datasets)),
     ]
     settings = accuracy.server_settings(accuracy.parse_args([*common, "--score-noise", "0.5"]))
-    assert (settings.score_noise, settings.score_noise_seed, settings.score_decimals) == (0.5, 0, None)
-    assert accuracy.server_settings(accuracy.parse_args(common)).score_noise == 0.0
+    protection = settings.protection
+    assert (protection.score_noise, protection.score_noise_seed, protection.score_decimals) == (0.5, 0, None)
+    assert accuracy.server_settings(accuracy.parse_args(common)).protection.score_noise == 0.0
     runs = {}
     for name, extra in (("off", []), ("noise", ["--score-noise", "0.5"])):
         accuracy.main([*common, *extra, "--output", name, "--output-dir", str(tmp_path)])
