@@ -23,6 +23,7 @@ from typing import Annotated, Any, NamedTuple, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from cbpt.common.version import __version__
 
@@ -115,7 +116,7 @@ def _cli_type(annotation: Any) -> Any:
 
 
 def _shown(default: Any) -> str | bool:
-    if default is None or default == [] or default is inspect.Parameter.empty:
+    if default is None or default == [] or default is PydanticUndefined:
         return False
     return str(default.value if isinstance(default, Enum) else default)
 
