@@ -22,7 +22,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cbpt.common.cli import Leaf, leaves, nest
+from cbpt.common.cli import Leaf, flag, leaves, nest
 from cbpt.common.config_files import YAML_OR_TOML, read_mapping
 from cbpt.common.limits import Limits
 from cbpt.common.net import is_loopback_host
@@ -167,7 +167,7 @@ class ServerSettings(BaseSettings):
         given = [name for name in AuthSettings.PER_TENANT if name in self.auth.model_fields_set]
         if given:
             raise ConfigError(
-                f"{', '.join('--' + name.replace('_', '-') for name in given)} limit each tenant, and "
+                f"{', '.join(flag(name) for name in given)} limit each tenant, and "
                 "without --api-keys-file or --client-ca there are none: give keys or mTLS, or drop the flags"
             )
 

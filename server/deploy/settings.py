@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cbpt.common.cli import flag
 from cbpt.common.net import is_this_host, target_host
 from cbpt.server.errors import ConfigError
 from cbpt.server.front.settings import read_file
@@ -65,8 +66,7 @@ class RaySettings(BaseModel):
             defaults = type(self).model_fields
             given = [name for name in _RAY_ONLY if getattr(self, name) != defaults[name].default]
             if given:
-                flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-                raise ConfigError(f"{flags} need --backend ray")
+                raise ConfigError(f"{', '.join(flag(name) for name in given)} need --backend ray")
             return
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ConfigError(f"--max-replicas {self.max_replicas} is below --replicas {self.replicas}")
