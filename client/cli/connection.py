@@ -28,7 +28,10 @@ class Connection(BaseModel):
         DEFAULT_SERVER, description="Server address host:port.", json_schema_extra={"envvar": "CBPT_SERVER"}
     )
     api_key: str | None = Field(
-        None, description="API key (prefer the env var).", json_schema_extra={"envvar": "CBPT_API_KEY"}
+        None,
+        description="API key (prefer the env var).",
+        json_schema_extra={"envvar": "CBPT_API_KEY"},
+        repr=False,  # a secret: never in a traceback's locals or a log line
     )
     ca_cert: Path | None = Field(None, description="PEM CA certificate that signed the server's.")
     client_cert: Path | None = Field(None, description="PEM client certificate (mTLS).")

@@ -21,6 +21,7 @@ class KeySource(BaseModel):
         None,
         description="Encrypt checkpoints/vectors with a passphrase.",
         json_schema_extra={"envvar": "CBPT_PASSPHRASE"},
+        repr=False,  # a secret
     )
     key_file: Path | None = Field(
         None,
