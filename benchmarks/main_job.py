@@ -29,10 +29,10 @@ from cbpt.client.rpc.sdk import TuningClient
 from cbpt.client.tuning.tuner import Tuner
 from cbpt.common.losses import accuracy, apply_bias, calibrate, predictions
 from cbpt.common.tasks.task import Task
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.model import load_model
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
 
 TASK = ROOT / "examples" / "tweets" / "task.yaml"
@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     test = task.load_examples(TEST)
     assert test.labels is not None
     bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
-    warm = ScoringEngine(bundle, default_adapters(bundle))  # one-off start-up costs stay out of every timing
+    served = ServedAdapters(shipped_generators=False)  # zero-shot and BBT in three placements
+    warm = ScoringEngine(bundle, served.build(bundle))  # one-off start-up costs stay out of every timing
     warm.score(ScoreRequest("bbt", np.zeros((2, 500), np.float32), test.texts[:8], test.choices))
     rows = []
     for label, adapter, options in CONFIGURATIONS:
-        engine = ScoringEngine(bundle, default_adapters(bundle), **options)
+        engine = ScoringEngine(bundle, served.build(bundle), **options)
         with serve_in_background(engine) as target, TuningClient(target) as client:
             zero = client.predict("none", np.zeros(0, np.float32), test.texts, test.choices, cue=test.cue)
             tuner = Tuner(

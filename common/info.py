@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cbpt.common.limits import Limits
+
 
 @dataclass(frozen=True)
 class AdapterInfo:
@@ -24,21 +26,6 @@ class AdapterInfo:
 
 
 @dataclass(frozen=True)
-class ServerLimits:
-    """Request limits the server states; a 0 from the wire means "not stated", read as unlimited."""
-
-    max_candidates: int = 0
-    max_examples: int = 0
-    max_choices: int = 0
-    max_text_tokens: int = 0
-    max_text_chars: int = 0
-    max_choice_tokens: int = 0
-    max_choice_chars: int = 0
-    max_sequences: int = 0
-    max_message_bytes: int = 0
-
-
-@dataclass(frozen=True)
 class ServerInfo:
     """What a server runs; ``model_fingerprint`` binds a tuned vector to the model it was tuned on."""
 
@@ -46,7 +33,7 @@ class ServerInfo:
     model_fingerprint: str
     hidden_size: int
     adapters: tuple[AdapterInfo, ...]
-    limits: ServerLimits
+    limits: Limits  # as stated: a 0 means not stated (``Limits.stated``)
     server_version: str
 
     def adapter(self, name: str) -> AdapterInfo:

@@ -31,12 +31,12 @@ from cbpt.client.cli.app import (
 )
 from cbpt.client.cli.connection import Connection
 from cbpt.client.cli.keys import KeySource
-from cbpt.client.cli.options import flag
 from cbpt.client.errors import CheckpointError
 from cbpt.client.tuning.auto import AUTO, AutoChoice, choose_generator
 from cbpt.client.tuning.results import TuningResult
 from cbpt.client.tuning.runs import CHECKPOINT_FILE, RunRecorder
 from cbpt.client.tuning.settings import TunerSettings
+from cbpt.common.cli import flag
 from cbpt.common.errors import CbptError
 from cbpt.common.tasks.task import Task
 

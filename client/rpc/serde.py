@@ -9,13 +9,14 @@ splitting plan come from protobuf here too, so they match the requests exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from cbpt.client.errors import ClientError
 from cbpt.common.choices import Choices
-from cbpt.common.info import AdapterInfo, ServerInfo, ServerLimits
+from cbpt.common.info import AdapterInfo, ServerInfo
+from cbpt.common.limits import Limits
 from cbpt.common.tasks.scoring import ScoringMode
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
 from cbpt.v1 import tuning_pb2
@@ -46,7 +47,7 @@ def adapter_info_from_proto(message: tuning_pb2.AdapterInfo) -> AdapterInfo:
 
 
 def server_info_from_proto(message: tuning_pb2.ServerInfo) -> ServerInfo:
-    limits = ServerLimits(**{f.name: int(getattr(message.limits, f.name)) for f in fields(ServerLimits)})
+    limits = Limits.stated(**{name: getattr(message.limits, name) for name in Limits.model_fields})
     return ServerInfo(
         model_id=message.model_id,
         model_fingerprint=message.model_fingerprint,

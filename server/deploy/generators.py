@@ -39,29 +39,25 @@ def is_generator(spec: AdapterSpec) -> bool:
 def build_engine_on_demand(
     recipe: EngineRecipe, on_demand: bool
 ) -> tuple[ScoringEngine, OnDemandGenerators | None, EngineInfo]:
-    """The recipe's engine, with its generators left to load on demand when ``on_demand``; and the
-    info that describes every adapter, loaded or not, in the order the specs name them."""
+    """The recipe's engine, built as the in-process server builds it but, when ``on_demand``, with
+    its generators left to load on demand; and the info that describes every adapter, loaded or
+    not, in the order the recipe serves them."""
     if not on_demand:
         engine = recipe.build()
         return engine, None, engine.info()
-    from cbpt.server.adapters.spec import build_adapters
-    from cbpt.server.engine.scoring import ScoringEngine
+    served: list[AdapterSpec] = []
 
-    bundle = recipe.load_model()
-    specs = recipe.adapter_specs(bundle.fingerprint)
-    eager = build_adapters(bundle, [spec for spec in specs if not is_generator(spec)])
-    engine = ScoringEngine(
-        bundle,
-        eager,
-        recipe.limits,
-        batch_sequences=recipe.batch_sequences,
-        text_states=recipe.text_states(),
-        token_cache_bytes=recipe.token_cache_bytes,
+    def deferred(spec: AdapterSpec) -> bool:  # sees every served spec, in order
+        served.append(spec)
+        return is_generator(spec)
+
+    engine = recipe.build(defer=deferred)
+    generators = OnDemandGenerators(
+        engine.bundle, [spec for spec in served if is_generator(spec)], engine.adapters
     )
-    generators = OnDemandGenerators(bundle, [spec for spec in specs if is_generator(spec)], engine.adapters)
     info = engine.info()
     loaded, described = iter(info.adapters), iter(generators.descriptions())
-    adapters = tuple(next(described) if is_generator(spec) else next(loaded) for spec in specs)
+    adapters = tuple(next(described) if is_generator(spec) else next(loaded) for spec in served)
     return engine, generators, dataclasses.replace(info, adapters=adapters)
 
 

@@ -23,7 +23,7 @@ _EXPORTS = {
     "ScoreResult": "cbpt.server.engine.types",
     "ScoringMode": "cbpt.server.engine.types",
     "EngineInfo": "cbpt.server.engine.types",
-    "Limits": "cbpt.server.engine.limits",
+    "Limits": "cbpt.common.limits",
 }
 __all__ = list(_EXPORTS)
 

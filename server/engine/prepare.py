@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from cbpt.common.limits import Limits
 from cbpt.server.adapters import Adapter, Placement
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
 from cbpt.server.adapters import Adapter, Placement
 from cbpt.server.adapters.spec import check_unique_names
 from cbpt.server.engine.jobs import CountJob, Outcome, ScoringJob, run_to_end
 from cbpt.server.engine.kv import StateBudget, TextStateCache
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.plan import Row, length_sorted_chunks, plan_group
 from cbpt.server.engine.prepare import (
     DEFAULT_TOKEN_CACHE_BYTES,

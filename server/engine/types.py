@@ -13,8 +13,8 @@ import numpy as np
 
 from cbpt.common.choices import Choices
 from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
 from cbpt.common.tasks.scoring import ScoringMode
-from cbpt.server.engine.limits import Limits
 
 __all__ = ["EngineInfo", "ScoreRequest", "ScoreResult", "ScoringMode"]  # ScoringMode: the shared one
 

@@ -19,10 +19,10 @@ from google.protobuf.message import DecodeError
 
 from cbpt.common.choices import Choices
 from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
 from cbpt.common.tasks.scoring import ScoringMode
 from cbpt.common.version import __version__
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import InvalidRequest, MalformedRequest
 from cbpt.server.front import validation
@@ -55,7 +55,7 @@ def adapter_info_to_proto(adapter: AdapterInfo) -> tuning_pb2.AdapterInfo:
 
 
 def limits_to_proto(limits: Limits) -> tuning_pb2.Limits:
-    return tuning_pb2.Limits(**{name: getattr(limits, name) for name in Limits.__dataclass_fields__})
+    return tuning_pb2.Limits(**limits.model_dump())
 
 
 def server_info_to_proto(info: EngineInfo) -> tuning_pb2.ServerInfo:

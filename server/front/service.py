@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from cbpt.server.engine.limits import Limits
+from cbpt.common.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
 from cbpt.server.errors import ServerShuttingDown
 from cbpt.server.front import serde

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
 from cbpt.server.adapters.placement import Placement
-from cbpt.server.engine.limits import Limits
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import CallCancelled, InvalidRequest
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
 
 TEXTS = ["Tweet: fine", "Tweet: a much longer tweet that needs padding", "Tweet: bad", "x", "ok then"]
@@ -18,7 +18,9 @@ CUE = "\nSentiment:"
 def engine() -> ScoringEngine:
     bundle = tiny_bundle(1)
     return ScoringEngine(
-        bundle, default_adapters(bundle, bbt_dimension=8, prompt_length=3), batch_sequences=2
+        bundle,
+        ServedAdapters(bbt_dimension=8, prompt_length=3, shipped_generators=False).build(bundle),
+        batch_sequences=2,
     )
 
 

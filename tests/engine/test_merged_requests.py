@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle, tiny_generator
 
 TEXTS = [
@@ -24,7 +24,7 @@ CUE = "\nSentiment:"
 @pytest.fixture(scope="module")
 def engine() -> ScoringEngine:
     bundle = tiny_bundle(3)
-    adapters = default_adapters(bundle, bbt_dimension=8, prompt_length=3)
+    adapters = ServedAdapters(bbt_dimension=8, prompt_length=3, shipped_generators=False).build(bundle)
     adapters.append(CustomizedBlackBoxPrompt(tiny_generator(bundle, dimension=8, prompt_length=3)))
     return ScoringEngine(bundle, adapters, batch_sequences=7)
 
@@ -82,7 +82,9 @@ def _on_cue_engine() -> ScoringEngine:
 
     bundle = tiny_bundle(3)
     bbt_cue = next(
-        a for a in default_adapters(bundle, bbt_dimension=8, prompt_length=3) if a.name == "bbt-cue"
+        a
+        for a in ServedAdapters(bbt_dimension=8, prompt_length=3, shipped_generators=False).build(bundle)
+        if a.name == "bbt-cue"
     )
     config = dataclasses.replace(
         tiny_generator(bundle, dimension=12, prompt_length=3).config, placement="on_cue"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cbpt.common.limits import Limits
 from cbpt.server.engine import ScoreRequest, ScoringMode
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.prepare import TokenCache, entry_bytes
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 from cbpt.server.testing import tiny_engine

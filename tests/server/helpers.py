@@ -17,10 +17,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
 from cbpt.common.wire import pack_floats
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
 from cbpt.server.engine.jobs import ScoringJob
-from cbpt.server.engine.limits import Limits
 from cbpt.server.front import serde
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.front.certs import CertificatePaths
@@ -54,7 +54,7 @@ def plain_settings(**overrides: object) -> ServerSettings:
         "grace_seconds": 2.0,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return ServerSettings.from_flags(**values)
 
 
 def candidates(num: int = 2, dimension: int = DIMENSION, seed: int = 0) -> np.ndarray:
@@ -137,7 +137,7 @@ def mtls_settings(certs: CertificatePaths, **overrides: object) -> ServerSetting
         "grace_seconds": 2.0,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return ServerSettings.from_flags(**values)
 
 
 def tls_channel(target: str, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:

@@ -117,7 +117,7 @@ def test_counting_takes_turns_with_another_tenants_scoring(monkeypatch: pytest.M
 
     async def run() -> tuple[Any, list[int]]:
         with ThreadPoolExecutor(1) as executor:
-            scheduler = Scheduler(logged, executor, MergeSettings(0.05, 512, 8))  # type: ignore[arg-type]
+            scheduler = Scheduler(logged, executor, MergeSettings(merge_window_ms=50, max_queued_requests=8))  # type: ignore[arg-type]
             scored, counts = await asyncio.gather(
                 scheduler.score(request, "alice"), scheduler.count(texts, "bob")
             )

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoreResult, ScoringEngine
 from cbpt.server.errors import ServerBusy
-from cbpt.server.runtime import default_adapters
 from cbpt.server.scheduling.merging import MergeSettings
 from cbpt.server.scheduling.scheduler import Scheduler
 from cbpt.server.testing import tiny_bundle
@@ -77,7 +77,7 @@ def z(candidates: int, seed: int) -> np.ndarray:
 
 
 async def scenario(counter: TurnCounter) -> tuple[list[object], ScoreResult]:
-    scheduler = Scheduler(counter, ThreadPoolExecutor(1), MergeSettings(window_seconds=0))
+    scheduler = Scheduler(counter, ThreadPoolExecutor(1), MergeSettings(merge_window_ms=0))
     big = asyncio.ensure_future(
         scheduler.score(
             ScoreRequest("bbt", z(20, 0), LONG, CHOICES, cue="\nSentiment:", scope="whale"), "whale"
@@ -106,7 +106,9 @@ async def scenario(counter: TurnCounter) -> tuple[list[object], ScoreResult]:
 
 def test_merged_small_calls_finish_within_the_bound_while_a_large_call_runs() -> None:
     bundle = tiny_bundle(0)
-    engine = ScoringEngine(bundle, default_adapters(bundle, bbt_dimension=16, prompt_length=4))
+    engine = ScoringEngine(
+        bundle, ServedAdapters(bbt_dimension=16, prompt_length=4, shipped_generators=False).build(bundle)
+    )
     counter = TurnCounter(engine)
     results, big = asyncio.run(scenario(counter))
     refused = [r for r in results if isinstance(r, ServerBusy)]

@@ -95,7 +95,11 @@ def test_merge_budget_bounds_each_engine_call(engine, max_sequences, expected_ca
 
     async def run() -> list:
         with ThreadPoolExecutor(1) as executor:
-            merger = Scheduler(gated, executor, MergeSettings(0.2, max_sequences, 16))
+            merger = Scheduler(
+                gated,
+                executor,
+                MergeSettings(merge_window_ms=200, merge_max_sequences=max_sequences, max_queued_requests=16),
+            )
             results = await asyncio.gather(*(merger.score(r) for r in _score_requests(4)))
             await merger.close()
             return results
@@ -112,7 +116,7 @@ def test_a_bad_request_fails_alone(engine) -> None:
 
     async def run() -> list:
         with ThreadPoolExecutor(1) as executor:
-            merger = Scheduler(engine, executor, MergeSettings(0.2))
+            merger = Scheduler(engine, executor, MergeSettings(merge_window_ms=200))
             outcomes = await asyncio.gather(
                 *(merger.score(r) for r in [*_score_requests(1), bad]), return_exceptions=True
             )

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from cbpt.common.wire import unpack_floats
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.front.app import BackgroundServer
 from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.front.keys import add_key
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle, tiny_engine
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import (
@@ -120,7 +120,9 @@ def deployment(
 def _fresh_engine() -> ScoringEngine:
     bundle = tiny_bundle(0)
     return ScoringEngine(
-        bundle, default_adapters(bundle, bbt_dimension=DIMENSION, prompt_length=4), TEST_LIMITS
+        bundle,
+        ServedAdapters(bbt_dimension=DIMENSION, prompt_length=4, shipped_generators=False).build(bundle),
+        TEST_LIMITS,
     )
 
 
