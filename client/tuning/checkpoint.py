@@ -25,6 +25,8 @@ from cbpt.common.files import write_atomic
 MAGIC = b"CBPTCKPT"
 FORMAT_VERSION = 1
 KIND = "cbpt.tuner-checkpoint"
+# The checkpoint config's record of the budget the optimizer was built for (the first run's).
+PLANNED_BUDGET = "optimizer_budget"
 
 
 @dataclass
@@ -127,6 +129,24 @@ def check_config(
                 f"(checkpoint: {_short(saved.get(name))}, now: {_short(current.get(name))}); "
                 "use the same settings or another --out folder"
             )
+
+
+def resumable(path: Path, key: KeySpec, config: dict[str, Any], generations: int, popsize: int) -> Checkpoint:
+    """The checkpoint at ``path`` if it continues a run of ``config`` (any budget it can reach), else a
+    CheckpointError naming what differs or the budget it needs."""
+    saved = load_checkpoint(path, key)
+    check_config(saved.config, config, path, ignore=("budget", PLANNED_BUDGET))
+    if generations < len(saved.state.generations):
+        done = len(saved.state.generations) * popsize
+        raise CheckpointError(
+            f"checkpoint {path} already used {done} calls; --budget must be at least {done}"
+        )
+    return saved
+
+
+def planned_budget(config: dict[str, Any]) -> int:
+    """The budget a checkpoint's optimizer was built with (checkpoints before extension: its budget)."""
+    return int(config.get(PLANNED_BUDGET, config["budget"]))
 
 
 def _short(value: Any) -> str:

@@ -42,7 +42,7 @@ from cbpt.client.tuning.callbacks import (
     TellCallback,
     record_history,
 )
-from cbpt.client.tuning.checkpoint import Checkpoint, check_config, load_checkpoint
+from cbpt.client.tuning.checkpoint import PLANNED_BUDGET, Checkpoint, planned_budget, resumable
 from cbpt.client.tuning.results import Candidate, HistoryRow, StopReason, TuningResult
 from cbpt.client.tuning.settings import TunerSettings
 from cbpt.client.tuning.state import TuningState
@@ -59,9 +59,6 @@ from cbpt.common.losses import (
 )
 from cbpt.common.tasks.fitting import fit_examples
 from cbpt.common.tasks.task import Examples, Task
-
-# The checkpoint config's record of the budget the optimizer was built for (the first run's).
-PLANNED_BUDGET = "optimizer_budget"
 
 
 @dataclass
@@ -238,7 +235,7 @@ class Tuner:
             self._check_fresh()
         # The budget the optimizer plans for (nevergrad's choices depend on it) is the first run's.
         config[PLANNED_BUDGET] = (
-            _planned_budget(saved.config) if saved else self.generations * settings.popsize
+            planned_budget(saved.config) if saved else self.generations * settings.popsize
         )
         optimizer = make_optimizer(
             settings.optimizer,
@@ -279,14 +276,7 @@ class Tuner:
         if self.checkpoint is None:
             raise CheckpointError("resume needs a checkpoint path")
         self._key = resolve_key(self._checkpoint_key)
-        saved = load_checkpoint(self.checkpoint, self._key)
-        check_config(saved.config, config, self.checkpoint, ignore=("budget", PLANNED_BUDGET))
-        if self.generations < len(saved.state.generations):
-            done = len(saved.state.generations) * self.settings.popsize
-            raise CheckpointError(
-                f"checkpoint {self.checkpoint} already used {done} calls; --budget must be at least {done}"
-            )
-        return saved
+        return resumable(self.checkpoint, self._key, config, self.generations, self.settings.popsize)
 
     # -- one generation's parts ------------------------------------------------------------------
     def _current(self) -> _Search:
@@ -395,8 +385,3 @@ def _labels(examples: Examples) -> np.ndarray:
 
 def _texts_digest(*splits: Examples) -> str:
     return hashlib.sha256(json.dumps([split.texts for split in splits]).encode("utf-8")).hexdigest()
-
-
-def _planned_budget(config: dict[str, Any]) -> int:
-    """The budget a checkpoint's optimizer was built with (checkpoints before extension: its budget)."""
-    return int(config.get(PLANNED_BUDGET, config["budget"]))
