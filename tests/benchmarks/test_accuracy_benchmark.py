@@ -117,6 +117,8 @@ def _reports(method: str) -> tuple[str, ...]:
         return (method, method + "-calibrated")
     if method == "zero-shot-calibrated":
         return (method, method + "-prior")
+    if method == "icl":
+        return (method, method + "-calibrated")
     return (method,)
 
 
