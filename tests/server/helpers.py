@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -236,3 +237,26 @@ def serde_request(request: tuning_pb2.EvaluateRequest, scope: str = "") -> Score
     stated = AdapterInfo(request.adapter, "bbt", request.dimension, 0, "", "", "prefix")
     limits = Limits(max_candidates=1 << 20)
     return serde.score_request_from_proto(request, limits, {request.adapter: stated}, scope=scope)
+
+
+class CountingModel:
+    """Counts the backbone's forward passes and makes each one take ``seconds``."""
+
+    def __init__(self, engine: ScoringEngine, seconds: float) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+        self._handle = engine.bundle.model.base_model.register_forward_hook(self._hook)
+        self._seconds = seconds
+
+    def _hook(self, *_: object) -> None:
+        time.sleep(self._seconds)
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.count >= count, timeout), self.count
+
+    def remove(self) -> None:
+        self._handle.remove()
