@@ -104,9 +104,10 @@ def _summary(run: Run) -> str:
     )
 
 
-# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters; the tiny test model's tokenizer takes
-# nearly one a character), scored whole (full_choice); the server's default is 16.
+# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters and more; the tiny test model's tokenizer
+# takes nearly one a character), scored whole (full_choice); the server's defaults are 16 tokens, 256 characters.
 MAX_CHOICE_TOKENS = 1024
+MAX_CHOICE_CHARS = 4096
 
 
 def build_engine(
@@ -139,7 +140,7 @@ def build_engine(
         )  # fmt: skip
     specs += [AdapterSpec(method="cbp", name=name, generator=folder) for name, folder in generators]
     cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
-    limits = Limits(max_choice_tokens=MAX_CHOICE_TOKENS)
+    limits = Limits(max_choice_tokens=MAX_CHOICE_TOKENS, max_choice_chars=MAX_CHOICE_CHARS)
     return ScoringEngine(bundle, build_adapters(bundle, specs), limits, text_states=cache)
 
 
@@ -272,6 +273,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         score_noise_seed=0,
         score_decimals=args.score_decimals,
         max_choice_tokens=MAX_CHOICE_TOKENS,  # what GetServerInfo states; the engine enforces its own
+        max_choice_chars=MAX_CHOICE_CHARS,
     )
 
 
