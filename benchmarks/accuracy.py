@@ -46,10 +46,10 @@ from benchmarks.accuracy_report import DERIVED, plot, plot_families, render
 from benchmarks.harness import RESULTS, SHARED
 from benchmarks.white_box import WhiteBoxConfig
 from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common.limits import Limits
 from cbpt.common.tasks.fitting import fit_examples
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.kv import TextStateCache
-from cbpt.server.engine.limits import Limits
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.settings import ServerSettings
 
@@ -104,9 +104,10 @@ def _summary(run: Run) -> str:
     )
 
 
-# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters; the tiny test model's tokenizer takes
-# nearly one a character), scored whole (full_choice); the server's default is 16.
+# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters and more; the tiny test model's tokenizer
+# takes nearly one a character), scored whole (full_choice); the server's defaults are 16 tokens, 256 characters.
 MAX_CHOICE_TOKENS = 1024
+MAX_CHOICE_CHARS = 4096
 
 
 def build_engine(
@@ -118,8 +119,7 @@ def build_engine(
 ) -> ScoringEngine:
     """The server's default adapters, one BBT adapter per dimension variant in TUNED, and one CBP
     adapter per generator folder (the shipped ones for this model included), all from specs."""
-    from cbpt.server.adapters import AdapterSpec, build_adapters, default_specs
-    from cbpt.server.runtime import shipped_generator_specs
+    from cbpt.server.adapters import AdapterSpec, ServedAdapters, build_adapters
 
     if model == "tiny":
         from cbpt.server.testing import tiny_bundle
@@ -129,7 +129,8 @@ def build_engine(
         from cbpt.server.model import load_model
 
         bundle, dimension_scale = load_model(model, threads=threads), 1.0
-    specs = default_specs(round(500 * dimension_scale), prompt_length)
+    served = ServedAdapters(bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length)
+    specs = served.chosen(bundle.fingerprint, bundle.hidden_size).specs  # the shipped generators included
     placements = {spec.name: spec.placement for spec in specs}
     for tuned in sorted({t for t in TUNED.values() if t.dimension is not None}, key=lambda t: t.served):
         dimension = max(2, round((tuned.dimension or 0) * dimension_scale))
@@ -137,10 +138,9 @@ def build_engine(
             AdapterSpec(method="bbt", name=tuned.served, placement=placements[tuned.adapter], dimension=dimension,
                         prompt_length=prompt_length)
         )  # fmt: skip
-    specs += shipped_generator_specs(bundle.fingerprint)
     specs += [AdapterSpec(method="cbp", name=name, generator=folder) for name, folder in generators]
     cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)
-    limits = Limits(max_choice_tokens=MAX_CHOICE_TOKENS)
+    limits = Limits(max_choice_tokens=MAX_CHOICE_TOKENS, max_choice_chars=MAX_CHOICE_CHARS)
     return ScoringEngine(bundle, build_adapters(bundle, specs), limits, text_states=cache)
 
 
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def server_settings(args: argparse.Namespace) -> ServerSettings:
     """The loopback server the benchmark tunes through, with the provider protection asked for."""
-    return ServerSettings(
+    return ServerSettings.from_flags(
         host="127.0.0.1",
         port=0,
         insecure=True,
@@ -273,6 +273,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         score_noise_seed=0,
         score_decimals=args.score_decimals,
         max_choice_tokens=MAX_CHOICE_TOKENS,  # what GetServerInfo states; the engine enforces its own
+        max_choice_chars=MAX_CHOICE_CHARS,
     )
 
 

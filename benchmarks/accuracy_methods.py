@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy_data import BenchmarkData
-from benchmarks.accuracy_report import CALIBRATED, PRIOR
+from benchmarks.accuracy_report import BASELINES, CALIBRATED, PRIOR
 from benchmarks.white_box import WhiteBoxConfig
 from benchmarks.white_box import tune as tune_white_box
 from cbpt.client.rpc.sdk import TuningClient
@@ -102,7 +102,6 @@ TUNED = {
         for suffix, overrides in (("", {}), ("-bias", BIAS))
     },
 }
-BASELINES = ("majority", "zero-shot", "zero-shot-calibrated", "zero-shot-calibrated" + PRIOR, "icl")
 METHODS = (
     *BASELINES,
     *(name + suffix for name in TUNED for suffix in ("", CALIBRATED, PRIOR)),
@@ -213,7 +212,12 @@ def run_icl(ctx: Context) -> list[Run]:
         return []
     started = time.perf_counter()
     log_probs = ctx.predict("none", np.zeros(0, np.float32), texts)
-    return [ctx.run("icl", 0, log_probs, time.perf_counter() - started)]
+    seconds = time.perf_counter() - started
+    # Its calibrated form: the same test log-probs mean-centred on the unlabelled test inputs.
+    return [
+        ctx.run("icl", 0, log_probs, seconds),
+        ctx.run("icl" + CALIBRATED, 0, calibrate(log_probs), seconds),
+    ]
 
 
 def _reported(
@@ -286,7 +290,7 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
     runs: list[Run] = _at_zero(ctx, method, settings, extra) if 0 in ctx.budgets else []
     pending = sorted(searched)
 
-    def on_generation(row: HistoryRow) -> None:
+    def on_generation(tuner: Tuner, row: HistoryRow) -> None:
         dev = "-" if row.dev_accuracy is None else f"{100 * row.dev_accuracy:.1f}%"
         print(
             f"  generation {row.generation + 1}: calls {row.calls_used}/{settings.budget}, "
@@ -305,7 +309,8 @@ def run_tuned(ctx: Context, method: str) -> list[Run]:
                 )  # fmt: skip
 
     if searched:
-        tuner = Tuner(ctx.client, ctx.task, settings=settings, on_generation=on_generation)
+        tuner = Tuner(ctx.client, ctx.task, settings=settings)
+        tuner.register_callback("tell", on_generation)
         tuner.run()
     return runs
 

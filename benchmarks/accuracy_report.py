@@ -19,7 +19,15 @@ Run = dict[str, Any]
 CALIBRATED = "-calibrated"
 PRIOR = "-prior"
 DERIVED = (CALIBRATED, PRIOR)
-BASELINES = ("majority", "zero-shot", "zero-shot-calibrated", "zero-shot-calibrated" + PRIOR, "icl")
+# The methods that make no tuning calls; "icl" runs once and reports its calibrated form beside it.
+BASELINES = (
+    "majority",
+    "zero-shot",
+    "zero-shot-calibrated",
+    "zero-shot-calibrated" + PRIOR,
+    "icl",
+    "icl" + CALIBRATED,
+)
 REFERENCE = "bbt-cue-bias"  # "calls to reach": the best BBT method of the earlier benchmark, at 400 calls
 
 

@@ -38,12 +38,11 @@ from cbpt.client.rpc.sdk import TuningClient
 from cbpt.client.tuning.tuner import Tuner
 from cbpt.common.losses import accuracy, apply_bias, calibrate, predictions
 from cbpt.common.tasks.task import Examples, Task
-from cbpt.server.adapters.spec import build_adapters
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.engine.batching import Batching
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.model import ModelBundle, load_model
-from cbpt.server.runtime import chosen_specs, default_adapters
 from cbpt.server.testing import tiny_bundle
 
 TASK = ROOT / "examples" / "tweets" / "task.yaml"
@@ -71,11 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     test = task.load_examples(TEST)
     assert test.labels is not None
     bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
-    warm = ScoringEngine(bundle, default_adapters(bundle))  # one-off start-up costs stay out of every timing
+    served = ServedAdapters(shipped_generators=False)  # zero-shot and BBT in three placements
+    warm = ScoringEngine(bundle, served.build(bundle))  # one-off start-up costs stay out of every timing
     warm.score(ScoreRequest("bbt", np.zeros((2, 500), np.float32), test.texts[:8], test.choices))
     rows = []
     for label, adapter, options in CONFIGURATIONS:
-        engine = ScoringEngine(bundle, default_adapters(bundle), **options)
+        engine = ScoringEngine(bundle, served.build(bundle), **options)
         row, _ = tune_once(engine, adapter, task, test, args.budget, args.popsize, args.seed)
         rows.append({"configuration": label, "adapter": adapter, "engine_options": options, **row})
         print(f"{label}: {row['tuning_seconds']:.0f} s, held-out {row['held_out_accuracy']:.1%}", flush=True)
@@ -129,15 +129,15 @@ def compare_main_job(
         subprocess.run([sys.executable, str(ROOT / "examples" / "tweets" / "prepare.py")], check=True)
     task = Task.from_file(TASK).model_copy(update={"seed": seed})
     test = task.load_examples(TEST)
-    specs = chosen_specs(bundle.fingerprint, None, True, bundle.hidden_size)
-    served = [adapter.name for adapter in build_adapters(bundle, specs)]
+    served_adapters = ServedAdapters()  # as `cbpt-server serve` serves them, shipped generators included
+    served = [adapter.name for adapter in served_adapters.build(bundle)]
     adapter = "cbp-opinion" if "cbp-opinion" in served else "bbt-cue"  # the main job, or its fallback
     runs, vectors = [], []
     import_module(
         "cma"
     )  # the optimizer's first import (seconds, with scipy) stays out of the first run's time
     for label, batching in (("before #24", Batching.before_issue_24()), ("now", Batching())):
-        engine = ScoringEngine(bundle, build_adapters(bundle, specs), batching=batching)
+        engine = ScoringEngine(bundle, served_adapters.build(bundle), batching=batching)
         square = matmul_flops(2048, 2048, 2048, seconds=1.0)
         row, vector = tune_once(engine, adapter, task, test, budget, popsize, seed)
         flops = 2.0 * non_embedding_parameters(bundle) * row["tokens"] / row["tuning_seconds"]

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,10 @@ import numpy as np
 from benchmarks.harness import RESULTS, SHARED, machine, sst2_texts, write_json, write_text
 from benchmarks.scale_report import render
 from cbpt.client.rpc.sdk import TuningClient
-from cbpt.server.adapters.spec import default_specs
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.front.app import serve_in_background
-from cbpt.server.recipe import EngineRecipe
+from cbpt.server.recipe import EngineRecipe, EngineSettings
 from cbpt.server.settings import ServerSettings
 
 ADAPTER, FALLBACK_ADAPTER = "bbt-cue", "bbt-suffix"
@@ -83,8 +82,10 @@ def recipe_for(model: str, folder: Path, dimension: int, prompt_length: int) -> 
         bundle.model.save_pretrained(folder)
         bundle.tokenizer.save_pretrained(folder)
         model = str(folder)
-    specs = tuple(default_specs(dimension, prompt_length))
-    return EngineRecipe(model=model, specs=specs, shipped_generators=True)  # cbp-opinion where it matches
+    served = ServedAdapters(
+        bbt_dimension=dimension, prompt_length=prompt_length
+    )  # cbp-opinion where it matches
+    return EngineRecipe(engine=EngineSettings(model=model), adapters=served)
 
 
 # -- concurrent clients ------------------------------------------------------------------------------
@@ -135,8 +136,8 @@ def backends(
     """The four backends; the Ray ones on the cluster at ``address``, or a local Ray instance."""
     from ray import serve
 
-    from cbpt.server.deploy.ray_serve import RayOptions, connect, deploy, stop_local_ray
-    from cbpt.server.deploy.replica import ReplicaOptions
+    from cbpt.server.deploy.ray_serve import connect, deploy, stop_local_ray
+    from cbpt.server.deploy.settings import RaySettings
 
     owns_ray = connect(address, num_cpus=cores)
     made: dict[str, Any] = {"in-process": engine}
@@ -148,10 +149,9 @@ def backends(
     try:
         for name, (replicas, batching, app) in layouts.items():
             threads = max(1, cores // replicas)
-            options = RayOptions(replicas=replicas, replica_cpus=cores / 4)
-            made[name] = deploy(
-                replace(recipe, threads=threads), options, ReplicaOptions(batching=batching), app_name=app
-            )
+            ray = RaySettings(replicas=replicas, replica_cpus=cores / 4, ray_batching=batching)
+            threaded = recipe.engine.model_copy(update={"threads": threads})
+            made[name] = deploy(recipe.model_copy(update={"engine": threaded}), ray, app_name=app)
         yield made
     finally:
         for _, _, app in layouts.values():
@@ -185,7 +185,7 @@ def clients_section(args: argparse.Namespace, recipe: EngineRecipe, engine: Scor
     rows: list[dict[str, Any]] = []
     with backends(recipe, engine, os.cpu_count() or 1, args.ray_address) as made, ExitStack() as fronts:
         targets = {
-            name: fronts.enter_context(serve_in_background(backend, ServerSettings(**SETTINGS)))
+            name: fronts.enter_context(serve_in_background(backend, ServerSettings.from_flags(**SETTINGS)))
             for name, backend in made.items()
         }
         for clients in counts:  # interleaved: every backend at one load before the next load

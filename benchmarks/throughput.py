@@ -50,11 +50,11 @@ from cbpt.client.rpc.sdk import TuningClient
 from cbpt.common.losses import accuracy, calibrate, compute_losses, predictions
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.engine.batching import Batching
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.model import ModelBundle, load_model
-from cbpt.server.runtime import default_adapters
 from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
 
@@ -64,7 +64,7 @@ _base = BATCHING["now"]  # what ``build`` starts from (``--batching``)
 
 def build(bundle: ModelBundle, **options) -> ScoringEngine:
     """The default adapters and a random ``cbp`` generator; ``options`` override batching knobs."""
-    adapters = default_adapters(bundle)
+    adapters = ServedAdapters(shipped_generators=False).build(bundle)
     config = GeneratorConfig(bundle.fingerprint, bundle.hidden_size, bundle.embedding_std, domain="bench")
     adapters.append(CustomizedBlackBoxPrompt(PromptGenerator(config), name="cbp"))
     return ScoringEngine(bundle, adapters, batching=_base, **options)
@@ -287,7 +287,9 @@ def merged_clients(
     results = []
     variants = (("merged (default: 5 ms window)", {}), ("one call at a time", {"merge_max_sequences": 1}))
     for label, merge in variants:
-        settings = ServerSettings(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, **merge)
+        settings = ServerSettings.from_flags(
+            host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, **merge
+        )
         with serve_in_background(build(bundle), settings) as target, ThreadPoolExecutor(clients) as pool:
             start = threading.Barrier(clients + 1)
             futures = [

@@ -40,13 +40,12 @@ from cbpt.client.rpc.sdk import TuningClient
 from cbpt.client.tuning.results import TuningResult
 from cbpt.common.tasks.fitting import fit_examples
 from cbpt.common.tasks.task import Task
-from cbpt.server.adapters.spec import build_adapters
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.batching import Batching
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.model import ModelBundle
-from cbpt.server.runtime import chosen_specs
 
 TEMPLATE = "Review: {text}\nSentiment:"
 CHOICES = {"negative": " negative", "positive": " positive"}
@@ -56,8 +55,7 @@ CLIENTS = {"before #24": RequestBatching.before_issue_24(), "now": RequestBatchi
 
 def served_engine(bundle: ModelBundle, batching: Batching) -> ScoringEngine:
     """The default server's adapters (shipped generators included) on ``bundle``."""
-    specs = chosen_specs(bundle.fingerprint, None, True, bundle.hidden_size)
-    return ScoringEngine(bundle, build_adapters(bundle, specs), batching=batching)
+    return ScoringEngine(bundle, ServedAdapters().build(bundle), batching=batching)
 
 
 def review_texts(length: str, count: int) -> list[dict[str, str]]:

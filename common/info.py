@@ -1,11 +1,15 @@
-"""Plain mirrors of the server's self-description, so callers never touch protobuf types.
+"""The server's self-description as plain values, one type each for both sides.
 
-``cbpt.client.rpc.serde`` builds them from the wire; nothing here imports protobuf.
+The server's engine describes its adapters as ``AdapterInfo`` and its serde puts them on the wire;
+``cbpt.client.rpc.serde`` builds the same types back from it, so callers never touch protobuf types.
+Nothing here imports protobuf.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from cbpt.common.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -22,21 +26,6 @@ class AdapterInfo:
 
 
 @dataclass(frozen=True)
-class ServerLimits:
-    """Request limits the server states; a 0 from the wire means "not stated", read as unlimited."""
-
-    max_candidates: int = 0
-    max_examples: int = 0
-    max_choices: int = 0
-    max_text_tokens: int = 0
-    max_text_chars: int = 0
-    max_choice_tokens: int = 0
-    max_choice_chars: int = 0
-    max_sequences: int = 0
-    max_message_bytes: int = 0
-
-
-@dataclass(frozen=True)
 class ServerInfo:
     """What a server runs; ``model_fingerprint`` binds a tuned vector to the model it was tuned on."""
 
@@ -44,7 +33,7 @@ class ServerInfo:
     model_fingerprint: str
     hidden_size: int
     adapters: tuple[AdapterInfo, ...]
-    limits: ServerLimits
+    limits: Limits  # as stated: a 0 means not stated (``Limits.stated``)
     server_version: str
 
     def adapter(self, name: str) -> AdapterInfo:

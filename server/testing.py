@@ -7,12 +7,12 @@ of the real model (left padding, soft prompts, choice scoring).
 
 from __future__ import annotations
 
+from cbpt.common.limits import Limits
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
 from cbpt.server.adapters.none import NoPrompt
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.engine.limits import Limits
 from cbpt.server.model import ModelBundle, prepare_bundle
 
 _CORPUS = [

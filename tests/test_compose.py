@@ -104,6 +104,33 @@ def test_demo_client_profile_runs_cbpt_info(compose: dict) -> None:
     assert "cbpt info" in command and "--ca-cert /run/secrets/ca_cert" in command
 
 
+@pytest.mark.parametrize("service", ["server", "ray-head", "server-ray", "image"])
+def test_every_cbpt_variable_is_a_setting_the_server_reads(
+    compose: dict, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings live in sections (CBPT_<SECTION>__<NAME>): a variable from before would be refused."""
+    import os
+    import re
+
+    from cbpt.server.settings import ServerSettings
+
+    for name in [name for name in os.environ if name.startswith("CBPT_")]:
+        monkeypatch.delenv(name)
+    if service == "image":  # the Dockerfile's ENV, but the health probe's own variables
+        environment = dict(re.findall(r"(CBPT_\w+)=(\S+)", DOCKERFILE.read_text()))
+        environment = {k: v for k, v in environment.items() if not k.startswith("CBPT_HEALTH_")}
+    else:
+        environment = compose["services"][service].get("environment", {})
+    given = {name: str(value) for name, value in environment.items() if name.startswith("CBPT_")}
+    assert given
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    settings = ServerSettings().model_dump(mode="json")
+    for name, value in given.items():
+        section, _, leaf = name.removeprefix("CBPT_").lower().rpartition("__")
+        assert str((settings[section] if section else settings)[leaf]) == value, name
+
+
 def test_dockerfile_essentials() -> None:
     text = DOCKERFILE.read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]

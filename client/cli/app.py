@@ -15,9 +15,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from cbpt.client.cli.options import Command, R
 from cbpt.client.errors import ArtifactError, ConfigError, TaskError
-from cbpt.common.cli import version_option
+from cbpt.common.cli import Command, R, version_option
 from cbpt.common.errors import CbptError
 
 app = typer.Typer(

@@ -7,56 +7,42 @@ parameter; ``info`` waits less and retries less than the long-running commands.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-import typer
+from pydantic import BaseModel, ConfigDict, Field
 
-from cbpt.client.cli.options import Command, R, dataclass_options, flag, option_group
 from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common.cli import Command, R, flag, settings_options
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 # What a resume command repeats: TLS choices (a secret like the API key stays in the environment).
 _RESUMED = ("ca_cert", "client_cert", "client_key", "insecure")
 
 
-@dataclass(frozen=True)
-class Connection:
+class Connection(BaseModel):
     """The server, its credentials and the patience for it, as one command line gave them."""
 
-    server: Annotated[
-        str, typer.Option("--server", envvar="CBPT_SERVER", help="Server address host:port.")
-    ] = DEFAULT_SERVER
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key", envvar="CBPT_API_KEY", help="API key (prefer the env var).", show_default=False
-        ),
-    ] = None
-    ca_cert: Annotated[
-        Path | None, typer.Option("--ca-cert", help="PEM CA certificate that signed the server's.")
-    ] = None
-    client_cert: Annotated[
-        Path | None, typer.Option("--client-cert", help="PEM client certificate (mTLS).")
-    ] = None
-    client_key: Annotated[
-        Path | None, typer.Option("--client-key", help="PEM client private key (mTLS).")
-    ] = None
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Plaintext (API keys only to loopback hosts).")
-    ] = False
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request before giving up.")] = 300.0
-    retries: Annotated[
-        int, typer.Option("--retries", help="Retries on UNAVAILABLE / RESOURCE_EXHAUSTED.")
-    ] = 4
-    retry_window: Annotated[
-        float,
-        typer.Option(
-            "--retry-window",
-            help="Seconds to keep retrying a server that answered before and then went away (a restart).",
-        ),
-    ] = 60.0
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    server: str = Field(
+        DEFAULT_SERVER, description="Server address host:port.", json_schema_extra={"envvar": "CBPT_SERVER"}
+    )
+    api_key: str | None = Field(
+        None,
+        description="API key (prefer the env var).",
+        json_schema_extra={"envvar": "CBPT_API_KEY"},
+        repr=False,  # a secret: never in a traceback's locals or a log line
+    )
+    ca_cert: Path | None = Field(None, description="PEM CA certificate that signed the server's.")
+    client_cert: Path | None = Field(None, description="PEM client certificate (mTLS).")
+    client_key: Path | None = Field(None, description="PEM client private key (mTLS).")
+    insecure: bool = Field(False, description="Plaintext (API keys only to loopback hosts).")
+    timeout: float = Field(300.0, description="Seconds per request before giving up.")
+    retries: int = Field(4, description="Retries on UNAVAILABLE / RESOURCE_EXHAUSTED.")
+    retry_window: float = Field(
+        60.0,
+        description="Seconds to keep retrying a server that answered before and then went away (a restart).",
+    )
 
     def client(self) -> TuningClient:
         return TuningClient(
@@ -78,6 +64,5 @@ class Connection:
 
 def connection_options(*, timeout: float = 300.0, retries: int = 4) -> Callable[[Command[R]], Command[R]]:
     """Give a command the connection options (with these defaults) as one ``connection`` object."""
-    return option_group(
-        "connection", Connection, dataclass_options(Connection, timeout=timeout, retries=retries)
-    )
+    defaults = {"timeout": timeout, "retries": retries}
+    return settings_options("connection", Connection, Connection, defaults=defaults)

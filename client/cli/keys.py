@@ -6,35 +6,28 @@ is read from a flag or the environment and never echoed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-import typer
+from pydantic import BaseModel, ConfigDict, Field
 
-from cbpt.client.cli.options import Command, R, dataclass_options, option_group
 from cbpt.client.files.crypto import KeySpec, SecretKey
+from cbpt.common.cli import Command, R, settings_options
 
 
-@dataclass(frozen=True)
-class KeySource:
-    passphrase: Annotated[
-        str | None,
-        typer.Option(
-            "--passphrase",
-            envvar="CBPT_PASSPHRASE",
-            help="Encrypt checkpoints/vectors with a passphrase.",
-            show_default=False,
-        ),
-    ] = None
-    key_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--key-file",
-            envvar="CBPT_KEY_FILE",
-            help="32-byte key file [default: ~/.config/cbpt/checkpoint.key].",
-        ),
-    ] = None
+class KeySource(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    passphrase: str | None = Field(
+        None,
+        description="Encrypt checkpoints/vectors with a passphrase.",
+        json_schema_extra={"envvar": "CBPT_PASSPHRASE"},
+        repr=False,  # a secret
+    )
+    key_file: Path | None = Field(
+        None,
+        description="32-byte key file (default: ~/.config/cbpt/checkpoint.key).",
+        json_schema_extra={"envvar": "CBPT_KEY_FILE"},
+    )
 
     def key(self) -> KeySpec:
         return SecretKey.from_passphrase(self.passphrase) if self.passphrase else self.key_file
@@ -42,4 +35,4 @@ class KeySource:
 
 def key_options(command: Command[R]) -> Command[R]:
     """Give a command --passphrase and --key-file as one ``keys`` object."""
-    return option_group("keys", KeySource, dataclass_options(KeySource))(command)
+    return settings_options("keys", KeySource, KeySource)(command)

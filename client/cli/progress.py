@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -17,9 +19,12 @@ from rich.text import Text
 
 from cbpt.client.tuning.results import HistoryRow
 
+if TYPE_CHECKING:
+    from cbpt.client.tuning.tuner import Tuner
+
 
 class TuningProgress:
-    """A rich progress bar fed by ``Tuner(on_generation=progress.update)``."""
+    """A rich progress bar fed after every generation: ``tuner.register_callback("tell", progress)``."""
 
     def __init__(self, console: Console, budget: int, *, quiet: bool = False) -> None:
         self._progress = Progress(
@@ -47,6 +52,9 @@ class TuningProgress:
 
     def stop(self) -> None:
         self._progress.stop()
+
+    def __call__(self, tuner: Tuner, row: HistoryRow) -> None:
+        self.update(row)
 
     def update(self, row: HistoryRow) -> None:
         self.generations_done = row.generation + 1

@@ -22,7 +22,7 @@ def info_document(server: str, details: ServerInfo) -> dict[str, Any]:
         "hidden_size": details.hidden_size,
         "server_version": details.server_version,
         "adapters": [asdict(adapter) for adapter in details.adapters],
-        "limits": asdict(details.limits),
+        "limits": details.limits.model_dump(),
     }
 
 

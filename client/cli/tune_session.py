@@ -31,12 +31,12 @@ from cbpt.client.cli.app import (
 )
 from cbpt.client.cli.connection import Connection
 from cbpt.client.cli.keys import KeySource
-from cbpt.client.cli.options import flag
 from cbpt.client.errors import CheckpointError
 from cbpt.client.tuning.auto import AUTO, AutoChoice, choose_generator
-from cbpt.client.tuning.results import HistoryRow, TuningResult
+from cbpt.client.tuning.results import TuningResult
 from cbpt.client.tuning.runs import CHECKPOINT_FILE, RunRecorder
 from cbpt.client.tuning.settings import TunerSettings
+from cbpt.common.cli import flag
 from cbpt.common.errors import CbptError
 from cbpt.common.tasks.task import Task
 
@@ -148,12 +148,8 @@ def run_in_folder(
         console = Console(stderr=True)
         budget = tuner.generations * request.settings.popsize
         with TuningProgress(console, budget=budget, quiet=quiet) as progress, sigterm_stops_like_ctrl_c():
-
-            def on_generation(row: HistoryRow) -> None:
-                recorder.record(tuner.result_so_far())  # right after the checkpoint
-                progress.update(row)
-
-            tuner.on_generation = on_generation
+            tuner.register_callback("tell", recorder)  # after the tuner's own: right after the checkpoint
+            tuner.register_callback("tell", progress)
             try:
                 result = tuner.run(resume=resume)
             except BaseException as error:

@@ -1,7 +1,7 @@
 """``cbpt tune``: one ``TunerSettings`` from the flags, one run (or a sweep over seeds) with a summary.
 
-The tuner's settings become options here from ``TunerSettings`` itself (this module adds only
-their help), and the resume command is read back from the same settings object
+The tuner's settings become options here from ``TunerSettings`` itself (names, types, defaults
+and help: ``cbpt.common.cli``), and the resume command is read back from the same settings object
 (``tune_session``), so a new setting cannot be forgotten in either place. ``--seed`` seeds both
 the sample of shots and the optimizer (``--shots-seed`` and ``--optimizer-seed`` set each);
 ``--seeds 0,1,2`` runs one folder per seed and reports dev mean ± std.
@@ -9,11 +9,10 @@ the sample of shots and the optimizer (``--shots-seed`` and ``--optimizer-seed``
 
 from __future__ import annotations
 
-import inspect
 import statistics
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,34 +21,14 @@ from rich.table import Table
 from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
-from cbpt.client.cli.options import flag, option_group
 from cbpt.client.cli.tune_session import RunRequest, check_folder, resume_command, run_in_folder
 from cbpt.client.errors import ConfigError
 from cbpt.client.tuning.auto import AutoChoice
 from cbpt.client.tuning.results import TuningResult
 from cbpt.client.tuning.settings import TunerSettings
+from cbpt.common.cli import flag, settings_options
 from cbpt.common.tasks.task import Task
 
-# The help of each setting's option; the names, types and defaults are TunerSettings' own. The
-# optimizer's ``seed`` is not among them: --seed, --shots-seed and --optimizer-seed set it.
-_SETTING_OPTIONS = {
-    "adapter": typer.Option(
-        help="Server adapter to tune (see `cbpt info`), or auto: the served CBP generator best on dev at z = 0."
-    ),
-    "optimizer": typer.Option(help="cma, or ng:<name> for any nevergrad optimizer."),
-    "budget": typer.Option(help="Candidate evaluations on the train set (with --resume: may grow)."),
-    "popsize": typer.Option(help="Candidates per generation (one request)."),
-    "sigma0": typer.Option(help="Initial step size."),
-    "loss": typer.Option(help="ce, hinge or error."),
-    "fit_bias": typer.Option(flag("fit_bias"), help="Fit a per-choice bias on the client."),
-    "select_on": typer.Option(help="Pick the vector by dev 'accuracy' or dev cross-entropy ('loss')."),
-    "select_from": typer.Option(
-        help="What each generation offers to the dev selection: its lowest-train-loss 'best' candidate, "
-        "or CMA-ES's 'mean' (cma only)."
-    ),
-    "dev_every": typer.Option(help="Evaluate on dev every N generations."),
-    "patience": typer.Option(help="Stop after N dev evaluations without gain."),
-}
 Seed = Annotated[int | None, typer.Option(help="Seed of both the shots sample and the optimizer.")]
 ShotsSeed = Annotated[
     int | None,
@@ -64,20 +43,6 @@ Seeds = Annotated[
         help="Sweep: comma-separated seeds (e.g. 0,1,2), one run each in OUT/seed-N; dev mean ± std."
     ),
 ]
-
-
-def _setting_parameters() -> list[inspect.Parameter]:
-    hints = get_type_hints(TunerSettings)
-    return [
-        inspect.Parameter(
-            field.name,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[hints[field.name], _SETTING_OPTIONS[field.name]],
-            default=field.default,
-        )
-        for field in fields(TunerSettings)
-        if field.name in _SETTING_OPTIONS
-    ]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -125,7 +90,7 @@ def _spread(values: list[float]) -> dict[str, Any]:
 @friendly_errors
 @connection_options()
 @key_options
-@option_group("settings", TunerSettings, _setting_parameters())
+@settings_options("settings", TunerSettings, TunerSettings, exclude=("seed",))  # --seed sets it and the shots
 def tune(
     task_file: Annotated[Path, typer.Argument(metavar="TASK", help="Task file (.yaml, .toml or .json).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the tuned task and its checkpoint.")],
@@ -155,7 +120,7 @@ def tune(
         return
     shots = shots_seed if shots_seed is not None else seed if seed is not None else task.seed
     chosen = optimizer_seed if optimizer_seed is not None else seed if seed is not None else 0
-    request = replace(base, task=task.with_seed(shots), settings=replace(settings, seed=chosen))
+    request = replace(base, task=task.with_seed(shots), settings=settings.replace(seed=chosen))
     request.task.load()  # data errors surface here, as one line, before any connection or progress bar
     check_folder(request, resume)
     result, notes, auto = run_in_folder(request, resume=resume, quiet=as_json)
@@ -188,7 +153,7 @@ def _sweep(base: RunRequest, seeds: list[int], spelled: str, *, resume: bool, as
             base,
             task=base.task.with_seed(s),
             out=base.out / f"seed-{s}",
-            settings=replace(base.settings, seed=s),
+            settings=base.settings.replace(seed=s),
         )
         for s in seeds
     ]

@@ -19,7 +19,7 @@ import numpy as np
 
 from cbpt.client.rpc.sdk import TuningClient
 from cbpt.client.rpc.splitting import consecutive_parts
-from cbpt.common.tasks.scoring import ScoringModeName
+from cbpt.common.tasks.scoring import ScoringMode
 from cbpt.common.tasks.task_format import Examples
 
 
@@ -57,7 +57,7 @@ def predict_in_batches(
     adapter: str,
     vector: np.ndarray,
     examples: Examples,
-    mode: ScoringModeName,
+    mode: ScoringMode,
     *,
     on_rows: Callable[[int], None] | None = None,
     batching: RequestBatching | None = None,

@@ -35,7 +35,7 @@ from cbpt.client.rpc.tls import TLSConfig
 from cbpt.common.choices import Choices
 from cbpt.common.info import ServerInfo
 from cbpt.common.net import is_loopback_target
-from cbpt.common.tasks.scoring import SCORING_MODES, ScoringModeName
+from cbpt.common.tasks.scoring import ScoringMode
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 # What ``evaluate`` accepts as choices: a ``Choices``, one shared list, or one list per text.
@@ -108,6 +108,14 @@ def _choices(choices: ChoicesLike, num_texts: int) -> Choices:
     return stated
 
 
+def _mode(mode: ScoringMode | str) -> ScoringMode:
+    try:
+        return ScoringMode(mode)
+    except ValueError:
+        known = ", ".join(known.value for known in ScoringMode)
+        raise RequestRejected(f"mode: unknown scoring mode {mode!r}; known: {known}") from None
+
+
 @dataclass(frozen=True)
 class _Batch:
     """One validated ``evaluate`` call, cut into wire requests chunk by chunk."""
@@ -116,7 +124,7 @@ class _Batch:
     candidates: np.ndarray  # float32 [n, dimension]
     texts: list[str]
     choices: Choices
-    mode: ScoringModeName
+    mode: ScoringMode
     cue: str = ""
 
     def workload(self) -> Workload:
@@ -128,12 +136,12 @@ class _Batch:
             base_bytes=serde.request_base_bytes(self.adapter, dimension, self.choices, self.mode, self.cue),
             example_bytes=serde.example_bytes(self.texts, self.choices),
             choice_counts=self.choices.counts(len(self.texts)),
-            full_choice=self.mode == "full_choice",
+            full_choice=self.mode is ScoringMode.FULL_CHOICE,
         )
 
     def request(self, chunk: Chunk) -> tuning_pb2.EvaluateRequest:
         examples = slice(chunk.examples.start, chunk.examples.stop)
-        return serde.evaluate_request(
+        return serde.evaluate_request_to_proto(
             self.adapter,
             self.candidates[chunk.candidates.start : chunk.candidates.stop],
             self.texts[examples],
@@ -288,7 +296,7 @@ class TuningClient:
     def info(self, *, refresh: bool = False) -> ServerInfo:
         """The server's model, fingerprint, adapters and limits (cached after the first call)."""
         if self._info is None or refresh:
-            response = self._call("GetServerInfo", serde.server_info_request())
+            response = self._call("GetServerInfo", serde.server_info_request_to_proto())
             self._info = serde.server_info_from_proto(cast(tuning_pb2.ServerInfo, response))
         return self._info
 
@@ -298,7 +306,7 @@ class TuningClient:
         candidates: np.ndarray,
         texts: Sequence[str],
         choices: ChoicesLike,
-        mode: ScoringModeName = "first_token",
+        mode: ScoringMode | str = ScoringMode.FIRST_TOKEN,
         cue: str = "",
     ) -> np.ndarray:
         """Log-probs float32 [num_candidates, num_examples, max_choices] of every choice.
@@ -318,9 +326,9 @@ class TuningClient:
                 str(error.args[0]), (FieldViolation("adapter", str(error.args[0])),)
             ) from None
         stated = _choices(choices, len(texts))
-        if mode not in SCORING_MODES:
-            raise RequestRejected(f"mode: unknown scoring mode {mode!r}; known: {', '.join(SCORING_MODES)}")
-        batch = _Batch(adapter, _candidates(candidates, dimension, adapter), list(texts), stated, mode, cue)
+        batch = _Batch(
+            adapter, _candidates(candidates, dimension, adapter), list(texts), stated, _mode(mode), cue
+        )
         count = batch.candidates.shape[0]
         self.stats.add(candidate_evaluations=count)
         if not batch.texts:
@@ -338,7 +346,7 @@ class TuningClient:
         vector: np.ndarray,
         texts: Sequence[str],
         choices: ChoicesLike,
-        mode: ScoringModeName = "first_token",
+        mode: ScoringMode | str = ScoringMode.FIRST_TOKEN,
         cue: str = "",
     ) -> np.ndarray:
         """Log-probs [num_examples, max_choices] for one vector: ``evaluate`` with one candidate."""
@@ -355,9 +363,9 @@ class TuningClient:
         texts = list(texts)
         counts: list[int] = []
         for part in text_parts(serde.text_bytes(texts), limits.max_examples, limits.max_message_bytes):
-            response = self._call("CountTokens", serde.count_tokens_request(texts[part]))
+            response = self._call("CountTokens", serde.count_tokens_request_to_proto(texts[part]))
             reply = cast(tuning_pb2.CountTokensResponse, response)
-            counts += serde.counts_from_response(reply, part.stop - part.start)
+            counts += serde.token_counts_from_proto(reply, part.stop - part.start)
         return counts
 
     def _evaluate_chunk(self, batch: _Batch, chunk: Chunk) -> np.ndarray:
@@ -374,11 +382,11 @@ class TuningClient:
             reason = "; ".join(str(v) for v in violations) or str(error)
             raise RequestRejected(f"server rejected Evaluate: {reason}", violations) from error
         evaluated = cast(tuning_pb2.EvaluateResponse, response)
-        scores = serde.scores_from_response(evaluated, len(rows), batch.choice_counts(chunk))
+        scores = serde.scores_from_proto(evaluated, len(rows), batch.choice_counts(chunk))
         counts = batch.choice_counts(chunk)
         self.stats.add(
             server_seconds=scores.server_seconds,
             tokens_processed=scores.tokens_processed,
-            budget_used=len(rows) * (sum(counts) if batch.mode == "full_choice" else len(columns)),
+            budget_used=len(rows) * (sum(counts) if batch.mode is ScoringMode.FULL_CHOICE else len(columns)),
         )
         return scores.log_probs

@@ -1,7 +1,7 @@
 """Every conversion between the wire (``proto/cbpt/v1/tuning.proto``) and the client's own types.
 
-As in Flower's ``common/serde.py``: the SDK moves messages, and this module alone knows
-their fields. Choices are sent as they are stated (``Choices.shared``), never guessed from a
+As in Flower's ``common/serde.py``: the SDK moves messages, this module alone knows their fields,
+and each conversion is named by its direction (``<thing>_to_proto``, ``<thing>_from_proto``). Choices are sent as they are stated (``Choices.shared``), never guessed from a
 length: a one-text request with its own list keeps ``example_choices``. Byte sizes for the
 splitting plan come from protobuf here too, so they match the requests exactly.
 """
@@ -9,27 +9,28 @@ splitting plan come from protobuf here too, so they match the requests exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from cbpt.client.errors import ClientError
 from cbpt.common.choices import Choices
-from cbpt.common.info import AdapterInfo, ServerInfo, ServerLimits
-from cbpt.common.tasks.scoring import ScoringModeName
+from cbpt.common.info import AdapterInfo, ServerInfo
+from cbpt.common.limits import Limits
+from cbpt.common.tasks.scoring import ScoringMode
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
 from cbpt.v1 import tuning_pb2
 
-_MODES: dict[ScoringModeName, tuning_pb2.ScoringMode] = {
-    "first_token": tuning_pb2.SCORING_MODE_FIRST_TOKEN,
-    "full_choice": tuning_pb2.SCORING_MODE_FULL_CHOICE,
+_MODES = {
+    ScoringMode.FIRST_TOKEN: tuning_pb2.SCORING_MODE_FIRST_TOKEN,
+    ScoringMode.FULL_CHOICE: tuning_pb2.SCORING_MODE_FULL_CHOICE,
 }
 # A count as wide as the field can hold, so a size estimate never undercounts its varint.
 _WIDEST_COUNT = 2**32 - 1
 
 
 # -- server info -----------------------------------------------------------------------------------
-def server_info_request() -> tuning_pb2.GetServerInfoRequest:
+def server_info_request_to_proto() -> tuning_pb2.GetServerInfoRequest:
     return tuning_pb2.GetServerInfoRequest()
 
 
@@ -46,7 +47,7 @@ def adapter_info_from_proto(message: tuning_pb2.AdapterInfo) -> AdapterInfo:
 
 
 def server_info_from_proto(message: tuning_pb2.ServerInfo) -> ServerInfo:
-    limits = ServerLimits(**{f.name: int(getattr(message.limits, f.name)) for f in fields(ServerLimits)})
+    limits = Limits.stated(**{name: getattr(message.limits, name) for name in Limits.model_fields})
     return ServerInfo(
         model_id=message.model_id,
         model_fingerprint=message.model_fingerprint,
@@ -58,11 +59,19 @@ def server_info_from_proto(message: tuning_pb2.ServerInfo) -> ServerInfo:
 
 
 # -- evaluate requests -----------------------------------------------------------------------------
+def scoring_mode_to_proto(mode: ScoringMode) -> tuning_pb2.ScoringMode:
+    return _MODES[mode]
+
+
 def _request(
-    adapter: str, dimension: int, mode: ScoringModeName, cue: str, num_candidates: int
+    adapter: str, dimension: int, mode: ScoringMode, cue: str, num_candidates: int
 ) -> tuning_pb2.EvaluateRequest:
     return tuning_pb2.EvaluateRequest(
-        adapter=adapter, dimension=dimension, mode=_MODES[mode], cue=cue, num_candidates=num_candidates
+        adapter=adapter,
+        dimension=dimension,
+        mode=scoring_mode_to_proto(mode),
+        cue=cue,
+        num_candidates=num_candidates,
     )
 
 
@@ -74,12 +83,12 @@ def _add_choices(request: tuning_pb2.EvaluateRequest, choices: Choices) -> None:
             request.example_choices.add().choices.extend(options)
 
 
-def evaluate_request(
+def evaluate_request_to_proto(
     adapter: str,
     candidates: np.ndarray,
     texts: Sequence[str],
     choices: Choices,
-    mode: ScoringModeName = "first_token",
+    mode: ScoringMode = ScoringMode.FIRST_TOKEN,
     cue: str = "",
 ) -> tuning_pb2.EvaluateRequest:
     """One wire request: ``candidates`` float32 [n, dimension], and one choice list per text unless shared."""
@@ -90,9 +99,7 @@ def evaluate_request(
     return request
 
 
-def request_base_bytes(
-    adapter: str, dimension: int, choices: Choices, mode: ScoringModeName, cue: str
-) -> int:
+def request_base_bytes(adapter: str, dimension: int, choices: Choices, mode: ScoringMode, cue: str) -> int:
     """Bytes of a request with no texts and no candidates: what every request of one call repeats."""
     base = _request(adapter, dimension, mode, cue, _WIDEST_COUNT)
     if choices.shared:
@@ -121,7 +128,7 @@ class Scores:
     server_seconds: float
 
 
-def scores_from_response(
+def scores_from_proto(
     response: tuning_pb2.EvaluateResponse, num_candidates: int, choice_counts: Sequence[int]
 ) -> Scores:
     """Unpack the ragged log-probs (each example carries only its own choices) into a padded array."""
@@ -141,7 +148,7 @@ def scores_from_response(
 
 
 # -- token counts ----------------------------------------------------------------------------------
-def count_tokens_request(texts: Sequence[str]) -> tuning_pb2.CountTokensRequest:
+def count_tokens_request_to_proto(texts: Sequence[str]) -> tuning_pb2.CountTokensRequest:
     return tuning_pb2.CountTokensRequest(texts=list(texts))
 
 
@@ -150,7 +157,7 @@ def text_bytes(texts: Sequence[str]) -> list[int]:
     return [tuning_pb2.CountTokensRequest(texts=[text]).ByteSize() for text in texts]
 
 
-def counts_from_response(response: tuning_pb2.CountTokensResponse, num_texts: int) -> list[int]:
+def token_counts_from_proto(response: tuning_pb2.CountTokensResponse, num_texts: int) -> list[int]:
     if len(response.counts) != num_texts:
         raise ClientError(f"counts: server answered {len(response.counts)} counts for {num_texts} texts")
     return [int(count) for count in response.counts]

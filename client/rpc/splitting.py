@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cbpt.client.errors import FieldViolation, RequestRejected
-from cbpt.common.info import ServerLimits
+from cbpt.common.limits import Limits
 
 # Bytes reserved for the response header fields (counts, tokens, seconds) and framing.
 RESPONSE_OVERHEAD = 64
@@ -69,7 +69,7 @@ class _Span:
         )
 
 
-def _fits(candidates: int, span: _Span, work: Workload, limits: ServerLimits) -> bool:
+def _fits(candidates: int, span: _Span, work: Workload, limits: Limits) -> bool:
     max_bytes = _limit(limits.max_message_bytes)
     request_bytes = work.base_bytes + span.text_bytes + candidates * work.dimension * 4 + CANDIDATES_OVERHEAD
     response_bytes = candidates * len(span.examples) * span.width * 4 + RESPONSE_OVERHEAD
@@ -81,7 +81,7 @@ def _fits(candidates: int, span: _Span, work: Workload, limits: ServerLimits) ->
     )
 
 
-def _example_spans(work: Workload, limits: ServerLimits) -> list[_Span]:
+def _example_spans(work: Workload, limits: Limits) -> list[_Span]:
     spans: list[_Span] = []
     total = len(work.example_bytes)
     span = _Span.empty(0)
@@ -104,7 +104,7 @@ def _example_spans(work: Workload, limits: ServerLimits) -> list[_Span]:
     return spans
 
 
-def _max_candidates(span: _Span, work: Workload, limits: ServerLimits) -> int:
+def _max_candidates(span: _Span, work: Workload, limits: Limits) -> int:
     """The largest candidate count that fits with ``span`` (binary search: _fits is monotone)."""
     low, high = 1, int(min(_limit(limits.max_candidates), work.num_candidates))
     while low < high:
@@ -123,7 +123,7 @@ def _balanced(total: int, most: int) -> list[range]:
     return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def plan_chunks(work: Workload, limits: ServerLimits) -> list[Chunk]:
+def plan_chunks(work: Workload, limits: Limits) -> list[Chunk]:
     """Every request needed to score ``work`` within ``limits``, in candidate-major order."""
     if work.num_candidates < 1 or not work.example_bytes:
         return []

@@ -1,11 +1,39 @@
-"""What a tuning run reports: one row per generation, the best candidate so far, and the final result."""
+"""What a tuning run reports: why it stopped, one row per generation, the best candidate so far, and the
+final result."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
+
+
+class StopReason(str, Enum):
+    """Why a run stopped (or that it has not): every value in one place.
+
+    The values are the strings run folders (``task.json``), checkpoints, ``cbpt tune --json`` and
+    ``cbpt show`` have always held, so users' scripts and earlier files keep reading the same words.
+    """
+
+    BUDGET = "budget"  # every generation the budget pays for has run
+    PATIENCE = "patience"  # ``patience`` dev evaluations without a better dev score
+    NO_VECTOR = "no-vector"  # a dimension-0 adapter ("none"): scored once, nothing to tune
+    RUNNING = "running"  # not stopped: ``Tuner.result_so_far`` while generations of the budget remain
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM or an error ended ``cbpt tune`` early (run folders only)
+
+    def __str__(self) -> str:  # the bare word in f-strings and tables, on every Python version
+        return self.value
+
+    @classmethod
+    def parse(cls, word: object, field: str) -> StopReason:
+        """The stop reason a file names; another word raises ValueError naming ``field`` and the known."""
+        try:
+            return cls(word)
+        except ValueError:
+            known = ", ".join(reason.value for reason in cls)
+            raise ValueError(f"{field}: unknown stop reason {word!r}; known: {known}") from None
 
 
 @dataclass(frozen=True)
@@ -82,7 +110,7 @@ class TuningResult:
     dev_metrics: dict[str, Any] | None  # accuracy, macro_f1, confusion_matrix of the chosen vector
     train_loss: float
     calls_used: int
-    stop_reason: str  # "budget", "patience", "no-vector", or "running" (from Tuner.result_so_far)
+    stop_reason: StopReason
     adapter: str
     optimizer: str
     model_id: str

@@ -1,9 +1,9 @@
 """A run folder while and after it tunes: kept current by ``RunRecorder``, read by ``RunSummary``.
 
-After every generation (right after the checkpoint) history.jsonl gains that generation's row
-and the best vector so far is saved with a task.json marked ``partial``, so another terminal can
-watch a run, and a run killed at any point still leaves a usable vector. ``RunSummary`` reads a
-folder alone (no key, no server): its status, calls used, best dev metrics and curve.
+After every generation (a tell callback, so right after the checkpoint) history.jsonl gains that
+generation's row and the best vector so far is saved with a task.json marked ``partial``, so another
+terminal can watch a run, and a run killed at any point still leaves a usable vector. ``RunSummary``
+reads a folder alone (no key, no server): its status, calls used, best dev metrics and curve.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cbpt.client.errors import ArtifactError
 from cbpt.client.files.artifacts import HISTORY_FILE, history_lines, read_history, save_tuned
 from cbpt.client.files.crypto import KeySpec
-from cbpt.client.tuning.results import HistoryRow, TuningResult
+from cbpt.client.tuning.results import HistoryRow, StopReason, TuningResult
 from cbpt.common.files import write_atomic
 from cbpt.common.tasks.task import TaskFormat
+
+if TYPE_CHECKING:
+    from cbpt.client.tuning.tuner import Tuner
 
 CHECKPOINT_FILE = "checkpoint.cbpt"
 CARD_FILE = "task.json"
@@ -30,7 +33,7 @@ STATUSES = ("finished", "interrupted", "running", "started")
 
 
 class RunRecorder:
-    """Keeps a run folder current, one ``record`` per generation (``Tuner.on_generation``)."""
+    """Keeps a run folder current: ``tuner.register_callback("tell", recorder)``."""
 
     def __init__(
         self, folder: Path, task_format: TaskFormat, *, encrypt: bool = False, key: KeySpec = None
@@ -41,8 +44,9 @@ class RunRecorder:
         self.key = key
         self._rows_written: int | None = None  # None: history.jsonl not yet (re)started by this run
 
-    def record(self, result: TuningResult) -> None:
+    def __call__(self, tuner: Tuner, row: HistoryRow) -> None:
         """Append the newest history row and save the best vector so far (task.json: partial)."""
+        result = tuner.result_so_far()
         history = self.folder / HISTORY_FILE
         if self._rows_written is None or self._rows_written != len(result.history) - 1:
             # First row of this process (a resumed run's rows come from its checkpoint): start afresh.
@@ -57,7 +61,7 @@ class RunRecorder:
 
     def interrupted(self, result: TuningResult) -> None:
         """Mark the saved best-so-far vector as left by a run that stopped early (Ctrl-C, an error)."""
-        stopped = dataclasses.replace(result, stop_reason="interrupted")
+        stopped = dataclasses.replace(result, stop_reason=StopReason.INTERRUPTED)
         save_tuned(self.folder, stopped, self.task_format, encrypt=self.encrypt, key=self.key, partial=True)
 
     def finish(self, result: TuningResult) -> list[str]:
@@ -78,7 +82,7 @@ class RunSummary:
     optimizer: str | None
     calls_used: int
     budget: int | None
-    stop_reason: str | None
+    stop_reason: StopReason | None
     dev_metrics: dict[str, Any] | None
     train_loss: float | None
     updated_at: str | None
@@ -101,8 +105,13 @@ class RunSummary:
         history = folder / HISTORY_FILE
         curve = read_history(history) if history.is_file() else ()
         settings = card.get("settings") or {}
-        stop = card.get("stop_reason")
-        status = "finished" if not card.get("partial") else stop if stop == "interrupted" else "running"
+        word = card.get("stop_reason")
+        try:
+            stop = None if word is None else StopReason.parse(word, "stop_reason")
+        except ValueError as error:
+            raise ArtifactError(f"{card_path}: {error}") from None
+        interrupted = stop is StopReason.INTERRUPTED
+        status = "finished" if not card.get("partial") else "interrupted" if interrupted else "running"
         updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(card_path.stat().st_mtime))
         return cls(
             folder=folder,

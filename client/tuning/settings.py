@@ -3,25 +3,26 @@
 Settings are separate from run state (as in pycma's ``purecma``): a run's state lives
 in its checkpoint, its settings here. ``to_json`` gives the keys the checkpoint config
 and ``task.json`` have always held, so earlier checkpoints resume and earlier folders load.
+Each field is one setting: ``cbpt tune``'s option of the same name is generated from it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from cbpt.client.errors import ConfigError, TunerWarning
 from cbpt.common.losses import LOSSES
 
-SELECTIONS = ("accuracy", "loss")  # what "best on dev" means
-SELECT_FROM = ("best", "mean")  # which candidate of each generation the dev selection sees
+Selection = Literal["accuracy", "loss"]  # what "best on dev" means
+SelectFrom = Literal["best", "mean"]  # which candidate of each generation the dev selection sees
 
 
-@dataclass(frozen=True)
-class TunerSettings:
+class TunerSettings(BaseModel):
     """One tuning run's settings.
 
     ``budget`` counts candidate evaluations on the train set (dev evaluations are
@@ -31,39 +32,60 @@ class TunerSettings:
     generation's lowest-train-loss candidate.
     """
 
-    adapter: str = "bbt"
-    optimizer: str = "cma"  # "cma", or "ng:<name>" for any nevergrad optimizer
-    budget: int = 200
-    popsize: int = 20
-    sigma0: float = 1.0
-    loss: str = "ce"
-    fit_bias: bool = False
-    select_on: str = "accuracy"
-    select_from: str = "best"
-    dev_every: int = 1
-    patience: int | None = None
-    seed: int = 0
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
-        if self.select_on not in SELECTIONS:
-            raise ConfigError(f"unknown select_on {self.select_on!r}; known: {', '.join(SELECTIONS)}")
-        if self.select_from not in SELECT_FROM:
-            raise ConfigError(f"unknown select_from {self.select_from!r}; known: {', '.join(SELECT_FROM)}")
-        for name in ("popsize", "dev_every", "patience"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
-        if self.sigma0 <= 0:
-            raise ConfigError(f"sigma0 must be positive, got {self.sigma0}")
+    adapter: str = Field(
+        "bbt",
+        description="server adapter to tune (see `cbpt info`), or auto: the served CBP generator best on "
+        "dev at z = 0",
+    )
+    optimizer: str = Field("cma", description="the optimizer: cma, or ng:<name> for any nevergrad optimizer")
+    budget: int = Field(200, description="candidate evaluations on the train set (with --resume: may grow)")
+    popsize: int = Field(20, ge=1, description="candidates per generation (one request)")
+    sigma0: float = Field(1.0, gt=0, description="initial step size")
+    loss: str = Field("ce", description=f"the train loss: {', '.join(LOSSES)} (a name in LOSSES)")
+    fit_bias: bool = Field(False, description="fit a per-choice bias on the client")
+    select_on: Selection = Field(
+        "accuracy", description="pick the vector by dev 'accuracy' or dev cross-entropy ('loss')"
+    )
+    select_from: SelectFrom = Field(
+        "best",
+        description="what each generation offers to the dev selection: its lowest-train-loss 'best' "
+        "candidate, or CMA-ES's 'mean' (cma only)",
+    )
+    dev_every: int = Field(1, ge=1, description="evaluate on dev every N generations")
+    patience: int | None = Field(None, ge=1, description="stop after N dev evaluations without gain")
+    seed: int = Field(0, description="seed of the optimizer")
+
+    def __init__(self, **values: Any) -> None:
+        """Checked settings; a bad one is a ConfigError naming it, an unknown name a TypeError."""
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            if first["type"] == "extra_forbidden":
+                raise TypeError(
+                    f"unknown tuner setting {first['loc'][0]!r}; known: {', '.join(self.names())}"
+                ) from None
+            raise ConfigError(_problem(first)) from None
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        if name not in LOSSES:  # a registry, not a Literal: a new loss is one entry in LOSSES
+            raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_generation_at_least(self) -> TunerSettings:
         if self.budget < self.popsize:
-            raise ConfigError(f"budget {self.budget} is below one generation (popsize {self.popsize})")
+            raise ValueError(f"budget {self.budget} is below one generation (popsize {self.popsize})")
+        return self
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Every setting's name, in declaration order (also the order of JSON keys and resume flags)."""
-        return tuple(field.name for field in fields(cls))
+        return tuple(cls.model_fields)
 
     @property
     def generations(self) -> int:
@@ -74,11 +96,11 @@ class TunerSettings:
         """These settings with some changed (checked again); an unknown name lists the known ones."""
         if unknown := sorted(set(changes) - set(self.names())):
             raise TypeError(f"unknown tuner setting {unknown[0]!r}; known: {', '.join(self.names())}")
-        return dataclasses.replace(self, **changes)
+        return type(self)(**{**self.to_json(), **changes})
 
     def to_json(self) -> dict[str, Any]:
         """The settings by name, in declaration order (what checkpoints and task.json keep)."""
-        return {name: getattr(self, name) for name in self.names()}
+        return self.model_dump()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TunerSettings:
@@ -88,3 +110,19 @@ class TunerSettings:
         if unknown := sorted(set(data) - set(known)):
             warnings.warn(f"ignoring unknown tuner settings {', '.join(unknown)}", TunerWarning, stacklevel=2)
         return cls(**{name: data[name] for name in known if name in data})
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One check's failure in the words earlier clients used, naming the setting."""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    context, value = error.get("ctx", {}), error.get("input")
+    if error["type"] == "literal_error":
+        known = ", ".join(get_args(TunerSettings.model_fields[name].annotation))
+        return f"unknown {name} {value!r}; known: {known}"
+    if error["type"] == "greater_than_equal":
+        return f"{name} must be at least {context['ge']}, got {value}"
+    if error["type"] == "greater_than" and context.get("gt") == 0:
+        return f"{name} must be positive, got {value}"
+    if error["type"] == "value_error":  # our own checks' messages name the setting already
+        return str(error["msg"]).removeprefix("Value error, ")
+    return f"{name}: {error['msg']}" if name else str(error["msg"])

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from cbpt.common.config_files import ANY_SETTINGS_FILE, read_mapping
 from cbpt.common.errors import TaskError
 from cbpt.common.tasks.task_format import Examples, TaskFormat, split_cue, template_fields
 
@@ -200,41 +200,7 @@ class Task(TaskFormat):
 
 
 def _read_task_file(path: Path) -> dict[str, Any]:
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TaskError(f"task file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TaskError(f"cannot read task file {path}: {error}") from None
-    try:
-        if suffix in (".yaml", ".yml"):
-            raw = yaml.safe_load(text)
-        elif suffix == ".toml":
-            raw = _toml(text)
-        elif suffix == ".json":
-            raw = json.loads(text)
-        else:
-            raise TaskError(f"task file {path}: expected .yaml, .yml, .toml or .json")
-    except (yaml.YAMLError, ValueError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        if isinstance(error, TaskError):
-            raise
-        first = " ".join(str(error).split())
-        raise TaskError(f"task file {path} is not valid {suffix[1:].upper()}: {first}") from None
-    if not isinstance(raw, dict):
-        raise TaskError(f"task file {path}: expected a mapping of settings")
-    return raw
-
-
-def _toml(text: str) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError:
-            raise TaskError("TOML task files need Python 3.11+ (or tomli); use YAML") from None
-    return tomllib.loads(text)
+    return read_mapping(path, what="task file", kinds=ANY_SETTINGS_FILE, error=TaskError)
 
 
 def _first_problem(error: ValidationError) -> str:

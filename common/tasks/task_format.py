@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cbpt.common.choices import Choices
 from cbpt.common.errors import TaskError
 from cbpt.common.tasks.loaders import Row, read_rows
-from cbpt.common.tasks.scoring import ScoringModeName
+from cbpt.common.tasks.scoring import ScoringMode
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class TaskFormat(BaseModel):
     choices: dict[str, str] | None = None  # label -> choice string, in class order
     options_field: str | None = None  # per-example options; the label is an index or the option text
     option_template: str = " {option}"
-    mode: ScoringModeName = "first_token"
+    mode: ScoringMode = ScoringMode.FIRST_TOKEN
     truncate: Truncation | None = None  # how to fit texts longer than the server takes
 
     @model_validator(mode="before")

@@ -22,8 +22,7 @@ _EXPORTS = {
     "load_builtin_methods": "cbpt.server.adapters.registry",
     "AdapterSpec": "cbpt.server.adapters.spec",
     "build_adapters": "cbpt.server.adapters.spec",
-    "default_specs": "cbpt.server.adapters.spec",
-    "generator_specs": "cbpt.server.adapters.spec",
+    "ServedAdapters": "cbpt.server.adapters.served",
 }
 __all__ = list(_EXPORTS)
 

@@ -2,9 +2,8 @@
 
 A spec names the adapter, its method (a registered class), where its prompt goes and its sizes;
 the method's ``from_spec`` builds it on the loaded model. This module imports no torch, so
-settings can validate specs before the model loads. The default specs serve zero-shot and
-BBT in its three placements; a settings file may list its own (``adapters:``), and every
-``--generator`` folder adds one ``cbp`` spec.
+settings can validate specs before the model loads. Which specs a server serves is
+``served.ServedAdapters``'s answer.
 """
 
 from __future__ import annotations
@@ -39,35 +38,6 @@ class AdapterSpec(BaseModel):
     description: str = ""
 
 
-def default_specs(dimension: int = 500, prompt_length: int = 10, seed: int = 0) -> list[AdapterSpec]:
-    """Zero-shot and BBT before the text (the paper), after it (before the cue) and on the cue."""
-    bbt = {"method": "bbt", "dimension": dimension, "prompt_length": prompt_length, "seed": seed}
-    return [
-        AdapterSpec(method="none"),
-        AdapterSpec(name="bbt", placement=Placement.PREFIX, **bbt),
-        AdapterSpec(name="bbt-suffix", placement=Placement.BEFORE_CUE, **bbt),
-        AdapterSpec(name="bbt-cue", placement=Placement.ON_CUE, **bbt),
-    ]
-
-
-def generator_specs(folders: Sequence[Path]) -> list[AdapterSpec]:
-    return [AdapterSpec(method="cbp", generator=Path(folder)) for folder in folders]
-
-
-def served_specs(
-    adapters: Sequence[AdapterSpec] | None = None,
-    *,
-    bbt_dimension: int = 500,
-    prompt_length: int = 10,
-    projection_seed: int = 0,
-    generators: Sequence[Path] = (),
-) -> list[AdapterSpec]:
-    """The operator's specs (or the defaults: zero-shot and BBT in three placements), then one
-    ``cbp`` adapter per generator folder."""
-    base = list(adapters) if adapters else default_specs(bbt_dimension, prompt_length, projection_seed)
-    return base + generator_specs(generators)
-
-
 def build_adapters(bundle: ModelBundle, specs: Sequence[AdapterSpec]) -> list[Adapter]:
     """One adapter per spec, each built by its registered method; names must be unique."""
     load_builtin_methods()
@@ -78,7 +48,12 @@ def build_adapters(bundle: ModelBundle, specs: Sequence[AdapterSpec]) -> list[Ad
                 f"adapters[{index}]: unknown adapter method {spec.method!r}; known: {ADAPTER_METHODS.known()}"
             )
         adapters.append(ADAPTER_METHODS[spec.method].from_spec(spec, bundle))
-    names = [adapter.name for adapter in adapters]
+    check_unique_names([adapter.name for adapter in adapters])
+    return adapters
+
+
+def check_unique_names(names: Sequence[str]) -> None:
+    """Served adapter names must be unique (a request names one); the one check and wording for the
+    specs, the engine and a replica's on-demand generators alike."""
     if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise AdapterSpecError(f"adapter names must be unique; repeated: {', '.join(repeated)}")
-    return adapters

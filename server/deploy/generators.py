@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cbpt.server.adapters.spec import AdapterSpec
-from cbpt.server.engine.types import AdapterDescription
-from cbpt.server.errors import AdapterSpecError, ModelMismatch
+from cbpt.common.info import AdapterInfo
+from cbpt.server.adapters.spec import AdapterSpec, check_unique_names
+from cbpt.server.errors import ModelMismatch
 
 if TYPE_CHECKING:
     from cbpt.server.adapters.base import Adapter
@@ -39,29 +39,25 @@ def is_generator(spec: AdapterSpec) -> bool:
 def build_engine_on_demand(
     recipe: EngineRecipe, on_demand: bool
 ) -> tuple[ScoringEngine, OnDemandGenerators | None, EngineInfo]:
-    """The recipe's engine, with its generators left to load on demand when ``on_demand``; and the
-    info that describes every adapter, loaded or not, in the order the specs name them."""
+    """The recipe's engine, built as the in-process server builds it but, when ``on_demand``, with
+    its generators left to load on demand; and the info that describes every adapter, loaded or
+    not, in the order the recipe serves them."""
     if not on_demand:
         engine = recipe.build()
         return engine, None, engine.info()
-    from cbpt.server.adapters.spec import build_adapters
-    from cbpt.server.engine.scoring import ScoringEngine
+    served: list[AdapterSpec] = []
 
-    bundle = recipe.load_model()
-    specs = recipe.adapter_specs(bundle.fingerprint)
-    eager = build_adapters(bundle, [spec for spec in specs if not is_generator(spec)])
-    engine = ScoringEngine(
-        bundle,
-        eager,
-        recipe.limits,
-        batching=recipe.batching,
-        text_states=recipe.text_states(),
-        token_cache_bytes=recipe.token_cache_bytes,
+    def deferred(spec: AdapterSpec) -> bool:  # sees every served spec, in order
+        served.append(spec)
+        return is_generator(spec)
+
+    engine = recipe.build(defer=deferred)
+    generators = OnDemandGenerators(
+        engine.bundle, [spec for spec in served if is_generator(spec)], engine.adapters
     )
-    generators = OnDemandGenerators(bundle, [spec for spec in specs if is_generator(spec)], engine.adapters)
     info = engine.info()
     loaded, described = iter(info.adapters), iter(generators.descriptions())
-    adapters = tuple(next(described) if is_generator(spec) else next(loaded) for spec in specs)
+    adapters = tuple(next(described) if is_generator(spec) else next(loaded) for spec in served)
     return engine, generators, dataclasses.replace(info, adapters=adapters)
 
 
@@ -88,11 +84,10 @@ class OnDemandGenerators:
         self._bundle = bundle
         self._adapters = adapters
         self._specs: dict[str, AdapterSpec] = {}
-        self._descriptions: dict[str, AdapterDescription] = {}
-        for spec in specs:
-            name, description = _describe(spec, bundle.fingerprint)
-            if name in self._specs or name in adapters:
-                raise AdapterSpecError(f"adapter names must be unique; repeated: {name}")
+        self._descriptions: dict[str, AdapterInfo] = {}
+        described = [_describe(spec, bundle.fingerprint) for spec in specs]
+        check_unique_names([*adapters, *(name for name, _ in described)])
+        for spec, (name, description) in zip(specs, described, strict=True):
             self._specs[name] = spec
             self._descriptions[name] = description
         self._holds: Counter[str] = Counter()
@@ -103,7 +98,7 @@ class OnDemandGenerators:
     def names(self) -> frozenset[str]:
         return frozenset(self._specs)
 
-    def descriptions(self) -> tuple[AdapterDescription, ...]:
+    def descriptions(self) -> tuple[AdapterInfo, ...]:
         return tuple(self._descriptions.values())
 
     def load(self, name: str) -> LoadedGenerator:
@@ -145,7 +140,7 @@ class OnDemandGenerators:
             del self._adapters[loaded.name]
 
 
-def _describe(spec: AdapterSpec, fingerprint: str) -> tuple[str, AdapterDescription]:
+def _describe(spec: AdapterSpec, fingerprint: str) -> tuple[str, AdapterInfo]:
     """A generator's served name and description from its card, without loading its weights."""
     from cbpt.server.adapters.generator import GeneratorConfig, read_card
 
@@ -157,7 +152,7 @@ def _describe(spec: AdapterSpec, fingerprint: str) -> tuple[str, AdapterDescript
             f"this server runs {fingerprint[:12]}"
         )
     name = spec.name or (f"cbp-{config.domain}" if config.domain else "cbp")
-    description = AdapterDescription(
+    description = AdapterInfo(
         name,
         "cbp",
         config.dimension,

@@ -1,8 +1,9 @@
 """What crosses the hop between the front and a replica besides the engine's own request and result.
 
 Plain frozen values, free of Ray and torch: the server's errors take constructor arguments that
-pickling across processes does not restore, so a replica returns a ``Refusal`` and the front
-raises the same error again, which ``status.py`` maps as it maps any other.
+pickling across processes does not restore, so a replica returns a ``Refusal`` (any server error,
+by its class name and its ``wire_args``, the error table's wire form) and the front raises the same
+error again, which ``status.py`` maps as it maps any other.
 """
 
 from __future__ import annotations
@@ -10,27 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cbpt.server.engine.types import EngineInfo, ScoreResult
-from cbpt.server.errors import InvalidRequest, QuotaExceeded, ServerBusy, ServerError
+from cbpt.server.errors import ServerError, WireValue
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """A request the replica refused: ``field`` set is an ``InvalidRequest``, else ``ServerBusy``."""
+    """A server error the replica raised, as plain values: its class and constructor arguments."""
 
-    message: str
-    field: str | None = None
-    retry_after: float = 0.0
+    error_class: str
+    args: tuple[WireValue, ...]
 
     @classmethod
-    def of(cls, error: InvalidRequest | QuotaExceeded) -> Refusal:
-        if isinstance(error, InvalidRequest):
-            return cls(error.description, field=error.field)
-        return cls(str(error), retry_after=error.retry_after)
+    def of(cls, error: ServerError) -> Refusal:
+        return cls(type(error).__name__, error.wire_args())
 
     def error(self) -> ServerError:
-        if self.field is not None:
-            return InvalidRequest(self.field, self.message)
-        return ServerBusy(self.message, self.retry_after)
+        return ServerError.named(self.error_class)(*self.args)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -37,12 +36,14 @@ from ray.serve.exceptions import (
 )
 
 from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStats, Served
-from cbpt.server.deploy.replica import EngineReplica, ReplicaOptions
+from cbpt.server.deploy.replica import EngineReplica
+from cbpt.server.deploy.settings import RaySettings
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import BackendUnavailable, ServerBusy, ServerShuttingDown
-from cbpt.server.logs import route_library_loggers
+from cbpt.server.logs import LoggingSettings, route_library_loggers
 from cbpt.server.recipe import EngineRecipe
 from cbpt.server.scheduling.backends import Reason, ScoringBackend
+from cbpt.server.scheduling.merging import MergeSettings
 
 if TYPE_CHECKING:
     from cbpt.server.settings import ServerSettings
@@ -52,56 +53,6 @@ log = logging.getLogger(__name__)
 APP_NAME = "cbpt"
 DEPLOYMENT_NAME = "ScoringEngine"
 _UNAVAILABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """How many replicas, and what each one holds."""
-
-    replicas: int = 1
-    max_replicas: int | None = None  # set: autoscale between replicas and this
-    replica_cpus: float = 1.0
-    replica_gpus: float = 0.0
-    max_queued: int = 64
-
-    @classmethod
-    def from_settings(cls, settings: ServerSettings) -> RayOptions:
-        return cls(
-            settings.replicas,
-            settings.max_replicas,
-            settings.replica_cpus,
-            settings.replica_gpus,
-            settings.max_queued_requests,
-        )
-
-    def deployment_options(self) -> dict[str, Any]:
-        scaling: dict[str, Any] = {"num_replicas": self.replicas}
-        if self.max_replicas is not None:
-            scaling = {
-                "autoscaling_config": {
-                    "min_replicas": self.replicas,
-                    "max_replicas": self.max_replicas,
-                    "target_ongoing_requests": 2,
-                }
-            }
-        return {
-            **scaling,
-            "ray_actor_options": {"num_cpus": self.replica_cpus, "num_gpus": self.replica_gpus},
-            "max_ongoing_requests": self.max_queued,
-            "max_queued_requests": self.max_queued,
-            "max_constructor_retry_count": 3,  # a model that will not load fails the deploy soon
-            "logging_config": {"enable_access_log": False},  # per-request lines belong to the front
-        }
-
-
-def replica_options(settings: ServerSettings) -> ReplicaOptions:
-    return ReplicaOptions(
-        batching=settings.ray_batching,
-        merge=settings.merge_settings(),
-        generators_per_replica=settings.generators_per_replica,
-        log_level=settings.log_level,
-        log_json=settings.log_json,
-    )
 
 
 class RayServeBackend(ScoringBackend):
@@ -193,22 +144,28 @@ class RayServeBackend(ScoringBackend):
 
 def deploy(
     recipe: EngineRecipe,
-    options: RayOptions | None = None,
-    replica: ReplicaOptions | None = None,
+    settings: RaySettings | None = None,
+    scheduler: MergeSettings | None = None,
+    logs: LoggingSettings | None = None,
     *,
     app_name: str = APP_NAME,
     on_close: Callable[[], None] | None = None,
 ) -> RayServeBackend:
-    """Deploy the replicas on the connected Ray cluster and wait until they serve.
+    """Deploy the replicas (``settings``: the ``ray`` section; each replica runs the ``scheduler``
+    section's scheduler and logs as ``logs`` says) on the connected Ray cluster and wait until they serve.
 
     Blocking: call it before the server's event loop starts, as the in-process engine is built.
     """
-    options, replica = options or RayOptions(), replica or ReplicaOptions()
-    deployment = serve.deployment(EngineReplica, name=DEPLOYMENT_NAME, **options.deployment_options())
-    handle = serve.run(deployment.bind(recipe, replica), name=app_name, route_prefix=None)
+    settings, scheduler = settings or RaySettings(), scheduler or MergeSettings()
+    options = settings.deployment_options(scheduler.max_queued_requests)
+    deployment = serve.deployment(EngineReplica, name=DEPLOYMENT_NAME, **options)
+    bound = deployment.bind(recipe, settings, scheduler, logs or LoggingSettings())
+    handle = serve.run(bound, name=app_name, route_prefix=None)
     route_library_loggers()  # Ray and Serve gave their loggers handlers of their own as they started
     description = handle.describe.remote().result()
-    log.info("ray backend ready", extra={"replicas": options.replicas, "model_id": description.info.model_id})
+    log.info(
+        "ray backend ready", extra={"replicas": settings.replicas, "model_id": description.info.model_id}
+    )
     return RayServeBackend(handle, description, on_close)
 
 
@@ -285,12 +242,13 @@ def start(settings: ServerSettings) -> RayServeBackend:
     A local Ray instance started here stops with the server; on a cluster the replicas keep
     serving other fronts (``serve.delete("cbpt")`` removes them).
     """
-    owns_ray = connect(settings.ray_address)
+    owns_ray = connect(settings.ray.ray_address)
     try:
         return deploy(
-            settings.engine_recipe(),
-            RayOptions.from_settings(settings),
-            replica_options(settings),
+            settings.recipe,
+            settings.ray,
+            settings.scheduler,
+            settings.logging,
             on_close=stop_local_ray if owns_ray else None,
         )
     except BaseException:

@@ -1,7 +1,8 @@
 """One Ray Serve replica of the scoring engine (``pip install 'cbp-tuning[ray]'``).
 
-Each replica builds the engine once from the front's recipe and scores the requests Serve routes
-to it, whatever API key sent them: requests that arrive together share forward passes (merged
+Each replica builds the engine once from the front's recipe, by the in-process server's own path
+(``EngineRecipe.build``), runs it behind the in-process server's own backend (``InProcessBackend``:
+the scheduler on one engine thread), and scores the requests Serve routes to it, whatever API key sent them: requests that arrive together share forward passes (merged
 when they have one mode and cue and one adapter, or adapters placing one prompt length after the text; scores equal to unmerged ones within 1e-4), while each
 request's ``scope`` keeps cached text states per key.
 
@@ -16,12 +17,10 @@ and, while the engine is busy, queues such batches one behind the other, each ru
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import serve
@@ -29,25 +28,16 @@ from ray import serve
 from cbpt.server.deploy.generators import LoadedGenerator, build_engine_on_demand
 from cbpt.server.deploy.messages import Refusal, ReplicaDescription, ReplicaStats, Served
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
-from cbpt.server.errors import InvalidRequest, QuotaExceeded, UnknownAdapter
+from cbpt.server.errors import InvalidRequest, ServerError, UnknownAdapter
+from cbpt.server.logs import LoggingSettings
 from cbpt.server.recipe import EngineRecipe
+from cbpt.server.scheduling.backends import InProcessBackend
 from cbpt.server.scheduling.merging import MergeSettings
-from cbpt.server.scheduling.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from cbpt.server.deploy.settings import RaySettings
     from cbpt.server.engine.jobs import CountJob, ScoringJob
     from cbpt.server.engine.scoring import ScoringEngine
-
-Batching = Literal["scheduler", "serve-batch"]
-
-
-@dataclass(frozen=True)
-class ReplicaOptions:
-    batching: Batching = "scheduler"
-    merge: MergeSettings = field(default_factory=MergeSettings)
-    generators_per_replica: int = 0  # 0: every generator loaded at start
-    log_level: str = "INFO"
-    log_json: bool = False
 
 
 class _CountingEngine:
@@ -104,31 +94,31 @@ def _batch_size(items: list[_Queued]) -> int:
 class EngineReplica:
     """The deployment's body; ``ray_serve.deploy`` wraps it with ``serve.deployment``."""
 
-    def __init__(self, recipe: EngineRecipe, options: ReplicaOptions) -> None:
-        from cbpt.server.logs import configure_logging
-
-        configure_logging(options.log_level, options.log_json)  # the same privacy filter as the front
+    def __init__(
+        self, recipe: EngineRecipe, settings: RaySettings, scheduler: MergeSettings, logs: LoggingSettings
+    ) -> None:
+        logs.configure()  # the same privacy filter as the front
         engine, self._generators, self._info = build_engine_on_demand(
-            recipe, on_demand=options.generators_per_replica > 0
+            recipe, on_demand=settings.generators_per_replica > 0
         )
         self._engine = _CountingEngine(engine)
         self._name = ray.get_runtime_context().get_actor_name() or ""
         self._known = [adapter.name for adapter in self._info.adapters]
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbpt-engine")
         self._cancellations = _Cancellations()
-        self._scheduler = Scheduler(self._engine, self._executor, options.merge, self._cancellations)
-        self._budget = options.merge.max_sequences
+        self._backend = InProcessBackend(self._engine, scheduler, self._cancellations)
+        self._budget = scheduler.merge_max_sequences
         # Serve's decorators are applied per replica, to plain functions, so that the operator's
         # settings size them (the multiplexer keeps its state on the function it wraps).
         self._batched: Any = None
-        if options.batching == "serve-batch":
+        if settings.ray_batching == "serve-batch":
 
             async def score_batch(items: list[_Queued]) -> list[ScoreResult | InvalidRequest]:
-                return await self._score_batch(items)
+                requests = [item.request for item in items]
+                return await self._backend.on_engine_thread(self._engine.score_many, requests)
 
             self._batched = serve.batch(
-                max_batch_size=options.merge.max_sequences,
-                batch_wait_timeout_s=options.merge.window_seconds,
+                max_batch_size=scheduler.merge_max_sequences,
+                batch_wait_timeout_s=scheduler.window_seconds,
                 batch_size_fn=_batch_size,
             )(score_batch)
         if self._generators is not None:
@@ -137,7 +127,7 @@ class EngineReplica:
                 return await self._load(name)
 
             self._load_generator = serve.multiplexed(
-                max_num_models_per_replica=options.generators_per_replica
+                max_num_models_per_replica=settings.generators_per_replica
             )(load)
 
     async def describe(self) -> ReplicaDescription:
@@ -153,20 +143,20 @@ class EngineReplica:
         """Counts, or the engine's refusal of the texts (empty, too many, too long) as a value; the
         texts are tokenised in ``tenant``'s turns of this replica's scheduler, as its scoring is."""
         try:
-            return await self._scheduler.count(texts, tenant)
-        except (InvalidRequest, QuotaExceeded) as error:
+            return await self._backend.count_tokens(texts, tenant)
+        except ServerError as error:  # any refusal crosses as its wire form (messages.Refusal)
             return Refusal.of(error)
 
     async def _outcome(self, request: ScoreRequest, tenant: str) -> ScoreResult | Refusal:
         try:
             async with self._adapter_held(request.adapter):
                 if self._batched is None:
-                    return await self._scheduler.score(request, tenant or request.scope)
+                    return await self._backend.score(request, tenant or request.scope)
                 outcome = await self._batched(_Queued(request, min(request.sequences, self._budget)))
             if isinstance(outcome, InvalidRequest):
                 raise outcome
             return outcome
-        except (InvalidRequest, QuotaExceeded) as error:
+        except ServerError as error:  # any refusal crosses as its wire form (messages.Refusal)
             return Refusal.of(error)
 
     async def ping(self, request: ScoreRequest) -> int:
@@ -185,11 +175,6 @@ class EngineReplica:
             cancelled=self._cancellations.count,
         )
 
-    async def _score_batch(self, items: list[_Queued]) -> list[ScoreResult | InvalidRequest]:
-        loop = asyncio.get_running_loop()
-        requests = [item.request for item in items]
-        return await loop.run_in_executor(self._executor, self._engine.score_many, requests)
-
     @asynccontextmanager
     async def _adapter_held(self, name: str) -> AsyncIterator[None]:
         """A generator named by the request stays in the engine until the request is scored."""
@@ -203,6 +188,5 @@ class EngineReplica:
             yield
 
     async def _load(self, name: str) -> LoadedGenerator:
-        assert self._generators is not None
-        loop = asyncio.get_running_loop()  # on the engine thread: loads queue behind forward passes
-        return await loop.run_in_executor(self._executor, self._generators.load, name)
+        assert self._generators is not None  # on the engine thread: loads queue behind forward passes
+        return await self._backend.on_engine_thread(self._generators.load, name)

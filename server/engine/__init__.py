@@ -2,8 +2,7 @@
 
     types        requests and results (torch-free: importing them loads no model)
     limits       what one request may ask for
-    validation   checks against the adapter and the limits, naming the field
-    prepare      tokenising (cached) into a request ready to share forward passes
+    prepare      tokenising (cached, token limits checked) into a request ready to share forward passes
     batching     every batching knob and its default (``Batching``), one value
     plan         one row per (candidate, example[, choice]); length-sorted chunks
     strategies   how a chunk runs: full sequence | per-candidate prefix states (| text_states)
@@ -28,8 +27,7 @@ _EXPORTS = {
     "ScoreResult": "cbpt.server.engine.types",
     "ScoringMode": "cbpt.server.engine.types",
     "EngineInfo": "cbpt.server.engine.types",
-    "AdapterDescription": "cbpt.server.engine.types",
-    "Limits": "cbpt.server.engine.limits",
+    "Limits": "cbpt.common.limits",
 }
 __all__ = list(_EXPORTS)
 

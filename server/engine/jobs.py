@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from cbpt.server.engine.types import ScoreRequest, ScoreResult
-from cbpt.server.engine.validation import check_texts
 from cbpt.server.errors import CallCancelled, InvalidRequest
 
 if TYPE_CHECKING:
@@ -167,18 +166,13 @@ class CountJob:
             self.finished = True
             return False
         prepare = self._engine.prepare
-        with self._engine.lock:
-            try:
-                if not self.steps_done:
-                    check_texts(self.texts, prepare.limits)
-                start, chars = len(self._counts), 0
-                for text in self.texts[start:]:
-                    self._counts.append(prepare.count_one(text))
-                    chars += len(text)
-                    if chars >= COUNT_STEP_CHARS:
-                        break
-            except InvalidRequest as error:
-                self._outcome = error
+        with self._engine.lock:  # the texts were checked at the door (front/validation.py)
+            start, chars = len(self._counts), 0
+            for text in self.texts[start:]:
+                self._counts.append(prepare.count_one(text))
+                chars += len(text)
+                if chars >= COUNT_STEP_CHARS:
+                    break
         self.steps_done += 1
         self.last_step_sequences = 0  # no forward pass: nothing towards the sequence metrics
         if self._outcome is None and len(self._counts) == len(self.texts):

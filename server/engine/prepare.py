@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from cbpt.common.limits import Limits
 from cbpt.server.adapters import Adapter, Placement
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
-from cbpt.server.engine.validation import check_request, check_texts
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
 
 Tokens = tuple[int, ...]
@@ -107,7 +106,8 @@ def leading_special_tokens(tokenizer: Any) -> Tokens:
 
 
 class Preparer:
-    """Validates requests against the served adapters and limits, and tokenises them."""
+    """Tokenises requests, checking what only the tokenizer can: the token limits (the door,
+    ``front/validation.py``, checked every other limit before the request was queued)."""
 
     def __init__(
         self,
@@ -123,20 +123,19 @@ class Preparer:
         self.cache = TokenCache(cache_size, cache_bytes)
 
     def __call__(self, request: ScoreRequest) -> Prepared:
-        """Raises InvalidRequest naming the field."""
+        """Raises InvalidRequest naming the field (a token limit, or an adapter this engine lacks)."""
         adapter = self.adapters.get(request.adapter)
         if adapter is None:
             raise UnknownAdapter(request.adapter, list(self.adapters))
-        candidates = check_request(request, adapter, self.limits)
+        candidates = np.asarray(request.candidates, dtype=np.float32)
         mode = ScoringMode(request.mode)
         encoded = self._encode(request, mode)
         counts = tuple(request.choices.counts(len(request.texts)))
         return Prepared(adapter, candidates, encoded, mode, request.scope, counts)
 
     def count(self, texts: list[str]) -> list[int]:
-        """Token counts of ``texts`` as ``__call__`` would tokenise them (validated like Evaluate's
-        texts, but never refused for their token count: telling it is the point)."""
-        check_texts(texts, self.limits)
+        """Token counts of ``texts`` as ``__call__`` would tokenise them (never refused for their token
+        count: telling it is the point)."""
         return [self.count_one(text) for text in texts]
 
     def count_one(self, text: str) -> int:
@@ -157,7 +156,7 @@ class Preparer:
         if not tokens and not allow_empty:
             raise InvalidRequest(field, "encodes to no tokens")
         if len(tokens) > limit:
-            raise InvalidRequest(field, f"{len(tokens)} tokens exceed the limit of {limit}")
+            raise InvalidRequest.over_limit(field, len(tokens), "tokens", limit)
         return tokens
 
     def _encode(self, request: ScoreRequest, mode: ScoringMode) -> Encoded:

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
 from cbpt.server.adapters import Adapter, Placement
+from cbpt.server.adapters.spec import check_unique_names
 from cbpt.server.engine.batching import Batching
 from cbpt.server.engine.jobs import CountJob, Outcome, ScoringJob, run_to_end
 from cbpt.server.engine.kv import StateBudget, TextStateCache
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.plan import Row, plan_group
 from cbpt.server.engine.prepare import (
     DEFAULT_TOKEN_CACHE_BYTES,
@@ -42,7 +44,7 @@ from cbpt.server.engine.strategies import (
     Strategy,
 )
 from cbpt.server.engine.text_states import TextStates
-from cbpt.server.engine.types import AdapterDescription, EngineInfo, ScoreRequest, ScoreResult, ScoringMode
+from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult, ScoringMode
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.model import ModelBundle
 
@@ -66,10 +68,7 @@ class ScoringEngine:
     ) -> None:
         """``batching`` sets every batching knob (``Batching``); ``knobs`` override single ones of it
         (``batch_tokens=512``), for tests and benchmarks."""
-        names = [adapter.name for adapter in adapters]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
+        check_unique_names([adapter.name for adapter in adapters])
         self.bundle = bundle
         self.limits = limits or Limits()
         self.batching = dataclasses.replace(batching or Batching(), **knobs)
@@ -96,7 +95,7 @@ class ScoringEngine:
 
     def info(self) -> EngineInfo:
         adapters = tuple(
-            AdapterDescription(
+            AdapterInfo(
                 a.name, a.method, a.dimension, a.prompt_length, a.domain, a.description, a.placement.value
             )
             for a in self.adapters.values()

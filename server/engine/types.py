@@ -1,25 +1,22 @@
 """What goes into and comes out of the engine, free of torch and of gRPC.
 
-The merger, the service, serde and a Ray Serve front import these without loading a model.
+The merger, the service, serde and a Ray Serve front import these without loading a model. The
+scoring mode and the adapter description are the ones both sides share (``cbpt.common``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
 from cbpt.common.choices import Choices
-from cbpt.server.engine.limits import Limits
+from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
+from cbpt.common.tasks.scoring import ScoringMode
 
-
-class ScoringMode(str, Enum):
-    """How a choice is scored: its first token (a verbalizer), or the sum over all its tokens."""
-
-    FIRST_TOKEN = "first_token"
-    FULL_CHOICE = "full_choice"
+__all__ = ["EngineInfo", "ScoreRequest", "ScoreResult", "ScoringMode"]  # ScoringMode: the shared one
 
 
 @dataclass(frozen=True)
@@ -57,22 +54,11 @@ class ScoreResult:
 
 
 @dataclass(frozen=True)
-class AdapterDescription:
-    name: str
-    method: str
-    dimension: int
-    prompt_length: int
-    domain: str
-    description: str
-    placement: str = "prefix"
-
-
-@dataclass(frozen=True)
 class EngineInfo:
     model_id: str
     fingerprint: str
     hidden_size: int
-    adapters: tuple[AdapterDescription, ...]
+    adapters: tuple[AdapterInfo, ...]
     limits: Limits
     # Generators shipped in the package but not served here, with why (trained for another model).
     not_served: tuple[tuple[str, str], ...] = ()

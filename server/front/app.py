@@ -24,10 +24,10 @@ from cbpt.server.front.budgets import EvaluationBudgets
 from cbpt.server.front.decoding import RequestDecodingInterceptor
 from cbpt.server.front.keys import KeyStore
 from cbpt.server.front.metrics import Metrics
-from cbpt.server.front.protection import ScoreProtection
 from cbpt.server.front.service import SERVICE_NAME, TuningServicer
+from cbpt.server.front.settings import MetricsSettings, TlsSettings
 from cbpt.server.scheduling.backends import ScoringBackend
-from cbpt.server.settings import ServerSettings, read_file
+from cbpt.server.settings import ServerSettings
 from cbpt.v1 import tuning_pb2_grpc
 
 if TYPE_CHECKING:  # a front whose backend is elsewhere loads no model (nor torch)
@@ -61,27 +61,25 @@ async def build_server(engine: ScoringEngine | ScoringBackend, settings: ServerS
 async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSettings) -> _Parts:
     settings.check_serving()
     metrics = Metrics()
-    keys = KeyStore.from_file(settings.api_keys_file) if settings.api_keys_file is not None else None
+    auth = settings.auth
+    keys = KeyStore.from_file(auth.api_keys_file) if auth.api_keys_file is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = []
     budgets = None
-    mtls = settings.client_ca is not None
+    mtls = settings.tls.client_ca is not None
     if keys is not None or mtls:  # every API key and every client certificate is a tenant
         interceptors.append(
             ApiKeyInterceptor(
                 keys,
-                settings.requests_per_minute,
-                settings.max_concurrent_per_key,
+                auth.requests_per_minute,
+                auth.max_concurrent_per_key,
                 on_refusal=metrics.refused,
                 mtls=mtls,
             )
         )
-        budgets = EvaluationBudgets(
-            keys, settings.evaluations_per_day, settings.evaluations_total, settings.usage_file
-        )
+        budgets = EvaluationBudgets(keys, auth.evaluations_per_day, auth.evaluations_total, auth.usage_file)
     interceptors.append(RequestDecodingInterceptor())  # inside auth: a refused key never reaches parsing
-    protection = ScoreProtection(settings.score_decimals, settings.score_noise, settings.score_noise_seed)
     servicer = TuningServicer(
-        engine, settings.merge_settings(), budgets=budgets, protection=protection, metrics=metrics
+        engine, settings.scheduler, budgets=budgets, protection=settings.protection.build(), metrics=metrics
     )
     cache = servicer.backend.text_states
     if cache is not None:
@@ -107,8 +105,8 @@ async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSetting
         reflection.enable_server_reflection(names, server)
     address = listen_address(settings.host, settings.port)
     try:
-        if settings.tls:
-            port = server.add_secure_port(address, _credentials(settings))
+        if settings.tls.on:
+            port = server.add_secure_port(address, _credentials(settings.tls))
         else:
             port = server.add_insecure_port(address)
     except RuntimeError:  # grpc's bind failure: the port is taken or the host is not ours
@@ -119,48 +117,46 @@ async def _build(engine: ScoringEngine | ScoringBackend, settings: ServerSetting
     parts = _Parts(server, health, servicer, port, metrics, keys, budgets)
     if keys is not None:
         keys.on_reload = _keys_reload_reporter(parts)
-    if settings.metrics_port is not None:
+    if settings.metrics.metrics_port is not None:
         try:
-            parts.metrics_port = _serve_metrics(metrics, settings)
+            parts.metrics_port = _serve_metrics(metrics, settings.metrics)
         except ConfigError:
             await servicer.close()
             raise
-    if keys is not None and settings.keys_reload_seconds > 0:
+    if keys is not None and auth.keys_reload_seconds > 0:
         parts.watcher = asyncio.get_running_loop().create_task(
-            _watch_keys(keys, settings.keys_reload_seconds), name="cbpt-keys-watcher"
+            _watch_keys(keys, auth.keys_reload_seconds), name="cbpt-keys-watcher"
         )
-    if keys is None and settings.client_ca is None:
+    if keys is None and not mtls:
         log.warning("serving without API keys: any local process can call", extra={"auth": False})
     log.info(
         "server built",
         extra={
             "address": listen_address(settings.host, port),
-            "tls": settings.tls,
-            "mtls": settings.client_ca is not None,
+            "tls": settings.tls.on,
+            "mtls": mtls,
             "auth": keys is not None,
             "reflection": settings.reflection,
-            "text_cache_mb": settings.text_cache_mb,
-            "text_cache_mb_per_key": settings.text_cache_mb_per_key,
-            "job_state_mb": settings.job_state_mb,
-            "score_decimals": settings.score_decimals,
-            "score_noise": settings.score_noise,
+            "text_cache_mb": settings.text_cache.text_cache_mb,
+            "text_cache_mb_per_key": settings.text_cache.text_cache_mb_per_key,
+            "job_state_mb": settings.engine.job_state_mb,
+            "score_decimals": settings.protection.score_decimals,
+            "score_noise": settings.protection.score_noise,
         },
     )
     return parts
 
 
-def _serve_metrics(metrics: Metrics, settings: ServerSettings) -> int:
-    assert settings.metrics_port is not None
-    if not is_loopback_host(settings.metrics_host):
-        log.warning(
-            "metrics endpoint beyond loopback, as configured", extra={"address": settings.metrics_host}
-        )
+def _serve_metrics(metrics: Metrics, settings: MetricsSettings) -> int:
+    host, port = settings.metrics_host, settings.metrics_port
+    assert port is not None
+    if not is_loopback_host(host):
+        log.warning("metrics endpoint beyond loopback, as configured", extra={"address": host})
     try:
-        return metrics.serve(settings.metrics_host, settings.metrics_port)
+        return metrics.serve(host, port)
     except OSError as error:
         raise ConfigError(
-            f"cannot serve metrics on {listen_address(settings.metrics_host, settings.metrics_port)}: "
-            f"{error.strerror or error}"
+            f"cannot serve metrics on {listen_address(host, port)}: {error.strerror or error}"
         ) from None
 
 
@@ -188,12 +184,10 @@ def _keys_reload_reporter(parts: _Parts) -> Callable[[bool], None]:
     return report
 
 
-def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
-    assert settings.tls_cert is not None and settings.tls_key is not None
-    pair = (read_file(settings.tls_key, "--tls-key"), read_file(settings.tls_cert, "--tls-cert"))
-    client_ca = read_file(settings.client_ca, "--client-ca") if settings.client_ca else None
+def _credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    client_ca = tls.client_ca_bytes()
     return grpc.ssl_server_credentials(
-        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+        [tls.key_pair()], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
 
 
@@ -260,7 +254,7 @@ class BackgroundServer:
         self, engine: ScoringEngine | ScoringBackend, settings: ServerSettings | None = None
     ) -> None:
         self._engine = engine
-        self.settings = settings or ServerSettings(
+        self.settings = settings or ServerSettings.from_flags(
             host="127.0.0.1", port=0, insecure=True, allow_no_auth=True
         )
         self._loop = asyncio.new_event_loop()

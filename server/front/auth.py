@@ -15,7 +15,13 @@ from typing import Any
 
 import grpc
 
-from cbpt.server.errors import AuthenticationFailed, KeysUnavailable, QuotaExceeded
+from cbpt.server.errors import (
+    AuthenticationFailed,
+    ConcurrencyLimitExceeded,
+    KeysUnavailable,
+    RateLimitExceeded,
+    ServerError,
+)
 from cbpt.server.front.keys import CERTIFICATE_NAME, CERTIFICATE_PREFIX, ApiKey, KeyStore
 from cbpt.server.front.status import error_status
 from cbpt.server.logs import current_key_id
@@ -80,7 +86,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self._store = store
         self._mtls = mtls
-        self._on_refusal = on_refusal  # metrics: refusals by reason
+        self._on_refusal = on_refusal  # metrics: refusals by the error table's reason
         self._default_rpm = requests_per_minute
         self._default_concurrent = max_concurrent
         self._buckets: dict[str, _TokenBucket] = {}
@@ -98,7 +104,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         try:
             self._precheck(metadata)
         except (AuthenticationFailed, KeysUnavailable) as exc:
-            self._on_refusal("unauthenticated" if isinstance(exc, AuthenticationFailed) else "keys_file")
+            self._count(exc)
             refused = exc
             # Answered from the metadata alone: the request bytes (up to the message limit) go unparsed.
             return _rewrap(handler, lambda behavior, streaming: _refusal(refused, streaming), parse=_unparsed)
@@ -108,11 +114,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         """What can be refused from the metadata alone, before the request is parsed: a broken keys
         file, a missing key where no certificate can name the tenant, an unknown or malformed key.
         The certificate checks, expiry and the tenant's limits follow in the handler (``_enter``)."""
-        if self._store is not None and self._store.broken is not None:
-            raise KeysUnavailable(
-                "the server's API keys file failed to reload; calls are refused until the operator fixes it",
-                retry_after=30.0,
-            )
+        self._check_keys_file()
         values = [value for name, value in metadata if name == "authorization"]
         if values and self._store is not None:
             self._by_bearer(str(values[0]))
@@ -123,22 +125,27 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         """The call's tenant, past its rate and concurrency limits; raises the refusal otherwise."""
         try:
             key = self._authenticate(metadata, context)
-        except AuthenticationFailed:
-            self._on_refusal("unauthenticated")
+            self._take_token(key)
+            self._admit(key)
+        except ServerError as refused:
+            self._count(refused)
             raise
-        except KeysUnavailable:
-            self._on_refusal("keys_file")
-            raise
-        self._take_token(key)
-        self._admit(key)
         return key
 
-    def _authenticate(self, metadata: tuple, context: grpc.aio.ServicerContext) -> ApiKey:
+    def _count(self, refused: ServerError) -> None:
+        """Count a refusal under its reason in the error table."""
+        if refused.refusal_reason is not None:
+            self._on_refusal(refused.refusal_reason)
+
+    def _check_keys_file(self) -> None:
         if self._store is not None and self._store.broken is not None:
             raise KeysUnavailable(
                 "the server's API keys file failed to reload; calls are refused until the operator fixes it",
                 retry_after=30.0,
             )
+
+    def _authenticate(self, metadata: tuple, context: grpc.aio.ServicerContext) -> ApiKey:
+        self._check_keys_file()
         names = certificate_names(context) if self._mtls else []
         values = [value for name, value in metadata if name == "authorization"]
         if values and self._store is not None:  # with mTLS alone, the certificate names the tenant
@@ -189,15 +196,17 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         wait = bucket.take()
         if wait > 0:
             log.info("refused call: rate limit", extra={"key_id": key.id, "retry_after": round(wait, 3)})
-            self._on_refusal("rate_limit")
-            raise QuotaExceeded(f"rate limit of {rpm} requests per minute exceeded for key {key.id!r}", wait)
+            raise RateLimitExceeded(
+                f"rate limit of {rpm} requests per minute exceeded for key {key.id!r}", wait
+            )
 
     def _admit(self, key: ApiKey) -> None:
         """Count the call in, or refuse it when the tenant already runs its limit of calls."""
         limit = key.max_concurrent or self._default_concurrent
         if self._in_flight.get(key.id, 0) >= limit:
-            self._on_refusal("concurrency")
-            raise QuotaExceeded(f"at most {limit} concurrent calls for key {key.id!r}", retry_after=1.0)
+            raise ConcurrencyLimitExceeded(
+                f"at most {limit} concurrent calls for key {key.id!r}", retry_after=1.0
+            )
         self._in_flight[key.id] = self._in_flight.get(key.id, 0) + 1
 
     def _release(self, key: ApiKey) -> None:
@@ -209,7 +218,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         async def enter(context: grpc.aio.ServicerContext) -> ApiKey:
             try:
                 return self._enter(metadata, context)
-            except (AuthenticationFailed, QuotaExceeded, KeysUnavailable) as refused:
+            except ServerError as refused:
                 await context.abort_with_status(error_status(refused))
                 raise  # not reached: abort_with_status ends the call by raising
 

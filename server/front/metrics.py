@@ -3,7 +3,7 @@ cancellations by reason, failed reloads of the keys file. Off unless ``--metrics
 says otherwise (the numbers say how busy the provider is, so they stay private by default).
 
 Each server gets its own registry, so several servers in one process (tests) do not collide.
-The scheduler, the interceptor and the servicer report through the small methods below.
+The scheduler, the auth interceptor and the call plumbing (calls.py) report through the small methods below.
 """
 
 from __future__ import annotations

@@ -1,29 +1,34 @@
 """Every conversion between the wire (``cbpt.v1`` messages) and the engine's types, in one module.
 
-This module checks the wire shape (message size, candidate bytes, which choice field is set) and,
-before anything is copied out of a message, every count and string bound (engine/validation.py
-holds the checks; the servicer runs the rest before queueing). Every error names the wire field. As in Flower's serde, no
-other server module touches a protobuf message's fields.
+Named by direction, as Flower's ``common/serde.py`` is: ``<thing>_from_proto`` reads a request,
+``<thing>_to_proto`` builds an answer. Reading a request is the door's validation: every limit but
+the token counts is checked here, once, through ``validation.py`` (counts on the message before
+anything is copied out of it, strings as they are read), so a bad request is refused before it is
+charged, queued or sent to a replica. Every error names the wire field. No other server module
+touches a protobuf message's fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from cbpt.common.choices import Choices
+from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
+from cbpt.common.tasks.scoring import ScoringMode
 from cbpt.common.version import __version__
 from cbpt.common.wire import WireFormatError, pack_floats, unpack_floats
-from cbpt.server.engine.limits import Limits
-from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult, ScoringMode
-from cbpt.server.engine.validation import check_choice_list, check_cue, check_text_count, check_texts
+from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import InvalidRequest, MalformedRequest
+from cbpt.server.front import validation
 from cbpt.v1 import tuning_pb2
 
-MODES = {
+_MODES = {
     tuning_pb2.SCORING_MODE_UNSPECIFIED: ScoringMode.FIRST_TOKEN,
     tuning_pb2.SCORING_MODE_FIRST_TOKEN: ScoringMode.FIRST_TOKEN,
     tuning_pb2.SCORING_MODE_FULL_CHOICE: ScoringMode.FULL_CHOICE,
@@ -44,106 +49,94 @@ def safe_parser(parse: Callable[[bytes], Any], message_name: str) -> Callable[[b
     return parse_or_error
 
 
-def server_info_message(info: EngineInfo) -> tuning_pb2.ServerInfo:
-    limits = info.limits
+# -- server info -----------------------------------------------------------------------------------
+def adapter_info_to_proto(adapter: AdapterInfo) -> tuning_pb2.AdapterInfo:
+    return tuning_pb2.AdapterInfo(**dataclasses.asdict(adapter))  # the same fields, by name
+
+
+def limits_to_proto(limits: Limits) -> tuning_pb2.Limits:
+    return tuning_pb2.Limits(**limits.model_dump())
+
+
+def server_info_to_proto(info: EngineInfo) -> tuning_pb2.ServerInfo:
     return tuning_pb2.ServerInfo(
         model_id=info.model_id,
         model_fingerprint=info.fingerprint,
         hidden_size=info.hidden_size,
-        adapters=[
-            tuning_pb2.AdapterInfo(
-                name=a.name,
-                method=a.method,
-                dimension=a.dimension,
-                prompt_length=a.prompt_length,
-                domain=a.domain,
-                description=a.description,
-                placement=a.placement,
-            )
-            for a in info.adapters
-        ],
-        limits=tuning_pb2.Limits(**{name: getattr(limits, name) for name in Limits.__dataclass_fields__}),
+        adapters=[adapter_info_to_proto(adapter) for adapter in info.adapters],
+        limits=limits_to_proto(info.limits),
         server_version=__version__,
     )
 
 
-def to_score_request(request: tuning_pb2.EvaluateRequest, limits: Limits, scope: str = "") -> ScoreRequest:
-    """The engine request for a wire request; ``scope`` (the API key id) keeps one key's cached
-    text states from serving another key. Every count is checked on the message before anything
-    is copied out of it, and every string is checked as it is copied."""
-    check_text_count(len(request.texts), limits)  # O(1), before even the size (which walks the message)
-    check_message_size(request, limits)
-    if request.num_candidates == 0:
-        raise InvalidRequest("num_candidates", "must be at least 1")
-    if request.num_candidates > limits.max_candidates:
-        raise InvalidRequest(
-            "num_candidates", f"{request.num_candidates} exceeds max_candidates {limits.max_candidates}"
-        )
-    mode = MODES.get(request.mode)
-    if mode is None:
-        raise InvalidRequest("mode", f"unknown scoring mode {request.mode}")
-    check_texts(request.texts, limits)
-    check_cue(request.cue, limits)
-    choices = choices_of(request, limits)
+# -- evaluate --------------------------------------------------------------------------------------
+def score_request_from_proto(
+    message: tuning_pb2.EvaluateRequest,
+    limits: Limits,
+    adapters: Mapping[str, AdapterInfo],
+    scope: str = "",
+) -> ScoreRequest:
+    """The engine request for a wire request, every limit but the token counts checked; ``scope``
+    (the API key id) keeps one key's cached text states from serving another key."""
+    validation.check_text_count(len(message.texts), limits)  # O(1), before the size (which walks it all)
+    validation.check_message_size(message.ByteSize(), limits)
+    adapter = validation.served_adapter(message.adapter, adapters)
+    validation.check_candidate_count(message.num_candidates, limits)
+    validation.check_dimension(message.dimension, adapter)
+    mode = scoring_mode_from_proto(message.mode)
+    validation.check_texts(message.texts, limits)
+    validation.check_cue(message.cue, adapter, limits)
+    choices = choices_from_proto(message, limits)
+    request = ScoreRequest(
+        adapter=message.adapter,
+        candidates=candidates_from_proto(message, limits),
+        texts=list(message.texts),
+        choices=choices,
+        mode=mode,
+        cue=message.cue,
+        scope=scope,
+    )
+    validation.check_sequences(request.sequences, limits)
+    return request
+
+
+def scoring_mode_from_proto(mode: int) -> ScoringMode:
+    if mode not in _MODES:
+        raise InvalidRequest("mode", f"unknown scoring mode {mode}")
+    return _MODES[mode]
+
+
+def candidates_from_proto(message: tuning_pb2.EvaluateRequest, limits: Limits) -> np.ndarray:
+    """The packed candidates as float32 [num_candidates, dimension], each finite and within bounds."""
     try:
         candidates = unpack_floats(
-            request.candidates, (request.num_candidates, request.dimension), "candidates"
+            message.candidates, (message.num_candidates, message.dimension), "candidates"
         )
     except WireFormatError as exc:
         raise InvalidRequest("candidates", str(exc).removeprefix("candidates: ")) from None
-    return ScoreRequest(
-        adapter=request.adapter,
-        candidates=candidates,
-        texts=list(request.texts),
-        choices=choices,
-        mode=mode,
-        cue=request.cue,
-        scope=scope,
-    )
+    validation.check_candidate_values(candidates, limits)
+    return candidates
 
 
-def to_count_texts(request: tuning_pb2.CountTokensRequest, limits: Limits) -> list[str]:
-    """The texts of a CountTokens request, checked as Evaluate's are before they are copied."""
-    check_text_count(len(request.texts), limits)
-    check_message_size(request, limits)
-    check_texts(request.texts, limits)
-    return list(request.texts)
-
-
-def check_message_size(request: Message, limits: Limits) -> None:
-    size = request.ByteSize()
-    if size > limits.max_message_bytes:
-        raise InvalidRequest(
-            "request", f"message size {size} bytes exceeds max_message_bytes {limits.max_message_bytes}"
-        )
-
-
-def to_count_response(counts: list[int]) -> tuning_pb2.CountTokensResponse:
-    return tuning_pb2.CountTokensResponse(counts=counts)
-
-
-def choices_of(request: tuning_pb2.EvaluateRequest, limits: Limits) -> Choices:
+def choices_from_proto(message: tuning_pb2.EvaluateRequest, limits: Limits) -> Choices:
     """Exactly one of ``shared_choices`` (one list for every text) or ``example_choices`` (one per text),
     each list's count and strings checked before it is copied."""
-    shared = request.HasField("shared_choices")
-    per_example = len(request.example_choices)
+    shared = message.HasField("shared_choices")
+    per_example = len(message.example_choices)
     if shared and per_example:
         raise InvalidRequest("shared_choices", "set either shared_choices or example_choices, not both")
     if shared:
-        check_choice_list(request.shared_choices.choices, "shared_choices", limits)
-        return Choices.shared_by_all(request.shared_choices.choices)
+        validation.check_choice_list(message.shared_choices.choices, "shared_choices", limits)
+        return Choices.shared_by_all(message.shared_choices.choices)
     if not per_example:
         raise InvalidRequest("shared_choices", "set one of shared_choices or example_choices")
-    if per_example != len(request.texts):
-        raise InvalidRequest(
-            "example_choices", f"{per_example} choice lists for {len(request.texts)} texts; send one per text"
-        )
-    for index, options in enumerate(request.example_choices):
-        check_choice_list(options.choices, f"example_choices[{index}]", limits)
-    return Choices.per_example([list(c.choices) for c in request.example_choices])
+    validation.check_choice_lists(per_example, len(message.texts))
+    for index, options in enumerate(message.example_choices):
+        validation.check_choice_list(options.choices, f"example_choices[{index}]", limits)
+    return Choices.per_example([list(options.choices) for options in message.example_choices])
 
 
-def to_response(result: ScoreResult) -> tuning_pb2.EvaluateResponse:
+def score_result_to_proto(result: ScoreResult) -> tuning_pb2.EvaluateResponse:
     """Pack log-probs ragged: candidate-major, then example, then only that example's real choices."""
     log_probs = np.asarray(result.log_probs, dtype=np.float32)
     counts = np.asarray(result.choice_counts, dtype=np.int64)
@@ -157,10 +150,45 @@ def to_response(result: ScoreResult) -> tuning_pb2.EvaluateResponse:
     )
 
 
-def mode_name(mode: int) -> str:
-    """A wire mode's name for logs; ``<unknown>`` for values outside the enum."""
-    return tuning_pb2.ScoringMode.Name(mode) if mode in MODES else "<unknown>"
+# -- count tokens ----------------------------------------------------------------------------------
+def texts_from_proto(message: tuning_pb2.CountTokensRequest, limits: Limits) -> list[str]:
+    """The texts of a CountTokens request, checked as Evaluate's are before they are copied."""
+    validation.check_text_count(len(message.texts), limits)
+    validation.check_message_size(message.ByteSize(), limits)
+    validation.check_texts(message.texts, limits)
+    return list(message.texts)
 
 
-def choice_count(request: tuning_pb2.EvaluateRequest) -> int:
-    return len(request.shared_choices.choices) + sum(len(c.choices) for c in request.example_choices)
+def token_counts_to_proto(counts: list[int]) -> tuning_pb2.CountTokensResponse:
+    return tuning_pb2.CountTokensResponse(counts=counts)
+
+
+# -- what a call's log line may say: sizes and known names, never texts ------------------------------
+def evaluate_log_fields(
+    message: tuning_pb2.EvaluateRequest,
+    response: tuning_pb2.EvaluateResponse | None,
+    adapters: Mapping[str, AdapterInfo],
+) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "adapter": message.adapter if message.adapter in adapters else "<unknown>",
+        "mode": tuning_pb2.ScoringMode.Name(message.mode) if message.mode in _MODES else "<unknown>",
+        "num_candidates": message.num_candidates,
+        "num_examples": len(message.texts),
+        "num_choices": len(message.shared_choices.choices)
+        + sum(len(options.choices) for options in message.example_choices),
+        "request_bytes": message.ByteSize(),
+    }
+    if response is not None:
+        fields["tokens"] = response.tokens_processed
+    return fields
+
+
+def count_tokens_log_fields(
+    message: tuning_pb2.CountTokensRequest, response: tuning_pb2.CountTokensResponse | None
+) -> dict[str, object]:
+    return {"num_examples": len(message.texts), "request_bytes": message.ByteSize()}
+
+
+def candidate_count(message: tuning_pb2.EvaluateRequest) -> int:
+    """The candidates an Evaluate call asked for (the metrics count those answered)."""
+    return message.num_candidates

@@ -1,10 +1,9 @@
-"""The one mapping from server errors to gRPC statuses, with grpcio-status rich details.
+"""Server errors as gRPC statuses, read from the error table, with grpcio-status rich details.
 
-``InvalidRequest`` -> INVALID_ARGUMENT with a ``BadRequest`` field violation; ``QuotaExceeded``
--> RESOURCE_EXHAUSTED with ``RetryInfo``; ``AuthenticationFailed`` -> UNAUTHENTICATED;
-``ServerShuttingDown`` and ``BackendUnavailable`` -> UNAVAILABLE with ``RetryInfo`` (a retry finds
-the restarted server or replica); ``CallCancelled`` -> CANCELLED; anything else -> INTERNAL with a
-fixed message (the log has the type and frames, never the text).
+The code is the error class's ``status_code`` (``server/errors.py``). An ``InvalidRequest`` adds a
+``BadRequest`` field violation, an error with a ``retry_after`` a ``RetryInfo`` (a retry finds the
+restarted server or replica, or a free queue place). Anything that is not a ``ServerError``, or is
+one the table answers INTERNAL, gets a fixed message: the log has the type and frames, never the text.
 """
 
 from __future__ import annotations
@@ -17,36 +16,28 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from cbpt.server.errors import (
-    AuthenticationFailed,
-    BackendUnavailable,
-    CallCancelled,
-    InvalidRequest,
-    QuotaExceeded,
-    ServerShuttingDown,
-)
+from cbpt.server.errors import InvalidRequest, ServerError, StatusCodeName
 
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
+def status_code_name(error: BaseException) -> StatusCodeName:
+    """The name of the status code ``error`` is answered with (``INTERNAL`` for any unexpected one)."""
+    return error.status_code if isinstance(error, ServerError) else "INTERNAL"
+
+
 def error_status(error: BaseException) -> grpc.Status:
-    status = status_pb2.Status()
+    status = status_pb2.Status(code=code_pb2.Code.Value(status_code_name(error)), message=INTERNAL_MESSAGE)
+    if status.code == code_pb2.INTERNAL:
+        return rpc_status.to_status(status)
+    status.message = str(error)
     if isinstance(error, InvalidRequest):
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=error.field, description=error.description
         )
-        detail = error_details_pb2.BadRequest(field_violations=[violation])
-        _set(status, code_pb2.INVALID_ARGUMENT, str(error), detail)
-    elif isinstance(error, QuotaExceeded):
-        _set(status, code_pb2.RESOURCE_EXHAUSTED, str(error), _retry_info(error.retry_after))
-    elif isinstance(error, (ServerShuttingDown, BackendUnavailable)):
-        _set(status, code_pb2.UNAVAILABLE, str(error), _retry_info(error.retry_after))
-    elif isinstance(error, AuthenticationFailed):
-        _set(status, code_pb2.UNAUTHENTICATED, str(error))
-    elif isinstance(error, CallCancelled):
-        _set(status, code_pb2.CANCELLED, str(error))
-    else:
-        _set(status, code_pb2.INTERNAL, INTERNAL_MESSAGE)
+        _attach(status, error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, ServerError) and error.retry_after is not None:
+        _attach(status, _retry_info(error.retry_after))
     return rpc_status.to_status(status)
 
 
@@ -56,10 +47,7 @@ def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
     return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
-def _set(status: status_pb2.Status, code: int, message: str, detail: Message | None = None) -> None:
-    status.code = code
-    status.message = message
-    if detail is not None:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
+def _attach(status: status_pb2.Status, detail: Message) -> None:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    status.details.append(packed)

@@ -8,10 +8,11 @@ default, ``InProcessBackend``, is the engine on one thread behind the fair sched
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.scheduling.merging import MergeSettings
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # the servicer and settings import this module without loadin
     from cbpt.server.engine.scoring import ScoringEngine
 
 Reason = Callable[[], str]
+T = TypeVar("T")
 
 
 class ScoringBackend(ABC):
@@ -77,6 +79,11 @@ class InProcessBackend(ScoringBackend):
         self, texts: Sequence[str], tenant: str = "", reason: Reason = lambda: "cancelled"
     ) -> list[int]:
         return await self.scheduler.count(texts, tenant, reason)  # the tokenizer is the engine thread's
+
+    async def on_engine_thread(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on the engine's thread, between the scheduler's steps (a Ray replica's
+        ``@serve.batch`` batches and generator loads)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
     async def close(self) -> None:
         await self.scheduler.close()  # returns after the step in progress: the thread is then idle

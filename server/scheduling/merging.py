@@ -12,17 +12,31 @@ interleaves them; nothing here knows about transport or threads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
 
 
-@dataclass(frozen=True)
-class MergeSettings:
-    window_seconds: float = 0.005  # how long an idle engine waits for more requests to merge
-    max_sequences: int = 512  # sequences merged into one job (a single request may exceed it)
-    max_queued: int = 64  # requests waiting; beyond this, calls are refused with a retry delay
+class MergeSettings(BaseModel):
+    """The ``scheduler`` section of the server's settings: when calls share a job, and how many may wait."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    merge_window_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long an idle engine waits to merge concurrent calls (0: no wait)"
+    )
+    merge_max_sequences: int = Field(
+        512, ge=1, description="sequences merged into one job (a merged call waits for all of them)"
+    )
+    max_queued_requests: int = Field(
+        64, ge=1, description="calls waiting for the engine before new ones are refused with a retry delay"
+    )
+
+    @property
+    def window_seconds(self) -> float:
+        return self.merge_window_ms / 1000
 
 
 class Waiting(Protocol):

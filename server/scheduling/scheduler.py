@@ -156,7 +156,7 @@ class Scheduler:
     async def _submit(self, work: ScoreRequest | TokenCount, tenant: str, reason: Callable[[], str]) -> Any:
         if self._closing:
             raise ServerShuttingDown()
-        if len(self._waiting) >= self.settings.max_queued:
+        if len(self._waiting) >= self.settings.max_queued_requests:
             raise ServerBusy(
                 f"server busy: {len(self._waiting)} requests are queued; retry shortly",
                 retry_after=self._last_job_seconds,
@@ -276,7 +276,9 @@ class Scheduler:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = loop.time() + self.settings.window_seconds
-        while not self._closing and sum(p.sequences for p in self._waiting) < self.settings.max_sequences:
+        while (
+            not self._closing and sum(p.sequences for p in self._waiting) < self.settings.merge_max_sequences
+        ):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -299,7 +301,7 @@ class Scheduler:
                 members = eligible[:1]
             else:
                 scoring = [pending for pending in eligible if isinstance(pending.work, ScoreRequest)]
-                members = take_batch(scoring, self.settings.max_sequences)
+                members = take_batch(scoring, self.settings.merge_max_sequences)
             for pending in members:
                 self._waiting.remove(pending)
             try:

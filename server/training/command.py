@@ -1,33 +1,25 @@
-"""``cbpt-server train-generator DOMAIN_FILE --out FOLDER``: every TrainSettings field is an option.
+"""``cbpt-server train-generator DOMAIN_FILE --out FOLDER``: its dtype, progress bar and last lines.
 
-The options are derived from ``TrainSettings`` (one declaration; pydantic validates them), the
+Every ``TrainSettings`` field is an option, generated from the model (``cbpt.common.cli``), the
 model options are the server's own, and a run is resumed by giving the same command again.
 """
 
 from __future__ import annotations
 
-import inspect
 import shlex
 import sys
 import typing
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
 
-import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cbpt.server.errors import ConfigError
-from cbpt.server.training.settings import TrainSettings
 
 if typing.TYPE_CHECKING:
     import torch
 
     from cbpt.server.training.trainer import StepReport, TrainingResult
-
-_PLAIN = (int, float, str, bool)
 
 # fp32 by default, on a GPU too: the served model runs in fp32 on CPU, and the generator trains
 # in the model's dtype (the engine casts adapters to it), so AdamW on bf16 weights is opt-in.
@@ -45,55 +37,6 @@ def train_dtype(name: str) -> torch.dtype | None:
     import torch
 
     return None if name == "auto" else getattr(torch, name)
-
-
-def _option_type(annotation: Any) -> Any:
-    """The CLI type of a settings field: Literal and Enum values are given as strings."""
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if annotation in _PLAIN:
-        return annotation
-    if len(args) == 1 and args[0] in _PLAIN:
-        return args[0]
-    return str
-
-
-def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Append one ``--option`` per TrainSettings field to ``command``, collected into ``settings``."""
-    own = inspect.signature(command)
-    extra = []
-    for name, field in TrainSettings.model_fields.items():
-        kind = _option_type(field.annotation)
-        help_text = field.description or ""
-        default = (
-            f" (default {getattr(field.default, 'value', field.default)})"
-            if field.default is not None
-            else ""
-        )
-        option = typer.Option(f"--{name.replace('_', '-')}", help=f"{help_text}{default}", show_default=False)
-        extra.append(
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
-            )
-        )
-    parameters = [p for p in own.parameters.values() if p.name != "settings"]
-
-    def wrapper(**kwargs: Any) -> Any:
-        given = {
-            name: kwargs.pop(name) for name in TrainSettings.model_fields if kwargs.get(name) is not None
-        }
-        for name in TrainSettings.model_fields:
-            kwargs.pop(name, None)
-        try:
-            settings = TrainSettings(**given)
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise typer.BadParameter(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-        return command(settings=settings, **kwargs)
-
-    wrapper.__signature__ = own.replace(parameters=parameters + extra)  # type: ignore[attr-defined]
-    wrapper.__doc__ = command.__doc__
-    wrapper.__name__ = command.__name__
-    return wrapper
 
 
 class TrainingProgress:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from cbpt.common.errors import TaskError
-from cbpt.common.info import ServerInfo, ServerLimits
+from cbpt.common.info import ServerInfo
+from cbpt.common.limits import Limits
 from cbpt.common.tasks.fitting import fit_examples
 from cbpt.common.tasks.task_format import Examples
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.types import ScoreRequest, ScoringMode
 from cbpt.server.errors import ConfigError
 from cbpt.server.training.domain import Domain, TrainingTask
@@ -124,7 +124,7 @@ class _EngineCounter:
 
     def info(self) -> ServerInfo:
         limits, bundle = self.engine.limits, self.engine.bundle
-        stated = ServerLimits(max_text_tokens=limits.max_text_tokens, max_text_chars=limits.max_text_chars)
+        stated = Limits.stated(max_text_tokens=limits.max_text_tokens, max_text_chars=limits.max_text_chars)
         return ServerInfo(bundle.model_id, bundle.fingerprint, bundle.hidden_size, (), stated, "")
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

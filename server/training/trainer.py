@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from cbpt.common.files import write_atomic
+from cbpt.common.limits import Limits
 from cbpt.common.losses import accuracy, macro_f1, predictions
 from cbpt.common.version import __version__
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
 from cbpt.server.adapters.placement import Placement
 from cbpt.server.engine.kv import TextStateCache
-from cbpt.server.engine.limits import Limits
 from cbpt.server.engine.scoring import ScoringEngine
 from cbpt.server.errors import ConfigError
 from cbpt.server.model import ModelBundle

@@ -117,6 +117,8 @@ def _reports(method: str) -> tuple[str, ...]:
         return (method, method + "-calibrated")
     if method == "zero-shot-calibrated":
         return (method, method + "-prior")
+    if method == "icl":
+        return (method, method + "-calibrated")
     return (method,)
 
 
@@ -217,12 +219,14 @@ def test_white_box_scores_exactly_as_the_engine_places_bbt_suffix() -> None:
     """[bos][text][prompt][cue]: the white-box scorer reproduces the engine's bbt-suffix log-probs."""
     torch = pytest.importorskip("torch")
     white_box = _import("white_box")
+    from cbpt.server.adapters.served import ServedAdapters
     from cbpt.server.engine import ScoreRequest, ScoringEngine
-    from cbpt.server.runtime import default_adapters
     from cbpt.server.testing import tiny_bundle
 
     bundle = tiny_bundle(0)
-    engine = ScoringEngine(bundle, default_adapters(bundle, bbt_dimension=16, prompt_length=4))
+    engine = ScoringEngine(
+        bundle, ServedAdapters(bbt_dimension=16, prompt_length=4, shipped_generators=False).build(bundle)
+    )
     texts, choices, cue = (
         ["Review: warm and clever", "Review: a tired mess #3"],
         [" negative", " positive"],
@@ -247,8 +251,9 @@ def test_score_noise_runs_the_same_tuning_through_a_protected_server(
         *("--budgets", "8,16", "--popsize", "4", "--test-size", "12", "--datasets", str(datasets)),
     ]
     settings = accuracy.server_settings(accuracy.parse_args([*common, "--score-noise", "0.5"]))
-    assert (settings.score_noise, settings.score_noise_seed, settings.score_decimals) == (0.5, 0, None)
-    assert accuracy.server_settings(accuracy.parse_args(common)).score_noise == 0.0
+    protection = settings.protection
+    assert (protection.score_noise, protection.score_noise_seed, protection.score_decimals) == (0.5, 0, None)
+    assert accuracy.server_settings(accuracy.parse_args(common)).protection.score_noise == 0.0
     runs = {}
     for name, extra in (("off", []), ("noise", ["--score-noise", "0.5"])):
         accuracy.main([*common, *extra, "--output", name, "--output-dir", str(tmp_path)])

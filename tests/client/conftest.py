@@ -53,7 +53,7 @@ def _serve(engine: Any, **settings: Any) -> Iterator[str]:
         "grace_seconds": 1.0,
         **settings,
     }
-    with app.serve_in_background(engine, ServerSettings(**values)) as target:
+    with app.serve_in_background(engine, ServerSettings.from_flags(**values)) as target:
         yield target
 
 
@@ -73,7 +73,7 @@ def server(engine) -> Iterator[str]:
 def limited_server() -> Iterator[str]:
     """The same tiny model (same fingerprint) behind small request limits, to force splitting."""
     testing = pytest.importorskip("cbpt.server.testing")
-    from cbpt.server.engine.limits import Limits
+    from cbpt.common.limits import Limits
 
     limits = Limits(max_candidates=3, max_examples=5, max_sequences=12, max_text_chars=120)
     yield from _serve(testing.tiny_engine(limits=limits))

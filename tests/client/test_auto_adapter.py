@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cbpt.client.cli import app
 from cbpt.client.rpc.sdk import TuningClient
@@ -67,6 +67,12 @@ def _task(folder: Path, dev: int = 8) -> Path:
     return write_task(folder, rows=_rows(80, seed=7), shots=8, dev=dev)
 
 
+def _tune_auto(server: str, task_path: Path, out: Path, budget: int, *options: str) -> Result:
+    """``cbpt tune TASK --adapter auto --budget BUDGET --popsize 4`` against ``server``."""
+    words = ["tune", str(task_path), "--server", server, "--out", str(out), "--adapter", "auto"]
+    return runner.invoke(app, [*words, "--budget", str(budget), "--popsize", "4", *options])
+
+
 def test_auto_chooses_the_better_generator_on_dev_and_counts_its_calls(
     generators: str, tmp_path: Path
 ) -> None:
@@ -81,25 +87,7 @@ def test_auto_chooses_the_better_generator_on_dev_and_counts_its_calls(
     assert b"LABEL_SECRET" not in wire and b"good" in wire  # texts go out, labels do not
     assert sum(method.endswith("/Evaluate") for method, _ in recorder.requests) == 2  # one call each
 
-    out = tmp_path / "tuned"
-    result = runner.invoke(
-        app,
-        [
-            "tune",
-            str(task_path),
-            "--server",
-            generators,
-            "--out",
-            str(out),
-            "--adapter",
-            "auto",
-            "--budget",
-            "14",
-            "--popsize",
-            "4",
-            "--json",
-        ],
-    )
+    result = _tune_auto(generators, task_path, tmp_path / "tuned", 14, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["adapter"] == "cbp-good" and summary["budget"] == 14
@@ -109,23 +97,7 @@ def test_auto_chooses_the_better_generator_on_dev_and_counts_its_calls(
     assert set(summary["auto"]["candidates"][0]) == {"adapter", "dev_accuracy", "dev_macro_f1"}
     assert summary["auto"]["candidates"][0]["dev_accuracy"] == good.dev_accuracy
 
-    said = runner.invoke(
-        app,
-        [
-            "tune",
-            str(task_path),
-            "--server",
-            generators,
-            "--out",
-            str(tmp_path / "again"),
-            "--adapter",
-            "auto",
-            "--budget",
-            "6",
-            "--popsize",
-            "4",
-        ],
-    )
+    said = _tune_auto(generators, task_path, tmp_path / "again", 6)
     assert said.exit_code == 0, said.output
     assert "--adapter auto chose cbp-good (best dev accuracy at z = 0" in said.output
     assert f"cbp-good {good.dev_accuracy:.4f}" in said.output and "cbp-plain" in said.output
@@ -133,18 +105,14 @@ def test_auto_chooses_the_better_generator_on_dev_and_counts_its_calls(
 
 
 def test_auto_without_a_dev_split_or_a_generator_is_a_clear_error(generators: str, tmp_path: Path) -> None:
-    no_dev = _task(tmp_path / "no-dev", dev=0)
-    result = runner.invoke(app, ["tune", str(no_dev), "--server", generators, "--out", str(tmp_path / "a"),
-                                 "--adapter", "auto", "--budget", "8", "--popsize", "4"])  # fmt: skip
+    result = _tune_auto(generators, _task(tmp_path / "no-dev", dev=0), tmp_path / "a", 8)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "error: --adapter auto chooses on the dev split, and this task has none" in result.output
-    short = runner.invoke(app, ["tune", str(_task(tmp_path / "b")), "--server", generators, "--out",
-                                str(tmp_path / "b-out"), "--adapter", "auto", "--budget", "5", "--popsize", "4"])  # fmt: skip
+    short = _tune_auto(generators, _task(tmp_path / "b"), tmp_path / "b-out", 5)
     assert "--budget 5: --adapter auto spends 2 calls choosing, which leaves 3" in short.output
     from cbpt.server.front.app import serve_in_background
 
     with serve_in_background(testing.tiny_engine(with_cbp=False)) as plain_server:  # none and BBT only
-        result = runner.invoke(app, ["tune", str(_task(tmp_path / "c")), "--server", plain_server, "--out",
-                                     str(tmp_path / "c-out"), "--adapter", "auto", "--budget", "8", "--popsize", "4"])  # fmt: skip
+        result = _tune_auto(plain_server, _task(tmp_path / "c"), tmp_path / "c-out", 8)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "serves no CBP generator (cbp-<domain>) to choose from; served: none, bbt" in result.output

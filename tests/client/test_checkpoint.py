@@ -22,15 +22,59 @@ from cbpt.client.tuning.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from cbpt.client.tuning.results import Candidate
+from cbpt.client.tuning.results import Candidate, HistoryRow, StopReason
+from cbpt.client.tuning.state import TuningState
 from cbpt.common.errors import CbptWarning
+
+# A checkpoint's JSON exactly as the tuner has written it since format version 1 (a run patience
+# stopped after two generations of two candidates; the optimizer state cut short).
+OLD_CHECKPOINT = {
+    "kind": "cbpt.tuner-checkpoint",
+    "config": {"adapter": "bbt", "budget": 8, "popsize": 2, "patience": 1, "optimizer_budget": 8},
+    "generations": [
+        {"digest": "a" * 64, "losses": [0.6931471805599453, 0.7]},
+        {"digest": "b" * 64, "losses": [0.65, 1000000.0]},
+    ],
+    "history": [
+        {
+            "generation": 0,
+            "calls_used": 2,
+            "best_loss": 0.6931471805599453,
+            "mean_loss": 0.6965735902799727,
+            "train_accuracy": 0.5,
+            "dev_accuracy": 0.75,
+            "wall_seconds": 0.125,
+            "elapsed_seconds": 0.125,
+        },
+        {
+            "generation": 1,
+            "calls_used": 4,
+            "best_loss": 0.65,
+            "mean_loss": 500000.325,
+            "train_accuracy": 0.625,
+            "dev_accuracy": 0.5,
+            "wall_seconds": 0.25,
+            "elapsed_seconds": 0.375,
+        },
+    ],
+    "best": {
+        "generation": 0,
+        "vector": [0.25, -1.5],
+        "bias": None,
+        "train_loss": 0.6931471805599453,
+        "dev_accuracy": 0.75,
+        "dev_metrics": {"accuracy": 0.75, "loss": 0.61},
+    },
+    "optimizer_state": {"counteval": 4, "sigma": 0.9},
+    "calls_used": 4,
+    "progress": {"stale": 1, "stop_reason": "patience"},
+}
 
 
 def _checkpoint() -> Checkpoint:
-    return Checkpoint(
-        config={"seed": 0, "optimizer": "cma", "task": "abc"},
+    state = TuningState(
         generations=[GenerationRecord("d" * 64, (0.6931471805599453, 0.1 + 0.2))],
-        history=[{"generation": 0, "best_loss": 0.3}],
+        history=[HistoryRow.from_json(OLD_CHECKPOINT["history"][0])],
         best=Candidate(
             generation=0,
             vector=np.array([0.25, -1.5], dtype=np.float32),
@@ -38,9 +82,12 @@ def _checkpoint() -> Checkpoint:
             train_loss=0.3,
             dev_metrics={"accuracy": 0.5, "loss": 0.69},
         ),
-        optimizer_state={"rng": {"state": 2**100 + 7}},
         calls_used=2,
-        progress={"stale": 0, "stop_reason": None},
+    )
+    return Checkpoint(
+        config={"seed": 0, "optimizer": "cma", "task": "abc"},
+        state=state,
+        optimizer_state={"rng": {"state": 2**100 + 7}},
     )
 
 
@@ -59,7 +106,7 @@ def test_default_key_file_is_created_private(tmp_path: Path) -> None:
     assert not key_file.exists()
     save_checkpoint(tmp_path / "c.cbpt", _checkpoint())
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_bytes()) == 32
-    assert load_checkpoint(tmp_path / "c.cbpt").calls_used == 2
+    assert load_checkpoint(tmp_path / "c.cbpt").state.calls_used == 2
     other = tmp_path / "other.key"
     other.write_bytes(os.urandom(32))
     other.chmod(0o600)
@@ -156,8 +203,8 @@ def test_a_typed_candidate_round_trips_through_a_checkpoint(tmp_path: Path) -> N
         dev_metrics={"accuracy": 0.5, "macro_f1": 0.4, "confusion_matrix": [[1, 1], [1, 1]], "loss": 0.7},
     )
     path = tmp_path / "c.cbpt"
-    save_checkpoint(path, Checkpoint(config={"seed": 0}, best=best), "pw")
-    loaded = load_checkpoint(path, "pw").best
+    save_checkpoint(path, Checkpoint(config={"seed": 0}, state=TuningState(best=best)), "pw")
+    loaded = load_checkpoint(path, "pw").state.best
     assert isinstance(loaded, Candidate) and loaded.generation == 4 and loaded.train_loss == 0.1 + 0.2
     assert loaded.vector.dtype == np.float32 and np.array_equal(loaded.vector, best.vector)
     assert (
@@ -166,12 +213,12 @@ def test_a_typed_candidate_round_trips_through_a_checkpoint(tmp_path: Path) -> N
     assert loaded.dev_metrics == best.dev_metrics and loaded.dev_accuracy == 0.5
     assert load_checkpoint(path, "pw").to_json()["best"] == best.to_json()
     save_checkpoint(path, Checkpoint(config={"seed": 0}), "pw")
-    assert load_checkpoint(path, "pw").best is None
+    assert load_checkpoint(path, "pw").state.best is None
 
 
 def test_an_old_best_entry_loads_and_is_written_back_unchanged() -> None:
     content = {**_checkpoint().to_json(), "best": json.loads(json.dumps(OLD_BEST))}
-    best = Checkpoint.from_json(content, "old checkpoint").best
+    best = Checkpoint.from_json(content, "old checkpoint").state.best
     assert isinstance(best, Candidate) and best.generation == 3 and best.dev_accuracy == 0.75
     assert best.vector.dtype == np.float32 and best.vector.tolist() == OLD_BEST["vector"]
     assert best.bias is not None and best.bias.tolist() == OLD_BEST["bias"]
@@ -196,6 +243,25 @@ def test_the_tuner_writes_the_best_entry_in_the_old_shape(server: str, make_task
     assert list(best) == list(OLD_BEST)
     assert np.array_equal(np.asarray(best["vector"], np.float32), result.vector)
     assert best["bias"] == result.bias.tolist() and best["dev_metrics"] == result.dev_metrics
+
+
+def test_a_version_1_checkpoint_loads_typed_and_is_written_back_unchanged() -> None:
+    loaded = Checkpoint.from_json(json.loads(json.dumps(OLD_CHECKPOINT)), "old checkpoint")
+    state = loaded.state
+    assert state.stop_reason is StopReason.PATIENCE and state.stale == 1 and state.calls_used == 4
+    assert [row.generation for row in state.history] == [0, 1] and state.history[1].dev_accuracy == 0.5
+    assert state.generations[1] == GenerationRecord("b" * 64, (0.65, 1e6))
+    assert json.dumps(loaded.to_json()) == json.dumps(OLD_CHECKPOINT)  # same keys, order and numbers
+    running = {**OLD_CHECKPOINT, "progress": {"stale": 0, "stop_reason": None}}
+    assert Checkpoint.from_json(running, "old checkpoint").state.stop_reason is None
+
+
+def test_an_unknown_stop_reason_is_a_malformed_checkpoint_naming_the_field(tmp_path: Path) -> None:
+    content = {**OLD_CHECKPOINT, "progress": {"stale": 1, "stop_reason": "bored"}}
+    with pytest.raises(
+        CheckpointError, match=r"progress\.stop_reason: unknown stop reason 'bored'; known: budget"
+    ):
+        Checkpoint.from_json(content, "checkpoint c.cbpt")
 
 
 def test_a_key_file_others_can_read_warns_in_the_client_family(tmp_path: Path) -> None:

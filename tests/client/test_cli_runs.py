@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def test_show_and_runs_read_the_folder_alone(server: str, make_task: TaskFactory
     assert [Path(run["folder"]).name for run in listed["runs"]] == ["a", "b"]
     assert all(run["status"] == "finished" and run["calls_used"] == 8 for run in listed["runs"])
     assert set(listed["runs"][0]) >= {"dev_accuracy", "dev_macro_f1", "budget", "stop_reason", "updated_at"}
+    assert listed["runs"][0]["stop_reason"] == "budget" and re.search(
+        r"stop reason\s*│\s*budget\s", shown.output
+    )
     text = cbpt("runs", root)
     assert text.exit_code == 0 and "finished" in text.output
     missing = cbpt("show", tmp_path / "nothing")

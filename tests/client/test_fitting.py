@@ -27,12 +27,14 @@ runner = CliRunner()
 def short_server() -> Iterator[str]:
     """The tiny model behind a 24-token, 400-character text limit."""
     testing = pytest.importorskip("cbpt.server.testing")
-    from cbpt.server.engine.limits import Limits
+    from cbpt.common.limits import Limits
     from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 
     engine = testing.tiny_engine(limits=Limits(max_text_tokens=TOKENS, max_text_chars=CHARS))
-    settings = ServerSettings(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, grace_seconds=1)
+    settings = ServerSettings.from_flags(
+        host="127.0.0.1", port=0, insecure=True, allow_no_auth=True, grace_seconds=1
+    )
     with serve_in_background(engine, settings) as target:
         yield target
 
@@ -135,7 +137,7 @@ def test_a_resume_must_fit_the_texts_as_the_run_did(
     """Truncated texts depend on the server's limit: a resume against another limit is refused."""
     testing = pytest.importorskip("cbpt.server.testing")
     from cbpt.client.errors import CheckpointError
-    from cbpt.server.engine.limits import Limits
+    from cbpt.common.limits import Limits
     from cbpt.server.front.app import serve_in_background
     from cbpt.server.settings import ServerSettings
 
@@ -148,7 +150,7 @@ def test_a_resume_must_fit_the_texts_as_the_run_did(
     shorter = testing.tiny_engine(limits=Limits(max_text_tokens=TOKENS - 4, max_text_chars=CHARS))
     with (
         serve_in_background(
-            shorter, ServerSettings(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True)
+            shorter, ServerSettings.from_flags(host="127.0.0.1", port=0, insecure=True, allow_no_auth=True)
         ) as target,
         TuningClient(target) as client,
         pytest.raises(CheckpointError, match="another fitted_texts"),

@@ -56,7 +56,9 @@ def test_no_label_and_no_loss_crosses_the_wire(server: str, make_task: TaskFacto
         assert label.encode() not in wire
     assert b"LABEL_SECRET" not in wire and b"label" not in wire.lower()
 
-    losses = {loss for generation in load_checkpoint(checkpoint).generations for loss in generation.losses}
+    losses = {
+        loss for generation in load_checkpoint(checkpoint).state.generations for loss in generation.losses
+    }
     losses |= {row.best_loss for row in result.history} | {row.mean_loss for row in result.history}
     losses |= {result.train_loss, result.dev_metrics["loss"]}
     losses.discard(0.0)  # a zero would match any run of zero bytes; CE is never exactly 0 anyway

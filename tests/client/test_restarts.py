@@ -49,7 +49,9 @@ def test_unavailable_is_retried_for_the_window_once_the_server_has_answered(engi
     port = free_port()
     server = BackgroundServer(
         engine,
-        ServerSettings(host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=0),
+        ServerSettings.from_flags(
+            host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=0
+        ),
     )
     now = [0.0]
     waits: list[float] = []

@@ -27,7 +27,7 @@ def test_result_so_far_tracks_the_best_on_dev_and_ends_as_run(
     tuner = Tuner(client, task, budget=16, popsize=4, seed=1, fit_bias=fit_bias)
     with pytest.raises(ClientError, match="no generation"):
         tuner.result_so_far()
-    tuner.on_generation = lambda row: seen.append((row, tuner.result_so_far()))
+    tuner.register_callback("tell", lambda tuner, row: seen.append((row, tuner.result_so_far())))
     final = tuner.run()
 
     assert [row.calls_used for row, _ in seen] == [4, 8, 12, 16]
@@ -52,7 +52,7 @@ def test_result_so_far_tracks_the_best_on_dev_and_ends_as_run(
 def test_result_so_far_without_a_vector(client: TuningClient, task: Task) -> None:
     partial: list[TuningResult] = []
     tuner = Tuner(client, task, adapter="none", budget=4, popsize=4, fit_bias=True)
-    tuner.on_generation = lambda row: partial.append(tuner.result_so_far())
+    tuner.register_callback("tell", lambda tuner, row: partial.append(tuner.result_so_far()))
     final = tuner.run()
     assert len(partial) == 1 and partial[0].stop_reason == final.stop_reason == "no-vector"
     assert partial[0].vector.shape == (0,) and np.array_equal(partial[0].bias, final.bias)

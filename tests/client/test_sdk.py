@@ -93,7 +93,9 @@ def test_retry_succeeds_once_the_server_is_up(engine) -> None:
     port = free_port()
     late = BackgroundServer(
         engine,
-        ServerSettings(host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=1),
+        ServerSettings.from_flags(
+            host="127.0.0.1", port=port, insecure=True, allow_no_auth=True, grace_seconds=1
+        ),
     )
     waits: list[float] = []
 
@@ -159,7 +161,7 @@ def test_tls_and_mutual_tls(engine, tmp_path: Path) -> None:
     certs = certs_module.generate_dev_certificates(
         tmp_path / "certs", ["localhost", "127.0.0.1"], client=True
     )
-    settings = ServerSettings(
+    settings = ServerSettings.from_flags(
         host="127.0.0.1",
         port=0,
         tls_cert=certs.server_cert,
@@ -187,7 +189,7 @@ def test_budget_used_is_what_the_server_charged(tmp_path: Path) -> None:
     """The server's budgets count candidates x examples (x choices in full-choice mode); the client's
     ``stats.budget_used`` counts the same, split or not, so what it shows matches the provider's books."""
     keys_module = pytest.importorskip("cbpt.server.front.keys")
-    from cbpt.server.engine.limits import Limits
+    from cbpt.common.limits import Limits
     from cbpt.server.testing import tiny_engine
     from tests.client.conftest import _serve
 

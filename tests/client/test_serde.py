@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 from cbpt.client.errors import ClientError, RequestRejected
 from cbpt.client.rpc import sdk, serde
 from cbpt.client.rpc.sdk import TuningClient
+from cbpt.common import info
 from cbpt.common.choices import Choices
 from cbpt.common.tasks import scoring, task_format
 from cbpt.common.wire import pack_floats
@@ -18,6 +20,7 @@ from cbpt.v1 import tuning_pb2
 
 CLIENT = Path(__file__).resolve().parents[2] / "client"
 COMMON = CLIENT.parent / "common"
+SERVER = CLIENT.parent / "server"
 
 
 def _on_the_wire(request: tuning_pb2.EvaluateRequest) -> tuning_pb2.EvaluateRequest:
@@ -29,7 +32,7 @@ def test_one_text_with_its_own_list_keeps_example_choices() -> None:
     candidates = np.ones((2, 4), dtype=np.float32)
     stated = Choices.of([[" yes", " no"]])  # one text, one list of its own: per example, not shared
     request = _on_the_wire(
-        serde.evaluate_request("bbt", candidates, ["Is it?"], stated, "full_choice", "\nA:")
+        serde.evaluate_request_to_proto("bbt", candidates, ["Is it?"], stated, "full_choice", "\nA:")
     )
     assert not request.HasField("shared_choices")
     assert [list(options.choices) for options in request.example_choices] == [[" yes", " no"]]
@@ -37,7 +40,9 @@ def test_one_text_with_its_own_list_keeps_example_choices() -> None:
     assert request.num_candidates == 2 and request.dimension == 4
     assert request.candidates == pack_floats(candidates)
 
-    shared = _on_the_wire(serde.evaluate_request("bbt", candidates, ["Is it?"], Choices.of([" yes", " no"])))
+    shared = _on_the_wire(
+        serde.evaluate_request_to_proto("bbt", candidates, ["Is it?"], Choices.of([" yes", " no"]))
+    )
     assert shared.HasField("shared_choices") and list(shared.shared_choices.choices) == [" yes", " no"]
     assert len(shared.example_choices) == 0 and shared.mode == tuning_pb2.SCORING_MODE_FIRST_TOKEN
 
@@ -100,31 +105,52 @@ def test_ragged_responses_are_padded_and_checked() -> None:
     response = tuning_pb2.EvaluateResponse(
         num_candidates=2, num_examples=3, log_probs=pack_floats(flat), tokens_processed=9, server_seconds=0.5
     )
-    scores = serde.scores_from_response(response, 2, counts)
+    scores = serde.scores_from_proto(response, 2, counts)
     assert (
         scores.log_probs.shape == (2, 3, 3) and scores.tokens_processed == 9 and scores.server_seconds == 0.5
     )
     np.testing.assert_array_equal(scores.log_probs[0, 1], [2, 3, 4])
     assert np.isneginf(scores.log_probs[1, 0, 2]) and scores.log_probs[1, 2, 0] == 11
     with pytest.raises(ClientError, match="server answered 2 x 3, expected 2 x 2"):
-        serde.scores_from_response(response, 2, counts[:2])
+        serde.scores_from_proto(response, 2, counts[:2])
     with pytest.raises(ClientError, match="log_probs: 48 bytes"):
-        serde.scores_from_response(response, 2, [2, 3, 2])
+        serde.scores_from_proto(response, 2, [2, 3, 2])
 
 
 def test_request_sizes_match_the_requests() -> None:
     choices = Choices.per_example([[" a", " bb"], [" c"]])
     texts = ["first text", "the second text"]
     candidates = np.zeros((3, 5), dtype=np.float32)
-    whole = serde.evaluate_request("bbt", candidates, texts, choices, "first_token", "\nA:")
-    no_texts = serde.evaluate_request("bbt", candidates, [], Choices.per_example([]), "first_token", "\nA:")
+    whole = serde.evaluate_request_to_proto("bbt", candidates, texts, choices, "first_token", "\nA:")
+    no_texts = serde.evaluate_request_to_proto(
+        "bbt", candidates, [], Choices.per_example([]), "first_token", "\nA:"
+    )
     assert whole.ByteSize() - no_texts.ByteSize() == sum(serde.example_bytes(texts, choices))
     base = serde.request_base_bytes("bbt", 5, choices, "first_token", "\nA:")
     assert base + len(pack_floats(candidates)) + 2 >= no_texts.ByteSize()  # never an undercount
 
 
-def test_one_spelling_of_the_scoring_modes() -> None:
-    assert sdk.ScoringModeName is task_format.ScoringModeName is scoring.ScoringModeName
-    assert scoring.SCORING_MODES == ("first_token", "full_choice")
-    sources = [path.read_text(encoding="utf-8") for folder in (CLIENT, COMMON) for path in folder.rglob("*.py")]
-    assert sum(source.count('Literal["first_token", "full_choice"]') for source in sources) == 1
+def test_one_type_each_for_the_scoring_mode_and_the_adapter_description() -> None:
+    """Both sides and the task format use the one ``ScoringMode`` and the one ``AdapterInfo``."""
+    from cbpt.server.engine import types as engine_types
+
+    assert sdk.ScoringMode is task_format.ScoringMode is scoring.ScoringMode is engine_types.ScoringMode
+    assert [mode.value for mode in scoring.ScoringMode] == ["first_token", "full_choice"]
+    assert engine_types.AdapterInfo is info.AdapterInfo
+    sources = [
+        path.read_text(encoding="utf-8")
+        for folder in (CLIENT, COMMON, SERVER)
+        for path in folder.rglob("*.py")
+    ]
+    assert sum(source.count('"full_choice"') for source in sources) == 1
+    assert not any("class AdapterDescription" in source for source in sources)
+
+
+def test_a_mode_is_its_value_everywhere_it_is_written() -> None:
+    mode = task_format.TaskFormat(template="{text}", choices={"a": " a"}, mode="full_choice").mode
+    assert mode is scoring.ScoringMode.FULL_CHOICE and f"{mode}" == str(mode) == "full_choice"
+    assert json.dumps({"mode": mode}) == '{"mode": "full_choice"}'
+    request = serde.evaluate_request_to_proto(
+        "bbt", np.zeros((1, 2), np.float32), ["t"], Choices.of([" a"]), mode
+    )
+    assert request.mode == tuning_pb2.SCORING_MODE_FULL_CHOICE

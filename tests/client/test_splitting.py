@@ -8,7 +8,7 @@ import pytest
 
 from cbpt.client.errors import RequestRejected
 from cbpt.client.rpc.splitting import Workload, plan_chunks
-from cbpt.common.info import ServerLimits
+from cbpt.common.limits import Limits
 
 
 def _work(
@@ -24,7 +24,7 @@ def _work(
     )
 
 
-def _check(work: Workload, limits: ServerLimits) -> list:
+def _check(work: Workload, limits: Limits) -> list:
     chunks = plan_chunks(work, limits)
     covered = [(c, e) for chunk in chunks for c in chunk.candidates for e in chunk.examples]
     assert sorted(covered) == list(
@@ -41,36 +41,36 @@ def _check(work: Workload, limits: ServerLimits) -> list:
 
 
 def test_unlimited_is_one_request() -> None:
-    assert len(_check(_work(20, 32), ServerLimits())) == 1
+    assert len(_check(_work(20, 32), Limits.stated())) == 1
 
 
 @pytest.mark.parametrize(
     "limits",
     [
-        ServerLimits(max_candidates=3),
-        ServerLimits(max_examples=5),
-        ServerLimits(max_sequences=12),
-        ServerLimits(max_candidates=3, max_examples=5, max_sequences=12),
-        ServerLimits(max_message_bytes=600),
+        Limits.stated(max_candidates=3),
+        Limits.stated(max_examples=5),
+        Limits.stated(max_sequences=12),
+        Limits.stated(max_candidates=3, max_examples=5, max_sequences=12),
+        Limits.stated(max_message_bytes=600),
     ],
 )
-def test_limits_are_respected(limits: ServerLimits) -> None:
+def test_limits_are_respected(limits: Limits) -> None:
     assert len(_check(_work(7, 11), limits)) > 1
 
 
 def test_full_choice_counts_choices() -> None:
     work = _work(4, 6, counts=[3, 1, 4, 2, 2, 5], full=True)
-    _check(work, ServerLimits(max_sequences=10))
+    _check(work, Limits.stated(max_sequences=10))
 
 
 def test_balanced_candidate_chunks() -> None:
-    chunks = plan_chunks(_work(10, 2), ServerLimits(max_candidates=4))
+    chunks = plan_chunks(_work(10, 2), Limits.stated(max_candidates=4))
     assert sorted(len(chunk.candidates) for chunk in chunks) == [3, 3, 4]
 
 
 def test_an_example_too_large_alone_is_named() -> None:
     with pytest.raises(RequestRejected, match=r"texts\[0\]"):
-        plan_chunks(_work(2, 3, counts=[9, 1, 1], full=True), ServerLimits(max_sequences=8))
+        plan_chunks(_work(2, 3, counts=[9, 1, 1], full=True), Limits.stated(max_sequences=8))
 
 
 def test_text_parts_respect_the_count_and_the_byte_limit() -> None:

@@ -23,7 +23,7 @@ def tls_server(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     folder = tmp_path_factory.mktemp("tls")
     own = certs.generate_dev_certificates(folder / "own", ["localhost", "127.0.0.1"])
     other = certs.generate_dev_certificates(folder / "other", ["localhost", "127.0.0.1"])
-    settings = ServerSettings(
+    settings = ServerSettings.from_flags(
         host="127.0.0.1",
         port=0,
         tls_cert=own.server_cert,

@@ -39,9 +39,9 @@ def _untimed(history: tuple[HistoryRow, ...]) -> list[dict]:
 @pytest.mark.parametrize("optimizer", ["cma", "ng:OnePlusOne", "ng:DiagonalCMA"])
 def test_tuning_end_to_end(client: TuningClient, task: Task, optimizer: str) -> None:
     seen: list[HistoryRow] = []
-    result = Tuner(
-        client, task, optimizer=optimizer, budget=16, popsize=4, seed=0, on_generation=seen.append
-    ).run()
+    tuner = Tuner(client, task, optimizer=optimizer, budget=16, popsize=4, seed=0)
+    tuner.register_callback("tell", lambda tuner, row: seen.append(row))
+    result = tuner.run()
     assert [row.generation for row in result.history] == [0, 1, 2, 3] and list(result.history) == seen
     assert [row.calls_used for row in result.history] == [4, 8, 12, 16] and result.calls_used == 16
     assert result.vector.shape == (16,) and result.vector.dtype == np.float32 and result.bias is None
@@ -63,13 +63,15 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     with TuningClient(server) as client:
         whole = Tuner(client, task, checkpoint=tmp_path / "whole.cbpt", **settings).run()
 
-    def crash_after_generation_2(row: HistoryRow) -> None:
+    def crash_after_generation_2(tuner: Tuner, row: HistoryRow) -> None:
         if row.generation == 2:
             raise Interrupted
 
     path = tmp_path / "crashed.cbpt"
     with TuningClient(server) as client, pytest.raises(Interrupted):
-        Tuner(client, task, checkpoint=path, on_generation=crash_after_generation_2, **settings).run()
+        crashing = Tuner(client, task, checkpoint=path, **settings)
+        crashing.register_callback("tell", crash_after_generation_2)
+        crashing.run()
     with TuningClient(server) as client:
         resumed = Tuner(client, task, checkpoint=path, **settings).run(resume=True)
         assert client.stats.calls == 1 + 2 + 2 + 2  # pre-flight, then only generations 3 and 4
@@ -80,11 +82,13 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
 
 
 def _crashed_checkpoint(client: TuningClient, task: Task, path: Path, **settings) -> None:
-    def crash(row: HistoryRow) -> None:
+    def crash(tuner: Tuner, row: HistoryRow) -> None:
         raise Interrupted
 
+    tuner = Tuner(client, task, checkpoint=path, **settings)
+    tuner.register_callback("tell", crash)
     with pytest.raises(Interrupted):
-        Tuner(client, task, checkpoint=path, on_generation=crash, **settings).run()
+        tuner.run()
 
 
 def test_resume_refuses_other_settings_and_tampering(
@@ -127,7 +131,9 @@ def test_patience_stops_early(client: TuningClient, make_task: TaskFactory) -> N
 def test_select_on_dev_loss_keeps_the_lowest_dev_cross_entropy(client: TuningClient, task: Task) -> None:
     chosen: list[float] = []
     tuner = Tuner(client, task, budget=24, popsize=4, seed=1, fit_bias=True, select_on="loss")
-    tuner.on_generation = lambda row: chosen.append(tuner.result_so_far().dev_metrics["loss"])
+    tuner.register_callback(
+        "tell", lambda tuner, row: chosen.append(tuner.result_so_far().dev_metrics["loss"])
+    )
     result = tuner.run()
     assert len(chosen) == 6 and all(later <= earlier for earlier, later in itertools.pairwise(chosen))
     assert result.dev_metrics["loss"] == chosen[-1] and result.settings["select_on"] == "loss"
@@ -138,7 +144,7 @@ def test_select_on_dev_loss_keeps_the_lowest_dev_cross_entropy(client: TuningCli
 def test_select_from_mean_offers_the_cma_mean_with_its_own_bias(client: TuningClient, task: Task) -> None:
     offered: list[np.ndarray] = []
     tuner = Tuner(client, task, budget=16, popsize=4, seed=2, fit_bias=True, select_from="mean")
-    tuner.on_generation = lambda row: offered.append(tuner.result_so_far().vector)
+    tuner.register_callback("tell", lambda tuner, row: offered.append(tuner.result_so_far().vector))
     result = tuner.run()
     assert result.settings["select_from"] == "mean"
     np.testing.assert_array_equal(offered[0], np.zeros(16))  # the first mean is the start point
@@ -225,7 +231,7 @@ def test_clipped_losses_are_told_and_warned_about(
         for g in (0, 1)
     ]
     assert issubclass(TunerWarning, CbptWarning)
-    told = [generation.losses for generation in load_checkpoint(path).generations]
+    told = [generation.losses for generation in load_checkpoint(path).state.generations]
     assert all(losses[1] == losses[2] == 1e6 and np.isfinite(losses).all() for losses in told)
     assert np.isfinite(result.train_loss) and result.train_loss < 1e6
 

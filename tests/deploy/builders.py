@@ -10,8 +10,9 @@ from typing import Any
 
 from cbpt.common.tasks.task import Task
 from cbpt.server.adapters.placement import Placement
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.adapters.spec import AdapterSpec
-from cbpt.server.recipe import EngineRecipe
+from cbpt.server.recipe import EngineRecipe, EngineSettings
 from tests.client.helpers import write_task
 from tests.server.helpers import DIMENSION
 
@@ -48,15 +49,18 @@ def save_tiny_model(folder: Path) -> Path:
     return folder
 
 
-def tiny_recipe(folder: Path, **fields: Any) -> EngineRecipe:
+def tiny_recipe(folder: Path) -> EngineRecipe:
     bbt = {"method": "bbt", "dimension": DIMENSION, "prompt_length": PROMPT_LENGTH}
-    specs = (
+    specs = [
         AdapterSpec(method="none"),
         AdapterSpec(name="bbt", **bbt),
         AdapterSpec(name="bbt-suffix", placement=Placement.BEFORE_CUE, **bbt),
         *(AdapterSpec(method="cbp", generator=folder / domain) for domain in DOMAINS),
+    ]
+    return EngineRecipe(
+        engine=EngineSettings(model=str(folder / "model")),
+        adapters=ServedAdapters(specs=specs, shipped_generators=False),
     )
-    return EngineRecipe(model=str(folder / "model"), specs=specs, shipped_generators=False, **fields)
 
 
 def make_task(folder: Path, per_class: int = 8, shots: int = 4, dev: int = 2) -> Task:

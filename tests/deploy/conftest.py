@@ -41,13 +41,15 @@ def reference(recipe: EngineRecipe) -> ScoringEngine:
 
 
 def deployed(
-    recipe: EngineRecipe, app_name: str, replicas: int = 1, max_queued: int = 64, **replica: Any
+    recipe: EngineRecipe, app_name: str, replicas: int = 1, max_queued: int = 64, **ray: Any
 ) -> RayServeBackend:
-    from cbpt.server.deploy.ray_serve import RayOptions, deploy
-    from cbpt.server.deploy.replica import ReplicaOptions
+    """``ray``: more of the ``ray`` section's settings (``ray_batching``, ``generators_per_replica``)."""
+    from cbpt.server.deploy.ray_serve import deploy
+    from cbpt.server.deploy.settings import RaySettings
+    from cbpt.server.scheduling.merging import MergeSettings
 
-    options = RayOptions(replicas=replicas, replica_cpus=REPLICA_CPUS, max_queued=max_queued)
-    return deploy(recipe, options, ReplicaOptions(**replica), app_name=app_name)
+    settings = RaySettings(replicas=replicas, replica_cpus=REPLICA_CPUS, **ray)
+    return deploy(recipe, settings, MergeSettings(max_queued_requests=max_queued), app_name=app_name)
 
 
 @pytest.fixture(scope="session")

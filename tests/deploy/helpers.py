@@ -6,8 +6,6 @@ Replicas import this module by name (Ray hands workers the test process's ``sys.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -75,13 +73,12 @@ class GatedEngine:
         return self._engine.score_many(requests)
 
 
-@dataclass(frozen=True)
 class GatedRecipe(EngineRecipe):
     gate: Any = None
 
-    def build(self) -> ScoringEngine:
-        return GatedEngine(super().build(), self.gate)  # type: ignore[return-value]
+    def build(self, defer: Any = None) -> ScoringEngine:
+        return GatedEngine(super().build(defer), self.gate)  # type: ignore[return-value]
 
 
 def gated(recipe: EngineRecipe, gate: Any) -> GatedRecipe:
-    return GatedRecipe(**{f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}, gate=gate)
+    return GatedRecipe(**dict(recipe), gate=gate)

@@ -137,7 +137,7 @@ def test_serve_batch_mode_scores_as_one_at_a_time(
 ) -> None:
     from ray import serve
 
-    backend = deployed(recipe, "cbpt-batch", batching="serve-batch")
+    backend = deployed(recipe, "cbpt-batch", ray_batching="serve-batch")
     try:
         together = _scores(backend, REQUESTS, concurrently=True)
         stats = next(iter(asyncio.run(backend.replica_stats()).values()))

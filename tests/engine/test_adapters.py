@@ -13,10 +13,10 @@ from cbpt.common.registry import DuplicateName, UnknownName
 from cbpt.server.adapters import ADAPTER_METHODS, Adapter, AdapterSpec, random_projection, register
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.adapters.spec import build_adapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import AdapterSpecError, GeneratorFormatError, ModelMismatch
-from cbpt.server.runtime import served_specs
 from cbpt.server.testing import tiny_bundle, tiny_generator
 
 
@@ -55,7 +55,7 @@ def test_a_new_method_is_one_class_and_one_spec():
     try:
         bundle = tiny_bundle(0)
         spec = AdapterSpec(method="test-shift", name="shift", placement="on_cue", dimension=4)
-        engine = ScoringEngine(bundle, build_adapters(bundle, served_specs([spec])))
+        engine = ScoringEngine(bundle, ServedAdapters(specs=[spec], shipped_generators=False).build(bundle))
         assert [a.name for a in engine.info().adapters] == ["shift"]
         texts, choices = ["Review: fine", "Review: awful"], [" positive", " negative"]
         zero = engine.score(ScoreRequest("shift", np.zeros((1, 4), np.float32), texts, choices, cue="\nS:"))

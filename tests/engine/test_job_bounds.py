@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from cbpt.common.limits import Limits
 from cbpt.server.adapters import Placement
 from cbpt.server.adapters.bbt import BlackBoxTuning
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.engine import text_states as text_states_module
 from cbpt.server.engine.kv import KVState, TextStateCache
-from cbpt.server.engine.limits import Limits
 from cbpt.server.testing import tiny_bundle
 
 CHOICES = [" positive", " negative"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import CallCancelled, InvalidRequest
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
 
 TEXTS = ["Tweet: fine", "Tweet: a much longer tweet that needs padding", "Tweet: bad", "x", "ok then"]
@@ -18,7 +18,9 @@ CUE = "\nSentiment:"
 def engine() -> ScoringEngine:
     bundle = tiny_bundle(1)
     return ScoringEngine(
-        bundle, default_adapters(bundle, bbt_dimension=8, prompt_length=3), batch_sequences=2
+        bundle,
+        ServedAdapters(bbt_dimension=8, prompt_length=3, shipped_generators=False).build(bundle),
+        batch_sequences=2,
     )
 
 
@@ -83,7 +85,7 @@ def test_score_many_asks_stop_before_every_pass(engine: ScoringEngine) -> None:
         asked.append(1)
         return len(asked) >= 2
 
-    bad = ScoreRequest("bbt", np.zeros((1, 3), np.float32), TEXTS, [" yes", " no"])
+    bad = ScoreRequest("bbt", np.zeros((1, 8), np.float32), TEXTS, [" yes", " no" * 40])  # a token limit
     good, invalid = engine.score_many([_request("bbt", 4, 5), bad], stop=stop)
     assert isinstance(good, CallCancelled) and isinstance(invalid, InvalidRequest)
     assert len(asked) == 2

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
 from cbpt.server.errors import InvalidRequest, UnknownAdapter
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle, tiny_generator
 
 TEXTS = [
@@ -24,7 +24,7 @@ CUE = "\nSentiment:"
 @pytest.fixture(scope="module")
 def engine() -> ScoringEngine:
     bundle = tiny_bundle(3)
-    adapters = default_adapters(bundle, bbt_dimension=8, prompt_length=3)
+    adapters = ServedAdapters(bbt_dimension=8, prompt_length=3, shipped_generators=False).build(bundle)
     adapters.append(CustomizedBlackBoxPrompt(tiny_generator(bundle, dimension=8, prompt_length=3)))
     return ScoringEngine(bundle, adapters, batch_sequences=7)
 
@@ -62,10 +62,11 @@ def test_merged_scores_equal_unmerged(engine, adapter, mode):
 def test_a_bad_request_fails_alone_and_different_cues_are_grouped_apart(engine):
     good = _requests("bbt-suffix")
     other_cue = ScoreRequest("bbt-cue", good[0].candidates, TEXTS[:2], [" yes", " no"], cue="\nAnswer:")
-    wrong_length = ScoreRequest("bbt", np.zeros((1, 5), np.float32), TEXTS[:1], [" yes", " no"])
+    # Past the door only what the engine alone checks can fail: a token limit, an adapter it lacks.
+    too_long = ScoreRequest("bbt", np.zeros((1, 8), np.float32), TEXTS[:1], [" yes", " no" * 40])
     unknown = ScoreRequest("nope", np.zeros((1, 8), np.float32), TEXTS[:1], [" yes", " no"])
-    outcomes = engine.score_many([good[0], wrong_length, other_cue, unknown, good[2]])
-    assert isinstance(outcomes[1], InvalidRequest) and outcomes[1].field == "dimension"
+    outcomes = engine.score_many([good[0], too_long, other_cue, unknown, good[2]])
+    assert isinstance(outcomes[1], InvalidRequest) and outcomes[1].field == "shared_choices[1]"
     assert isinstance(outcomes[3], UnknownAdapter)
     for index, request in ((0, good[0]), (2, other_cue), (4, good[2])):
         np.testing.assert_allclose(outcomes[index].log_probs, engine.score(request).log_probs, atol=1e-4)
@@ -81,7 +82,9 @@ def _on_cue_engine() -> ScoringEngine:
 
     bundle = tiny_bundle(3)
     bbt_cue = next(
-        a for a in default_adapters(bundle, bbt_dimension=8, prompt_length=3) if a.name == "bbt-cue"
+        a
+        for a in ServedAdapters(bbt_dimension=8, prompt_length=3, shipped_generators=False).build(bundle)
+        if a.name == "bbt-cue"
     )
     config = dataclasses.replace(
         tiny_generator(bundle, dimension=12, prompt_length=3).config, placement="on_cue"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import ModelLoadError, load_model, weights_fingerprint
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
 
 
@@ -23,8 +23,16 @@ def test_local_folder_loads_with_same_fingerprint_and_scores(tmp_path):
     request = ScoreRequest(
         "none", np.zeros((1, 0), np.float32), ["Review: fine"], [[" positive", " negative"]]
     )
-    expected = ScoringEngine(original, default_adapters(original, bbt_dimension=4)).score(request).log_probs
-    actual = ScoringEngine(loaded, default_adapters(loaded, bbt_dimension=4)).score(request).log_probs
+    expected = (
+        ScoringEngine(original, ServedAdapters(bbt_dimension=4, shipped_generators=False).build(original))
+        .score(request)
+        .log_probs
+    )
+    actual = (
+        ScoringEngine(loaded, ServedAdapters(bbt_dimension=4, shipped_generators=False).build(loaded))
+        .score(request)
+        .log_probs
+    )
     np.testing.assert_allclose(actual, expected, atol=1e-6)
 
 

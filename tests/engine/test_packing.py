@@ -12,13 +12,13 @@ import torch
 
 from cbpt.server.adapters import Placement
 from cbpt.server.adapters.bbt import BlackBoxTuning
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
 from cbpt.server.engine.attention import attention
 from cbpt.server.engine.batching import Batching
 from cbpt.server.engine.packing import HEAD, PAD, PackedSequence, packed_batches, packed_mask
 from cbpt.server.engine.plan import Row
 from cbpt.server.model import ModelBundle, prepare_bundle
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle, tiny_tokenizer
 
 TEXTS = [
@@ -134,7 +134,7 @@ def test_grouped_attention_equals_the_models_own() -> None:
             grouped = bundle.model(input_ids=ids, attention_mask=mask).logits
     assert config._attn_implementation == "sdpa"  # put back
     torch.testing.assert_close(grouped[:, 2:], own[:, 2:], atol=1e-6, rtol=0)
-    adapters = default_adapters(bundle, bbt_dimension=16, prompt_length=3)
+    adapters = ServedAdapters(bbt_dimension=16, prompt_length=3, shipped_generators=False).build(bundle)
     candidates = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
     for request in (
         ScoreRequest("none", np.zeros((1, 0), np.float32), TEXTS, [" a", " b"], cue=CUE),

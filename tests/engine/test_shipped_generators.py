@@ -7,24 +7,31 @@ from pathlib import Path
 
 import pytest
 
-from cbpt.server.adapters import build_adapters
+from cbpt.server.adapters import served
 from cbpt.server.adapters.generator import PromptGenerator
+from cbpt.server.adapters.served import SHIPPED_GENERATORS, ServedAdapters
 from cbpt.server.errors import ModelMismatch
-from cbpt.server.runtime import SHIPPED_GENERATORS, served_specs, shipped_generator_specs
+from cbpt.server.recipe import EngineRecipe, EngineSettings
 from cbpt.server.testing import tiny_bundle, tiny_generator
 
 
-def test_only_generators_for_these_weights_are_picked(tmp_path: Path) -> None:
+def test_only_generators_for_these_weights_are_picked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mine, other = tiny_bundle(0), tiny_bundle(1)
     tiny_generator(mine, dimension=8, prompt_length=2).save(tmp_path / "mine")
     tiny_generator(other, dimension=8, prompt_length=2).save(tmp_path / "other")
-    specs = shipped_generator_specs(mine.fingerprint, folder=tmp_path)
-    assert [spec.generator for spec in specs] == [tmp_path / "mine"]
-    adapters = build_adapters(mine, served_specs(generators=[]) + specs)
+    monkeypatch.setattr(served, "SHIPPED_GENERATORS", tmp_path)
+    chosen = ServedAdapters().chosen(mine.fingerprint)
+    assert [spec.generator for spec in chosen.specs if spec.generator] == [tmp_path / "mine"]
+    assert [name for name, _ in chosen.not_served] == ["other"]
+    adapters = ServedAdapters().build(mine)
     assert adapters[-1].name == "cbp-test" and adapters[-1].method == "cbp"
     # Given explicitly, a generator for other weights is a mistake, and refused with a clear message.
     with pytest.raises(ModelMismatch, match="built for model"):
-        build_adapters(mine, served_specs(generators=[tmp_path / "other"]))
+        ServedAdapters(generators=[tmp_path / "other"], shipped_generators=False).build(mine)
+    # One both shipped and given is served once.
+    assert len(ServedAdapters(generators=[tmp_path / "mine"]).build(mine)) == len(adapters)
 
 
 def test_the_shipped_opinion_generator_is_complete_and_small() -> None:
@@ -53,7 +60,6 @@ def test_every_shipped_folder_is_served_or_listed_with_why_not(tmp_path: Path, m
     for another model (other weights and hidden size) or a broken one is left out, logged and listed."""
     from typer.testing import CliRunner
 
-    from cbpt.server import runtime
     from cbpt.server.cli import app
 
     mine, bigger = tiny_bundle(0), tiny_bundle(1, hidden_size=48)
@@ -63,12 +69,13 @@ def test_every_shipped_folder_is_served_or_listed_with_why_not(tmp_path: Path, m
     _shipped(bigger, shipped, "financial")
     (shipped / "broken").mkdir()
     (shipped / "broken" / "generator.json").write_text("{}")
-    monkeypatch.setattr(runtime, "SHIPPED_GENERATORS", shipped)
+    monkeypatch.setattr(served, "SHIPPED_GENERATORS", shipped)
     model = tmp_path / "model"
     mine.model.save_pretrained(model)
     mine.tokenizer.save_pretrained(model)
 
-    engine = runtime.build_engine(str(model), device="cpu")
+    recipe = EngineRecipe(engine=EngineSettings(model=str(model), device="cpu"))
+    engine = recipe.build()
     names = [adapter.name for adapter in engine.info().adapters]
     assert names[-2:] == ["cbp-medical", "cbp-opinion"]
     not_served = dict(engine.info().not_served)
@@ -83,7 +90,7 @@ def test_every_shipped_folder_is_served_or_listed_with_why_not(tmp_path: Path, m
         "cbp-medical" in result.output
         and "not served  shipped generator financial: generator was" in result.output
     )
-    engine = runtime.build_engine(str(model), device="cpu", shipped_generators=False)
+    engine = recipe.model_copy(update={"adapters": ServedAdapters(shipped_generators=False)}).build()
     assert not any(a.method == "cbp" for a in engine.info().adapters) and not engine.info().not_served
 
 
@@ -92,9 +99,11 @@ def test_a_generator_for_another_hidden_size_is_refused_by_name(tmp_path: Path) 
     _shipped(bigger, tmp_path, "financial")
     with pytest.raises(ModelMismatch, match=r"financial: generator was built for model \w+ \(hidden size 48\), "
                        r"this server runs \w+ \(hidden size 32\)"):  # fmt: skip
-        build_adapters(mine, served_specs(generators=[tmp_path / "financial"]))
+        ServedAdapters(generators=[tmp_path / "financial"], shipped_generators=False).build(mine)
     config = dataclasses.replace(tiny_generator(bigger, dimension=8, prompt_length=2).config,
                                  base_model_fingerprint=mine.fingerprint)  # fmt: skip
     PromptGenerator(config).save(tmp_path / "same-weights-other-size")  # a forged or corrupted card
     with pytest.raises(ModelMismatch, match="this server's model has hidden size 32"):
-        build_adapters(mine, served_specs(generators=[tmp_path / "same-weights-other-size"]))
+        ServedAdapters(generators=[tmp_path / "same-weights-other-size"], shipped_generators=False).build(
+            mine
+        )

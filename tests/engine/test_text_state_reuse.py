@@ -152,13 +152,6 @@ def test_on_cue_reuse_equals_uncached_and_single_sequences(mode, cue):
             np.testing.assert_allclose(cached[i, j], alone.log_probs[0, 0], atol=1e-4)
 
 
-def test_on_cue_needs_a_cue():
-    from cbpt.server.errors import InvalidRequest
-
-    with pytest.raises(InvalidRequest, match=r"^cue: "):
-        _on_cue_engine().score(ScoreRequest("on-cue", np.zeros((1, 8), np.float32), TEXTS, CHOICES))
-
-
 def _state(nbytes: int) -> KVState:
     """A one-layer state of exactly ``nbytes`` (keys and values of float32)."""
     half = torch.zeros(1, nbytes // 8, 1)

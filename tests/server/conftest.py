@@ -12,7 +12,8 @@ from cbpt.server.front.app import serve_in_background
 from cbpt.server.front.certs import CertificatePaths, generate_dev_certificates, issue_client_certificate
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
-from tests.server.helpers import DIMENSION, TEST_LIMITS, Identity, plain_settings
+from tests.server.helpers import DIMENSION, TEST_LIMITS, CountingModel, Identity, plain_settings
+from tests.server.tiny_server import LIMITS
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +61,18 @@ def people(certs: CertificatePaths, tmp_path_factory: pytest.TempPathFactory) ->
         name: Identity(*issue_client_certificate(certs.ca_cert, certs.ca_key, name, out))
         for name in ("alice", "bob")
     }
+
+
+@pytest.fixture(scope="module")
+def slow_engine() -> ScoringEngine:
+    """An engine that runs one sequence a pass, so a call takes many passes the scheduler can interleave."""
+    return tiny_engine(limits=LIMITS, bbt_dimension=16, with_cbp=False, batch_sequences=1)
+
+
+@pytest.fixture
+def passes(slow_engine: ScoringEngine, request: pytest.FixtureRequest) -> Iterator[CountingModel]:
+    """Counts ``slow_engine``'s passes, each made to take 0.02 s (or the seconds given by indirect
+    parametrisation: long enough that a state the test waits for outlasts a loaded machine's delays)."""
+    counter = CountingModel(slow_engine, seconds=getattr(request, "param", 0.02))
+    yield counter
+    counter.remove()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +17,16 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from cbpt.common.info import AdapterInfo
+from cbpt.common.limits import Limits
 from cbpt.common.wire import pack_floats
 from cbpt.server.engine import EngineInfo, ScoreRequest, ScoringEngine
 from cbpt.server.engine.jobs import ScoringJob
-from cbpt.server.engine.limits import Limits
+from cbpt.server.front import serde
+from cbpt.server.front.app import serve_in_background
 from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.settings import ServerSettings
-from cbpt.v1 import tuning_pb2
+from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 
 DIMENSION = 16
 # Small limits so that every "too many / too long" case is a small request.
@@ -49,7 +55,7 @@ def plain_settings(**overrides: object) -> ServerSettings:
         "grace_seconds": 2.0,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return ServerSettings.from_flags(**values)
 
 
 def candidates(num: int = 2, dimension: int = DIMENSION, seed: int = 0) -> np.ndarray:
@@ -132,7 +138,7 @@ def mtls_settings(certs: CertificatePaths, **overrides: object) -> ServerSetting
         "grace_seconds": 2.0,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return ServerSettings.from_flags(**values)
 
 
 def tls_channel(target: str, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
@@ -187,8 +193,70 @@ class GatedJob:
         return self._job.step()
 
 
-def serde_request(request: tuning_pb2.EvaluateRequest, scope: str = "") -> ScoreRequest:
-    """The engine request the server makes of a wire request (limits wide open)."""
-    from cbpt.server.front import serde
+@dataclass
+class FullQueue:
+    """A server whose engine holds one call (``running``) while another takes the queue's one place
+    (``queued``): the next call finds no room."""
 
-    return serde.to_score_request(request, Limits(max_candidates=1 << 20), scope=scope)
+    stub: tuning_pb2_grpc.TuningStub
+    gated: GatedEngine
+    running: Future[Any]
+    queued: Future[Any]
+
+
+@contextmanager
+def full_queue(
+    engine: ScoringEngine,
+    running: tuning_pb2.EvaluateRequest | None = None,
+    queued: Callable[[tuning_pb2_grpc.TuningStub], Any] | None = None,
+) -> Iterator[FullQueue]:
+    """Serve ``engine`` with one queue place, hold ``running`` in the engine and queue ``queued`` (by
+    default a one-candidate Evaluate); the gate opens when the block ends, or at ``gated.release.set()``.
+    Both calls have finished once the block has ended."""
+    gated = GatedEngine(engine)
+    queue = queued or (lambda stub: stub.Evaluate(evaluate_request(candidates(1)), timeout=30))
+    with (
+        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
+        grpc.insecure_channel(target) as channel,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        stub = tuning_pb2_grpc.TuningStub(channel)
+        try:
+            held = pool.submit(stub.Evaluate, running or evaluate_request(), timeout=30)
+            assert gated.entered.wait(10)
+            waiting = pool.submit(queue, stub)
+            threading.Event().wait(0.3)  # let it take the queue's one place
+            yield FullQueue(stub, gated, held, waiting)
+        finally:
+            gated.release.set()
+
+
+def serde_request(request: tuning_pb2.EvaluateRequest, scope: str = "") -> ScoreRequest:
+    """The engine request the server makes of a wire request (limits wide open, the adapter served
+    as the request states it)."""
+    stated = AdapterInfo(request.adapter, "bbt", request.dimension, 0, "", "", "prefix")
+    limits = Limits(max_candidates=1 << 20)
+    return serde.score_request_from_proto(request, limits, {request.adapter: stated}, scope=scope)
+
+
+class CountingModel:
+    """Counts the backbone's forward passes and makes each one take ``seconds``."""
+
+    def __init__(self, engine: ScoringEngine, seconds: float) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+        self._handle = engine.bundle.model.base_model.register_forward_hook(self._hook)
+        self._seconds = seconds
+
+    def _hook(self, *_: object) -> None:
+        time.sleep(self._seconds)
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.count >= count, timeout), self.count
+
+    def remove(self) -> None:
+        self._handle.remove()

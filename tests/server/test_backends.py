@@ -1,5 +1,5 @@
-"""The backend seam and the Ray backend's Ray-free parts: settings, statuses, refusals across the hop,
-and generators that load on demand (none of this needs Ray installed)."""
+"""The backend seam and the Ray backend's Ray-free parts: settings, statuses (refusals across the hop:
+test_error_table.py), and generators that load on demand (none of this needs Ray installed)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from cbpt.server.deploy.generators import OnDemandGenerators, build_engine_on_demand
-from cbpt.server.deploy.messages import Refusal
+from cbpt.server.deploy.settings import check_ray_transport
 from cbpt.server.engine import ScoreRequest, ScoringEngine
-from cbpt.server.errors import BackendUnavailable, ConfigError, InvalidRequest, ServerBusy
+from cbpt.server.errors import BackendUnavailable, ConfigError
 from cbpt.server.front.status import error_status
 from cbpt.server.recipe import EngineRecipe
 from cbpt.server.scheduling.backends import InProcessBackend, ScoringBackend, as_backend
-from cbpt.server.settings import ServerSettings, check_ray_transport
+from cbpt.server.settings import ServerSettings
 from tests.deploy.builders import DOMAINS, save_tiny_model, tiny_recipe
 from tests.server.helpers import TEXTS, candidates
 
@@ -45,27 +45,17 @@ def test_an_unavailable_backend_is_unavailable_with_a_retry_delay() -> None:
     assert rich.details[0].Unpack(info) and info.retry_delay.ToMilliseconds() == 1500
 
 
-@pytest.mark.parametrize(
-    "error", [InvalidRequest("candidates[3]", "contains NaN or inf"), ServerBusy("server busy", 0.25)]
-)
-def test_a_refusal_crosses_the_hop_as_the_same_error(error: Exception) -> None:
-    again = pickle.loads(pickle.dumps(Refusal.of(error))).error()  # type: ignore[arg-type]
-    assert type(again) is type(error) and str(again) == str(error)
-    assert getattr(again, "field", None) == getattr(error, "field", None)
-    assert getattr(again, "retry_after", None) == getattr(error, "retry_after", None)
-
-
 def test_ray_options_need_the_ray_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="--ray-address, --replicas need --backend ray"):
-        ServerSettings(replicas=2, ray_address="auto", insecure=True).check_backend()
+        ServerSettings.from_flags(replicas=2, ray_address="auto", insecure=True).check_backend()
     with pytest.raises(ConfigError, match="below --replicas"):
-        ServerSettings(backend="ray", replicas=3, max_replicas=2).check_backend()
+        ServerSettings.from_flags(backend="ray", replicas=3, max_replicas=2).check_backend()
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
     )
     with pytest.raises(ConfigError, match=r"pip install 'cbp-tuning\[ray\]'"):
-        ServerSettings(backend="ray").check_backend()
+        ServerSettings.from_flags(backend="ray").check_backend()
     ServerSettings().check_backend()  # the default backend needs nothing
 
 
@@ -79,10 +69,10 @@ def test_a_ray_cluster_off_loopback_needs_rays_tls(
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "ray-head:6379")  # what "auto" then joins
     with pytest.raises(ConfigError, match=r"texts included\) would reach the replicas in plaintext"):
-        ServerSettings(backend="ray", ray_address=address).check_backend()
+        ServerSettings.from_flags(backend="ray", ray_address=address).check_backend()
     monkeypatch.setenv("RAY_USE_TLS", "1")
     with pytest.raises(ConfigError, match="RAY_USE_TLS is on but RAY_TLS_SERVER_CERT is unset"):
-        ServerSettings(backend="ray", ray_address=address).check_backend()
+        ServerSettings.from_flags(backend="ray", ray_address=address).check_backend()
     for variable in ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT"):
         (tmp_path / variable).write_text("pem")
         monkeypatch.setenv(variable, str(tmp_path / variable))
@@ -97,11 +87,23 @@ def test_a_ray_instance_on_loopback_needs_no_tls(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_recipe_is_what_the_settings_serve(recipe: EngineRecipe) -> None:
-    settings = ServerSettings(model=recipe.model, bbt_dimension=8, threads=1, max_candidates=5)
-    made = settings.engine_recipe()
-    assert (made.model, made.threads, made.limits.max_candidates) == (recipe.model, 1, 5)
-    assert made.specs is not None and [spec.dimension for spec in made.specs][1:] == [8, 8, 8]
+    model = recipe.engine.model
+    settings = ServerSettings.from_flags(model=model, bbt_dimension=8, threads=1, max_candidates=5)
+    made = settings.recipe
+    assert (made.engine.model, made.engine.threads, made.limits.max_candidates) == (model, 1, 5)
+    assert made.adapters is settings.adapters and made.adapters.bbt_dimension == 8  # the sections, whole
     assert pickle.loads(pickle.dumps(made)) == made  # it travels to replicas as it is
+
+
+@pytest.mark.parametrize("on_demand", [False, True])
+def test_a_replica_builds_its_engine_with_every_engine_setting(recipe: EngineRecipe, on_demand: bool) -> None:
+    """The replica's engine is built by the in-process server's own path, so no knob is left behind
+    (on-demand generators once built an engine by hand, without the job-state bound)."""
+    knobs = {"batch_sequences": 3, "batch_tokens": 100, "token_cache_entries": 7, "job_state_mb": 5}
+    tuned = recipe.model_copy(update={"engine": recipe.engine.model_copy(update=knobs)})
+    engine, _, _ = build_engine_on_demand(tuned, on_demand=on_demand)
+    assert (engine.batch_sequences, engine.batch_tokens, engine.state_budget.max_bytes) == (3, 100, 5 << 20)
+    assert engine.prepare.cache.capacity == 7 and engine.limits == recipe.limits
 
 
 def _score(engine: ScoringEngine, adapter: str) -> np.ndarray:

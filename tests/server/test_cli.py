@@ -192,11 +192,30 @@ def test_add_key_with_a_budget_and_an_expiry(tmp_path: Path) -> None:
 
 
 def test_every_setting_is_a_serve_flag() -> None:
-    """Each setting is a flag, a CBPT_* variable and a settings-file key (the last two by pydantic)."""
+    """Each setting is a flag of its own name (tests/server/test_settings.py: also a CBPT_* variable and
+    a settings-file key); the commands that load the model take the sections they use."""
     import inspect
 
-    from cbpt.server.cli import serve
+    from cbpt.common.cli import leaves
+    from cbpt.server.cli import convert_model, info, serve
     from cbpt.server.settings import ServerSettings
 
     flags = set(inspect.signature(serve).parameters)
-    assert set(ServerSettings.model_fields) - flags == {"adapters"}  # adapter specs: settings file only
+    assert set(leaves(ServerSettings)) - flags == {"specs"}  # adapter specs: settings file only
+    assert {"model", "device", "batch_tokens", "bbt_dimension", "generators"} <= set(
+        inspect.signature(info).parameters
+    )
+    assert set(inspect.signature(convert_model).parameters) == {
+        "config",
+        "model",
+        "model_cache_dir",
+        "device",
+        "threads",
+    }
+
+
+def test_a_bad_setting_is_one_line_naming_its_flag(tmp_path: Path) -> None:
+    _one_line_error(["serve", "--insecure", "--allow-no-auth", "--max-candidates", "0"], "--max-candidates:")
+    config = tmp_path / "server.yaml"
+    config.write_text("adapters: {specs: [{method: bbt, placement: sideways}]}\n")
+    _one_line_error(["serve", "--config", str(config)], "adapters.specs.0.placement:")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from cbpt.server.scheduling.merging import MergeSettings
 from cbpt.server.scheduling.scheduler import Scheduler
 from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
-from tests.server.helpers import TEST_LIMITS, GatedEngine, call_fails, evaluate_request, plain_settings
+from tests.server.helpers import TEST_LIMITS, call_fails, full_queue, plain_settings
 
 TEXTS = ["Review: a gripping, funny and moving film", "so dull", "Answer:"]
 
@@ -118,7 +117,7 @@ def test_counting_takes_turns_with_another_tenants_scoring(monkeypatch: pytest.M
 
     async def run() -> tuple[Any, list[int]]:
         with ThreadPoolExecutor(1) as executor:
-            scheduler = Scheduler(logged, executor, MergeSettings(0.05, 512, 8))  # type: ignore[arg-type]
+            scheduler = Scheduler(logged, executor, MergeSettings(merge_window_ms=50, max_queued_requests=8))  # type: ignore[arg-type]
             scored, counts = await asyncio.gather(
                 scheduler.score(request, "alice"), scheduler.count(texts, "bob")
             )
@@ -136,23 +135,10 @@ def test_counting_takes_turns_with_another_tenants_scoring(monkeypatch: pytest.M
 def test_counting_waits_in_the_bounded_queue_like_scoring(engine: ScoringEngine) -> None:
     """Finding 5 of #22: with the engine busy and the queue full, CountTokens was still run (behind
     everything, unbounded); now it takes a queue place like any call, and is refused when there is none."""
-    gated = GatedEngine(engine)
-    with (
-        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
-        grpc.insecure_channel(target) as channel,
-        ThreadPoolExecutor(2) as pool,
-    ):
-        stub = tuning_pb2_grpc.TuningStub(channel)
-        try:
-            running = pool.submit(stub.Evaluate, evaluate_request(), timeout=30)
-            assert gated.entered.wait(10)
-            queued = pool.submit(_count, stub, TEXTS)
-            threading.Event().wait(0.3)  # let it take the queue's one place
-            refused = call_fails(stub.CountTokens, tuning_pb2.CountTokensRequest(texts=TEXTS))
-        finally:
-            gated.release.set()
-        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in refused.message
-        assert running.result().num_candidates == 2 and queued.result() == engine.count_tokens(TEXTS)
+    with full_queue(engine, queued=lambda stub: _count(stub, TEXTS)) as full:
+        refused = call_fails(full.stub.CountTokens, tuning_pb2.CountTokensRequest(texts=TEXTS))
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in refused.message
+    assert full.running.result().num_candidates == 2 and full.queued.result() == engine.count_tokens(TEXTS)
 
 
 def test_a_keys_rate_and_concurrency_limits_apply_to_counting(engine: ScoringEngine, tmp_path: Path) -> None:

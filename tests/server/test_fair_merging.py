@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoreResult, ScoringEngine
 from cbpt.server.errors import ServerBusy
-from cbpt.server.runtime import default_adapters
 from cbpt.server.scheduling.merging import MergeSettings
 from cbpt.server.scheduling.scheduler import Scheduler
 from cbpt.server.testing import tiny_bundle
@@ -77,7 +77,7 @@ def z(candidates: int, seed: int) -> np.ndarray:
 
 
 async def scenario(counter: TurnCounter) -> tuple[list[object], ScoreResult]:
-    scheduler = Scheduler(counter, ThreadPoolExecutor(1), MergeSettings(window_seconds=0))
+    scheduler = Scheduler(counter, ThreadPoolExecutor(1), MergeSettings(merge_window_ms=0))
     big = asyncio.ensure_future(
         scheduler.score(
             ScoreRequest("bbt", z(20, 0), LONG, CHOICES, cue="\nSentiment:", scope="whale"), "whale"
@@ -109,7 +109,7 @@ def test_merged_small_calls_finish_within_the_bound_while_a_large_call_runs() ->
     # Passes of 64 rows, as the scenario counts them (the default bounds tokens, not rows: more, smaller steps).
     engine = ScoringEngine(
         bundle,
-        default_adapters(bundle, bbt_dimension=16, prompt_length=4),
+        ServedAdapters(bbt_dimension=16, prompt_length=4, shipped_generators=False).build(bundle),
         batch_sequences=64,
         batch_tokens=8192,
     )

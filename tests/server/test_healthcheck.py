@@ -26,7 +26,7 @@ def test_healthcheck_over_tls(
     engine: ScoringEngine, certs: CertificatePaths, other_certs: CertificatePaths
 ) -> None:
     probe = _probe()
-    settings = ServerSettings(
+    settings = ServerSettings.from_flags(
         host="127.0.0.1", port=0, tls_cert=certs.server_cert, tls_key=certs.server_key, allow_no_auth=True
     )
     server = BackgroundServer(engine, settings)

@@ -16,8 +16,16 @@ from cbpt.server.errors import InvalidRequest
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.scheduling.merging import MergeSettings
 from cbpt.server.scheduling.scheduler import Scheduler
-from cbpt.v1 import tuning_pb2_grpc
-from tests.server.helpers import TEXTS, GatedEngine, call_fails, candidates, evaluate_request, plain_settings
+from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
+from tests.server.helpers import (
+    TEXTS,
+    GatedEngine,
+    call_fails,
+    candidates,
+    evaluate_request,
+    full_queue,
+    plain_settings,
+)
 
 REQUESTS = [
     evaluate_request(candidates(2, seed=1)),
@@ -63,23 +71,16 @@ def test_concurrent_calls_are_merged_and_equal_unmerged(engine: ScoringEngine) -
 
 
 def test_full_queue_is_refused_with_a_retry_delay(engine: ScoringEngine) -> None:
-    gated = GatedEngine(engine)
-    with (
-        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
-        grpc.insecure_channel(target) as channel,
-        ThreadPoolExecutor(2) as pool,
-    ):
-        stub = tuning_pb2_grpc.TuningStub(channel)
-        running = pool.submit(stub.Evaluate, REQUESTS[0], timeout=20)
-        assert gated.entered.wait(10)
-        queued = pool.submit(stub.Evaluate, REQUESTS[1], timeout=20)
-        threading.Event().wait(0.3)
-        refused = call_fails(stub.Evaluate, REQUESTS[2])
+    def second(stub: tuning_pb2_grpc.TuningStub) -> tuning_pb2.EvaluateResponse:
+        return stub.Evaluate(REQUESTS[1], timeout=20)
+
+    with full_queue(engine, running=REQUESTS[0], queued=second) as full:
+        refused = call_fails(full.stub.Evaluate, REQUESTS[2])
         assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "busy" in refused.message and refused.retry_seconds is not None
-        gated.release.set()
-        assert running.result().num_candidates == 2 and queued.result().num_candidates == 1
-        assert stub.Evaluate(REQUESTS[2], timeout=20).num_candidates == 3  # and it keeps serving
+        full.gated.release.set()
+        assert full.running.result().num_candidates == 2 and full.queued.result().num_candidates == 1
+        assert full.stub.Evaluate(REQUESTS[2], timeout=20).num_candidates == 3  # and it keeps serving
 
 
 def _score_requests(count: int) -> list[ScoreRequest]:
@@ -94,7 +95,11 @@ def test_merge_budget_bounds_each_engine_call(engine, max_sequences, expected_ca
 
     async def run() -> list:
         with ThreadPoolExecutor(1) as executor:
-            merger = Scheduler(gated, executor, MergeSettings(0.2, max_sequences, 16))
+            merger = Scheduler(
+                gated,
+                executor,
+                MergeSettings(merge_window_ms=200, merge_max_sequences=max_sequences, max_queued_requests=16),
+            )
             results = await asyncio.gather(*(merger.score(r) for r in _score_requests(4)))
             await merger.close()
             return results
@@ -106,11 +111,12 @@ def test_merge_budget_bounds_each_engine_call(engine, max_sequences, expected_ca
 
 
 def test_a_bad_request_fails_alone(engine) -> None:
-    bad = ScoreRequest("bbt", np.zeros((1, 3), np.float32), TEXTS, [" yes", " no"])
+    # Past the door, only a token limit can fail a request: the engine alone counts tokens.
+    bad = ScoreRequest("bbt", candidates(1), ["word " * 60], [" yes", " no"])
 
     async def run() -> list:
         with ThreadPoolExecutor(1) as executor:
-            merger = Scheduler(engine, executor, MergeSettings(0.2))
+            merger = Scheduler(engine, executor, MergeSettings(merge_window_ms=200))
             outcomes = await asyncio.gather(
                 *(merger.score(r) for r in [*_score_requests(1), bad]), return_exceptions=True
             )
@@ -118,5 +124,5 @@ def test_a_bad_request_fails_alone(engine) -> None:
             return outcomes
 
     good, failed = asyncio.run(run())
-    assert isinstance(failed, InvalidRequest) and failed.field == "dimension"
+    assert isinstance(failed, InvalidRequest) and failed.field == "texts[0]"
     assert good.log_probs.shape == (1, 2, 2)

@@ -28,7 +28,9 @@ def _value(text: str, name: str) -> float:
 
 
 def test_metrics_are_off_by_default_and_loopback_by_default(engine: ScoringEngine) -> None:
-    assert ServerSettings().metrics_port is None and ServerSettings().metrics_host == "127.0.0.1"
+    assert (
+        ServerSettings().metrics.metrics_port is None and ServerSettings().metrics.metrics_host == "127.0.0.1"
+    )
     server = BackgroundServer(engine, plain_settings())
     server.start()
     try:

@@ -8,7 +8,6 @@ see whether the engine kept working, without timing anything.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,49 +20,19 @@ from cbpt.common.wire import unpack_floats
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.front.keys import add_key
-from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
-from tests.server.helpers import GatedEngine, candidates, evaluate_request, plain_settings, serde_request
-from tests.server.tiny_server import LIMITS
+from tests.server.helpers import (
+    CountingModel,
+    GatedEngine,
+    candidates,
+    evaluate_request,
+    plain_settings,
+    serde_request,
+)
 
 TEXTS = [f"Review: film number {i} was fine\nSentiment:" for i in range(16)]
 BIG = evaluate_request(candidates(8, seed=7), texts=TEXTS)  # 8 prefixes + 128 rows: 136 passes
 SMALL = evaluate_request(candidates(1, seed=8), texts=TEXTS[:1])  # 2 passes
-
-
-class CountingModel:
-    """Counts the backbone's forward passes and makes each one take ``seconds``."""
-
-    def __init__(self, engine: ScoringEngine, seconds: float) -> None:
-        self.count = 0
-        self._changed = threading.Condition()
-        self._handle = engine.bundle.model.base_model.register_forward_hook(self._hook)
-        self._seconds = seconds
-
-    def _hook(self, *_: object) -> None:
-        time.sleep(self._seconds)
-        with self._changed:
-            self.count += 1
-            self._changed.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 60) -> None:
-        with self._changed:
-            assert self._changed.wait_for(lambda: self.count >= count, timeout), self.count
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-@pytest.fixture(scope="module")
-def slow_engine() -> ScoringEngine:
-    return tiny_engine(limits=LIMITS, bbt_dimension=16, with_cbp=False, batch_sequences=1)
-
-
-@pytest.fixture
-def passes(slow_engine: ScoringEngine) -> Iterator[CountingModel]:
-    counter = CountingModel(slow_engine, seconds=0.02)
-    yield counter
-    counter.remove()
 
 
 @pytest.fixture(scope="module")

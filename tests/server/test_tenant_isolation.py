@@ -20,16 +20,17 @@ import numpy as np
 import pytest
 
 from cbpt.common.wire import unpack_floats
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.front.app import BackgroundServer
 from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.front.keys import add_key
-from cbpt.server.runtime import default_adapters
-from cbpt.server.testing import tiny_bundle, tiny_engine
+from cbpt.server.testing import tiny_bundle
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import (
     DIMENSION,
     TEST_LIMITS,
+    CountingModel,
     Identity,
     call_fails,
     candidates,
@@ -38,8 +39,7 @@ from tests.server.helpers import (
     plain_settings,
     tls_channel,
 )
-from tests.server.test_scheduling import BIG, SMALL, CountingModel
-from tests.server.tiny_server import LIMITS
+from tests.server.test_scheduling import BIG, SMALL
 
 KINDS = ["api-keys", "mtls"]
 SECRET = "Review: alice's unreleased product is a disaster\nSentiment:"
@@ -120,7 +120,9 @@ def deployment(
 def _fresh_engine() -> ScoringEngine:
     bundle = tiny_bundle(0)
     return ScoringEngine(
-        bundle, default_adapters(bundle, bbt_dimension=DIMENSION, prompt_length=4), TEST_LIMITS
+        bundle,
+        ServedAdapters(bbt_dimension=DIMENSION, prompt_length=4, shipped_generators=False).build(bundle),
+        TEST_LIMITS,
     )
 
 
@@ -180,18 +182,6 @@ def test_budgets_are_per_tenant(
     assert deployed.scopes["alice"] not in bobs_refusal.message
 
 
-@pytest.fixture(scope="module")
-def slow_engine() -> ScoringEngine:
-    return tiny_engine(limits=LIMITS, bbt_dimension=16, with_cbp=False, batch_sequences=1)
-
-
-@pytest.fixture
-def passes(slow_engine: ScoringEngine) -> Iterator[CountingModel]:
-    counter = CountingModel(slow_engine, seconds=0.02)
-    yield counter
-    counter.remove()
-
-
 def _until(condition: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -199,6 +189,9 @@ def _until(condition: Any, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize(
+    "passes", [0.1], indirect=True
+)  # alice's first call outlasts a loaded machine's delays
 @pytest.mark.parametrize("kind", KINDS)
 def test_fair_shares_are_per_tenant_not_per_connection(
     kind: str,

@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import ConfigError
 from cbpt.server.front.app import serve_in_background
 from cbpt.server.front.certs import CertificatePaths
 from cbpt.server.front.keys import add_certificate, add_key
-from cbpt.server.runtime import default_adapters
 from cbpt.server.testing import tiny_bundle
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import (
@@ -37,7 +37,9 @@ def engine() -> ScoringEngine:
     """A fresh engine per test (an empty text-state cache), serving the before-cue adapter that caches."""
     bundle = tiny_bundle(0)
     return ScoringEngine(
-        bundle, default_adapters(bundle, bbt_dimension=DIMENSION, prompt_length=4), TEST_LIMITS
+        bundle,
+        ServedAdapters(bbt_dimension=DIMENSION, prompt_length=4, shipped_generators=False).build(bundle),
+        TEST_LIMITS,
     )
 
 

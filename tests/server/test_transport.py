@@ -29,7 +29,7 @@ def tls_settings(certs: CertificatePaths, **overrides: object) -> ServerSettings
         "allow_no_auth": True,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return ServerSettings.from_flags(**values)
 
 
 @pytest.fixture(scope="module")
@@ -89,18 +89,24 @@ def test_mtls_accepts_a_client_certificate(mtls_target: str, certs: CertificateP
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (lambda c: ServerSettings(port=0), "TLS is off"),
-        (lambda c: ServerSettings(port=0, api_keys_file=c.ca_cert), "API keys would travel in plaintext"),
-        (lambda c: ServerSettings(host="0.0.0.0", port=0, insecure=True), "loopback"),
-        (lambda c: ServerSettings(port=0, tls_cert=c.server_cert), "both --tls-cert and --tls-key"),
-        (lambda c: ServerSettings(port=0, insecure=True, client_ca=c.ca_cert), "mTLS"),
+        (lambda c: ServerSettings.from_flags(port=0), "TLS is off"),
+        (
+            lambda c: ServerSettings.from_flags(port=0, api_keys_file=c.ca_cert),
+            "API keys would travel in plaintext",
+        ),
+        (lambda c: ServerSettings.from_flags(host="0.0.0.0", port=0, insecure=True), "loopback"),
+        (
+            lambda c: ServerSettings.from_flags(port=0, tls_cert=c.server_cert),
+            "both --tls-cert and --tls-key",
+        ),
+        (lambda c: ServerSettings.from_flags(port=0, insecure=True, client_ca=c.ca_cert), "mTLS"),
         (lambda c: tls_settings(c, tls_key=c.server_cert.parent / "missing.pem"), "missing.pem"),
         # Finding 3: TLS on every interface with no keys file answered anyone (only "auth=False" said so).
         (lambda c: tls_settings(c, host="0.0.0.0", allow_no_auth=False), "no --api-keys-file"),
         (lambda c: tls_settings(c, allow_no_auth=False), "pass --allow-no-auth"),
         (lambda c: tls_settings(c, host="0.0.0.0"), "--allow-no-auth serves without API keys"),
         (lambda c: tls_settings(c, host="::"), "only on a loopback host, not '::'"),
-        (lambda c: ServerSettings(port=0, insecure=True), "no --api-keys-file"),
+        (lambda c: ServerSettings.from_flags(port=0, insecure=True), "no --api-keys-file"),
     ],
 )
 def test_unsafe_or_broken_transport_is_refused(
@@ -138,4 +144,4 @@ def test_beyond_loopback_needs_tls_and_keys_or_mtls(certs: CertificatePaths) -> 
     tls_settings(certs, host="0.0.0.0", allow_no_auth=False, api_keys_file=keys).check_serving()
     tls_settings(certs, host="0.0.0.0", allow_no_auth=False, client_ca=certs.ca_cert).check_serving()
     with pytest.raises(ConfigError, match="loopback"):
-        ServerSettings(host="10.0.0.5", port=0, insecure=True, api_keys_file=keys).check_serving()
+        ServerSettings.from_flags(host="10.0.0.5", port=0, insecure=True, api_keys_file=keys).check_serving()

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 
+from cbpt.common.info import AdapterInfo
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import InvalidRequest
 from cbpt.server.front import serde
-from cbpt.server.front.app import serve_in_background
 from cbpt.v1 import tuning_pb2, tuning_pb2_grpc
 from tests.server.helpers import (
     DIMENSION,
     TEST_LIMITS,
     TEXTS,
-    GatedEngine,
     call_fails,
     candidates,
     evaluate_request,
-    plain_settings,
+    full_queue,
 )
 
 
@@ -178,53 +175,112 @@ def test_every_other_limit_is_checked_before_the_call_is_queued(engine: ScoringE
     """Finding 6 of #22: limits applied only in the engine's first step, so a bad request waited in
     the queue (on Ray: was pickled to a replica first). With the engine held and the one queue place
     taken, every bad request is still answered INVALID_ARGUMENT naming its field, never "busy"."""
-    gated = GatedEngine(engine)
-    with (
-        serve_in_background(gated, plain_settings(max_queued_requests=1)) as target,  # type: ignore[arg-type]
-        grpc.insecure_channel(target) as channel,
-        ThreadPoolExecutor(2) as pool,
-    ):
-        stub = tuning_pb2_grpc.TuningStub(channel)
-        try:
-            running = pool.submit(stub.Evaluate, evaluate_request(), timeout=30)
-            assert gated.entered.wait(10)
-            queued = pool.submit(stub.Evaluate, evaluate_request(candidates(1)), timeout=30)
-            threading.Event().wait(0.3)  # let it take the queue's one place
-            assert call_fails(stub.Evaluate, evaluate_request()).code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            for case, (make, field) in CASES.items():
-                if case in TOKEN_LIMITS:
-                    continue
-                failed = call_fails(stub.Evaluate, make())
-                assert (failed.code, failed.field_violations[0][0]) == (
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    field,
-                ), case
-        finally:
-            gated.release.set()
-        assert running.result().num_candidates == 2 and queued.result().num_candidates == 1
+    with full_queue(engine) as full:
+        assert call_fails(full.stub.Evaluate, evaluate_request()).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for case, (make, field) in CASES.items():
+            if case in TOKEN_LIMITS:
+                continue
+            failed = call_fails(full.stub.Evaluate, make())
+            assert (failed.code, failed.field_violations[0][0]) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                field,
+            ), case
+    assert full.running.result().num_candidates == 2 and full.queued.result().num_candidates == 1
 
 
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda: evaluate_request(texts=[""] * 7), "texts: 7 texts exceed the limit of 6"),
-        (
-            lambda: evaluate_request(choices=[" a"] * 5),
-            "shared_choices: 5 choices exceed the limit of 4",
+SERVED = {
+    "bbt": AdapterInfo("bbt", "bbt", DIMENSION, 4, "", "", "prefix"),
+    "bbt-cue": AdapterInfo("bbt-cue", "bbt", DIMENSION, 4, "", "", "on_cue"),
+}
+MESSAGES: dict[str, tuple[Callable[[], tuning_pb2.EvaluateRequest], str]] = {
+    "too many texts": (lambda: evaluate_request(texts=[""] * 7), "texts: 7 texts exceed the limit of 6"),
+    "no texts": (lambda: evaluate_request(texts=[]), "texts: at least one text is required"),
+    "blank text": (lambda: evaluate_request(texts=["ok", "  "]), "texts[1]: empty text"),
+    "text over max_text_chars": (
+        lambda: evaluate_request(texts=["x" * 301]),
+        "texts[0]: 301 characters exceed the limit of 300",
+    ),
+    "unknown adapter": (
+        lambda: evaluate_request(adapter="cbpx"),
+        "adapter: unknown adapter 'cbpx'; known: bbt, bbt-cue",
+    ),
+    "zero candidates": (_zero_candidates, "num_candidates: at least one candidate is required"),
+    "too many candidates": (
+        lambda: evaluate_request(candidates(5)),
+        "num_candidates: 5 candidates exceed the limit of 4",
+    ),
+    "dimension not the adapter's": (
+        lambda: evaluate_request(candidates(1, 15)),
+        "dimension: length 15, expected 16 for adapter 'bbt'",
+    ),
+    "candidate bytes of the wrong length": (
+        _short_bytes,
+        "candidates: 124 bytes, expected 128 (2 x 16 float32)",
+    ),
+    "NaN in a candidate": (_nan, "candidates[1]: contains NaN or inf"),
+    "a candidate value beyond max_candidate_abs": (
+        lambda: evaluate_request(np.array([[0.5] * DIMENSION, [0.0] * 15 + [-1000.5]], np.float32)),
+        "candidates[1]: value 1000.5 exceeds the bound of 1000 in absolute value (max_candidate_abs): "
+        "the soft prompt would only saturate the model",
+    ),
+    "unknown scoring mode": (lambda: evaluate_request(mode=7), "mode: unknown scoring mode 7"),
+    "cue over max_text_chars": (
+        lambda: evaluate_request(cue="x" * 301),
+        "cue: 301 characters exceed the limit of 300",
+    ),
+    "no cue for an on-cue adapter": (
+        lambda: evaluate_request(adapter="bbt-cue"),
+        "cue: adapter 'bbt-cue' adds its prompt onto the answer cue; give one",
+    ),
+    "no choices": (lambda: evaluate_request(choices=[]), "shared_choices: at least one choice is required"),
+    "too many choices": (
+        lambda: evaluate_request(choices=[" a"] * 5),
+        "shared_choices: 5 choices exceed the limit of 4",
+    ),
+    "empty choice string": (
+        lambda: evaluate_request(choices=[" a", ""]),
+        "shared_choices[1]: empty choice string",
+    ),
+    "choice over max_choice_chars": (
+        lambda: evaluate_request(choices=[" a", "b" * 257]),
+        "shared_choices[1]: 257 characters exceed the limit of 256",
+    ),
+    "per-example choice lists not one per text": (
+        lambda: evaluate_request(example_choices=[[" a"], [" b"], [" c"]]),
+        "example_choices: 3 choice lists for 2 texts; send one per text",
+    ),
+    "too many per-example choices": (
+        lambda: evaluate_request(example_choices=[[" a"], [" b"] * 5]),
+        "example_choices[1]: 5 choices exceed the limit of 4",
+    ),
+    "empty per-example choice": (
+        lambda: evaluate_request(example_choices=[[" a"], [" b", ""]]),
+        "example_choices[1][1]: empty choice string",
+    ),
+    "too many sequences": (
+        lambda: evaluate_request(
+            candidates(4), choices=[" a", " b", " c", " d"], mode=tuning_pb2.SCORING_MODE_FULL_CHOICE
         ),
-        (
-            lambda: evaluate_request(example_choices=[[" a"], [" b"] * 5]),
-            "example_choices[1]: 5 choices exceed the limit of 4",
-        ),
-        (
-            lambda: evaluate_request(choices=[" a", "b" * 257]),
-            "shared_choices[1]: 257 characters exceed the limit of 256",
-        ),
-    ],
-)
-def test_serde_checks_counts_and_lengths_on_the_wire_message(make, message: str) -> None:
+        "num_candidates: candidates x examples (x choices in full-choice mode) = 32 exceeds the limit of 24; "
+        "split the request",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MESSAGES))
+def test_the_door_checks_each_limit_once_with_one_message(case: str) -> None:
     """Finding 6 of #22: serde copied ``request.texts`` (8M empty texts: +312 MiB) before any count
-    check. One message per limit, naming the field."""
+    check. #23: each limit is checked once, at the door, with one message naming the field (the
+    engine keeps only the token limits, in the same wording)."""
+    make, message = MESSAGES[case]
     with pytest.raises(InvalidRequest) as caught:
-        serde.to_score_request(make(), TEST_LIMITS)
+        serde.score_request_from_proto(make(), TEST_LIMITS, SERVED)
     assert str(caught.value) == message
+    assert message.startswith(f"{caught.value.field}: ")
+
+
+def test_the_candidate_bound_is_inclusive_and_stated(engine: ScoringEngine) -> None:
+    at_bound = np.full((1, DIMENSION), -TEST_LIMITS.max_candidate_abs, np.float32)
+    request = serde.score_request_from_proto(evaluate_request(at_bound), TEST_LIMITS, SERVED)
+    np.testing.assert_array_equal(request.candidates, at_bound)
+    assert engine.info().limits.max_candidate_abs == 1000.0

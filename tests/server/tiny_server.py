@@ -16,11 +16,11 @@ import logging
 import time
 from pathlib import Path
 
+from cbpt.common.limits import Limits
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoringEngine
-from cbpt.server.engine.limits import Limits
 from cbpt.server.front.app import serve
 from cbpt.server.logs import configure_logging
-from cbpt.server.runtime import default_adapters
 from cbpt.server.settings import ServerSettings
 from cbpt.server.testing import tiny_bundle
 
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("INFO", json_lines=True)
     bundle = tiny_bundle(0)
-    adapters = default_adapters(bundle, bbt_dimension=16, prompt_length=4)
+    adapters = ServedAdapters(bbt_dimension=16, prompt_length=4, shipped_generators=False).build(bundle)
     engine = ScoringEngine(bundle, adapters, LIMITS, batch_sequences=args.batch_sequences)
     if args.pass_seconds > 0:
         passes = itertools.count(1)
@@ -59,7 +59,7 @@ def main() -> None:
             log.info("forward pass", extra={"steps": next(passes)})
 
         engine.bundle.model.base_model.register_forward_hook(slow_pass)
-    settings = ServerSettings(
+    settings = ServerSettings.from_flags(
         host="127.0.0.1",
         port=args.port,
         insecure=True,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cbpt.client.rpc.sdk import TuningClient
 from cbpt.server import cli
 from cbpt.server.adapters import AdapterSpec
-from cbpt.server.adapters.spec import build_adapters, served_specs
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.errors import ConfigError
 from cbpt.server.front.app import serve_in_background
@@ -101,7 +101,8 @@ def test_served_generator_scores_options_and_full_choice_as_trained(tmp_path: Pa
             trained[task.name] = best.engine.log_probs([prepared])[0][0].numpy()
     spec = AdapterSpec(method="cbp", generator=tmp_path / "out")
     served_engine = ScoringEngine(
-        bundle, build_adapters(bundle, served_specs([AdapterSpec(method="none"), spec]))
+        bundle,
+        ServedAdapters(specs=[AdapterSpec(method="none"), spec], shipped_generators=False).build(bundle),
     )
     with serve_in_background(served_engine) as target, TuningClient(target) as client:
         for task in domain.tasks:
@@ -205,7 +206,9 @@ def test_truncated_tasks_train_on_the_texts_a_users_client_sends(tmp_path: Path)
     task, raw = trainer.domain.tasks[0], domain.tasks[0]
     assert task.truncated > 0 and task.train.texts != raw.train.texts
     assert max(len(bundle.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in task.train.texts) <= 6
-    engine = ScoringEngine(bundle, build_adapters(bundle, served_specs([AdapterSpec(method="none")])))
+    engine = ScoringEngine(
+        bundle, ServedAdapters(specs=[AdapterSpec(method="none")], shipped_generators=False).build(bundle)
+    )
     with serve_in_background(engine) as target, TuningClient(target) as client:
         for mine, split in ((task.train, raw.train), (task.dev, raw.dev)):
             assert fit_examples(client, split, raw.format.truncate, "split").examples.texts == mine.texts

@@ -12,11 +12,10 @@ import torch
 
 from cbpt.client.rpc.sdk import TuningClient
 from cbpt.server.adapters import AdapterSpec
-from cbpt.server.adapters.spec import build_adapters
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.errors import ConfigError
 from cbpt.server.front.app import serve_in_background
-from cbpt.server.runtime import default_adapters, served_specs
 from cbpt.server.testing import tiny_bundle
 from cbpt.server.training.domain import load_domain, text_digest
 from cbpt.server.training.settings import TrainSettings
@@ -99,7 +98,9 @@ def test_training_learns_the_domain(domain_file: Path, tmp_path: Path) -> None:
 def test_untrained_on_cue_generator_is_exactly_zero_shot(domain_file: Path, tmp_path: Path) -> None:
     bundle = tiny_bundle(0)
     trainer = GeneratorTrainer(bundle, load_domain(domain_file), _settings(), tmp_path / "out")
-    engine = ScoringEngine(bundle, [*default_adapters(bundle, bbt_dimension=16), trainer.adapter])
+    engine = ScoringEngine(
+        bundle, [*ServedAdapters(bbt_dimension=16, shipped_generators=False).build(bundle), trainer.adapter]
+    )
     texts = ["Review: good fine film", "Review: dull plot"]
     z = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
     scored = engine.score(ScoreRequest("cbp-toy", z, texts, list(CHOICES.values()), cue="\nSentiment:"))
@@ -123,7 +124,8 @@ def test_served_generator_scores_what_training_scored(domain_file: Path, tmp_pat
         trained, _ = best.engine.log_probs([best.engine.prepare(request)])[0]
     spec = AdapterSpec(method="cbp", generator=tmp_path / "out")
     served_engine = ScoringEngine(
-        bundle, build_adapters(bundle, served_specs([AdapterSpec(method="none"), spec]))
+        bundle,
+        ServedAdapters(specs=[AdapterSpec(method="none"), spec], shipped_generators=False).build(bundle),
     )
     with serve_in_background(served_engine) as target, TuningClient(target) as client:
         assert client.info().adapter("cbp-toy").placement == "on_cue"
