@@ -338,6 +338,11 @@ def main(argv: list[str] | None = None) -> None:
         "--evaluate-rows", help="comma-separated file sizes of the evaluate section (default 1,300 with "
         "--quick, else 1,1000,10000; sizes over 1000 run short texts through gRPC only)",
     )  # fmt: skip
+    parser.add_argument(
+        "--evaluate-lengths",
+        default="short,long",
+        help="comma-separated text lengths of the evaluate section",
+    )
     args = parser.parse_args(argv)
     default_rows = "1,300" if args.quick else "1,1000,10000"
     rows = tuple(int(size) for size in (args.evaluate_rows or default_rows).split(","))
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
             over_grpc(build(bundle), short[:16], a, 6 if args.quick else 15)
             for a in ("bbt-suffix", "bbt-cue")
         ],
-        "evaluate": lambda: evaluate_section(bundle, params, rows),
+        "evaluate": lambda: evaluate_section(bundle, params, rows, tuple(args.evaluate_lengths.split(","))),
         "oncue": lambda: oncue_section(bundle, params, args.quick),
         "ceiling": lambda: ceiling_section(bundle, params),
         "mainjob": lambda: compare_main_job(bundle, 60 if args.quick else 200),

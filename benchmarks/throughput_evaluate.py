@@ -141,7 +141,9 @@ def cli_run(target: str, adapter: str, workspace: Workspace, path: Path, batchin
     return seconds
 
 
-def evaluate_section(bundle: ModelBundle, params: int, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+def evaluate_section(
+    bundle: ModelBundle, params: int, sizes: tuple[int, ...], lengths: tuple[str, ...] = ("short", "long")
+) -> list[dict[str, Any]]:
     """rows/s and FLOP/s over the matmul of evaluate/predict on files of ``sizes`` rows, before #24 and
     now, interleaved."""
     engines = {name: served_engine(bundle, batching) for name, batching in ENGINES.items()}
@@ -151,7 +153,7 @@ def evaluate_section(bundle: ModelBundle, params: int, sizes: tuple[int, ...]) -
         targets = {name: stack.enter_context(serve_in_background(e)) for name, e in engines.items()}
         workspace = Workspace(Path(folder), bundle, tuned, engines["now"].adapters[tuned].dimension)
         vector = np.zeros(engines["now"].adapters[tuned].dimension, np.float32)
-        for length in ("short", "long"):
+        for length in lengths:
             for size in sizes:
                 if size > 1000 and length == "long":
                     continue  # 10k long texts take hours here; the lead's quieter run may add them
