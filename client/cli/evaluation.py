@@ -19,7 +19,7 @@ from rich.table import Table
 from cbpt.client.cli.app import JsonOutput, friendly_errors, print_json
 from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
-from cbpt.client.cli.scoring import Scored, resolve_inputs, score
+from cbpt.client.cli.scoring import Inputs, Scored, resolve_inputs, score
 from cbpt.client.errors import TaskError
 from cbpt.common.files import write_atomic
 from cbpt.common.losses import calibrate, metrics
@@ -45,6 +45,15 @@ def _vector_document(scored: Scored) -> dict[str, Any] | None:
         return None
     return {"folder": str(tuned.folder), "adapter": tuned.adapter, "partial": tuned.partial,
             "calls_used": tuned.card.get("calls_used")}  # fmt: skip
+
+
+def _score_on_server(connection: Connection, keys: KeySource, inputs: Inputs, verify: bool, quiet: bool,
+                     label: str, order_seed: int | None) -> Scored:  # fmt: skip
+    """One connection, the inputs scored over it (``evaluate`` and ``predict`` alike)."""
+    with connection.client() as client:
+        return score(
+            client, inputs, keys.key(), verify=verify, quiet=quiet, label=label, order_seed=order_seed
+        )
 
 
 @friendly_errors
@@ -77,11 +86,9 @@ def evaluate(
         tuned_dir, file, zero_shot=zero_shot, task_file=task_file, holdout=holdout,
         holdout_seed=holdout_seed, labels=True,
     )  # fmt: skip
-    with connection.client() as client:
-        scored = score(
-            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="evaluating",
-            order_seed=order_seed,
-        )  # fmt: skip
+    scored = _score_on_server(
+        connection, keys, inputs, not no_verify_vector, as_json, "evaluating", order_seed
+    )
     labels = scored.examples.labels
     assert labels is not None  # read with labels=True
     width = scored.examples.num_choices
@@ -141,11 +148,9 @@ def predict(
     ids = [row.get(id_field) for row in inputs.rows]
     if id_field != "id" and (missing := [n for n, value in enumerate(ids) if value is None]):
         raise TaskError(f"{file} row {missing[0] + 1}: no field {id_field!r} for --id-field")
-    with connection.client() as client:
-        scored = score(
-            client, inputs, keys.key(), verify=not no_verify_vector, quiet=as_json, label="predicting",
-            order_seed=order_seed,
-        )  # fmt: skip
+    scored = _score_on_server(
+        connection, keys, inputs, not no_verify_vector, as_json, "predicting", order_seed
+    )
     examples, log_probs = scored.examples, scored.log_probs
     class_names = inputs.task_format.class_names
     probabilities = np.exp(log_probs)
