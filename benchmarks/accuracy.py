@@ -18,8 +18,9 @@ loopback, the real ``TuningClient`` and ``Tuner``. One Tuner per (task, method, 
 largest budget; the best-on-dev vector is scored on the test set whenever the calls used reach a
 budget. ``--score-noise`` / ``--score-decimals`` turn on the server's protection of its log-probs
 (a fixed noise seed, so a run is repeatable): what it costs the tuner, against a run without, same
-seeds; give such a run its own ``--output``. Writes <output>.json (a list of runs, appended as each (task, method, seed) finishes, so an
-interrupted run resumes where it stopped), <output>.md and <output>-<task>.png.
+seeds; give such a run its own ``--output``. Writes <output>.json (a list of runs, appended as each
+(task, method, seed) finishes, so an interrupted run resumes where it stopped), <output>.md and
+<output>-<task>.png.
 
 A run is ``{task, method, seed, calls, accuracy, macro_f1, predicted_class_counts, seconds}`` plus
 extras (model, test_class_counts, dev_accuracy, ...). ``calls``: candidate evaluations on the train
@@ -104,8 +105,9 @@ def _summary(run: Run) -> str:
     )
 
 
-# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters and more; the tiny test model's tokenizer
-# takes nearly one a character), scored whole (full_choice); the server's defaults are 16 tokens, 256 characters.
+# PIQA's solutions run to about 250 SmolLM2 tokens (1,000 characters and more; the tiny test model's
+# tokenizer takes nearly one a character), scored whole (full_choice); the server's defaults are 16
+# tokens, 256 characters.
 MAX_CHOICE_TOKENS = 1024
 MAX_CHOICE_CHARS = 4096
 
@@ -135,8 +137,8 @@ def build_engine(
     for tuned in sorted({t for t in TUNED.values() if t.dimension is not None}, key=lambda t: t.served):
         dimension = max(2, round((tuned.dimension or 0) * dimension_scale))
         specs.append(
-            AdapterSpec(method="bbt", name=tuned.served, placement=placements[tuned.adapter], dimension=dimension,
-                        prompt_length=prompt_length)
+            AdapterSpec(method="bbt", name=tuned.served, placement=placements[tuned.adapter],
+                        dimension=dimension, prompt_length=prompt_length)
         )  # fmt: skip
     specs += [AdapterSpec(method="cbp", name=name, generator=folder) for name, folder in generators]
     cache = TextStateCache(max_bytes_per_scope=text_cache_mb << 20, max_bytes=text_cache_mb << 20)

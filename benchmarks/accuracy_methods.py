@@ -233,7 +233,8 @@ def _reported(
 
 
 def _at_zero(ctx: Context, method: str, settings: TunerSettings, extra: dict[str, Any]) -> list[Run]:
-    """Budget 0: z = 0 (a generator's z0), with the bias fitted there on the train shots if the method fits one."""
+    """Budget 0: z = 0 (a generator's z0), with the bias fitted there on the train shots if the method
+    fits one."""
     started = time.perf_counter()
     dimension = extra["dimension"]
     zero = np.zeros(dimension, np.float32)

@@ -80,28 +80,31 @@ def render(runs: Sequence[Run], *, tasks: Sequence[str], methods: Sequence[str])
         + "".join(f"; BBT adapters: dimension {d}, {t} prompt vectors" for d, t in bbt)
         + ".",
         "",
-        "- `calls` of the black-box methods: candidate evaluations on the train set (each one forward pass of the "
-        "train set; the dev evaluation of one candidate per generation and all test scoring are not counted). The "
-        "accuracy at a budget is that of the best-on-dev vector after that many calls of one run.",
-        "- `calls` of `white-box`: optimizer steps, each one forward and backward pass over the whole train set "
-        f"(gradient prompt tuning of {'/'.join(map(str, white)) or 't'} free soft-prompt vectors before the answer "
-        "cue, the model frozen; Adam; the prompt with the best dev accuracy so far).",
+        "- `calls` of the black-box methods: candidate evaluations on the train set (each one forward pass "
+        "of the train set; the dev evaluation of one candidate per generation and all test scoring are not "
+        "counted). The accuracy at a budget is that of the best-on-dev vector after that many calls of one "
+        "run.",
+        "- `calls` of `white-box`: optimizer steps, each one forward and backward pass over the whole train "
+        f"set (gradient prompt tuning of {'/'.join(map(str, white)) or 't'} free soft-prompt vectors before "
+        "the answer cue, the model frozen; Adam; the prompt with the best dev accuracy so far).",
         "- `zero-shot`, `zero-shot-calibrated` (mean-centred on the unlabelled test inputs) and `icl` (one "
         "demonstration per class from the seed's train shots) make no tuning calls.",
         "- `calls/min`: calls over the tuning wall time (dev evaluations included), mean over seeds.",
-        "- Methods: `bbt` is the paper's prefix prompt; `bbt-suffix` puts the prompt after the text, before the "
-        "answer cue; `bbt-cue` adds A·z onto the answer cue's embeddings (z = 0 is zero-shot). `-bias`: a "
-        "per-choice bias fitted on the client together with z; `-devloss`: the vector picked by dev cross-entropy "
-        "instead of dev accuracy; `-mean`: each generation offers CMA-ES's mean (injected as one of its samples) to "
-        "the dev selection instead of its lowest-train-loss sample; `-r100`, `-r50`: z of 100 or 50 dimensions "
-        "instead of 500; `-calibrated`: the same run's test log-probs mean-centred on the unlabelled test "
-        "inputs (as in zero-shot-calibrated) instead of the fitted bias; `-prior`: the fitted bias, then the log "
-        "of the user's own label prior (the class mix of the task's training file, computed on the client) added.",
-        "- `cbp-opinion`: CBP-Tuning with the provider's opinion generator (trained on SST-2 train and tweets, "
-        "never on a test text and never on Financial PhraseBank); `cbp-opinion-no-tweets`: the generator trained "
-        "on SST-2 alone; `cbp-opinion-zmode-noise`, `-zero`, `-task`: the shipped recipe trained again with "
-        "each `--z-mode` (noise is the shipped mode; see generators/README.md). Budget 0 is z = 0, i.e. z0: the "
-        "domain prompt before any user call (with `-bias`, the bias fitted there on the train shots).",
+        "- Methods: `bbt` is the paper's prefix prompt; `bbt-suffix` puts the prompt after the text, before "
+        "the answer cue; `bbt-cue` adds A·z onto the answer cue's embeddings (z = 0 is zero-shot). `-bias`: "
+        "a per-choice bias fitted on the client together with z; `-devloss`: the vector picked by dev "
+        "cross-entropy instead of dev accuracy; `-mean`: each generation offers CMA-ES's mean (injected as "
+        "one of its samples) to the dev selection instead of its lowest-train-loss sample; `-r100`, `-r50`: "
+        "z of 100 or 50 dimensions instead of 500; `-calibrated`: the same run's test log-probs "
+        "mean-centred on the unlabelled test inputs (as in zero-shot-calibrated) instead of the fitted "
+        "bias; `-prior`: the fitted bias, then the log of the user's own label prior (the class mix of the "
+        "task's training file, computed on the client) added.",
+        "- `cbp-opinion`: CBP-Tuning with the provider's opinion generator (trained on SST-2 train and "
+        "tweets, never on a test text and never on Financial PhraseBank); `cbp-opinion-no-tweets`: the "
+        "generator trained on SST-2 alone; `cbp-opinion-zmode-noise`, `-zero`, `-task`: the shipped recipe "
+        "trained again with each `--z-mode` (noise is the shipped mode; see generators/README.md). Budget 0 "
+        "is z = 0, i.e. z0: the domain prompt before any user call (with `-bias`, the bias fitted there on "
+        "the train shots).",
         "- `majority`: always the test split's most frequent class.",
         "",
     ]
@@ -150,10 +153,10 @@ def chosen_on_dev(runs: Sequence[Run], tasks: Sequence[str]) -> list[str]:
     lines = [
         "## Chosen on dev, reported on test",
         "",
-        "For each tuned method (its `-calibrated`/`-prior` reports share its choice), the budget with the best "
-        "mean dev accuracy over seeds; ties go to fewer calls. Only that budget's test figures are read. "
-        f"'reaches {REFERENCE}@400' is the fewest calls whose mean test accuracy is at least {REFERENCE}'s at 400 "
-        "calls (a test-split comparison, stated as such).",
+        "For each tuned method (its `-calibrated`/`-prior` reports share its choice), the budget with the "
+        "best mean dev accuracy over seeds; ties go to fewer calls. Only that budget's test figures are "
+        f"read. 'reaches {REFERENCE}@400' is the fewest calls whose mean test accuracy is at least "
+        f"{REFERENCE}'s at 400 calls (a test-split comparison, stated as such).",
         "",
     ]
     for task in _ordered([run["task"] for run in runs], tasks):
@@ -171,7 +174,8 @@ def chosen_on_dev(runs: Sequence[Run], tasks: Sequence[str]) -> list[str]:
             members = [groups[key] for key in sorted(k for k in keys if k[1] == method)]
             if method in BASELINES:
                 lines.append(
-                    f"| {method} | – | {_cell(members[0], 'accuracy')} | {_cell(members[0], 'macro_f1')} | {len(members[0])} | – |"
+                    f"| {method} | – | {_cell(members[0], 'accuracy')} | {_cell(members[0], 'macro_f1')} "
+                    f"| {len(members[0])} | – |"
                 )
                 continue
             family = _family(method)

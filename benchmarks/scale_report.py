@@ -91,8 +91,8 @@ def _mixing(section: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         f"| tenants on {' and '.join(f'`{name}`' for name in pair)} mixed | {ms['mixed_adapters']:.3f} |"
         f" {ms['mixed_adapters'] / ms['single']:.3f}x |",
         "",
-        f"Mixing costs {100 * (section['mixed_over_single'] - 1):+.1f}% per sequence against one tenant's pass"
-        f" of the same size: {'within' if within else 'outside'} the 5% target. One at a time takes"
+        f"Mixing costs {100 * (section['mixed_over_single'] - 1):+.1f}% per sequence against one tenant's"
+        f" pass of the same size: {'within' if within else 'outside'} the 5% target. One at a time takes"
         f" {section['one_at_a_time_over_mixed']:.2f}x as long as mixed. {adapters_note}",
         "",
         "Each tenant's latency (ms): mixed, every tenant gets its answer when the one pass ends; one at a"

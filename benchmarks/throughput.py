@@ -1,10 +1,10 @@
 """Evaluate throughput of the scoring engine, as a ratio to a plain matmul timed in the same run.
 
-    .venv/bin/python -m benchmarks.throughput            # every section on the bundled model (hours on 2 cores)
-    .venv/bin/python -m benchmarks.throughput --quick    # fewer points and sizes (about an hour)
+    .venv/bin/python -m benchmarks.throughput          # every section on the bundled model (hours on 2 cores)
+    .venv/bin/python -m benchmarks.throughput --quick  # fewer points and sizes (about an hour)
     .venv/bin/python -m benchmarks.throughput --sections evaluate,oncue,mainjob   # re-run some parts
     .venv/bin/python -m benchmarks.throughput --batching before-24 --output throughput-before-24
-                                                          # every section on the engine as before #24
+                                                        # every section on the engine as before #24
 
 The sections ``evaluate``, ``oncue``, ``ceiling`` and ``mainjob`` put the engine (and client) as they
 were before issue #24 beside today's in one run (throughput_evaluate.py, main_job.py).
@@ -154,7 +154,8 @@ def grid(
                     )
                     print(
                         f"{adapter:10s} {length:5s} pop {popsize:2d} x {examples:2d}: "
-                        f"{rows[-1]['sequences_per_s']:6.1f} seq/s, {rows[-1]['matmul_ratio']:5.1%} of matmul 2048^3, "
+                        f"{rows[-1]['sequences_per_s']:6.1f} seq/s, "
+                        f"{rows[-1]['matmul_ratio']:5.1%} of matmul 2048^3, "
                         f"{rows[-1]['layer_matmul_ratio']:5.1%} of the layer matmuls",
                         flush=True,
                     )
@@ -236,7 +237,8 @@ def thread_sweep(bundle: ModelBundle, texts: list[str], params: int, square: flo
 
 
 def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, square: float) -> dict:
-    """Opt-in dynamic int8: speed side by side with fp32, and zero-shot accuracy on the whole SST-2 dev set."""
+    """Opt-in dynamic int8: speed side by side with fp32, and zero-shot accuracy on the whole SST-2 dev
+    set."""
     quantized = load_model(model, quantize="int8")
     dev = [json.loads(line) for line in (SHARED / "sst2" / "dev.jsonl").read_text().splitlines()]
     labels = np.array([row["label"] == "positive" for row in dev], dtype=np.int64)
@@ -269,7 +271,8 @@ def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, sq
 def _small_generations(
     target: str, start: threading.Barrier, seed: int, texts: list[str], generations: int
 ) -> int:
-    """One client: warm up, wait for the others, then send ``generations`` popsize-5 calls; returns sequences."""
+    """One client: warm up, wait for the others, then send ``generations`` popsize-5 calls; returns
+    sequences."""
     rng = np.random.default_rng(seed)
     with TuningClient(target) as client:
         client.evaluate("bbt", np.zeros((1, 500), np.float32), texts, CHOICES, cue=CUE)
@@ -307,7 +310,8 @@ def merged_clients(
 
 
 SECTIONS = (
-    "grid", "ablations", "pooled", "threads", "int8", "merging", "grpc", "evaluate", "oncue", "ceiling", "mainjob",
+    "grid", "ablations", "pooled", "threads", "int8", "merging", "grpc", "evaluate", "oncue", "ceiling",
+    "mainjob",
 )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""What users wait for, before and after issue #24, side by side in one run (sections of benchmarks/throughput.py).
+"""What users wait for, before and after issue #24, side by side in one run (sections of
+benchmarks/throughput.py).
 
 - ``evaluate``: ``predict`` with one tuned on-cue vector (the main job's adapter) and the zero-shot
   ``evaluate``, on 1, 1k and 10k distinct texts, short and long, through gRPC (the SDK's
@@ -237,10 +238,13 @@ def oncue_section(bundle: ModelBundle, params: int, quick: bool) -> list[dict[st
             for name, runs in seen.items():
                 seconds = statistics.median(run[0] for run in runs)
                 square = statistics.median(run[1] for run in runs)
-                results.append({"adapter": adapter, "popsize": popsize, "examples": len(texts), "engine": name,
-                                "seconds": seconds, "sequences_per_s": popsize * len(texts) / seconds,
-                                "matmul_gflops": square / 1e9, "matmul_ratio": flops / seconds / square})  # fmt: skip
-                print(f"oncue {adapter} pop {popsize:2d} {name:10s}: {results[-1]['sequences_per_s']:6.1f} seq/s, "
+                results.append({"adapter": adapter, "popsize": popsize, "examples": len(texts),
+                                "engine": name, "seconds": seconds,
+                                "sequences_per_s": popsize * len(texts) / seconds,
+                                "matmul_gflops": square / 1e9,
+                                "matmul_ratio": flops / seconds / square})  # fmt: skip
+                print(f"oncue {adapter} pop {popsize:2d} {name:10s}: "
+                      f"{results[-1]['sequences_per_s']:6.1f} seq/s, "
                       f"{results[-1]['matmul_ratio']:5.1%} of matmul", flush=True)  # fmt: skip
     return results
 
@@ -272,6 +276,7 @@ def ceiling_section(bundle: ModelBundle, params: int) -> list[dict[str, Any]]:
             seconds = (time.perf_counter() - started) / runs
         tokens = sequences * length
         results.append({"sequences": sequences, "length": length, "tokens": tokens, "seconds": seconds,
-                        "matmul_gflops": square / 1e9, "matmul_ratio": 2.0 * params * tokens / seconds / square})  # fmt: skip
+                        "matmul_gflops": square / 1e9,
+                        "matmul_ratio": 2.0 * params * tokens / seconds / square})  # fmt: skip
         print(f"ceiling {sequences} x {length}: {results[-1]['matmul_ratio']:5.1%} of matmul", flush=True)
     return results

@@ -18,15 +18,16 @@ def _spread(rows: list[dict], key: str) -> str:
 
 def render(payload: dict) -> str:
     lines = [
-        f"# Evaluate throughput ({payload['model']}, {payload['machine']['device']}, {payload['machine']['cores']} cores)",
+        f"# Evaluate throughput ({payload['model']}, {payload['machine']['device']}, "
+        f"{payload['machine']['cores']} cores)",
         "",
-        f"Two references, both in the model's dtype ({payload.get('dtype', 'torch.float32')}) and timed in the same "
-        "run: a 2048x2048x2048 matmul at the start of the run that measured each section "
-        f"({', '.join(f'{k}: {v:.0f} GFLOP/s' for k, v in payload['matmul_gflops'].items())}), and the model's "
-        "own layer matmuls (q, k, v, o, gate, up, down on 2048 tokens: the forward pass's GEMM shapes), timed "
-        "just before each grid point. "
-        "FLOPs = 2 x non-embedding parameters x tokens run + the LM-head rows computed; adapters placed after "
-        "the text count only the tokens they actually run (each text is encoded once and reused).",
+        f"Two references, both in the model's dtype ({payload.get('dtype', 'torch.float32')}) and timed in "
+        "the same run: a 2048x2048x2048 matmul at the start of the run that measured each section "
+        f"({', '.join(f'{k}: {v:.0f} GFLOP/s' for k, v in payload['matmul_gflops'].items())}), and the "
+        "model's own layer matmuls (q, k, v, o, gate, up, down on 2048 tokens: the forward pass's GEMM "
+        "shapes), timed just before each grid point. FLOPs = 2 x non-embedding parameters x tokens run + "
+        "the LM-head rows computed; adapters placed after the text count only the tokens they actually run "
+        "(each text is encoded once and reused).",
         "",
         "| adapter | input | popsize | examples | candidate evals/s | sequences/s | tokens/s "
         "| FLOP/s vs matmul 2048³ | vs layer matmuls |",
@@ -35,8 +36,9 @@ def render(payload: dict) -> str:
     for r in payload.get("grid", []):
         layer = f"{r['layer_matmul_ratio']:.0%}" if "layer_matmul_ratio" in r else "–"
         lines.append(
-            f"| {r['adapter']} | {r['length']} | {r['popsize']} | {r['examples']} | {r['candidate_evals_per_s']:.2f} "
-            f"| {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['matmul_ratio']:.0%} | {layer} |"
+            f"| {r['adapter']} | {r['length']} | {r['popsize']} | {r['examples']} "
+            f"| {r['candidate_evals_per_s']:.2f} | {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} "
+            f"| {r['matmul_ratio']:.0%} | {layer} |"
         )
     lines += [
         "",
@@ -50,9 +52,9 @@ def render(payload: dict) -> str:
     if pooled := payload.get("pooled"):
         lines += [
             "",
-            f"Tokenising and mean-pooling {pooled['examples']} inputs (what a cache of pooled embeddings would save "
-            f"per call): {pooled['pooled_seconds'] * 1e3:.1f} ms, {pooled['share']:.2%} of a cbp call at popsize "
-            f"{pooled['popsize']} ({pooled['cbp_call_seconds']:.2f} s).",
+            f"Tokenising and mean-pooling {pooled['examples']} inputs (what a cache of pooled embeddings "
+            f"would save per call): {pooled['pooled_seconds'] * 1e3:.1f} ms, {pooled['share']:.2%} of a cbp "
+            f"call at popsize {pooled['popsize']} ({pooled['cbp_call_seconds']:.2f} s).",
         ]
     if threads := payload.get("threads"):
         lines += [
@@ -69,7 +71,8 @@ def render(payload: dict) -> str:
     if int8 := payload.get("int8"):
         lines += [
             "",
-            f"## Opt-in int8 dynamic quantisation (`--quantize int8`): speed at popsize 20 x 32, zero-shot on all {int8['dev_examples']} SST-2 dev examples",
+            "## Opt-in int8 dynamic quantisation (`--quantize int8`): speed at popsize 20 x 32, zero-shot on "
+            f"all {int8['dev_examples']} SST-2 dev examples",
             "",
             "| weights | bbt sequences/s | bbt-suffix sequences/s | zero-shot | calibrated |",
             "|---|---|---|---|---|",
@@ -84,7 +87,8 @@ def render(payload: dict) -> str:
         m = merging[0]
         lines += [
             "",
-            f"## Dynamic batching: {m['clients']} clients at once, each sending popsize {m['popsize']} x {m['examples']} examples (bbt)",
+            f"## Dynamic batching: {m['clients']} clients at once, each sending popsize {m['popsize']} "
+            f"x {m['examples']} examples (bbt)",
             "",
             "| server | sequences/s, all clients |",
             "|---|---|",
@@ -94,13 +98,15 @@ def render(payload: dict) -> str:
         "",
         "## Through gRPC on loopback (CMA-ES, r=500, popsize 20, 16 examples, bias fitted on the client)",
         "",
-        "| adapter | client overhead (ask/tell/loss + serialisation/transport) | of which ask/tell/loss | bytes sent / received per candidate evaluation | call p50 / p99 |",
+        "| adapter | client overhead (ask/tell/loss + serialisation/transport) | of which ask/tell/loss "
+        "| bytes sent / received per candidate evaluation | call p50 / p99 |",
         "|---|---|---|---|---|",
     ]
     for w in payload.get("grpc", []):
         lines.append(
             f"| {w['adapter']} | {w['client_overhead_share']:.1%} | {w['ask_tell_loss_share']:.1%} "
-            f"| {w['bytes_sent_per_candidate_evaluation']:.0f} / {w['bytes_received_per_candidate_evaluation']:.0f} "
+            f"| {w['bytes_sent_per_candidate_evaluation']:.0f} "
+            f"/ {w['bytes_received_per_candidate_evaluation']:.0f} "
             f"| {w['call_seconds_p50']:.2f} s / {w['call_seconds_p99']:.2f} s |"
         )
     lines += _before_and_now(payload)
@@ -112,8 +118,9 @@ def render(payload: dict) -> str:
             if r["popsize"] * r["examples"] >= 160 and r["adapter"] == adapter
         ]
         if big:
-            lines.append(f"{adapter} at popsize x examples >= 160 ({len(big)} points): {_spread(big, 'matmul_ratio')} "
-                         f"of the 2048³ matmul; {_spread(big, 'layer_matmul_ratio')} of the layer matmuls.  ")  # fmt: skip
+            lines.append(f"{adapter} at popsize x examples >= 160 ({len(big)} points): "
+                         f"{_spread(big, 'matmul_ratio')} of the 2048³ matmul; "
+                         f"{_spread(big, 'layer_matmul_ratio')} of the layer matmuls.  ")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -136,30 +143,34 @@ def _before_and_now(payload: dict) -> list[str]:
     if evaluate := payload.get("evaluate"):
         heading("evaluate", "evaluate / predict: one vector over a file, before #24 and now")
         lines += [
-            "Each run starts with an empty text-state cache; gRPC is `predict_in_batches` (shuffled rows), CLI is "
-            "`cbpt predict TUNED FILE` (the tuned adapter) or `cbpt evaluate --zero-shot` (`none`), in this process "
-            "against a loopback server. FLOP/s count the tokens the server ran (texts and cues).",
+            "Each run starts with an empty text-state cache; gRPC is `predict_in_batches` (shuffled rows), "
+            "CLI is `cbpt predict TUNED FILE` (the tuned adapter) or `cbpt evaluate --zero-shot` (`none`), "
+            "in this process against a loopback server. FLOP/s count the tokens the server ran (texts and "
+            "cues).",
             "",
-            "| path | adapter | texts | rows | rows/s before | rows/s now | speed-up | of matmul before | of matmul now |",
+            "| path | adapter | texts | rows | rows/s before | rows/s now | speed-up | of matmul before "
+            "| of matmul now |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for old, new in _pairs(evaluate, ("path", "adapter", "length", "rows")):
             lines.append(
-                f"| {new['path']} | {new['adapter']} | {new['length']} | {new['rows']} | {old['rows_per_s']:.1f} "
-                f"| {new['rows_per_s']:.1f} | {new['rows_per_s'] / old['rows_per_s']:.2f}x "
+                f"| {new['path']} | {new['adapter']} | {new['length']} | {new['rows']} "
+                f"| {old['rows_per_s']:.1f} | {new['rows_per_s']:.1f} "
+                f"| {new['rows_per_s'] / old['rows_per_s']:.2f}x "
                 f"| {old['matmul_ratio']:.0%} | {new['matmul_ratio']:.0%} |"
             )
     if oncue := payload.get("oncue"):
         heading("oncue", "One generation on the answer cue (32 short texts, cached as from generation 2)")
         lines += [
-            "| adapter | popsize | sequences/s before | sequences/s now | speed-up | of matmul before | of matmul now |",
+            "| adapter | popsize | sequences/s before | sequences/s now | speed-up | of matmul before "
+            "| of matmul now |",
             "|---|---|---|---|---|---|---|",
         ]
         for old, new in _pairs(oncue, ("adapter", "popsize")):
             lines.append(
-                f"| {new['adapter']} | {new['popsize']} | {old['sequences_per_s']:.1f} | {new['sequences_per_s']:.1f} "
-                f"| {new['sequences_per_s'] / old['sequences_per_s']:.2f}x | {old['matmul_ratio']:.0%} "
-                f"| {new['matmul_ratio']:.0%} |"
+                f"| {new['adapter']} | {new['popsize']} | {old['sequences_per_s']:.1f} "
+                f"| {new['sequences_per_s']:.1f} | {new['sequences_per_s'] / old['sequences_per_s']:.2f}x "
+                f"| {old['matmul_ratio']:.0%} | {new['matmul_ratio']:.0%} |"
             )
     if ceiling := payload.get("ceiling"):
         heading("ceiling", "Ceiling: the model's own plain forward (no padding, cache or mask)")
@@ -175,7 +186,8 @@ def _before_and_now(payload: dict) -> list[str]:
         ]
         lines += [
             f"| {r['configuration']} | {r['tuning_seconds']:.0f} s | {first / r['tuning_seconds']:.2f}x "
-            f"| {r['tokens']} | {r['matmul_ratio']:.0%} | {r['train_loss']:.4f} | {r['held_out_accuracy']:.1%} |"
+            f"| {r['tokens']} | {r['matmul_ratio']:.0%} | {r['train_loss']:.4f} "
+            f"| {r['held_out_accuracy']:.1%} |"
             for r in job["runs"]
         ]
         same = "identical" if job["same_vector"] else f"differ by at most {job['vector_max_difference']:.2g}"

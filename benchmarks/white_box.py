@@ -134,7 +134,8 @@ def tune(
     config: WhiteBoxConfig = WhiteBoxConfig(),
     log: Callable[[str], None] | None = None,
 ) -> list[Checkpoint]:
-    """Run max(record_at) Adam steps; at each step in ``record_at`` score the selected prompt on the test texts."""
+    """Run max(record_at) Adam steps; at each step in ``record_at`` score the selected prompt on the test
+    texts."""
     scorer = SoftPromptScorer(bundle, cue, choices, config.batch_sequences)
     device = bundle.device
     started = time.perf_counter()

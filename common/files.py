@@ -13,7 +13,8 @@ from typing import Any
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
-    """Write ``data`` to a temporary file beside ``path`` (created with ``mode``), fsync, rename over ``path``.
+    """Write ``data`` to a temporary file beside ``path`` (created with ``mode``), fsync, rename over
+    ``path``.
 
     The file has its final mode before it holds a byte, so a key is never briefly world-readable.
     """

@@ -125,7 +125,8 @@ def compute_losses(
 
 
 def calibrate(log_probs: np.ndarray) -> np.ndarray:
-    """Mean-centred calibration from unlabelled inputs: subtract each choice's mean log-prob over the examples.
+    """Mean-centred calibration from unlabelled inputs: subtract each choice's mean log-prob over the
+    examples.
 
     Works on [e, c] or [n, e, c]; pads stay -inf; the result is renormalised.
     """

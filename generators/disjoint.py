@@ -143,7 +143,8 @@ def finish(
 def command_line(
     doc: str | None, out: Path, sources: Sequence[Source], argv: list[str] | None
 ) -> tuple[argparse.Namespace, Reader]:
-    """A domain's prepare.py options (--datasets, --out, where the pinned sources come from) and its reader."""
+    """A domain's prepare.py options (--datasets, --out, where the pinned sources come from) and its
+    reader."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--out", type=Path, default=out)

@@ -50,7 +50,10 @@ def main() -> None:
     parser.add_argument(
         "--adapter",
         default=None,
-        help="Default: cbp-opinion (the generator shipped for the bundled model) when the server serves it, else bbt-cue.",
+        help=(
+            "Default: cbp-opinion (the generator shipped for the bundled model) when the server serves it, "
+            "else bbt-cue."
+        ),
     )
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--popsize", type=int, default=20)
@@ -103,9 +106,9 @@ def main() -> None:
         seeding = ["--seeds", seeds] if args.seeds else ["--seed", seeds]
         tuning_started = time.monotonic()
         run(
-            BIN / "cbpt", "tune", TASK, "--out", tuned_dir, "--adapter", args.adapter, "--budget", str(args.budget),
-            "--popsize", str(args.popsize), *seeding, "--fit-bias", "--key-file", work / "checkpoint.key",
-            *connect, env=env,
+            BIN / "cbpt", "tune", TASK, "--out", tuned_dir, "--adapter", args.adapter,
+            "--budget", str(args.budget), "--popsize", str(args.popsize), *seeding, "--fit-bias",
+            "--key-file", work / "checkpoint.key", *connect, env=env,
         )  # fmt: skip
         tuning_seconds = time.monotonic() - tuning_started
         folders = [tuned_dir / f"seed-{seed}" for seed in seeds.split(",")] if args.seeds else [tuned_dir]
@@ -135,7 +138,8 @@ def main() -> None:
 
 
 def default_adapter(info: dict) -> str:
-    """CBP-Tuning with the provider's opinion generator when this model has one, else BBT on the answer cue."""
+    """CBP-Tuning with the provider's opinion generator when this model has one, else BBT on the answer
+    cue."""
     served = {adapter["name"] for adapter in info["adapters"]}
     if "cbp-opinion" in served:
         return "cbp-opinion"

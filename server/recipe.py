@@ -22,7 +22,8 @@ from cbpt.server.engine.batching import Batching
 
 # The operator's batching knobs: the rest of ``Batching`` only switches optimisations off for benchmarks.
 BATCHING_KNOBS = (
-    "batch_tokens", "batch_cached_tokens", "batch_sequences", "pack_rows", "encode_with_rows", "grouped_attention"
+    "batch_tokens", "batch_cached_tokens", "batch_sequences", "pack_rows", "encode_with_rows",
+    "grouped_attention"
 )  # fmt: skip
 
 if TYPE_CHECKING:
@@ -85,7 +86,9 @@ class EngineSettings(BaseModel):
     job_state_mb: int = Field(
         256,
         ge=1,
-        description="memory for the text states running jobs hold at once, all together (a window of texts each)",
+        description=(
+            "memory for the text states running jobs hold at once, all together (a window of texts each)"
+        ),
     )
 
     def engine_options(self) -> dict[str, Any]:

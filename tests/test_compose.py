@@ -147,7 +147,8 @@ def test_dockerfile_essentials() -> None:
 
 
 def test_the_build_context_is_an_allow_list() -> None:
-    """Finding 10: the classic builder ignores docker/Dockerfile.dockerignore; the context held .venv and runs/."""
+    """Finding 10: the classic builder ignores docker/Dockerfile.dockerignore; the context held .venv and
+    runs/."""
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()]
     patterns = [p for p in patterns if p and not p.startswith("#")]
     assert patterns[0] == "*"

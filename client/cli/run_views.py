@@ -1,4 +1,5 @@
-"""``cbpt show RUN`` and ``cbpt runs [ROOT]``: a run's status, calls, best dev metrics and curve, from its folder.
+"""``cbpt show RUN`` and ``cbpt runs [ROOT]``: a run's status, calls, best dev metrics and curve, from its
+folder.
 
 Nothing here needs a key or a server: task.json and history.jsonl are plaintext by design (they
 hold metrics, never data), so a run can be watched from another terminal while it tunes.

@@ -48,7 +48,8 @@ def _holdout_task(task_file: Path, folder: Path | None) -> Task:
     for name in ("shots_per_class", "dev_per_class"):
         if recorded.get(name) is not None and recorded[name] != getattr(task, name):
             raise TaskError(
-                f"--task {task_file}: {name} is {getattr(task, name)}, the run in {folder} used {recorded[name]}"
+                f"--task {task_file}: {name} is {getattr(task, name)}, "
+                f"the run in {folder} used {recorded[name]}"
             )
     task = task.with_seed(int(recorded.get("seed", task.seed)))
     task.load()

@@ -1,4 +1,5 @@
-"""One ``cbpt tune`` run in a folder: progress, the folder kept current, and a resume command on any early exit.
+"""One ``cbpt tune`` run in a folder: progress, the folder kept current, and a resume command on any early
+exit.
 
 Whatever ends a run before its budget (Ctrl-C, SIGTERM, a server that stays away, a bug) leaves
 the checkpoint, marks the saved best-so-far vector ``interrupted``, and prints the command that

@@ -87,6 +87,8 @@ def _spread(values: list[float]) -> dict[str, Any]:
     }
 
 
+# The docstring is the one-line help in ``cbpt --help``'s command list, which keeps any line break:
+# a backslash continues its one line.
 @friendly_errors
 @connection_options()
 @key_options
@@ -110,7 +112,8 @@ def tune(
     keys: KeySource,
     connection: Connection,
 ) -> None:
-    """Tune a vector for TASK; Ctrl-C, SIGTERM or a lost server keep the checkpoint and print how to resume."""
+    """Tune a vector for TASK; Ctrl-C, SIGTERM or a lost server keep the checkpoint and print how to \
+resume."""
     task = Task.from_file(task_file)
     base = RunRequest(task_file, task, out, settings, encrypt_vector, keys, connection)
     if seeds is not None:
@@ -205,5 +208,6 @@ def _sweep(base: RunRequest, seeds: list[int], spelled: str, *, resume: bool, as
     if accuracy:
         spread = _spread(accuracy)
         console.print(
-            f"dev accuracy over seeds {spelled}: {spread['mean']:.4f} ± {spread['std']:.4f} (mean ± sample std)"
+            f"dev accuracy over seeds {spelled}: {spread['mean']:.4f} ± {spread['std']:.4f} "
+            "(mean ± sample std)"
         )

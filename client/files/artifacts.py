@@ -185,8 +185,8 @@ class TunedTask:
         info = client.info()
         if info.model_fingerprint != self.model_fingerprint:
             raise FingerprintMismatch(
-                f"{self.folder} was tuned on model {self.model_id} ({self.model_fingerprint[:12]}), but server "
-                f"{client.target} runs {info.model_id} ({info.model_fingerprint[:12]})"
+                f"{self.folder} was tuned on model {self.model_id} ({self.model_fingerprint[:12]}), "
+                f"but server {client.target} runs {info.model_id} ({info.model_fingerprint[:12]})"
             )
         try:
             dimension = info.adapter(self.adapter).dimension

@@ -3,7 +3,8 @@ authenticating several files together with HMAC-SHA256 under the same key (tuned
 
 Layout of a sealed file::
 
-    magic (8) | format_version (u16) | kdf (u8: 0 key file, 1 scrypt) | salt (16) | nonce (12) | ciphertext+tag
+    magic (8) | format_version (u16) | kdf (u8: 0 key file, 1 scrypt) | salt (16) | nonce (12)
+    | ciphertext+tag
 
 The header up to the salt is authenticated as associated data, so changing any
 byte (version, kdf, salt, ciphertext) fails authentication. The key is either
@@ -68,7 +69,8 @@ class SecretKey:
 
     @classmethod
     def from_file(cls, path: Path | None = None, *, create: bool = True) -> SecretKey:
-        """The key in ``path`` (default ``$CBPT_KEY_FILE`` or ~/.config/cbpt/checkpoint.key), created if absent."""
+        """The key in ``path`` (default ``$CBPT_KEY_FILE`` or ~/.config/cbpt/checkpoint.key), created if
+        absent."""
         path = Path(path).expanduser() if path is not None else default_key_file()
         if not path.exists():
             if not create:
@@ -108,7 +110,8 @@ KeySpec = SecretKey | str | bytes | Path | None
 
 
 def resolve_key(spec: KeySpec) -> SecretKey:
-    """A SecretKey from a passphrase (str), raw key (32 bytes), key file (Path) or the default key file (None)."""
+    """A SecretKey from a passphrase (str), raw key (32 bytes), key file (Path) or the default key file
+    (None)."""
     if isinstance(spec, SecretKey):
         return spec
     if isinstance(spec, str):

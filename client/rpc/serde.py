@@ -1,9 +1,10 @@
 """Every conversion between the wire (``proto/cbpt/v1/tuning.proto``) and the client's own types.
 
 As in Flower's ``common/serde.py``: the SDK moves messages, this module alone knows their fields,
-and each conversion is named by its direction (``<thing>_to_proto``, ``<thing>_from_proto``). Choices are sent as they are stated (``Choices.shared``), never guessed from a
-length: a one-text request with its own list keeps ``example_choices``. Byte sizes for the
-splitting plan come from protobuf here too, so they match the requests exactly.
+and each conversion is named by its direction (``<thing>_to_proto``, ``<thing>_from_proto``). Choices
+are sent as they are stated (``Choices.shared``), never guessed from a length: a one-text request with
+its own list keeps ``example_choices``. Byte sizes for the splitting plan come from protobuf here too,
+so they match the requests exactly.
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ class AutoChoice:
         left = settings.budget - self.calls
         if left < settings.popsize:
             raise ConfigError(
-                f"--budget {settings.budget}: --adapter auto spends {self.calls} calls choosing, which leaves "
-                f"{left}, less than one generation (--popsize {settings.popsize})"
+                f"--budget {settings.budget}: --adapter auto spends {self.calls} calls choosing, "
+                f"which leaves {left}, less than one generation (--popsize {settings.popsize})"
             )
         return settings.replace(adapter=self.chosen, budget=left)
 

@@ -1,4 +1,5 @@
-"""Write the commonsense domain's training files, its benchmark-only tasks and the texts it must never train on.
+"""Write the commonsense domain's training files, its benchmark-only tasks and the texts it must never \
+train on.
 
     .venv/bin/python generators/commonsense/prepare.py [--datasets ../shared/datasets]
         [--sources DIR | --from-git OWNER/REPO=GITDIR ...] [--out generators/commonsense/data]
@@ -8,8 +9,9 @@ Sources (public GitHub files pinned by commit and sha256; downloaded into .cache
 - CommonsenseQA train (Talmor et al. 2019; MIT licence), the copy in kojima-takeshi188/zero_shot_cot:
   5 options a row -> ``csqa`` (per-row options);
 - OpenBookQA train (Mihaylov et al. 2018; Apache-2.0), ARC Easy + Challenge train (Clark et al. 2018;
-  CC BY-SA 4.0) and Social IQa dev (Sap et al. 2019; CC BY 4.0), as repackaged by AGI-Edgerunners/LLM-Adapters
-  (Apache-2.0 code; the data keep their own licences): ``openbookqa``, ``arc`` (4 options), ``siqa`` (3 options);
+  CC BY-SA 4.0) and Social IQa dev (Sap et al. 2019; CC BY 4.0), as repackaged by
+  AGI-Edgerunners/LLM-Adapters (Apache-2.0 code; the data keep their own licences): ``openbookqa``,
+  ``arc`` (4 options), ``siqa`` (3 options);
 - BoolQ validation with its passages (Clark et al. 2019; CC BY-SA 3.0), mosaicml/llm-foundry's eval copy:
   ``boolq`` (yes/no, passages cut to 200 words); its fixed 600-row test part is the benchmark's trained task;
 - unseen, benchmark only, never trained: PIQA validation (Bisk et al. 2020; AFL-3.0, ybisk/ybisk.github.io)

@@ -1,4 +1,5 @@
-"""Write the financial domain's training files and the texts it must never train on (all of Financial PhraseBank).
+"""Write the financial domain's training files and the texts it must never train on (all of Financial \
+PhraseBank).
 
     .venv/bin/python generators/financial/prepare.py [--datasets ../shared/datasets]
         [--sources DIR | --from-git OWNER/REPO=GITDIR ...] [--out generators/financial/data]
@@ -19,9 +20,11 @@ Sources (public GitHub files pinned by commit and sha256; downloaded into .cache
   copies one, normalised or as a near duplicate (tweets that quote a sentence with a ticker or a link), is
   dropped, and prepared.json says how many each source lost.
 
-SEntFiN 1.0 was considered: no public copy of its data was found (only papers and notebooks), so it is not used.
+SEntFiN 1.0 was considered: no public copy of its data was found (only papers and notebooks), so it is
+not used.
 
-Writes data/{fintweets,gold-sentiment,gold-comparison}.jsonl, fintweets-test.jsonl, held-out.jsonl, prepared.json.
+Writes data/{fintweets,gold-sentiment,gold-comparison}.jsonl, fintweets-test.jsonl, held-out.jsonl,
+prepared.json.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Each replica builds the engine once from the front's recipe, by the in-process server's own path
 (``EngineRecipe.build``), runs it behind the in-process server's own backend (``InProcessBackend``:
-the scheduler on one engine thread), and scores the requests Serve routes to it, whatever API key sent them: requests that arrive together share forward passes (merged
-when they have one mode and cue and one adapter, or adapters placing one prompt length after the text; scores equal to unmerged ones within 1e-4), while each
-request's ``scope`` keeps cached text states per key.
+the scheduler on one engine thread), and scores the requests Serve routes to it, whatever API key sent
+them: requests that arrive together share forward passes (merged when they have one mode and cue and
+one adapter, or adapters placing one prompt length after the text; scores equal to unmerged ones within
+1e-4), while each request's ``scope`` keeps cached text states per key.
 
 Two ways to gather a batch: the server's own scheduler (default, scheduler.py), the in-process
 backend's behaviour on every replica: tenants take turns one forward pass at a time, calls that

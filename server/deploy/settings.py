@@ -41,7 +41,8 @@ class RaySettings(BaseModel):
     )
 
     def deployment_options(self, max_queued: int) -> dict[str, Any]:
-        """Serve's deployment options; each replica takes ``max_queued`` calls, and the router as many more."""
+        """Serve's deployment options; each replica takes ``max_queued`` calls, and the router as many
+        more."""
         scaling: dict[str, Any] = {"num_replicas": self.replicas}
         if self.max_replicas is not None:
             scaling = {

@@ -84,7 +84,8 @@ def take_states(layers: Layers, spans: Sequence[tuple[int, int, int]]) -> list[K
 
 
 def stack_states(states: Sequence[KVState | None], width: int) -> Layers:
-    """Per-layer keys/values [len(states), kv_heads, width, head_dim], each state left-padded (zeros for None)."""
+    """Per-layer keys/values [len(states), kv_heads, width, head_dim], each state left-padded (zeros for
+    None)."""
     first = next(state for state in states if state is not None).layers
     layers: Layers = []
     for layer in range(len(first)):

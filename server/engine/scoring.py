@@ -146,7 +146,8 @@ class ScoringEngine:
         return ScoringJob(self, requests)
 
     def pooled_inputs(self, texts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Mean input embedding per tokenised text [texts, hidden]: what a generator reads, once per request."""
+        """Mean input embedding per tokenised text [texts, hidden]: what a generator reads, once per
+        request."""
         embed, device = self.parts.embed, self.parts.device
         return torch.stack([embed(torch.tensor(ids, device=device)).mean(0) for ids in texts])
 
@@ -161,8 +162,9 @@ class ScoringEngine:
         return FullSequence
 
     def log_probs(self, group: list[Prepared], z: torch.Tensor | None = None) -> GroupScores:
-        """Per request of a group (one mode and cue; one adapter, or adapters of one after-text slot): log-probs [candidates, examples, choices]
-        normalised over each example's choices (-inf pads), and the tokens run.
+        """Per request of a group (one mode and cue; one adapter, or adapters of one after-text slot):
+        log-probs [candidates, examples, choices] normalised over each example's choices (-inf pads), and
+        the tokens run.
 
         ``z`` replaces the requests' own candidates (all of them, laid end to end): training passes
         a tensor that requires grad. The caller chooses the grad mode; ``score_many`` serves under

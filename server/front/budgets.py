@@ -75,8 +75,9 @@ class EvaluationBudgets:
         usage = self._today(key_id, now)
         if total is not None and usage.total + sequences > total:
             raise BudgetExhausted(
-                f"key {key_id!r} has used {usage.total} of its {total} evaluations in total (one per candidate "
-                f"and example; this call needs {sequences}); ask the provider to raise the budget",
+                f"key {key_id!r} has used {usage.total} of its {total} evaluations in total "
+                f"(one per candidate and example; this call needs {sequences}); "
+                "ask the provider to raise the budget",
                 retry_after=TOTAL_RETRY_SECONDS,
             )
         if per_day is not None and usage.today + sequences > per_day:

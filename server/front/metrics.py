@@ -1,6 +1,7 @@
 """Prometheus metrics: queue depth, call latency, sequences per second, cache bytes, refusals and
-cancellations by reason, failed reloads of the keys file. Off unless ``--metrics-port`` is given; loopback unless ``--metrics-host``
-says otherwise (the numbers say how busy the provider is, so they stay private by default).
+cancellations by reason, failed reloads of the keys file. Off unless ``--metrics-port`` is given;
+loopback unless ``--metrics-host`` says otherwise (the numbers say how busy the provider is, so they
+stay private by default).
 
 Each server gets its own registry, so several servers in one process (tests) do not collide.
 The scheduler, the auth interceptor and the call plumbing (calls.py) report through the small methods below.

@@ -60,8 +60,8 @@ def check_candidate_values(candidates: np.ndarray, limits: Limits) -> None:
             row = int(beyond[0])
             raise InvalidRequest(
                 f"candidates[{row}]",
-                f"value {largest[row]:.6g} exceeds the bound of {limits.max_candidate_abs:g} in absolute value "
-                "(max_candidate_abs): the soft prompt would only saturate the model",
+                f"value {largest[row]:.6g} exceeds the bound of {limits.max_candidate_abs:g} "
+                "in absolute value (max_candidate_abs): the soft prompt would only saturate the model",
             )
 
 

@@ -77,7 +77,8 @@ class TrainingProgress:
         )
         if not self._console.is_terminal and report.step % 50 == 0:
             self._console.print(
-                f"step {report.step}/{report.steps} loss {report.loss:.4f} {report.examples_per_second:.1f} ex/s dev {dev}",
+                f"step {report.step}/{report.steps} loss {report.loss:.4f} "
+                f"{report.examples_per_second:.1f} ex/s dev {dev}",
                 highlight=False,
             )
 

@@ -86,7 +86,8 @@ def load_state(
     for key in sorted(set(identity) | set(meta["identity"])):
         if meta["identity"].get(key) != identity.get(key):
             raise ConfigError(
-                f"{folder} holds a training run for another {key}; resume with the same command or use another --out"
+                f"{folder} holds a training run for another {key}; "
+                "resume with the same command or use another --out"
             )
     tensors = load_file(str(target / meta["tensors"]))
     with torch.no_grad():

@@ -217,8 +217,8 @@ class GeneratorTrainer:
         state.step += 1
         state.examples_seen += len(examples)
         state.train_seconds += seconds
-        row = {"step": state.step, "task": task.name, "loss": float(loss.detach()), "lr": self.learning_rate(state.step - 1),
-               "seconds": round(seconds, 4)}  # fmt: skip
+        row = {"step": state.step, "task": task.name, "loss": float(loss.detach()),
+               "lr": self.learning_rate(state.step - 1), "seconds": round(seconds, 4)}  # fmt: skip
         state.history.append(row)
         rate = state.examples_seen / state.train_seconds if state.train_seconds else 0.0
         return StepReport(state.step, settings.steps, row["loss"], rate, self._last_dev())

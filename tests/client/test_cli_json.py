@@ -1,4 +1,5 @@
-"""``--version`` on both CLIs and ``--json`` documents of stable shape (the README's "Machine-readable output")."""
+"""``--version`` on both CLIs and ``--json`` documents of stable shape (the README's
+"Machine-readable output")."""
 
 from __future__ import annotations
 

@@ -54,7 +54,10 @@ def test_a_text_over_the_token_limit_is_refused_before_anything_is_scored(
         tuner = Tuner(client, task, budget=4, popsize=4)
         with pytest.raises(
             TaskError,
-            match=rf"data\.train row 4: \d+ tokens exceed the server's limit of {TOKENS} \(and 1 more text\);",
+            match=(
+                rf"data\.train row 4: \d+ tokens exceed the server's limit of {TOKENS} "
+                r"\(and 1 more text\);"
+            ),
         ):
             tuner.prepare()
         assert client.stats.candidate_evaluations == 0  # nothing was scored
@@ -85,7 +88,8 @@ def test_truncation_shortens_the_field_and_never_the_cue(
 
 
 def test_a_named_field_is_cut_and_the_others_kept(short_server: str, make_task: TaskFactory) -> None:
-    rows = [{"context": "the quick brown fox jumps over the lazy dog " * (2 + i % 5), "question": f"q{i}?", "label": label}
+    rows = [{"context": "the quick brown fox jumps over the lazy dog " * (2 + i % 5), "question": f"q{i}?",
+             "label": label}
             for i, label in enumerate(["LABEL_SECRET_A", "LABEL_SECRET_B"] * 6)]  # fmt: skip
     task = Task.from_file(
         make_task(rows=rows, shots=4, dev=2, template="Context: {context}\nQuestion: {question}\nAnswer:",

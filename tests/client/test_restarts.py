@@ -1,4 +1,5 @@
-"""The client rides out a server restart, and any early exit of ``cbpt tune`` says how to resume (Trust #5)."""
+"""The client rides out a server restart, and any early exit of ``cbpt tune`` says how to resume
+(Trust #5)."""
 
 from __future__ import annotations
 

@@ -97,8 +97,8 @@ def test_every_shipped_folder_is_served_or_listed_with_why_not(tmp_path: Path, m
 def test_a_generator_for_another_hidden_size_is_refused_by_name(tmp_path: Path) -> None:
     mine, bigger = tiny_bundle(0), tiny_bundle(1, hidden_size=48)
     _shipped(bigger, tmp_path, "financial")
-    with pytest.raises(ModelMismatch, match=r"financial: generator was built for model \w+ \(hidden size 48\), "
-                       r"this server runs \w+ \(hidden size 32\)"):  # fmt: skip
+    with pytest.raises(ModelMismatch, match=r"financial: generator was built for model \w+ "
+                       r"\(hidden size 48\), this server runs \w+ \(hidden size 32\)"):  # fmt: skip
         ServedAdapters(generators=[tmp_path / "financial"], shipped_generators=False).build(mine)
     config = dataclasses.replace(tiny_generator(bigger, dimension=8, prompt_length=2).config,
                                  base_model_fingerprint=mine.fingerprint)  # fmt: skip

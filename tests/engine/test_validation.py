@@ -40,9 +40,12 @@ def z(n=1, dim=16):
     [
         ({"texts": ["ok", "word " * 39]}, "texts[1]: 195 tokens exceed the limit of 40"),
         ({"cue": "Answer: " * 20}, "cue: 42 tokens exceed the limit of 40"),
-        ({"choices": [" a very long choice string here"]}, "shared_choices[0]: 20 tokens exceed the limit of 4"),
-        ({"choices": [[" a"], [" b", " and so on and on"]]}, "example_choices[1][1]: 8 tokens exceed the limit of 4"),
-        ({"choices": [" positive", " positively"]}, "shared_choices: two choices share their first token; use full-choice scoring"),
+        ({"choices": [" a very long choice string here"]},
+         "shared_choices[0]: 20 tokens exceed the limit of 4"),
+        ({"choices": [[" a"], [" b", " and so on and on"]]},
+         "example_choices[1][1]: 8 tokens exceed the limit of 4"),
+        ({"choices": [" positive", " positively"]},
+         "shared_choices: two choices share their first token; use full-choice scoring"),
     ],
 )  # fmt: skip
 def test_the_engine_checks_the_token_limits_in_the_doors_wording(engine, request_kwargs, message):

@@ -151,7 +151,8 @@ def test_a_generator_for_other_weights_is_refused_at_start(recipe: EngineRecipe,
 
 
 def test_this_machines_own_address_needs_no_tls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A local Ray's address is this machine's own (Ray turns 127.0.0.1 into it): nothing crosses a network."""
+    """A local Ray's address is this machine's own (Ray turns 127.0.0.1 into it): nothing crosses a
+    network."""
     import socket
 
     monkeypatch.delenv("RAY_USE_TLS", raising=False)

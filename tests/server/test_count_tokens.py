@@ -1,4 +1,5 @@
-"""CountTokens: the engine's own token counts of texts, validated like Evaluate's, with no scoring and no text logged."""
+"""CountTokens: the engine's own token counts of texts, validated like Evaluate's, with no scoring and no
+text logged."""
 
 from __future__ import annotations
 

@@ -19,12 +19,16 @@ from cbpt.server.front.status import INTERNAL_MESSAGE, error_status
 # One of each class, with the status a client sees: its code and the rich details attached. A class
 # added to errors.py without a line here fails test_every_class_has_a_sample.
 SAMPLES: list[tuple[ServerError, grpc.StatusCode, tuple[str, ...]]] = [
-    (errors.InvalidRequest("candidates[3]", "contains NaN or inf"), grpc.StatusCode.INVALID_ARGUMENT, ("BadRequest",)),
-    (errors.MalformedRequest("cbpt.v1.EvaluateRequest", 17), grpc.StatusCode.INVALID_ARGUMENT, ("BadRequest",)),
+    (errors.InvalidRequest("candidates[3]", "contains NaN or inf"), grpc.StatusCode.INVALID_ARGUMENT,
+     ("BadRequest",)),
+    (errors.MalformedRequest("cbpt.v1.EvaluateRequest", 17), grpc.StatusCode.INVALID_ARGUMENT,
+     ("BadRequest",)),
     (errors.UnknownAdapter("cbpx", ["none", "bbt"]), grpc.StatusCode.INVALID_ARGUMENT, ("BadRequest",)),
     (errors.QuotaExceeded("a limit", 2.0), grpc.StatusCode.RESOURCE_EXHAUSTED, ("RetryInfo",)),
-    (errors.RateLimitExceeded("rate limit of 60 requests", 0.5), grpc.StatusCode.RESOURCE_EXHAUSTED, ("RetryInfo",)),
-    (errors.ConcurrencyLimitExceeded("at most 2 calls", 1.0), grpc.StatusCode.RESOURCE_EXHAUSTED, ("RetryInfo",)),
+    (errors.RateLimitExceeded("rate limit of 60 requests", 0.5), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     ("RetryInfo",)),
+    (errors.ConcurrencyLimitExceeded("at most 2 calls", 1.0), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     ("RetryInfo",)),
     (errors.ServerBusy("server busy", 0.25), grpc.StatusCode.RESOURCE_EXHAUSTED, ("RetryInfo",)),
     (errors.BudgetExhausted("budget spent", 3600.0), grpc.StatusCode.RESOURCE_EXHAUSTED, ("RetryInfo",)),
     (errors.AuthenticationFailed("invalid API key"), grpc.StatusCode.UNAUTHENTICATED, ()),

@@ -106,7 +106,8 @@ async def scenario(counter: TurnCounter) -> tuple[list[object], ScoreResult]:
 
 def test_merged_small_calls_finish_within_the_bound_while_a_large_call_runs() -> None:
     bundle = tiny_bundle(0)
-    # Passes of 64 rows, as the scenario counts them (the default bounds tokens, not rows: more, smaller steps).
+    # Passes of 64 rows, as the scenario counts them (the default bounds tokens, not rows: more, smaller
+    # steps).
     engine = ScoringEngine(
         bundle,
         ServedAdapters(bbt_dimension=16, prompt_length=4, shipped_generators=False).build(bundle),

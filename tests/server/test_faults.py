@@ -66,7 +66,8 @@ def test_sigkill_mid_tune_then_restart_ends_on_the_uninterrupted_vector(tmp_path
         code = cut.wait(300)
         output = cut.communicate()[0]
         print(
-            f"\nSIGKILL mid-tune: the client {'rode out the restart' if code == 0 else f'exited {code}; resuming'}"
+            "\nSIGKILL mid-tune: the client "
+            f"{'rode out the restart' if code == 0 else f'exited {code}; resuming'}"
         )
         if code != 0:  # the client's retries were spent before the restart: resume from the checkpoint
             assert (tmp_path / "cut" / "checkpoint.cbpt").exists(), output

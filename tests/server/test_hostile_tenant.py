@@ -253,10 +253,12 @@ def test_a_hostile_key_neither_stops_the_server_nor_starves_the_honest_ones(serv
     p = {name: np.percentile(values, [50, 99]) for name, values in latency.items()}
     with capsys.disabled():
         print(
-            f"\nhostile tenant: honest p50/p99 alone {p['alone'][0] * 1000:.0f}/{p['alone'][1] * 1000:.0f} ms, "
+            "\nhostile tenant: honest p50/p99 alone "
+            f"{p['alone'][0] * 1000:.0f}/{p['alone'][1] * 1000:.0f} ms, "
             f"under attack {p['attacked'][0] * 1000:.0f}/{p['attacked'][1] * 1000:.0f} ms "
-            f"(p99 x{p['attacked'][1] / p['alone'][1]:.1f}); passes per honest call max {max(passes_alone)} alone, "
-            f"{max(passes_attacked)} under attack; RSS warm {warm / 2**20:.0f} MB, peak {peak / 2**20:.0f} MB; "
+            f"(p99 x{p['attacked'][1] / p['alone'][1]:.1f}); "
+            f"passes per honest call max {max(passes_alone)} alone, {max(passes_attacked)} under attack; "
+            f"RSS warm {warm / 2**20:.0f} MB, peak {peak / 2**20:.0f} MB; "
             f"{len(outcomes)} hostile calls: "
             + "; ".join(
                 f"{kind}: {code} {reason} x{n}" for (kind, code, reason), n in sorted(by_reason.items())

@@ -156,7 +156,8 @@ def test_over_the_queue_bound_is_refused_at_once(engine: ScoringEngine, tmp_path
         gated.release.set()
         assert running.result().num_candidates == 1 and all(q.result().num_candidates == 1 for q in queued)
     print(
-        f"\nover the queue bound: refused in median {np.median(seconds) * 1000:.1f} ms, max {max(seconds) * 1000:.1f} ms"
+        f"\nover the queue bound: refused in median {np.median(seconds) * 1000:.1f} ms, "
+        f"max {max(seconds) * 1000:.1f} ms"
     )
     assert np.median(seconds) < 0.1
 

@@ -39,8 +39,9 @@ def test_serving_writes_no_file_and_logs_no_text(tmp_path):
         "HF_HOME": str(watched / "cache" / "hf"),
     }
     port = free_port()
-    command = [sys.executable, "-m", "cbpt.server.cli", "serve", "--model", str(model_dir), "--insecure", "--allow-no-auth",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "DEBUG"]  # fmt: skip
+    command = [sys.executable, "-m", "cbpt.server.cli", "serve", "--model", str(model_dir), "--insecure",
+               "--allow-no-auth", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "DEBUG"]  # fmt: skip
     server = subprocess.Popen(
         command, cwd=watched / "cwd", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

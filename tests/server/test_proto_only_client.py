@@ -22,8 +22,8 @@ import grpc_tools, grpc
 
 work = Path(sys.argv[1])
 include = str(Path(grpc_tools.__file__).parent / "_proto")
-code = protoc.main(["protoc", f"-I{work}", f"-I{include}", f"--python_out={work}", f"--grpc_python_out={work}",
-                    str(work / "tuning.proto")])
+code = protoc.main(["protoc", f"-I{work}", f"-I{include}", f"--python_out={work}",
+                    f"--grpc_python_out={work}", str(work / "tuning.proto")])
 assert code == 0, code
 sys.path.insert(0, str(work))
 import tuning_pb2, tuning_pb2_grpc

@@ -1,4 +1,5 @@
-"""GetServerInfo and Evaluate over a real loopback server: contents, packing and the documented fields only."""
+"""GetServerInfo and Evaluate over a real loopback server: contents, packing and the documented fields
+only."""
 
 from __future__ import annotations
 

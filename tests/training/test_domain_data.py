@@ -1,4 +1,5 @@
-"""The domains' data code on small synthetic rows: pinned sources, near-duplicate matching, the prepare step."""
+"""The domains' data code on small synthetic rows: pinned sources, near-duplicate matching, the prepare
+step."""
 
 from __future__ import annotations
 

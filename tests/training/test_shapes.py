@@ -42,7 +42,8 @@ def test_a_label_may_be_the_options_index_or_its_text(tmp_path: Path) -> None:
     by_index = load_domain(write_domain(tmp_path / "index", ["options"])).tasks[0]
     by_text = load_domain(write_domain(tmp_path / "text", ["options_text"])).tasks[0]
     first = [json.loads(path.read_text().splitlines()[0])["answer"]
-             for path in (tmp_path / "index" / "options.jsonl", tmp_path / "text" / "options_text.jsonl")]  # fmt: skip
+             for path in (tmp_path / "index" / "options.jsonl",
+                          tmp_path / "text" / "options_text.jsonl")]  # fmt: skip
     assert isinstance(first[0], int) and isinstance(first[1], str)
     assert by_index.train.labels is not None and by_text.train.labels is not None
     np.testing.assert_array_equal(by_index.train.labels, by_text.train.labels)
@@ -68,7 +69,8 @@ def test_each_shape_trains(shape: str, tmp_path: Path) -> None:
 
 
 def test_a_mixed_domain_trains_every_task(tmp_path: Path) -> None:
-    """Fixed choices, per-row options (two or three) and full-choice strings in one domain, one task a step."""
+    """Fixed choices, per-row options (two or three) and full-choice strings in one domain, one task a
+    step."""
     domain = load_domain(write_domain(tmp_path, ["fixed", "options", "full"]))
     trainer = GeneratorTrainer(
         tiny_bundle(0), domain, settings(steps=120, eval_every=60, **LEARNS), tmp_path / "out"
@@ -144,7 +146,10 @@ def test_rows_the_engine_would_refuse_are_left_out_and_counted(tmp_path: Path) -
     write_jsonl(tmp_path / "wide.jsonl", wide)
     entry = {"name": "wide", "data": "wide.jsonl", "dev_per_class": 1, **TASKS["options"]}
     (tmp_path / "wide.yaml").write_text(json.dumps({"domain": "toy", "tasks": [entry]}))
-    message = r"task 'wide': no training row fits the engine's limits \(e.g. wide.jsonl row \d: 20 choices \(1 to 16"
+    message = (
+        r"task 'wide': no training row fits the engine's limits "
+        r"\(e.g. wide.jsonl row \d: 20 choices \(1 to 16"
+    )
     with pytest.raises(ConfigError, match=message):
         GeneratorTrainer(bundle, load_domain(tmp_path / "wide.yaml"), settings(), tmp_path / "out3")
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "good", "options": ["a", "b"], "answer": 5}])
@@ -180,9 +185,10 @@ def test_train_generator_loads_the_model_in_the_dtype_asked(tmp_path: Path, monk
     runner = CliRunner()
 
     def train(out: str, *extra: str):
-        return runner.invoke(cli.app, ["train-generator", str(domain), "--out", str(tmp_path / out), "--steps", "2",
-                                       "--dimension", "16", "--bottleneck", "8", "--prompt-length", "4",
-                                       "--eval-every", "2", "--device", "cuda", *extra])  # fmt: skip
+        return runner.invoke(cli.app, ["train-generator", str(domain), "--out", str(tmp_path / out),
+                                       "--steps", "2", "--dimension", "16", "--bottleneck", "8",
+                                       "--prompt-length", "4", "--eval-every", "2", "--device", "cuda",
+                                       *extra])  # fmt: skip
 
     result = train("fp32")
     assert result.exit_code == 0, result.output
