@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +23,7 @@ from cbpt.client.cli.connection import Connection, connection_options
 from cbpt.client.cli.keys import KeySource, key_options
 from cbpt.client.cli.scoring import Inputs, Scored, resolve_inputs, score
 from cbpt.client.errors import TaskError
+from cbpt.common.cli import Command, R, option_group
 from cbpt.common.files import write_atomic
 from cbpt.common.losses import calibrate, metrics
 
@@ -47,18 +50,46 @@ def _vector_document(scored: Scored) -> dict[str, Any] | None:
             "calls_used": tuned.card.get("calls_used")}  # fmt: skip
 
 
-def _score_on_server(connection: Connection, keys: KeySource, inputs: Inputs, verify: bool, quiet: bool,
-                     label: str, order_seed: int | None) -> Scored:  # fmt: skip
+@dataclass(frozen=True)
+class Sending:
+    """How ``evaluate`` and ``predict`` send a file and report it: the options both take."""
+
+    order_seed: int | None
+    verify_vector: bool
+    as_json: bool
+
+
+def sending_options(command: Command[R]) -> Command[R]:
+    """Give a command --order-seed, --no-verify-vector and --json as one ``sending`` object."""
+    options = [
+        inspect.Parameter("order_seed", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=OrderSeed),
+        inspect.Parameter(
+            "no_verify_vector", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoVerify
+        ),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOutput),
+    ]
+
+    def build(order_seed: int | None, no_verify_vector: bool, as_json: bool) -> Sending:
+        return Sending(order_seed, not no_verify_vector, as_json)
+
+    return option_group("sending", build, options)(command)
+
+
+def _score_on_server(
+    connection: Connection, keys: KeySource, inputs: Inputs, sending: Sending, label: str
+) -> Scored:
     """One connection, the inputs scored over it (``evaluate`` and ``predict`` alike)."""
     with connection.client() as client:
         return score(
-            client, inputs, keys.key(), verify=verify, quiet=quiet, label=label, order_seed=order_seed
-        )
+            client, inputs, keys.key(), verify=sending.verify_vector, quiet=sending.as_json, label=label,
+            order_seed=sending.order_seed,
+        )  # fmt: skip
 
 
 @friendly_errors
 @connection_options()
 @key_options
+@sending_options
 def evaluate(
     tuned_dir: Annotated[Path | None, typer.Argument(metavar="TUNED_DIR", help="Tuned-task folder.")] = None,
     file: Annotated[Path | None, typer.Argument(metavar="FILE", help="Labelled data file.")] = None,
@@ -74,28 +105,24 @@ def evaluate(
         typer.Option(help="Score this fraction of the task's training file, disjoint from the shots."),
     ] = None,
     holdout_seed: Annotated[int, typer.Option(help="Seed of the hold-out sample.")] = 0,
-    order_seed: OrderSeed = None,
-    no_verify_vector: NoVerify = False,
-    as_json: JsonOutput = False,
     *,
     keys: KeySource,
     connection: Connection,
+    sending: Sending,
 ) -> None:
     """Accuracy, macro-F1 and confusion matrix on FILE (plain and calibrated), computed here."""
     inputs = resolve_inputs(
         tuned_dir, file, zero_shot=zero_shot, task_file=task_file, holdout=holdout,
         holdout_seed=holdout_seed, labels=True,
     )  # fmt: skip
-    scored = _score_on_server(
-        connection, keys, inputs, not no_verify_vector, as_json, "evaluating", order_seed
-    )
+    scored = _score_on_server(connection, keys, inputs, sending, "evaluating")
     labels = scored.examples.labels
     assert labels is not None  # read with labels=True
     width = scored.examples.num_choices
     plain = metrics(scored.log_probs, labels, width)
     centred = metrics(calibrate(scored.log_probs), labels, width)
     lead = centred if calibrated else plain
-    if as_json:
+    if sending.as_json:
         print_json(
             {**lead, "calibration": "mean-centred" if calibrated else "none", "plain": plain,
              "calibrated": centred, "source": inputs.source, "truncated": scored.truncated,
@@ -123,6 +150,7 @@ def evaluate(
 @friendly_errors
 @connection_options()
 @key_options
+@sending_options
 def predict(
     tuned_dir: Annotated[Path, typer.Argument(metavar="TUNED_DIR", help="Tuned-task folder.")],
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Data file (labels not needed).")],
@@ -133,12 +161,10 @@ def predict(
     with_text: Annotated[
         bool, typer.Option("--with-text", help="Also write each input as the model saw it ('text').")
     ] = False,
-    order_seed: OrderSeed = None,
-    no_verify_vector: NoVerify = False,
-    as_json: JsonOutput = False,
     *,
     keys: KeySource,
     connection: Connection,
+    sending: Sending,
 ) -> None:
     """Predict FILE with a tuned vector; one line per row: row, id, prediction, probabilities."""
     inputs = resolve_inputs(
@@ -148,9 +174,7 @@ def predict(
     ids = [row.get(id_field) for row in inputs.rows]
     if id_field != "id" and (missing := [n for n, value in enumerate(ids) if value is None]):
         raise TaskError(f"{file} row {missing[0] + 1}: no field {id_field!r} for --id-field")
-    scored = _score_on_server(
-        connection, keys, inputs, not no_verify_vector, as_json, "predicting", order_seed
-    )
+    scored = _score_on_server(connection, keys, inputs, sending, "predicting")
     examples, log_probs = scored.examples, scored.log_probs
     class_names = inputs.task_format.class_names
     probabilities = np.exp(log_probs)
@@ -171,7 +195,7 @@ def predict(
         counts[names[best]] += 1
         lines.append(json.dumps(record) + "\n")
     write_atomic(out, "".join(lines).encode("utf-8"), mode=0o644)
-    if as_json:
+    if sending.as_json:
         print_json({"out": str(out), "predictions": len(lines), "counts": dict(counts),
                     "truncated": scored.truncated, "vector": _vector_document(scored)})  # fmt: skip
         return
