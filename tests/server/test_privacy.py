@@ -20,6 +20,9 @@ from cbpt.server.testing import tiny_engine
 from cbpt.v1 import tuning_pb2_grpc
 from tests.server.helpers import call_fails, candidates, evaluate_request, plain_settings
 
+# Generous: a call that misses its deadline on a loaded machine is not what these tests are about (CI once
+# failed here under load; the tiny engine answers in milliseconds when the machine is free).
+CALL_SECONDS = 120
 SECRET_TEXT = "Review: zq-private-diagnosis-7731 was great\nSentiment:"
 SECRET_CHOICE = " zqchoice"
 MARKERS = ("zq-private", "zqchoice", "7731", "zqadapter")
@@ -94,16 +97,16 @@ def test_no_text_or_choice_in_server_logs_at_debug(
         codes = []
         for request in _requests():
             try:
-                stub.Evaluate(request, timeout=20)
+                stub.Evaluate(request, timeout=CALL_SECONDS)
                 codes.append(grpc.StatusCode.OK)
             except grpc.RpcError as error:
                 codes.append(error.code())
-    assert codes[:2] == [grpc.StatusCode.OK] * 2
-    assert set(codes[2:]) == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert codes[:2] == [grpc.StatusCode.OK] * 2, codes
+    assert set(codes[2:]) == {grpc.StatusCode.INVALID_ARGUMENT}, codes
 
     text, json_lines = (s.getvalue() for s in server_logs)
     evaluate_lines = [line for line in json_lines.splitlines() if '"message":"evaluate"' in line]
-    assert len(evaluate_lines) == len(codes)  # one structured line per call ...
+    assert len(evaluate_lines) == len(codes), evaluate_lines  # one structured line per call ...
     assert '"num_candidates":2' in evaluate_lines[0] and '"tokens":' in evaluate_lines[0]
     assert '"field":"texts[1]"' in evaluate_lines[2]
     for marker in MARKERS:  # ... and not one of them carries the client's words
@@ -172,9 +175,12 @@ def test_evaluate_writes_no_files(
         stub = tuning_pb2_grpc.TuningStub(channel)
         _WRITES.active = True
         try:
-            stub.Evaluate(evaluate_request(candidates(3), texts=[SECRET_TEXT, SECRET_TEXT]), timeout=20)
             stub.Evaluate(
-                evaluate_request(texts=[SECRET_TEXT], example_choices=[[SECRET_CHOICE, " b"]]), timeout=20
+                evaluate_request(candidates(3), texts=[SECRET_TEXT, SECRET_TEXT]), timeout=CALL_SECONDS
+            )
+            stub.Evaluate(
+                evaluate_request(texts=[SECRET_TEXT], example_choices=[[SECRET_CHOICE, " b"]]),
+                timeout=CALL_SECONDS,
             )
         finally:
             _WRITES.active = False
