@@ -1,12 +1,12 @@
 """How the engine cuts its rows into forward passes: every batching knob, with its default, in one place.
 
-An operator sets these (``EngineRecipe.batching``); tests and benchmarks override single fields
-(``ScoringEngine(..., batch_tokens=512)``). The defaults are what benchmarks/throughput.py measured
-fastest on the bundled model on a 2-core CPU (docs/capacity.md): passes of about a thousand new
-tokens keep the matmuls large enough while the activations stay in cache. A GPU wants far larger
-passes: raise ``batch_tokens`` and ``batch_sequences`` there. ``Batching.before_issue_24()`` is the
-engine as it was before (chunks of 64 rows, each row its own sequence, keys and values repeated
-per query head), kept so the benchmark can show the two side by side.
+An operator sets these in the settings' ``engine`` section (``server/recipe.py``); tests and benchmarks
+override single fields (``ScoringEngine(..., batch_tokens=512)``). The defaults are what
+benchmarks/throughput.py measured fastest on the bundled model on a 2-core CPU (docs/capacity.md):
+passes of about a thousand new tokens keep the matmuls large enough while the activations stay in cache.
+A GPU wants far larger passes: raise ``batch_tokens`` and ``batch_sequences`` there.
+``Batching.before_issue_24()`` is the engine as it was before (chunks of 64 rows, each row its own
+sequence, keys and values repeated per query head), kept so the benchmark can show the two side by side.
 """
 
 from __future__ import annotations
