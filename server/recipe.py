@@ -10,6 +10,7 @@ validates against) without the front itself loading a model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,12 +20,6 @@ from cbpt.common.limits import Limits
 from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.adapters.spec import AdapterSpec
 from cbpt.server.engine.batching import Batching
-
-# The operator's batching knobs: the rest of ``Batching`` only switches optimisations off for benchmarks.
-BATCHING_KNOBS = (
-    "batch_tokens", "batch_cached_tokens", "batch_sequences", "pack_rows", "encode_with_rows",
-    "grouped_attention"
-)  # fmt: skip
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +89,15 @@ class EngineSettings(BaseModel):
     def engine_options(self) -> dict[str, Any]:
         """The ``ScoringEngine`` keyword arguments this section sets."""
         return {
-            "batching": Batching(**{name: getattr(self, name) for name in BATCHING_KNOBS}),
+            # Every ``Batching`` field this section declares (the others only switch optimisations off,
+            # for benchmarks): a new batching knob is one field here.
+            "batching": Batching(
+                **{
+                    f.name: getattr(self, f.name)
+                    for f in fields(Batching)
+                    if f.name in type(self).model_fields
+                }
+            ),
             "token_cache_size": self.token_cache_entries,
             "token_cache_bytes": self.token_cache_mb << 20,
             "max_state_bytes": self.job_state_mb << 20,
