@@ -34,14 +34,19 @@ def test_only_generators_for_these_weights_are_picked(
     assert len(ServedAdapters(generators=[tmp_path / "mine"]).build(mine)) == len(adapters)
 
 
-def test_the_shipped_opinion_generator_is_complete_and_small() -> None:
-    folder = SHIPPED_GENERATORS / "opinion"
-    if not folder.is_dir():
-        pytest.skip("no generator is shipped in this checkout")
+SHIPPED = sorted(path.parent.name for path in SHIPPED_GENERATORS.glob("*/generator.json"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_generator_is_complete_and_small(name: str) -> None:
+    """Each shipped folder is named after its domain (``<domain>`` for the bundled SmolLM2,
+    ``<domain>-<model>`` for another model's), says how it was trained and stays under 10 MB."""
     import json
 
+    folder = SHIPPED_GENERATORS / name
     card = json.loads((folder / "generator.json").read_text())
-    assert card["domain"] == "opinion" and card["placement"] in ("on_cue", "before_cue", "prefix")
+    assert name == card["domain"] or name.startswith(f"{card['domain']}-")
+    assert card["placement"] in ("on_cue", "before_cue", "prefix") and card["base_model_fingerprint"]
     training = card["training"]
     assert (
         training["command"] and training["tasks"] and all(task["data_sha256"] for task in training["tasks"])

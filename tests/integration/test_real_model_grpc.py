@@ -69,3 +69,17 @@ def test_real_tuning_run_on_a_small_budget(target, tmp_path):
     assert result.vector.shape == (500,) and np.isfinite(result.vector).all()
     assert result.bias is not None and result.bias.shape == (2,)
     assert all(np.isfinite(row.best_loss) for row in result.history)
+
+
+def test_a_generator_trained_for_gemma_is_not_served_on_smollm2(real_engine, tmp_path):
+    """The shipped Gemma opinion generator is listed as not served on the bundled model, with why, and
+    naming it explicitly is refused."""
+    from cbpt.server.adapters import AdapterSpec, build_adapters
+    from cbpt.server.adapters.served import SHIPPED_GENERATORS
+    from cbpt.server.errors import ModelMismatch
+
+    folder = SHIPPED_GENERATORS / "opinion-gemma3-270m"
+    assert "hidden size 640" in dict(real_engine.info().not_served)[folder.name]
+    assert "cbp-opinion" in real_engine.adapters  # SmolLM2's own opinion generator
+    with pytest.raises(ModelMismatch, match=r"hidden size 640.*hidden size 576"):
+        build_adapters(real_engine.bundle, [AdapterSpec(method="cbp", generator=folder)])

@@ -14,6 +14,7 @@ import torch
 
 from cbpt.server.adapters import AdapterSpec, Placement, build_adapters
 from cbpt.server.adapters.bbt import BlackBoxTuning
+from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine, ScoringMode
 from cbpt.server.errors import ModelMismatch
 from cbpt.server.model import BUNDLED_MODELS, ModelBundle, load_model
@@ -28,6 +29,7 @@ pytestmark = [
 ]
 TEXTS = ["Review: a wonderful, moving film", "Review: dull and far too long, a plot that never lands", "meh"]
 SHIPPED = Path(__file__).resolve().parents[2] / "server" / "generators"
+GEMMA_OPINION = SHIPPED / "opinion-gemma3-270m"  # the opinion generator trained for Gemma 3 270M
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +69,19 @@ def test_zero_shot_equals_a_plain_forward(gemma: ModelBundle) -> None:
 def test_a_generator_trained_for_smollm2_is_refused(gemma: ModelBundle) -> None:
     with pytest.raises(ModelMismatch, match=r"built for model \w+ \(hidden size 576\).*hidden size 640"):
         build_adapters(gemma, [AdapterSpec(method="cbp", generator=SHIPPED / "opinion")])
+
+
+def test_its_own_shipped_generator_is_served_and_the_smollm2_ones_are_listed(gemma: ModelBundle) -> None:
+    """``--model gemma3-270m`` serves the opinion generator trained for Gemma as ``cbp-opinion``; the
+    four trained for SmolLM2 are left out, each with why."""
+    chosen = ServedAdapters().chosen(gemma.fingerprint, gemma.hidden_size)
+    assert [spec.generator.name for spec in chosen.specs if spec.generator] == [GEMMA_OPINION.name]
+    not_served = dict(chosen.not_served)
+    assert set(not_served) == {"commonsense", "financial", "medical", "opinion"}
+    assert all("hidden size 576" in why for why in not_served.values())
+    engine = ScoringEngine(gemma, build_adapters(gemma, chosen.specs))
+    choices = [" negative", " positive"]
+    z0 = np.zeros((1, 500), np.float32)
+    request = ScoreRequest("cbp-opinion", z0, TEXTS[:2], choices, cue="\nSentiment:")
+    log_probs = engine.score(request).log_probs[0]
+    assert log_probs[0, 1] > log_probs[0, 0] and log_probs[1, 0] > log_probs[1, 1]  # z0 reads sentiment
