@@ -58,7 +58,10 @@ def test_a_killed_replica_is_restarted_and_the_retry_finishes_the_run(
     assert retries >= 1  # the killed call failed over to a retry
     assert victim not in survivors  # Serve started a new replica in its place
     assert np.array_equal(resumed.vector, uninterrupted.vector)
-    assert [row.best_loss for row in resumed.history] == [row.best_loss for row in uninterrupted.history]
+    # Equal up to float rounding: a replica may merge a call's passes differently from the in-process
+    # engine, and padding moves the low bits of a loss (2e-10 seen in one CI run), never its ranking.
+    resumed_losses = [row.best_loss for row in resumed.history]
+    np.testing.assert_allclose(resumed_losses, [row.best_loss for row in uninterrupted.history], atol=1e-6)
 
 
 def backend_replicas(backend: Any) -> Any:
