@@ -71,7 +71,7 @@ def test_real_tuning_run_on_a_small_budget(target, tmp_path):
     assert all(np.isfinite(row.best_loss) for row in result.history)
 
 
-def test_a_generator_trained_for_gemma_is_not_served_on_smollm2(real_engine, tmp_path):
+def test_a_generator_trained_for_gemma_is_not_served_on_smollm2(real_engine):
     """The shipped Gemma opinion generator is listed as not served on the bundled model, with why, and
     naming it explicitly is refused."""
     from cbpt.server.adapters import AdapterSpec, build_adapters
