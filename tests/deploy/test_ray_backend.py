@@ -39,26 +39,47 @@ REQUESTS = [
 ]
 
 
-def _tune(target: str, task_folder: Path) -> Any:
+class _RecordingClient(TuningClient):
+    """The SDK, keeping a copy of every score array the server returned (to compare two backends)."""
+
+    def __init__(self, target: str, **options: Any) -> None:
+        super().__init__(target, **options)
+        self.answers: list[np.ndarray] = []
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        scores = super().evaluate(*args, **kwargs)
+        self.answers.append(scores.copy())
+        return scores
+
+
+def _tune(target: str, task_folder: Path) -> tuple[Any, list[np.ndarray]]:
     task = make_task(task_folder)
-    with TuningClient(target, timeout=120, max_retries=2) as client:
-        return Tuner(client, task, adapter="bbt-suffix", budget=12, popsize=4, seed=0, fit_bias=True).run()
+    with _RecordingClient(target, timeout=120, max_retries=2) as client:
+        tuner = Tuner(client, task, adapter="bbt-suffix", budget=12, popsize=4, seed=0, fit_bias=True)
+        return tuner.run(), client.answers
 
 
-def test_the_client_tunes_through_ray_exactly_as_in_process(
+def test_the_client_tunes_through_ray_as_in_process(
     reference: ScoringEngine, one_replica_target: str, tmp_path: Path
 ) -> None:
+    """Every answer within 1e-5 of the in-process engine's (what the issue asks of two scoring paths),
+    hence the same tuned vector, and losses and bias within 1e-6. Not bit for bit: CI twice saw a
+    replica's loss differ in the 11th digit (9e-12, then a bias 2e-8 off) at identical vectors, while
+    here the in-process engine stays bit-identical across torch thread counts, denormal flushing and
+    warm or cold caches, and twelve tuning runs through a replica matched it bit for bit."""
     with serve_in_background(reference, plain_settings()) as in_process:
-        alone = _tune(in_process, tmp_path / "in-process")
-    through_ray = _tune(one_replica_target, tmp_path / "ray")
+        alone, expected = _tune(in_process, tmp_path / "in-process")
+    through_ray, answers = _tune(one_replica_target, tmp_path / "ray")
+    assert len(answers) == len(expected)
+    for got, want in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert np.array_equal(through_ray.vector, alone.vector)
-    assert np.array_equal(through_ray.bias, alone.bias)
+    np.testing.assert_allclose(through_ray.bias, alone.bias, rtol=0, atol=1e-6)
     for ray_row, row in zip(through_ray.history, alone.history, strict=True):
-        assert (ray_row.best_loss, ray_row.mean_loss, ray_row.dev_accuracy) == (
-            row.best_loss,
-            row.mean_loss,
-            row.dev_accuracy,
+        np.testing.assert_allclose(
+            [ray_row.best_loss, ray_row.mean_loss], [row.best_loss, row.mean_loss], rtol=0, atol=1e-6
         )
+        assert ray_row.dev_accuracy == row.dev_accuracy
     assert through_ray.model_fingerprint == alone.model_fingerprint
 
 
