@@ -1,4 +1,4 @@
-"""The Ray backend behind the same front: the client tunes exactly as in process, replicas serve
+"""The Ray backend behind the same front: the client tunes as in process (answers within 1e-5), replicas serve
 concurrent clients as one at a time, refusals keep their status, and keys never share cached texts."""
 
 from __future__ import annotations
