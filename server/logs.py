@@ -29,6 +29,7 @@ ALLOWED_FIELDS = frozenset(
     {
         "method",
         "adapter",
+        "generator",  # a shipped generator folder's name: the provider's own, never a client's
         "mode",
         "num_candidates",
         "num_examples",

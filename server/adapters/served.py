@@ -117,6 +117,6 @@ def _scan_shipped(
         skipped.append((generator.name, reason))
         log.warning(
             "shipped generator not served",
-            extra={"adapter": f"cbp-{generator.name}", "reason": code, "fingerprint": fingerprint[:16]},
+            extra={"generator": generator.name, "reason": code, "fingerprint": fingerprint[:16]},
         )
     return specs, tuple(skipped)

@@ -16,7 +16,7 @@ from cbpt.server.testing import tiny_bundle, tiny_generator
 
 
 def test_only_generators_for_these_weights_are_picked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     mine, other = tiny_bundle(0), tiny_bundle(1)
     tiny_generator(mine, dimension=8, prompt_length=2).save(tmp_path / "mine")
@@ -25,6 +25,9 @@ def test_only_generators_for_these_weights_are_picked(
     chosen = ServedAdapters().chosen(mine.fingerprint)
     assert [spec.generator for spec in chosen.specs if spec.generator] == [tmp_path / "mine"]
     assert [name for name, _ in chosen.not_served] == ["other"]
+    # The log names the folder left out (its adapter name would be another model's, or clash with one served).
+    (skipped,) = [record for record in caplog.records if record.msg == "shipped generator not served"]
+    assert (skipped.generator, skipped.reason) == ("other", "other-model")  # type: ignore[attr-defined]
     adapters = ServedAdapters().build(mine)
     assert adapters[-1].name == "cbp-test" and adapters[-1].method == "cbp"
     # Given explicitly, a generator for other weights is a mistake, and refused with a clear message.
