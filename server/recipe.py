@@ -44,7 +44,9 @@ class EngineSettings(BaseModel):
     )
     model_cache_dir: Path | None = Field(None, description="where the converted model is cached")
     device: str = Field("auto", description="where the model runs: auto, cpu, cuda, cuda:1, ...")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: one per core)")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: one per core this process may use)"
+    )
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="quantisation: none, or int8 (dynamic int8 Linear layers on CPU; opt-in, see the README)",

@@ -41,6 +41,7 @@ from cbpt.server.deploy.settings import RaySettings
 from cbpt.server.engine.types import EngineInfo, ScoreRequest, ScoreResult
 from cbpt.server.errors import BackendUnavailable, ServerBusy, ServerShuttingDown
 from cbpt.server.logs import LoggingSettings, route_library_loggers
+from cbpt.server.model import usable_cores
 from cbpt.server.recipe import EngineRecipe
 from cbpt.server.scheduling.backends import Reason, ScoringBackend
 from cbpt.server.scheduling.merging import MergeSettings
@@ -183,7 +184,7 @@ def connect(
         if started and address:
             ray.init(address=address, log_to_driver=False)
         elif started:
-            _start_local(num_cpus or os.cpu_count() or 1, object_store_bytes)
+            _start_local(num_cpus or usable_cores(), object_store_bytes)
     finally:
         _restore(handlers)
     serve.start(proxy_location="Disabled")

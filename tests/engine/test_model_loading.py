@@ -62,3 +62,23 @@ def test_a_folder_of_pickled_weights_is_refused_before_loading(tmp_path):
         ModelLoadError, match=r"only safetensors weights are loaded \(it holds pytorch_model.bin"
     ):
         load_model(str(tmp_path / "model"), device="cpu", threads=1)
+
+
+def test_threads_default_to_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    """A container pinned to one core of a bigger machine gets one torch thread, not one per machine core."""
+    import os
+
+    tiny = tiny_bundle(3)
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        load_model(str(tmp_path / "model"), device="cpu")
+        assert torch.get_num_threads() == 1
+        monkeypatch.delattr(os, "sched_getaffinity")  # no affinity (not Linux): the machine's count
+        load_model(str(tmp_path / "model"), device="cpu")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
