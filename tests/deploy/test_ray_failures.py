@@ -58,8 +58,8 @@ def test_a_killed_replica_is_restarted_and_the_retry_finishes_the_run(
     assert retries >= 1  # the killed call failed over to a retry
     assert victim not in survivors  # Serve started a new replica in its place
     assert np.array_equal(resumed.vector, uninterrupted.vector)
-    # Equal up to float rounding: a replica may run a call's passes with other merging or torch threads
-    # than the in-process engine, which moves a loss's low bits (2e-10 in one CI run), not the vector.
+    # Equal up to float rounding: a retried call's passes may be composed otherwise (merging, padding),
+    # which on some CPUs moves a loss's low bits (2e-10 in one CI run), not the vector.
     resumed_losses = [row.best_loss for row in resumed.history]
     np.testing.assert_allclose(resumed_losses, [row.best_loss for row in uninterrupted.history], atol=1e-6)
 
