@@ -6,6 +6,7 @@
     .venv/bin/python -m benchmarks.throughput --batching before-24 --output throughput-before-24
                                                         # every section on the engine as before #24
 
+``compiled`` times one on-cue generation eager and through ``torch.compile`` (throughput_compiled.py).
 The sections ``evaluate``, ``oncue``, ``ceiling`` and ``mainjob`` put the engine (and client) as they
 were before issue #24 beside today's in one run (throughput_evaluate.py, main_job.py).
 
@@ -40,6 +41,7 @@ from benchmarks.harness import (
     write_text,
 )
 from benchmarks.main_job import compare_main_job
+from benchmarks.throughput_compiled import compiled_section
 from benchmarks.throughput_evaluate import ceiling_section, evaluate_section, oncue_section
 from benchmarks.throughput_grpc import merged_clients, over_grpc
 from benchmarks.throughput_report import render
@@ -224,7 +226,7 @@ def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, sq
 
 SECTIONS = (
     "grid", "ablations", "pooled", "threads", "int8", "merging", "grpc", "evaluate", "oncue", "ceiling",
-    "mainjob",
+    "compiled", "mainjob",
 )  # fmt: skip
 
 
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "evaluate": lambda: evaluate_section(bundle, params, rows, tuple(args.evaluate_lengths.split(","))),
         "oncue": lambda: oncue_section(bundle, params, args.quick),
         "ceiling": lambda: ceiling_section(bundle, params),
+        "compiled": lambda: compiled_section(bundle, params),
         "mainjob": lambda: compare_main_job(bundle, 60 if args.quick else 200),
     }
     for name in SECTIONS:

@@ -176,6 +176,19 @@ def _before_and_now(payload: dict) -> list[str]:
         heading("ceiling", "Ceiling: the model's own plain forward (no padding, cache or mask)")
         lines += ["| sequences x tokens | of matmul |", "|---|---|"]
         lines += [f"| {r['sequences']} x {r['length']} | {r['matmul_ratio']:.0%} |" for r in ceiling]
+    if compiled := payload.get("compiled"):
+        first = compiled[0]
+        heading("compiled", f"One on-cue generation ({first['adapter']}, popsize {first['popsize']} x "
+                f"{first['examples']} cached texts), eager and through torch.compile (inductor)")  # fmt: skip
+        lines += [
+            "| model | speed-up over eager | of matmul | largest score difference from eager |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['variant']} | {r['speedup']:.2f}x | {r['matmul_ratio']:.0%} "
+            f"| {r['max_score_difference']:.1e} |"
+            for r in compiled
+        ]
     if job := payload.get("mainjob"):
         heading("mainjob", f"The main job's tuning ({job['runs'][0]['adapter']}, {job['budget']} calls, "
                 f"popsize {job['popsize']}, seed {job['seed']}), before #24 and now")  # fmt: skip

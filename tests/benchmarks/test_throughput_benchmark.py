@@ -50,3 +50,28 @@ def test_the_issue_24_sections_put_before_and_now_side_by_side(tmp_path: Path) -
     assert all(row["matmul_ratio"] > 0 for row in payload["ceiling"])
     assert "## evaluate / predict" in report and "| rows/s before | rows/s now |" in report
     assert "## Ceiling" in report and "## One generation on the answer cue" in report
+
+
+
+def test_the_compiled_section_times_each_variant_and_puts_the_model_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inductor needs a C++ compiler; every variant's scores stay those of eager within float noise."""
+    pytest.importorskip("torch")
+    from benchmarks import throughput_compiled
+    from cbpt.server import testing
+
+    bundle = testing.tiny_bundle(0)
+    monkeypatch.setattr(throughput_compiled, "REPEATS", 1)
+    monkeypatch.setattr("benchmarks.throughput.tiny_bundle", lambda seed: bundle)
+    payload, report = _run(tmp_path, "--sections", "compiled")
+    rows = payload["compiled"]
+    assert [row["variant"] for row in rows] == list(throughput_compiled.VARIANTS)
+    for row in rows:
+        assert row["seconds"] > 0 and row["matmul_ratio"] > 0
+        assert row["max_score_difference"] < 1e-4
+    assert rows[0]["speedup"] == 1.0 and rows[0]["max_score_difference"] == 0.0
+    assert "eager and through torch.compile" in report and "| layers |" in report
+    for layer in bundle.model.model.layers:  # no compiled forward left on any module
+        for module in (layer, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
+            assert "forward" not in vars(module)
