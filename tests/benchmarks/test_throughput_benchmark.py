@@ -52,7 +52,6 @@ def test_the_issue_24_sections_put_before_and_now_side_by_side(tmp_path: Path) -
     assert "## Ceiling" in report and "## One generation on the answer cue" in report
 
 
-
 def test_the_compiled_section_times_each_variant_and_puts_the_model_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
