@@ -130,7 +130,8 @@ def cpu_runs_bf16_natively(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None
         text = cpuinfo.read_text()
     except OSError:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    lines = (line for line in text.splitlines() if line.startswith("flags"))
+    flags = next((line.split(":", 1)[1].split() for line in lines), None)
     if flags is None:
         return None
     return bool({"amx_bf16", "avx512_bf16"} & set(flags))
