@@ -1,4 +1,4 @@
-"""The engine's ``dtype`` setting: bfloat16 is opt-in on CPU, runs every placement, and the model id says so."""
+"""The engine's ``dtype``: bfloat16 is opt-in on CPU, runs every placement, and the model id says so."""
 
 from __future__ import annotations
 
