@@ -17,6 +17,7 @@ Writes benchmarks/results/throughput.json and throughput.md. FLOPs per sequence 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -41,6 +42,7 @@ from benchmarks.harness import (
     write_text,
 )
 from benchmarks.main_job import compare_main_job
+from benchmarks.throughput_bf16 import bf16_section
 from benchmarks.throughput_compiled import compiled_section
 from benchmarks.throughput_evaluate import ceiling_section, evaluate_section, oncue_section
 from benchmarks.throughput_grpc import merged_clients, over_grpc
@@ -64,6 +66,14 @@ def build(bundle: ModelBundle, **options) -> ScoringEngine:
     config = GeneratorConfig(bundle.fingerprint, bundle.hidden_size, bundle.embedding_std, domain="bench")
     adapters.append(CustomizedBlackBoxPrompt(PromptGenerator(config), name="cbp"))
     return ScoringEngine(bundle, adapters, batching=_base, **options)
+
+
+def in_bfloat16(model: str, bundle: ModelBundle) -> ModelBundle:
+    """The same weights in bfloat16, as ``cbpt-server serve --dtype bfloat16`` loads them."""
+    if model != "tiny":
+        return load_model(model, dtype=torch.bfloat16, threads=torch.get_num_threads())
+    halved = copy.deepcopy(bundle.model).to(torch.bfloat16)
+    return dataclasses.replace(bundle, model=halved, model_id=f"{bundle.model_id}+bfloat16")
 
 
 def layer_reference(bundle: ModelBundle, seconds: float = 0.5) -> float:
@@ -226,7 +236,7 @@ def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, sq
 
 SECTIONS = (
     "grid", "ablations", "pooled", "threads", "int8", "merging", "grpc", "evaluate", "oncue", "ceiling",
-    "compiled", "mainjob",
+    "compiled", "mainjob", "bf16",
 )  # fmt: skip
 
 
@@ -303,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         "ceiling": lambda: ceiling_section(bundle, params),
         "compiled": lambda: compiled_section(bundle, params),
         "mainjob": lambda: compare_main_job(bundle, 60 if args.quick else 200),
+        "bf16": lambda: bf16_section(
+            bundle, in_bfloat16(args.model, bundle), params, 60 if args.quick else 200
+        ),
     }
     for name in SECTIONS:
         if name not in sections or (name == "int8" and args.model == "tiny"):

@@ -205,4 +205,52 @@ def _before_and_now(payload: dict) -> list[str]:
         ]
         same = "identical" if job["same_vector"] else f"differ by at most {job['vector_max_difference']:.2g}"
         lines += ["", f"The two tuned vectors are {same}."]
+    if halved := payload.get("bf16"):
+        heading("bf16", "bfloat16 on CPU (`--dtype bfloat16`, opt-in) beside float32, one run")
+        lines += _bf16(halved)
+    return lines
+
+
+def _bf16(section: dict) -> list[str]:
+    """The bf16 section's three tables: one generation, evaluate, the main job."""
+    adapter = section["adapter"]
+    native = {True: "yes", False: "no", None: "unknown"}[section["native_bf16"]]
+    generation, evaluate, job = section["generation"], section["evaluate"], section["main_job"]
+    lines = [
+        f"CPU multiplies bf16 in hardware (AMX or AVX512-BF16): {native}. Each dtype's matmul ratio is to a "
+        "2048³ matmul in that dtype timed just before.",
+        "",
+        f"| dtype | one generation ({adapter}, popsize {generation['popsize']} x {generation['examples']}) "
+        "| speed-up | of its matmul | its matmul | largest score difference from float32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {r['seconds']:.2f} s | {r['speedup']:.2f}x | {r['matmul_ratio']:.0%} "
+        f"| {r['matmul_gflops']:.0f} GFLOP/s | {r['max_score_difference']:.2g} |"
+        for name, r in generation["runs"].items()
+    ]
+    lines += [
+        "",
+        f"| dtype | evaluate {evaluate['examples']} SST-2 dev rows under {adapter}, rows/s "
+        "| zero-shot rows/s | zero-shot accuracy | calibrated | zero-shot predictions as float32's "
+        "| largest score difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {r[f'{adapter}_rows_per_s']:.1f} | {r['none_rows_per_s']:.1f} "
+        f"| {r['zero_shot_accuracy']:.1%} | {r['calibrated_accuracy']:.1%} | {r['predictions_agree']:.1%} "
+        f"| {r['max_score_difference']:.2g} |"
+        for name, r in evaluate["runs"].items()
+    ]
+    lines += [
+        "",
+        f"| dtype | main job ({job['budget']} calls, popsize {job['popsize']}, seed {job['seed']}) "
+        f"tuning time | speed-up | train loss | held-out accuracy ({job['held_out_examples']} tweets) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {r['tuning_seconds']:.0f} s | {r['speedup']:.2f}x | {r['train_loss']:.4f} "
+        f"| {r['held_out_accuracy']:.1%} |"
+        for name, r in job["runs"].items()
+    ]
     return lines

