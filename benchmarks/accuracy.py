@@ -118,6 +118,7 @@ def build_engine(
     generators: Sequence[tuple[str | None, Path]] = (),
     text_cache_mb: int = 256,
     threads: int | None = None,
+    dtype: str = "auto",
 ) -> ScoringEngine:
     """The server's default adapters, one BBT adapter per dimension variant in TUNED, and one CBP
     adapter per generator folder (the shipped ones for this model included), all from specs."""
@@ -128,9 +129,9 @@ def build_engine(
 
         bundle, dimension_scale, prompt_length = tiny_bundle(0), 16 / 500, 4
     else:
-        from cbpt.server.model import load_model
+        from cbpt.server.model import DTYPES, load_model
 
-        bundle, dimension_scale = load_model(model, threads=threads), 1.0
+        bundle, dimension_scale = load_model(model, threads=threads, dtype=DTYPES[dtype]), 1.0
     served = ServedAdapters(bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length)
     specs = served.chosen(bundle.fingerprint, bundle.hidden_size).specs  # the shipped generators included
     placements = {spec.name: spec.placement for spec in specs}
@@ -200,6 +201,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--text-cache-mb", type=int, default=256, help="per-scope text-state cache of the engine"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="the server's --dtype (bfloat16: the model id says so, so give another --output)",
+    )
     parser.add_argument("--white-box-lr", type=float, default=WhiteBoxConfig.learning_rate)
     parser.add_argument("--white-box-dev-every", type=int, default=WhiteBoxConfig.dev_every)
     parser.add_argument(
@@ -232,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             continue
         print(f"task {name}: test per class {datas[name].test_class_counts()}", flush=True)
     engine = build_engine(
-        args.model, white_box.prompt_length, args.generator, args.text_cache_mb, args.threads
+        args.model, white_box.prompt_length, args.generator, args.text_cache_mb, args.threads, args.dtype
     )
     protection = {"score_noise": args.score_noise} if args.score_noise else {}
     if args.score_decimals is not None:
