@@ -237,7 +237,8 @@ def train_generator(
     from cbpt.server.training.trainer import train_generator as run_training
 
     settings.logging.configure()
-    model = settings.engine.model_copy(update={"quantize": "none"})  # training needs the float weights
+    # Training needs the float weights, in the dtype its own --dtype names (not the serving one).
+    model = settings.engine.model_copy(update={"quantize": "none", "dtype": "auto"})
     bundle = model.load_model(dtype=train_dtype(dtype))
     with TrainingProgress(Console(stderr=True), training.steps) as progress:
         result = run_training(
