@@ -73,3 +73,16 @@ def test_unreadable_cpu_flags_say_unknown(tmp_path):
     assert cpu_runs_bf16_natively(tmp_path / "absent") is None
     (tmp_path / "no-flags").write_text("processor\t: 0\n")
     assert cpu_runs_bf16_natively(tmp_path / "no-flags") is None
+
+
+def test_bfloat16_on_a_cpu_without_bf16_hardware_is_served_with_a_warning(folder, monkeypatch, caplog):
+    monkeypatch.setattr("cbpt.server.model.cpu_runs_bf16_natively", lambda: False)
+    with caplog.at_level("WARNING", logger="cbpt.server.model"):
+        loaded = load_model(str(folder), device="cpu", threads=1, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16
+    assert "runs several times slower than float32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr("cbpt.server.model.cpu_runs_bf16_natively", lambda: True)
+    with caplog.at_level("WARNING", logger="cbpt.server.model"):
+        load_model(str(folder), device="cpu", threads=1, dtype=torch.bfloat16)
+    assert "slower" not in caplog.text
