@@ -7,6 +7,7 @@ do not carry (whether a cache pays is for the reader of the share to judge).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 
 def _spread(rows: list[dict], key: str) -> str:
@@ -216,41 +217,48 @@ def _bf16(section: dict) -> list[str]:
     adapter = section["adapter"]
     native = {True: "yes", False: "no", None: "unknown"}[section["native_bf16"]]
     generation, evaluate, job = section["generation"], section["evaluate"], section["main_job"]
-    lines = [
+    return [
         f"CPU multiplies bf16 in hardware (AMX or AVX512-BF16): {native}. Each dtype's matmul ratio is to a "
         "2048³ matmul in that dtype timed just before.",
+        *_dtype_table(
+            f"one generation ({adapter}, popsize {generation['popsize']} x {generation['examples']}) "
+            "| speed-up | of its matmul | its matmul | largest score difference from float32",
+            generation["runs"],
+            lambda r: (
+                f"{r['seconds']:.2f} s | {r['speedup']:.2f}x | {r['matmul_ratio']:.0%} "
+                f"| {r['matmul_gflops']:.0f} GFLOP/s | {r['max_score_difference']:.2g}"
+            ),
+        ),
+        *_dtype_table(
+            f"evaluate {evaluate['examples']} SST-2 dev rows under {adapter}, rows/s | zero-shot rows/s "
+            "| zero-shot accuracy | calibrated | zero-shot predictions as float32's "
+            "| largest score difference",
+            evaluate["runs"],
+            lambda r: (
+                f"{r[f'{adapter}_rows_per_s']:.1f} | {r['none_rows_per_s']:.1f} "
+                f"| {r['zero_shot_accuracy']:.1%} | {r['calibrated_accuracy']:.1%} "
+                f"| {r['predictions_agree']:.1%} "
+                f"| {r['max_score_difference']:.2g}"
+            ),
+        ),
+        *_dtype_table(
+            f"main job ({job['budget']} calls, popsize {job['popsize']}, seed {job['seed']}) tuning time "
+            f"| speed-up | train loss | held-out accuracy ({job['held_out_examples']} tweets)",
+            job["runs"],
+            lambda r: (
+                f"{r['tuning_seconds']:.0f} s | {r['speedup']:.2f}x | {r['train_loss']:.4f} "
+                f"| {r['held_out_accuracy']:.1%}"
+            ),
+        ),
+    ]
+
+
+def _dtype_table(columns: str, runs: dict[str, dict], cells: Callable[[dict], str]) -> list[str]:
+    """A table of one row per dtype: ``columns`` and ``cells`` give all but the first column."""
+    width = columns.count("|") + 2
+    return [
         "",
-        f"| dtype | one generation ({adapter}, popsize {generation['popsize']} x {generation['examples']}) "
-        "| speed-up | of its matmul | its matmul | largest score difference from float32 |",
-        "|---|---|---|---|---|---|",
+        f"| dtype | {columns} |",
+        "|" + "---|" * width,
+        *(f"| {n} | {cells(r)} |" for n, r in runs.items()),
     ]
-    lines += [
-        f"| {name} | {r['seconds']:.2f} s | {r['speedup']:.2f}x | {r['matmul_ratio']:.0%} "
-        f"| {r['matmul_gflops']:.0f} GFLOP/s | {r['max_score_difference']:.2g} |"
-        for name, r in generation["runs"].items()
-    ]
-    lines += [
-        "",
-        f"| dtype | evaluate {evaluate['examples']} SST-2 dev rows under {adapter}, rows/s "
-        "| zero-shot rows/s | zero-shot accuracy | calibrated | zero-shot predictions as float32's "
-        "| largest score difference |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {name} | {r[f'{adapter}_rows_per_s']:.1f} | {r['none_rows_per_s']:.1f} "
-        f"| {r['zero_shot_accuracy']:.1%} | {r['calibrated_accuracy']:.1%} | {r['predictions_agree']:.1%} "
-        f"| {r['max_score_difference']:.2g} |"
-        for name, r in evaluate["runs"].items()
-    ]
-    lines += [
-        "",
-        f"| dtype | main job ({job['budget']} calls, popsize {job['popsize']}, seed {job['seed']}) "
-        f"tuning time | speed-up | train loss | held-out accuracy ({job['held_out_examples']} tweets) |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {name} | {r['tuning_seconds']:.0f} s | {r['speedup']:.2f}x | {r['train_loss']:.4f} "
-        f"| {r['held_out_accuracy']:.1%} |"
-        for name, r in job["runs"].items()
-    ]
-    return lines
