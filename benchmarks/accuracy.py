@@ -52,6 +52,7 @@ from cbpt.common.tasks.fitting import fit_examples
 from cbpt.server.engine import ScoringEngine
 from cbpt.server.engine.kv import TextStateCache
 from cbpt.server.front.app import serve_in_background
+from cbpt.server.model import DTYPES
 from cbpt.server.settings import ServerSettings
 
 
@@ -129,7 +130,7 @@ def build_engine(
 
         bundle, dimension_scale, prompt_length = tiny_bundle(0), 16 / 500, 4
     else:
-        from cbpt.server.model import DTYPES, load_model
+        from cbpt.server.model import load_model
 
         bundle, dimension_scale = load_model(model, threads=threads, dtype=DTYPES[dtype]), 1.0
     served = ServedAdapters(bbt_dimension=round(500 * dimension_scale), prompt_length=prompt_length)
@@ -203,7 +204,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument(
         "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=tuple(DTYPES),
         default="auto",
         help="the server's --dtype (bfloat16: the model id says so, so give another --output)",
     )

@@ -186,6 +186,13 @@ def load_model(
         raise ModelLoadError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
     torch.set_num_threads(threads or usable_cores())
     target = resolve_device(device)
+    chosen = dtype or default_dtype(target)
+    if quantize == "int8" and target.type != "cpu":  # refused before the weights are read
+        raise ModelLoadError(f"int8 dynamic quantisation runs on CPU only, not on {target}")
+    if quantize == "int8" and chosen != torch.float32:
+        raise ModelLoadError(f"int8 dynamic quantisation converts float32 weights, not {chosen}")
+    if target.type == "cpu" and chosen == torch.bfloat16 and cpu_runs_bf16_natively() is False:
+        log.warning("bfloat16 on a CPU without AMX or AVX512-BF16 runs several times slower than float32")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     gguf = gguf_entry(spec)
     if gguf is not None:
@@ -195,16 +202,9 @@ def load_model(
         _refuse_pickled_weights(spec)
         model, tokenizer = _from_pretrained(spec, use_safetensors=True)
         fingerprint = weights_fingerprint(model)
-    chosen = dtype or default_dtype(target)
-    if quantize == "int8" and chosen != torch.float32:
-        raise ModelLoadError(f"int8 dynamic quantisation converts float32 weights, not {chosen}")
-    if target.type == "cpu" and chosen == torch.bfloat16 and cpu_runs_bf16_natively() is False:
-        log.warning("bfloat16 on a CPU without AMX or AVX512-BF16 runs several times slower than float32")
     model.to(device=target, dtype=chosen)
     model_id += dtype_suffix(target, chosen)
     if quantize == "int8":
-        if target.type != "cpu":
-            raise ModelLoadError(f"int8 dynamic quantisation runs on CPU only, not on {target}")
         quantize_int8(model)
         model_id += "+int8"
     return prepare_bundle(model, tokenizer, model_id, fingerprint)

@@ -34,9 +34,9 @@ def train_dtype(name: str) -> torch.dtype | None:
     """The torch dtype ``--dtype`` names; None for ``auto`` (``load_model``'s default for the device)."""
     if name not in TRAIN_DTYPES:
         raise ConfigError(f"--dtype {name!r}: expected one of {', '.join(TRAIN_DTYPES)}")
-    import torch
+    from cbpt.server.model import DTYPES
 
-    return None if name == "auto" else getattr(torch, name)
+    return DTYPES[name]
 
 
 class TrainingProgress:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from cbpt.server.adapters.served import ServedAdapters
 from cbpt.server.engine import ScoreRequest, ScoringEngine
-from cbpt.server.model import cpu_runs_bf16_natively, load_model
+from cbpt.server.model import ModelLoadError, cpu_runs_bf16_natively, load_model
 from cbpt.server.recipe import EngineSettings
 from cbpt.server.testing import tiny_bundle
 
@@ -57,6 +57,8 @@ def test_int8_on_bfloat16_is_refused_naming_the_fields():
         EngineSettings(quantize="int8", dtype="bfloat16")
     with pytest.raises(ValidationError, match="dtype"):
         EngineSettings(dtype="int4")
+    with pytest.raises(ModelLoadError, match=r"converts float32 weights, not torch\.bfloat16"):
+        load_model("no-such-model", quantize="int8", dtype=torch.bfloat16)  # before any weight is read
 
 
 @pytest.mark.parametrize(
@@ -86,3 +88,13 @@ def test_bfloat16_on_a_cpu_without_bf16_hardware_is_served_with_a_warning(folder
     with caplog.at_level("WARNING", logger="cbpt.server.model"):
         load_model(str(folder), device="cpu", threads=1, dtype=torch.bfloat16)
     assert "slower" not in caplog.text
+
+
+def test_train_generator_dtype_names_map_as_the_engine_setting_does():
+    from cbpt.server.errors import ConfigError
+    from cbpt.server.training.command import train_dtype
+
+    assert train_dtype("auto") is None and train_dtype("float32") is torch.float32
+    assert train_dtype("bfloat16") is torch.bfloat16 and train_dtype("float16") is torch.float16
+    with pytest.raises(ConfigError, match="--dtype 'int4': expected one of float32, bfloat16, float16, auto"):
+        train_dtype("int4")
